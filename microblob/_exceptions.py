@@ -1,0 +1,137 @@
+"""The exception tree: every error microblob raises on purpose derives from `MicroblobError`.
+
+    MicroblobError
+    ├── InvalidArgument (ValueError)        a public function got a wrong type or value
+    │   ├── InvalidQuery                    a malformed filter, projection or sort
+    │   └── InvalidDocument                 a document that cannot be stored (bad keys, huge ints, ...)
+    ├── NotFound (KeyError, ValueError)     something named by the caller does not exist
+    │   ├── ObjectNotFound                  no object with that id
+    │   ├── VersionNotFound                 the object exists, that version does not
+    │   └── FileNotFound                    no file with that id in the files bucket
+    ├── DuplicateKey                        insert_one of an `_id` that already exists
+    ├── WriteConflict                       a compare-and-swap kept losing to other writers
+    ├── IntegrityError                      stored bytes do not match their sha256 or length
+    ├── StoreClosed                         the store was used after close()
+    ├── StorageError                        the engine failed (disk full, unreadable file, ...)
+    ├── BlobError                           a Blob could not be read, sent or resolved
+    │   └── BlobExpired                     its link has expired
+    └── RemoteError                         a server answered with an error
+        └── ActionError                     an action ran and failed on the server
+
+`NotFound` subclasses `KeyError` (it is a failed lookup) and `ValueError` (what Flowcept raises), so
+code written for either keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActionError",
+    "BlobError",
+    "BlobExpired",
+    "DuplicateKey",
+    "FileNotFound",
+    "IntegrityError",
+    "InvalidArgument",
+    "InvalidDocument",
+    "InvalidQuery",
+    "MicroblobError",
+    "NotFound",
+    "ObjectNotFound",
+    "RemoteError",
+    "StorageError",
+    "StoreClosed",
+    "VersionNotFound",
+    "WriteConflict",
+]
+
+
+class MicroblobError(Exception):
+    """Base of every error microblob raises on purpose."""
+
+
+class InvalidArgument(MicroblobError, ValueError):
+    """A public function was called with an argument of the wrong type or value."""
+
+
+class InvalidQuery(InvalidArgument):
+    """A filter, projection or sort is malformed (unknown operator, `$gt` at top level, ...)."""
+
+
+class InvalidDocument(InvalidArgument):
+    """A document cannot be stored: non-string keys, integers beyond 64 bits, unsupported types."""
+
+
+class NotFound(MicroblobError, KeyError, ValueError):
+    """Something the caller named does not exist."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would print the repr of the message, quotes and all.
+        return Exception.__str__(self)
+
+
+class ObjectNotFound(NotFound):
+    """No object with this id."""
+
+    def __init__(self, object_id: Any) -> None:
+        super().__init__(f"object {object_id!r} not found")
+        self.object_id = object_id
+
+
+class VersionNotFound(NotFound):
+    """The object exists but not at this version."""
+
+    def __init__(self, object_id: Any, version: Any) -> None:
+        super().__init__(f"object {object_id!r} has no version {version!r}")
+        self.object_id = object_id
+        self.version = version
+
+
+class FileNotFound(NotFound):
+    """No file with this id in the files bucket."""
+
+    def __init__(self, file_id: Any) -> None:
+        super().__init__(f"file {file_id!r} not found")
+        self.file_id = file_id
+
+
+class DuplicateKey(MicroblobError):
+    """insert_one of a document whose `_id` already exists."""
+
+
+class WriteConflict(MicroblobError):
+    """A compare-and-swap lost to other writers more times than the retry budget allows."""
+
+
+class IntegrityError(MicroblobError):
+    """Stored bytes do not match their recorded sha256 or length, or a reference is dangling."""
+
+
+class StoreClosed(MicroblobError):
+    """The store (or a stream of it) was used after close()."""
+
+
+class StorageError(MicroblobError):
+    """The storage engine failed: disk full, an unreadable file, a server that went away."""
+
+
+class BlobError(MicroblobError):
+    """A Blob could not be read, transferred or resolved."""
+
+
+class BlobExpired(BlobError):
+    """The Blob's link has expired; the server released its data."""
+
+
+class RemoteError(MicroblobError):
+    """A server answered with an error; carries its status and message."""
+
+    def __init__(self, message: str, *, status: int | None = None, error: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+class ActionError(RemoteError):
+    """An action ran on the server and failed; the message is the server's."""
