@@ -1,0 +1,489 @@
+"""The command line: `python -m microblob ...` and the `microblob` console script (DESIGN.md §5).
+
+Each subcommand is one small function over the public Python API; the CLI adds argument parsing,
+output formatting and progress bars, never store logic. Exit codes:
+
+- 0: done.
+- 1: the operation failed (a `MicroblobError` such as a missing object or an invalid query, an
+  unreadable input file, damage found by `verify`); one line `microblob: <message>` on stderr.
+- 2: usage error: unknown option, missing argument, malformed JSON or `k=v` syntax (argparse's
+  convention); one line `microblob <command>: error: <message>` on stderr. Valid JSON that the store
+  rejects as a filter is a failed operation (1), not a usage error.
+- 130: interrupted (Ctrl-C); an interrupted `put` leaves nothing visible.
+
+No traceback is printed for any of these; a traceback means a bug in microblob.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import os
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
+
+from ._connect import connect, default_uri
+from ._exceptions import MicroblobError, ObjectNotFound
+from ._version import __version__
+from .objects import save_stream_atomically
+from .store import Store
+
+__all__ = ["main"]
+
+PROG = "microblob"
+_COPY_SIZE = 1024 * 1024
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called, found after parsing: exit 2."""
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: `sys.argv[1:]`); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    try:
+        return args.run(args) or 0
+    except UsageError as exc:
+        _say(f"{args.prog}: error: {exc}")
+        return 2
+    except MicroblobError as exc:
+        _say(f"{PROG}: {exc}")
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`microblob get X | head`): stop quietly, like other Unix tools, and
+        # keep Python from complaining again when it flushes stdout at exit.
+        _silence_stdout()
+        return 1
+    except OSError as exc:
+        _say(f"{PROG}: {_describe_os_error(exc)}")
+        return 1
+    except KeyboardInterrupt:
+        _say(f"{PROG}: interrupted")
+        return 130
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line.replace("\n", " ") + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return exc.strerror or str(exc)
+
+
+# --- argument parsing -----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (the usage itself is one `--help` away)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _meta_pair(text: str) -> tuple[str, Any]:
+    """`k=v`: the value is JSON when it parses as JSON (`n=3`, `ok=true`, `xy=[1,2]`), else a str."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def _sort_spec(text: str) -> list[tuple[str, int]]:
+    """`field`, `-field` (descending), comma-separated: `--sort=-updated_at,object_id`."""
+    spec = []
+    for part in text.split(","):
+        part = part.strip()
+        field = part[1:] if part.startswith(("-", "+")) else part
+        if not field:
+            raise argparse.ArgumentTypeError(f"empty field name in {text!r}")
+        spec.append((field, -1 if part.startswith("-") else 1))
+    return spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    db_help = f"store URI (default: $MICROBLOB_URI, else ./microblob.db; now {default_uri()!r})"
+    parser = _Parser(
+        prog=PROG,
+        description="Binary objects with provenance and versions in one embedded file.",
+        epilog="Exit codes: 0 done, 1 the operation failed, 2 usage error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--db", metavar="URI", default=None, help=db_help)
+    # --db is accepted after the subcommand too; SUPPRESS keeps a subcommand from resetting it.
+    common = _Parser(add_help=False)
+    common.add_argument("--db", metavar="URI", default=argparse.SUPPRESS, help=db_help)
+    json_flag = _Parser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON (one object per line) for scripts")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, run: Any, help: str, parents: Sequence[argparse.ArgumentParser] = ()) -> _Parser:
+        sub = commands.add_parser(name, help=help, description=help, parents=[common, *parents])
+        sub.set_defaults(run=run, prog=sub.prog)
+        return sub
+
+    p = command("put", cmd_put, "save a file (or stdin) as a new object, or as a new version of --id; "
+                                "prints the object id", [json_flag])
+    p.add_argument("file", metavar="FILE|-", help="file to save; - reads stdin")
+    p.add_argument("--id", dest="object_id", metavar="OBJECT_ID", help="update this object (default: a new id)")
+    p.add_argument("--type", help="object type, e.g. image, dataset, ml_model")
+    p.add_argument("--task-id")
+    p.add_argument("--workflow-id")
+    p.add_argument("--meta", action="append", type=_meta_pair, default=[], metavar="KEY=VALUE",
+                   help="custom metadata (repeatable); VALUE is parsed as JSON when it is JSON, else kept as text")
+    p.add_argument("--tag", action="append", default=None, help="a tag (repeatable)")
+    p.add_argument("--content-type", help="MIME type (default: kept from the previous version, "
+                                          "else application/octet-stream)")
+    p.add_argument("--version-control", action="store_true",
+                   help="keep the version this update replaces readable in the history")
+    p.add_argument("--inline", action="store_true",
+                   help="store the bytes in the object document (small payloads only)")
+
+    p = command("get", cmd_get, "write an object's bytes to a file or to stdout")
+    p.add_argument("object_id", metavar="ID")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (atomically); - or nothing: stdout")
+    p.add_argument("--version", type=_count, metavar="N", help="this version (default: the latest)")
+
+    p = command("ls", cmd_ls, "list objects (latest versions): a table, or JSON lines with --json", [json_flag])
+    p.add_argument("--filter", type=_json_value, metavar="JSON", help='a MongoDB filter, e.g. \'{"type": "image"}\'')
+    p.add_argument("--type", help="only objects of this type")
+    p.add_argument("--sort", type=_sort_spec, metavar="FIELDS", help="e.g. --sort=-updated_at (- = descending)")
+    p.add_argument("--limit", type=_count, default=0, metavar="N", help="at most N objects (default: all)")
+    p.add_argument("--skip", type=_count, default=0, metavar="N")
+
+    p = command("show", cmd_show, "print one object's metadata as JSON")
+    p.add_argument("object_id", metavar="ID")
+    p.add_argument("--version", type=_count, metavar="N", help="this version (default: the latest)")
+
+    p = command("history", cmd_history, "print every version's metadata, newest first, as JSON lines")
+    p.add_argument("object_id", metavar="ID")
+
+    p = command("query", cmd_query, "print the documents matching a MongoDB filter, as JSON lines")
+    p.add_argument("filter", type=_json_value, metavar="JSON", help='e.g. \'{"custom_metadata.n": {"$gt": 2}}\'')
+    p.add_argument("--collection", default="objects",
+                   help="objects (default), object_history, workflows or fs.files")
+    p.add_argument("--projection", type=_json_value, metavar="JSON",
+                   help='fields to return, e.g. \'{"object_id": 1}\' (default: all but inline data)')
+    p.add_argument("--sort", type=_sort_spec, metavar="FIELDS", help="e.g. --sort=-updated_at (- = descending)")
+    p.add_argument("--limit", type=_count, default=0, metavar="N")
+    p.add_argument("--skip", type=_count, default=0, metavar="N")
+
+    p = command("rm", cmd_rm, "delete an object: every version and its bytes")
+    p.add_argument("object_id", metavar="ID")
+
+    command("verify", cmd_verify, "re-hash every version's bytes and check every reference; "
+                                  "exit 1 naming what is damaged", [json_flag])
+    command("gc", cmd_gc, "free the bytes no version references (e.g. left by interrupted writes)", [json_flag])
+    return parser
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _connect(args: argparse.Namespace) -> Store:
+    return connect(args.db)
+
+
+def _progress(total: int | None, desc: str) -> Any:
+    """A byte-counting tqdm bar on stderr when stderr is a terminal; a silent no-op bar otherwise."""
+    from tqdm import tqdm
+
+    shown = _isatty(sys.stderr)
+    # A terminal that reports a 0x0 size (a serial console, some `docker exec -t`) makes tqdm hide
+    # the bar; give it the classic 80x24 there, and follow the real size everywhere else.
+    sized = shown and _has_size(sys.stderr)
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                disable=not shown, leave=True, dynamic_ncols=sized,
+                ncols=None if sized else 80, nrows=None if sized else 24)
+
+
+def _has_size(stream: Any) -> bool:
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _Counted:
+    """A readable stream that advances a progress bar by every byte read through it."""
+
+    def __init__(self, stream: Any, bar: Any) -> None:
+        self._stream = stream
+        self._bar = bar
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self._bar.update(len(data))
+        return data
+
+    def chunks(self) -> Iterator[bytes]:
+        """The rest of the stream in pieces: the source's own chunks when it has them."""
+        source = self._stream.chunks() if hasattr(self._stream, "chunks") else iter(
+            lambda: self._stream.read(_COPY_SIZE), b"")
+        for piece in source:
+            self._bar.update(len(piece))
+            yield piece
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[tuple[BinaryIO, int | None, str]]:
+    """(stream, size if known, label) for `put FILE|-`; stdin is streamed, never read whole."""
+    if path == "-":
+        stream = sys.stdin.buffer
+        yield stream, _regular_size(stream), "stdin"
+        return
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise MicroblobError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream, _regular_size(stream), os.path.basename(path)
+
+
+def _regular_size(stream: Any) -> int | None:
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$binary": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot print a {type(value).__name__} as JSON")
+
+
+def _dumps(value: Any, *, indent: int | None = None) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, indent=indent)
+
+
+def _print_json_lines(items: Any) -> None:
+    out = sys.stdout
+    for item in items:
+        out.write(_dumps(item) + "\n")
+    out.flush()
+
+
+def _human_size(n: Any) -> str:
+    if not isinstance(n, int):
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _short_time(value: Any) -> str:
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(_dt.timezone.utc)
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "-" if value is None else str(value)
+
+
+def _table(header: Sequence[str], rows: list[list[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell, two spaces apart; the columns in `right` right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# --- subcommands ----------------------------------------------------------------------------------
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    with _open_input(args.file) as (stream, size, label), _connect(args) as store:
+        with _progress(size, f"put {label}") as bar:
+            object_id = store.save_or_update_object(
+                _Counted(stream, bar),
+                object_id=args.object_id,
+                workflow_id=args.workflow_id,
+                task_id=args.task_id,
+                type=args.type,
+                custom_metadata=dict(args.meta) if args.meta else None,
+                save_data_in_collection=args.inline,
+                control_version=args.version_control,
+                content_type=args.content_type,
+                tags=args.tag,
+            )
+        if args.json:
+            _print_json_lines([store.get_blob_object(object_id).to_dict()])
+        else:
+            print(object_id, flush=True)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    to_stdout = args.output in (None, "-")
+    if args.output is None and _isatty(sys.stdout):
+        raise UsageError("refusing to write binary data to a terminal; give -o FILE, or -o - to insist")
+    with _connect(args) as store:
+        obj = store.get_blob_object(args.object_id, args.version)
+        with obj.open() as stream, _progress(obj.size, f"get {obj.object_id} v{obj.version}") as bar:
+            source = _Counted(stream, bar)
+            if to_stdout:
+                out = sys.stdout.buffer
+                for piece in source.chunks():
+                    out.write(piece)
+                out.flush()
+            else:
+                try:
+                    save_stream_atomically(source, args.output)
+                except OSError as exc:
+                    raise MicroblobError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    filter = args.filter
+    if args.type is not None:
+        filter = {"$and": [filter, {"type": args.type}]} if filter else {"type": args.type}
+    with _connect(args) as store:
+        objects = store.blob_object_query(filter, sort=args.sort, limit=args.limit, skip=args.skip)
+        if args.json:
+            _print_json_lines(obj.to_dict() for obj in objects)
+            return 0
+        if not objects:
+            return 0
+        header = ["object_id", "version", "type", "size", "content_type", "updated_at", "workflow/task"]
+        rows = [
+            [obj.object_id, str(obj.version), obj.type or "-", _human_size(obj.size), obj.content_type or "-",
+             _short_time(obj.updated_at), f"{obj.workflow_id or '-'}/{obj.task_id or '-'}"]
+            for obj in objects
+        ]
+        sys.stdout.write(_table(header, rows, right=(1, 3)) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        obj = store.get_blob_object(args.object_id, args.version)
+        sys.stdout.write(_dumps(obj.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        history = store.get_object_history(args.object_id)
+        if not history:  # every object has at least its current version: empty means no such object
+            raise ObjectNotFound(args.object_id)
+        _print_json_lines(history)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    projection = args.projection
+    if projection is None and args.collection in ("objects", "object_history"):
+        projection = {"data": 0}  # inline bytes are data, not metadata: `get` prints them
+    with _connect(args) as store:
+        docs = store.query(args.filter, collection=args.collection, projection=projection, sort=args.sort,
+                           limit=args.limit, skip=args.skip)
+        _print_json_lines(docs)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        store.delete_object(args.object_id)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        report = store.verify()
+    if args.json:
+        damaged = [{"object_id": o, "version": v, "reason": r} for o, v, r in report.damaged]
+        _print_json_lines([{"ok": report.ok, "checked": report.checked, "damaged": damaged}])
+    else:
+        for object_id, version, reason in report.damaged:
+            print(f"damaged: {object_id} v{version}: {reason}")
+        state = "ok" if report.ok else f"{len(report.damaged)} damaged"
+        print(f"checked {report.checked} version(s): {state}", flush=True)
+    if report.ok:
+        return 0
+    names = ", ".join(f"{o} v{v}" for o, v, _ in report.damaged[:5])
+    more = f" and {len(report.damaged) - 5} more" if len(report.damaged) > 5 else ""
+    _say(f"{PROG}: {len(report.damaged)} damaged version(s): {names}{more}")
+    return 1
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        report = store.gc()
+    if args.json:
+        _print_json_lines([dataclasses.asdict(report)])
+    else:
+        print(f"freed {report.freed_files} file(s), {_human_size(report.freed_bytes)} "
+              f"({report.freed_bytes} bytes), {report.freed_orphan_chunks} orphan chunk(s)", flush=True)
+    return 0
