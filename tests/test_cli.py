@@ -1,0 +1,544 @@
+"""The command line, driven the way users drive it: `python -m microblob` and the installed `microblob`
+console script, in subprocesses, on a real store file.
+
+Exit codes under test: 0 done; 1 the operation failed (missing object or version, invalid query,
+unreadable or unwritable file, damage found by verify, bad store URI); 2 usage error (argparse errors,
+malformed JSON or KEY=VALUE); 130 interrupted. Every failure is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import microblob
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+BIG = 50 * MiB
+
+
+# --- how to run the command line ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def console_script(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The `microblob` script pip generates from setup.cfg's entry point.
+
+    In CI (`pip install -e '.[test]'`) it sits beside the interpreter running the tests. Elsewhere,
+    install this checkout (no dependencies: they are already importable) into a scratch prefix; the
+    script it generates runs this interpreter."""
+    beside = Path(sys.executable).parent / "microblob"
+    if beside.is_file():
+        return str(beside)
+    prefix = tmp_path_factory.mktemp("console-script")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check",
+         "--prefix", str(prefix), "--editable", str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"could not install the console script:\n{proc.stdout}\n{proc.stderr}"
+    script = prefix / "bin" / "microblob"
+    assert script.is_file(), f"pip made no {script}"
+    return str(script)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The caller's environment, this checkout first on the path, no store or token inherited."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MICROBLOB_URI", "MICROBLOB_TOKEN")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+class Cli:
+    """Runs one entry point with `MICROBLOB_URI` pointing at a fresh store file in `cwd`."""
+
+    def __init__(self, argv0: list[str], cwd: Path) -> None:
+        self.argv0 = argv0
+        self.cwd = cwd
+        self.db = cwd / "store.db"
+        self.env = cli_env(MICROBLOB_URI=str(self.db))
+
+    def cmd(self, *args: str) -> list[str]:
+        return [*self.argv0, *args]
+
+    def __call__(self, *args: str, input: bytes | None = None, stdin: Any = None, env: dict[str, str] | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(self.cmd(*args), input=input, stdin=stdin, capture_output=True, cwd=self.cwd,
+                              env=self.env if env is None else env, timeout=timeout)
+
+    def ok(self, *args: str, **kwargs: Any) -> str:
+        """Run, insist on exit 0 and a silent stderr, return stdout as text."""
+        proc = self(*args, **kwargs)
+        assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stderr.decode()}"
+        assert proc.stderr == b"", proc.stderr.decode()
+        return proc.stdout.decode()
+
+    def fails(self, code: int, *args: str, **kwargs: Any) -> str:
+        """Run, insist on exit `code` with one line on stderr and no traceback; return that line."""
+        proc = self(*args, **kwargs)
+        err = proc.stderr.decode()
+        assert proc.returncode == code, f"{args}: exit {proc.returncode}, wanted {code}\n{err}"
+        assert "Traceback" not in err, err
+        assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
+        assert err.startswith("microblob"), err
+        return err.strip()
+
+    def put(self, data: bytes, *args: str) -> str:
+        return self.ok("put", "-", *args, input=data).strip()
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli([sys.executable, "-m", "microblob"], tmp_path)
+
+
+@pytest.fixture(params=["python -m microblob", "console script"])
+def any_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
+    if request.param == "console script":
+        return Cli([request.getfixturevalue("console_script")], tmp_path)
+    return Cli([sys.executable, "-m", "microblob"], tmp_path)
+
+
+@pytest.fixture(scope="session")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    data = os.urandom(BIG)
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for piece in iter(lambda: fh.read(MiB), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# --- put / get round trips of 50 MiB, through both entry points ------------------------------------
+
+
+def test_put_get_file_round_trip_50mib(any_cli: Cli, big_file: tuple[Path, str]) -> None:
+    path, digest = big_file
+    object_id = any_cli.ok("put", str(path)).strip()
+    assert len(object_id) == 32
+    out = any_cli.cwd / "out.bin"
+    assert any_cli.ok("get", object_id, "-o", str(out)) == ""
+    assert sha256_file(out) == digest
+    shown = json.loads(any_cli.ok("show", object_id))
+    assert (shown["size"], shown["sha256"], shown["storage"]) == (BIG, digest, "chunked")
+    assert not [p for p in any_cli.cwd.iterdir() if p.name.startswith(".microblob-")]  # no temp file left
+
+
+def test_put_stdin_get_stdout_round_trip_50mib(any_cli: Cli, big_file: tuple[Path, str]) -> None:
+    path, digest = big_file
+    # A real pipe on stdin (unknown size), and stdout captured through a pipe.
+    proc = subprocess.Popen(any_cli.cmd("put", "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=any_cli.cwd, env=any_cli.env)
+    with open(path, "rb") as fh:
+        out, err = proc.communicate(fh.read(), timeout=300)
+    assert proc.returncode == 0 and err == b"", err.decode()
+    object_id = out.decode().strip()
+    got = any_cli("get", object_id)
+    assert got.returncode == 0 and got.stderr == b"", got.stderr.decode()
+    assert len(got.stdout) == BIG and hashlib.sha256(got.stdout).hexdigest() == digest
+    assert any_cli("get", object_id, "-o", "-").stdout == got.stdout
+
+
+def test_exit_codes_through_both_entry_points(any_cli: Cli) -> None:
+    assert any_cli.ok("ls") == ""
+    assert "not found" in any_cli.fails(1, "get", "no-such-id")
+    assert "invalid choice" in any_cli.fails(2, "frobnicate")
+    assert any_cli(*("--help",)).returncode == 0
+
+
+# --- every subcommand's happy path -----------------------------------------------------------------
+
+
+def test_put_options_become_object_fields(cli: Cli) -> None:
+    object_id = cli.put(
+        b"payload", "--type", "image", "--task-id", "capture-1", "--workflow-id", "wf-7",
+        "--content-type", "image/png", "--tag", "raw", "--tag", "day1",
+        "--meta", "n=3", "--meta", "exposure=12.5", "--meta", "ok=true", "--meta", "who=Ada Lovelace",
+        "--meta", 'stage={"x": 1, "y": [2, 3]}', "--meta", "empty=", "--meta", "eq=a=b", "--meta", "n=4",
+    )
+    doc = json.loads(cli.ok("show", object_id))
+    assert doc["type"] == "image" and doc["task_id"] == "capture-1" and doc["workflow_id"] == "wf-7"
+    assert doc["content_type"] == "image/png" and doc["tags"] == ["raw", "day1"]
+    assert doc["custom_metadata"] == {"n": 4, "exposure": 12.5, "ok": True, "who": "Ada Lovelace",
+                                      "stage": {"x": 1, "y": [2, 3]}, "empty": "", "eq": "a=b"}
+    assert doc["version"] == 0 and doc["size"] == 7 and doc["sha256"] == hashlib.sha256(b"payload").hexdigest()
+
+
+def test_put_json_inline_and_versions(cli: Cli) -> None:
+    first = json_lines(cli.ok("put", "-", "--json", "--inline", "--id", "cfg", input=b"v0"))
+    assert len(first) == 1 and first[0]["object_id"] == "cfg" and first[0]["storage"] == "inline"
+    assert cli.put(b"v1", "--id", "cfg", "--version-control") == "cfg"
+    assert cli.put(b"v2", "--id", "cfg") == "cfg"  # replaces v1 without archiving it
+    history = json_lines(cli.ok("history", "cfg"))
+    assert [h["version"] for h in history] == [2, 0]
+    assert history[0]["prev_version"] == 0  # v1 was replaced without being archived: v2 points at v0
+    assert cli.ok("get", "cfg", "-o", "-") == "v2"
+    assert cli.ok("get", "cfg", "--version", "0", "-o", "-") == "v0"
+    assert json.loads(cli.ok("show", "cfg", "--version", "0"))["storage"] == "inline"
+    assert "has no version 1" in cli.fails(1, "get", "cfg", "--version", "1", "-o", "-")
+
+
+def test_get_writes_a_file_atomically_and_overwrites(cli: Cli) -> None:
+    object_id = cli.put(b"new bytes")
+    target = cli.cwd / "target.bin"
+    target.write_bytes(b"old content that is longer")
+    assert cli.ok("get", object_id, "--output", str(target)) == ""
+    assert target.read_bytes() == b"new bytes"
+
+
+def test_ls_table_and_json_lines(cli: Cli) -> None:
+    a = cli.put(b"x" * 3000, "--type", "image", "--task-id", "t1", "--workflow-id", "wf1",
+                "--content-type", "image/png")
+    b = cli.put(b"y" * (3 * MiB // 2), "--type", "dataset")
+    lines = cli.ok("ls").splitlines()
+    header = lines[0].split()
+    assert header == ["object_id", "version", "type", "size", "content_type", "updated_at", "workflow/task"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {a, b}
+    assert rows[a][1:] == ["0", "image", "2.9", "KiB", "image/png", rows[a][6], "wf1/t1"]
+    assert rows[b][1:5] == ["0", "dataset", "1.5", "MiB"] and rows[b][-1] == "-/-"
+    dt.datetime.strptime(rows[a][6], "%Y-%m-%dT%H:%M:%SZ")
+
+    docs = {d["object_id"]: d for d in json_lines(cli.ok("ls", "--json"))}
+    assert set(docs) == {a, b}
+    assert docs[a]["size"] == 3000 and docs[a]["custom_metadata"] == {} and docs[a]["workflow_id"] == "wf1"
+    for field in ("created_at", "updated_at"):  # ISO 8601 with the UTC offset
+        assert dt.datetime.fromisoformat(docs[a][field]).utcoffset() == dt.timedelta(0)
+
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--type", "dataset"))] == [b]
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--filter", '{"task_id": "t1"}'))] == [a]
+    assert json_lines(cli.ok("ls", "--json", "--filter", '{"task_id": "t1"}', "--type", "dataset")) == []
+    newest_first = [d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--sort=-updated_at"))]
+    assert newest_first == [b, a]
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--sort", "updated_at"))] == [a, b]
+    assert len(json_lines(cli.ok("ls", "--json", "--limit", "1"))) == 1
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--sort=updated_at", "--skip", "1"))] == [b]
+    assert cli.ok("ls", "--type", "nothing-of-this-type") == ""
+
+
+def test_show_history_and_query_print_json(cli: Cli) -> None:
+    object_id = cli.put(b"a", "--meta", "n=1", "--meta", "name=Ünïcødé")
+    cli.put(b"bb", "--id", object_id, "--version-control", "--meta", "n=2")
+    shown = json.loads(cli.ok("show", object_id))
+    assert shown["version"] == 1 and shown["prev_version"] == 0 and shown["custom_metadata"] == {"n": 2}
+    assert "data" not in shown
+    assert json.loads(cli.ok("show", object_id, "--version", "0"))["custom_metadata"]["name"] == "Ünïcødé"
+
+    history = json_lines(cli.ok("history", object_id))
+    assert [(h["version"], h["size"]) for h in history] == [(1, 2), (0, 1)]
+    assert all("data" not in h for h in history)
+
+    inline = cli.put(b"inline bytes", "--inline", "--type", "note")
+    found = json_lines(cli.ok("query", '{"type": "note"}'))
+    assert [d["object_id"] for d in found] == [inline] and "data" not in found[0]  # bytes are not printed
+    with_data = json_lines(cli.ok("query", '{"type": "note"}', "--projection", '{"data": 1}'))
+    assert with_data == [{"_id": inline, "data": {"$binary": "aW5saW5lIGJ5dGVz"}}]
+    older = json_lines(cli.ok("query", '{"custom_metadata.n": {"$lt": 2}}', "--collection", "object_history"))
+    assert [(d["object_id"], d["version"]) for d in older] == [(object_id, 0)]
+    ids = json_lines(cli.ok("query", "{}", "--projection", '{"object_id": 1, "_id": 0}', "--sort=-updated_at",
+                            "--limit", "1"))
+    assert ids == [{"object_id": inline}]
+    files = json_lines(cli.ok("query", '{"length": 2}', "--collection", "fs.files"))
+    assert len(files) == 1 and files[0]["sha256"] == hashlib.sha256(b"bb").hexdigest()
+
+
+def test_rm_deletes_every_version(cli: Cli) -> None:
+    object_id = cli.put(b"a")
+    cli.put(b"b", "--id", object_id, "--version-control")
+    keep = cli.put(b"keep")
+    assert cli.ok("rm", object_id) == ""
+    assert "not found" in cli.fails(1, "show", object_id)
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json"))] == [keep]
+    assert json_lines(cli.ok("query", "{}", "--collection", "object_history")) == []
+
+
+def test_verify_ok_and_damaged(cli: Cli) -> None:
+    good = cli.put(os.urandom(300_000))
+    damaged = cli.put(os.urandom(300_000), "--id", "damaged-one")
+    assert cli.ok("verify") == "checked 2 version(s): ok\n"
+    assert json_lines(cli.ok("verify", "--json")) == [{"ok": True, "checked": 2, "damaged": []}]
+
+    with microblob.connect(cli.db) as store:  # flip one bit of the stored bytes
+        file_id = store.get_blob_object(damaged).file_id
+        chunk = store.backend.chunks.get(file_id, 0)
+        store.backend.chunks.put(file_id, 0, bytes([chunk[0] ^ 1]) + chunk[1:])
+
+    proc = cli("verify")
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == "microblob: 1 damaged version(s): damaged-one v0\n"
+    out = proc.stdout.decode().splitlines()
+    reason = f"file {file_id!r} does not match its own sha256"
+    assert out == [f"damaged: damaged-one v0: {reason}", "checked 2 version(s): 1 damaged"]
+    proc = cli("verify", "--json")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {"ok": False, "checked": 2, "damaged": [
+        {"object_id": "damaged-one", "version": 0, "reason": reason}]}
+    assert len(cli("get", good).stdout) == 300_000
+
+
+def test_gc_prints_what_it_freed(cli: Cli) -> None:
+    keep = cli.put(os.urandom(200_000))
+    assert cli.ok("gc") == "freed 0 file(s), 0 B (0 bytes), 0 orphan chunk(s)\n"
+    with microblob.connect(cli.db) as store:  # a file whose object document was never written
+        store.files.upload_from_stream("x", os.urandom(150_000), metadata={"microblob_object_id": "ghost"})
+    assert cli.ok("gc") == "freed 1 file(s), 146.5 KiB (150000 bytes), 0 orphan chunk(s)\n"
+    assert json_lines(cli.ok("gc", "--json")) == [{"freed_files": 0, "freed_bytes": 0, "freed_orphan_chunks": 0}]
+    assert len(cli("get", keep).stdout) == 200_000
+
+
+# --- interrupted uploads leave nothing visible -----------------------------------------------------
+
+
+def _start_put_and_feed(cli: Cli, n_bytes: int) -> subprocess.Popen[bytes]:
+    """A `put -` that has read `n_bytes` from its stdin pipe and is waiting for more."""
+    proc = subprocess.Popen(cli.cmd("put", "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=cli.cwd, env=cli.env)
+    assert proc.stdin is not None
+    piece = os.urandom(MiB)
+    for _ in range(n_bytes // MiB):
+        proc.stdin.write(piece)
+    proc.stdin.flush()
+    time.sleep(0.5)  # the last writes are in the child's hands; it is blocked reading more
+    return proc
+
+
+def test_killed_put_leaves_nothing_visible_and_gc_reclaims_it(cli: Cli) -> None:
+    cli.put(b"existing")
+    proc = _start_put_and_feed(cli, 40 * MiB)  # > 2 batches of 16 MiB: chunks are committed
+    proc.kill()
+    proc.wait(timeout=60)
+    assert len(json_lines(cli.ok("ls", "--json"))) == 1
+    report = json_lines(cli.ok("gc", "--json"))[0]
+    assert report["freed_orphan_chunks"] > 0 and report["freed_bytes"] >= 16 * MiB
+    assert cli.ok("verify") == "checked 1 version(s): ok\n"
+
+
+def test_ctrl_c_during_put_exits_130_and_leaves_nothing(cli: Cli) -> None:
+    proc = _start_put_and_feed(cli, 40 * MiB)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode() == "microblob: interrupted\n" and out == b""
+    assert cli.ok("ls") == ""
+    assert json_lines(cli.ok("gc", "--json"))[0]["freed_files"] == 0
+
+
+# --- errors: one line on stderr, the right exit code, no traceback ---------------------------------
+
+
+FAILED_OPERATIONS = [
+    (("get", "nope"), "object 'nope' not found"),
+    (("get", "nope", "-o", "x.bin"), "object 'nope' not found"),
+    (("show", "nope"), "object 'nope' not found"),
+    (("history", "nope"), "object 'nope' not found"),
+    (("rm", "nope"), "object 'nope' not found"),
+    (("show", "OBJ", "--version", "5"), "has no version 5"),
+    (("get", "OBJ", "--version", "5", "-o", "-"), "has no version 5"),
+    (("put", "no-such-file.bin"), "cannot read no-such-file.bin: No such file or directory"),
+    (("put", "."), "cannot read .: Is a directory"),
+    (("get", "OBJ", "-o", "no-such-dir/x.bin"), "cannot write no-such-dir/x.bin: No such file or directory"),
+    (("ls", "--filter", "[1, 2]"), "a filter must be a dict, not list"),
+    (("ls", "--filter", '{"$gt": 1}'), "$gt"),
+    (("query", '{"size": {"$frob": 1}}'), "$frob"),
+    (("query", '"text"'), "a filter must be a dict, not str"),
+    (("query", "{}", "--collection", "nope"), "collection must be one of"),
+    (("query", "{}", "--projection", '{"a": 1, "b": 0}'), "projection"),
+    (("put", "-", "--id", "a/b"), "contains '/'"),
+    (("put", "-", "--content-type", "not a type"), "content_type"),
+    (("put", "-", "--id", "x" * 600), "the limit is 512"),
+    (("--db", "foo://somewhere", "ls"), "unknown store URI scheme 'foo'"),
+    (("ls", "--db", "no-such-dir/store.db"), "no-such-dir does not exist"),
+    (("ls", "--db", "."), "is a directory"),
+    (("ls", "--db", "not-a-store.txt"), "not-a-store.txt"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), FAILED_OPERATIONS, ids=[" ".join(a)[:40] for a, _ in FAILED_OPERATIONS])
+def test_failed_operations_exit_1(cli: Cli, args: tuple[str, ...], message: str) -> None:
+    (cli.cwd / "not-a-store.txt").write_text("this is not an LMDB file, it is long enough to be read " * 200)
+    with microblob.connect(cli.db) as store:
+        store.save_or_update_object(b"x", object_id="OBJ")
+    line = cli.fails(1, *args, input=b"")
+    assert line.startswith("microblob: ") and message in line, line
+
+
+USAGE_ERRORS = [
+    ((), "the following arguments are required: COMMAND"),
+    (("frob",), "invalid choice: 'frob'"),
+    (("ls", "--frob"), "unrecognized arguments: --frob"),
+    (("put",), "the following arguments are required: FILE|-"),
+    (("get",), "the following arguments are required: ID"),
+    (("query",), "the following arguments are required: JSON"),
+    (("put", "-", "--meta", "novalue"), "argument --meta: expected KEY=VALUE, not 'novalue'"),
+    (("put", "-", "--meta", "=v"), "argument --meta: expected KEY=VALUE"),
+    (("ls", "--filter", "{bad"), "argument --filter: not valid JSON"),
+    (("query", "{'single': 'quotes'}"), "argument JSON: not valid JSON"),
+    (("query", "{}", "--projection", "{"), "argument --projection: not valid JSON"),
+    (("ls", "--limit", "-1"), "argument --limit: must be >= 0, not -1"),
+    (("ls", "--limit", "many"), "argument --limit: not an integer"),
+    (("ls", "--sort=-"), "argument --sort: empty field name"),
+    (("get", "OBJ", "--version", "x"), "argument --version: not an integer"),
+    (("show", "OBJ", "--version", "-1"), "argument --version: must be >= 0"),
+    (("ls", "--db"), "argument --db: expected one argument"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS, ids=[" ".join(a)[:40] or "(none)" for a, _ in USAGE_ERRORS])
+def test_usage_errors_exit_2(cli: Cli, args: tuple[str, ...], message: str) -> None:
+    line = cli.fails(2, *args, input=b"")
+    assert message in line, line
+    assert ": error: " in line and "--help" in line
+
+
+def test_help_and_version(cli: Cli) -> None:
+    text = cli.ok("--help")
+    for name in ("put", "get", "ls", "show", "history", "query", "rm", "verify", "gc", "--db"):
+        assert name in text
+    assert "MICROBLOB_URI" in text and "Exit codes" in text
+    assert cli.ok("put", "--help").startswith("usage: microblob put")
+    assert cli.ok("--version") == f"microblob {microblob.__version__}\n"
+
+
+# --- where the store is: --db, $MICROBLOB_URI, ./microblob.db --------------------------------------
+
+
+def test_store_location(cli: Cli, tmp_path: Path) -> None:
+    env_uri = cli.env  # MICROBLOB_URI=<tmp>/store.db
+    no_uri = cli_env()
+    a = cli.put(b"in the MICROBLOB_URI store")
+    b_path = tmp_path / "b.db"
+    b = cli.ok("--db", str(b_path), "put", "-", input=b"in b").strip()
+    c = cli.ok("put", "-", "--db", f"lmdb://{b_path}", input=b"also in b").strip()  # --db after the command
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json", env=env_uri))] == [a]
+    assert {d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--db", str(b_path)))} == {b, c}
+    d = cli.ok("put", "-", input=b"default", env=no_uri).strip()
+    assert (tmp_path / "microblob.db").is_file()  # the embedded default, in the working directory
+    assert [x["object_id"] for x in json_lines(cli.ok("ls", "--json", env=no_uri))] == [d]
+    assert cli.ok("get", d, "-o", "-", "--db", "microblob.db", env=env_uri) == "default"
+
+
+def test_server_and_cli_share_a_store_file(cli: Cli) -> None:
+    """Another process holding the store open (as `serve` does) does not stop the CLI."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import microblob, sys, time; s = microblob.connect(sys.argv[1]); "
+                               "s.save_or_update_object(b'held', object_id='held'); print('ready', flush=True); "
+                               "time.sleep(60)", str(cli.db)],
+        stdout=subprocess.PIPE, env=cli.env, cwd=cli.cwd)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
+        object_id = cli.put(b"while held")
+        assert {d["object_id"] for d in json_lines(cli.ok("ls", "--json"))} == {"held", object_id}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- terminals, pipes and progress bars ------------------------------------------------------------
+
+
+def run_with_tty(cmd: list[str], *, cwd: Path, env: dict[str, str], tty: str = "stderr",
+                 size: tuple[int, int] | None = (30, 100), stdin: Any = subprocess.DEVNULL
+                 ) -> tuple[int, bytes, bytes]:
+    """Run with stderr (or stdout) on a pseudo-terminal of `size` (rows, cols; None: a 0x0 terminal
+    such as a serial console reports). Returns (exit code, the other stream, what the terminal got)."""
+    master, slave = os.openpty()
+    if size is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, tty: slave}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, **streams)
+    os.close(slave)
+    seen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer of the terminal has closed it
+                return
+            if not data:
+                return
+            seen.extend(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, err = proc.communicate(timeout=300)
+    reader.join(timeout=30)
+    os.close(master)
+    return proc.returncode, out if tty == "stderr" else err, bytes(seen)
+
+
+@pytest.mark.parametrize("size", [(30, 100), None], ids=["100x30", "0x0"])
+def test_progress_bars_on_a_terminal(cli: Cli, size: tuple[int, int] | None) -> None:
+    source = cli.cwd / "src.bin"
+    source.write_bytes(os.urandom(3 * MiB))
+    code, out, tty = run_with_tty(cli.cmd("put", str(source)), cwd=cli.cwd, env=cli.env, size=size)
+    assert code == 0
+    object_id = out.decode().strip()
+    text = tty.decode(errors="replace")
+    assert "put src.bin" in text and "100%" in text and "3.00M/3.00M" in text, text
+
+    with open(source, "rb") as fh:  # stdin: a bar too, sized from the redirected file
+        code, out, tty = run_with_tty(cli.cmd("put", "-"), cwd=cli.cwd, env=cli.env, size=size, stdin=fh)
+    assert code == 0 and "put stdin" in tty.decode(errors="replace") and "100%" in tty.decode(errors="replace")
+
+    code, _, tty = run_with_tty(cli.cmd("get", object_id, "-o", "copy.bin"), cwd=cli.cwd, env=cli.env, size=size)
+    text = tty.decode(errors="replace")
+    assert code == 0 and f"get {object_id} v0" in text and "100%" in text, text
+    assert (cli.cwd / "copy.bin").read_bytes() == source.read_bytes()
+
+
+def test_no_progress_in_pipes(cli: Cli) -> None:
+    source = cli.cwd / "src.bin"
+    source.write_bytes(os.urandom(3 * MiB))
+    object_id = cli.ok("put", str(source)).strip()  # ok() asserts stderr is empty
+    cli.ok("put", "-", input=source.read_bytes())
+    assert cli.ok("get", object_id, "-o", "x.bin") == ""
+    assert len(cli("get", object_id).stdout) == 3 * MiB
+
+
+def test_get_refuses_to_write_binary_to_a_terminal(cli: Cli) -> None:
+    object_id = cli.put(b"\x00\x01binary")
+    code, err, tty = run_with_tty(cli.cmd("get", object_id), cwd=cli.cwd, env=cli.env, tty="stdout")
+    assert code == 2 and tty == b""
+    assert err.decode() == ("microblob get: error: refusing to write binary data to a terminal; "
+                            "give -o FILE, or -o - to insist\n")
+    code, err, tty = run_with_tty(cli.cmd("get", object_id, "-o", "-"), cwd=cli.cwd, env=cli.env, tty="stdout")
+    assert code == 0 and b"binary" in tty
+
+
+def test_a_closed_pipe_stops_get_quietly(cli: Cli) -> None:
+    object_id = cli.put(os.urandom(20 * MiB))
+    proc = subprocess.Popen(cli.cmd("get", object_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=cli.cwd, env=cli.env)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10  # like `microblob get ID | head -c 10`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert err == b""
