@@ -9,7 +9,8 @@ output formatting and progress bars, never store logic. Exit codes:
 - 2: usage error: unknown option, missing argument, malformed JSON or `k=v` syntax (argparse's
   convention); one line `microblob <command>: error: <message>` on stderr. Valid JSON that the store
   rejects as a filter is a failed operation (1), not a usage error.
-- 130: interrupted (Ctrl-C); an interrupted `put` leaves nothing visible.
+- 130: interrupted (Ctrl-C), 143: terminated (SIGTERM); an interrupted `put` leaves nothing visible
+  and an interrupted `get -o FILE` leaves FILE as it was.
 
 No traceback is printed for any of these; a traceback means a bug in microblob.
 """
@@ -23,6 +24,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import signal
 import stat
 import sys
 from collections.abc import Iterator, Sequence
@@ -54,25 +56,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    with _terminate_cleanly():
+        try:
+            return args.run(args) or 0
+        except UsageError as exc:
+            _say(f"{args.prog}: error: {exc}")
+            return 2
+        except MicroblobError as exc:
+            _say(f"{PROG}: {exc}")
+            return 1
+        except BrokenPipeError:
+            # The reader went away (`microblob get X | head`): stop quietly, like other Unix tools,
+            # and keep Python from complaining again when it flushes stdout at exit.
+            _silence_stdout()
+            return 1
+        except OSError as exc:
+            _say(f"{PROG}: {_describe_os_error(exc)}")
+            return 1
+        except KeyboardInterrupt:
+            _say(f"{PROG}: interrupted")
+            return 130
+        except _Terminated:
+            _say(f"{PROG}: terminated")
+            return 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that `with` blocks unwind: an upload in progress is aborted and a
+    half-written `get -o` temp file removed, instead of both being left for `gc` or the user."""
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
     try:
-        return args.run(args) or 0
-    except UsageError as exc:
-        _say(f"{args.prog}: error: {exc}")
-        return 2
-    except MicroblobError as exc:
-        _say(f"{PROG}: {exc}")
-        return 1
-    except BrokenPipeError:
-        # The reader went away (`microblob get X | head`): stop quietly, like other Unix tools, and
-        # keep Python from complaining again when it flushes stdout at exit.
-        _silence_stdout()
-        return 1
-    except OSError as exc:
-        _say(f"{PROG}: {_describe_os_error(exc)}")
-        return 1
-    except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted")
-        return 130
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _say(line: str) -> None:
@@ -154,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Binary objects with provenance and versions in one embedded file.",
-        epilog="Exit codes: 0 done, 1 the operation failed, 2 usage error, 130 interrupted.",
+        epilog="Exit codes: 0 done, 1 the operation failed, 2 usage error, 130 interrupted, 143 terminated.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--db", metavar="URI", default=None, help=db_help)

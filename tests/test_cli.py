@@ -349,6 +349,38 @@ def test_ctrl_c_during_put_exits_130_and_leaves_nothing(cli: Cli) -> None:
     assert json_lines(cli.ok("gc", "--json"))[0]["freed_files"] == 0
 
 
+def test_sigterm_during_put_exits_143_and_leaves_nothing(cli: Cli) -> None:
+    proc = _start_put_and_feed(cli, 40 * MiB)
+    proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert err.decode() == "microblob: terminated\n" and out == b""
+    assert cli.ok("ls") == ""
+    assert json_lines(cli.ok("gc", "--json"))[0]["freed_orphan_chunks"] == 0  # the upload cleaned up itself
+
+
+def test_sigterm_during_get_leaves_no_partial_file(cli: Cli, big_file: tuple[Path, str]) -> None:
+    object_id = cli.ok("put", str(big_file[0])).strip()
+    out_dir = cli.cwd / "out"
+    out_dir.mkdir()
+    target = out_dir / "copy.bin"
+    target.write_bytes(b"previous content")
+    proc = subprocess.Popen(cli.cmd("get", object_id, "-o", str(target)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=cli.cwd, env=cli.env)
+    deadline = time.monotonic() + 60
+    while not [p for p in out_dir.iterdir() if p.name.startswith(".microblob-")]:
+        assert proc.poll() is None and time.monotonic() < deadline, "get never started writing"
+        time.sleep(0.0005)
+    os.kill(proc.pid, signal.SIGSTOP)  # freeze it half way through the file, then ask it to stop
+    proc.terminate()
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert err.decode() == "microblob: terminated\n"
+    assert [p.name for p in out_dir.iterdir()] == ["copy.bin"]  # no temp file left behind
+    assert target.read_bytes() == b"previous content"
+
+
 # --- errors: one line on stderr, the right exit code, no traceback ---------------------------------
 
 
