@@ -368,10 +368,18 @@ def test_sigterm_during_get_leaves_no_partial_file(cli: Cli, big_file: tuple[Pat
     proc = subprocess.Popen(cli.cmd("get", object_id, "-o", str(target)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=cli.cwd, env=cli.env)
     deadline = time.monotonic() + 60
-    while not [p for p in out_dir.iterdir() if p.name.startswith(".microblob-")]:
+
+    def partly_written() -> bool:  # the temp file exists and has its first MiB (of 50)
+        temps = [p for p in out_dir.iterdir() if p.name.startswith(".microblob-")]
+        try:
+            return bool(temps) and temps[0].stat().st_size >= MiB
+        except FileNotFoundError:
+            return False
+
+    while not partly_written():
         assert proc.poll() is None and time.monotonic() < deadline, "get never started writing"
         time.sleep(0.0005)
-    os.kill(proc.pid, signal.SIGSTOP)  # freeze it half way through the file, then ask it to stop
+    os.kill(proc.pid, signal.SIGSTOP)  # freeze it part way through the file, then ask it to stop
     proc.terminate()
     os.kill(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
