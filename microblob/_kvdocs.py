@@ -374,6 +374,9 @@ class KVCollection:
             raise InvalidArgument(f"bad index keys {keys!r}")
         name = _index_name(keys)
         spec = {"name": name, "keys": [list(k) for k in keys], "unique": bool(unique)}
+        with self._backend._reading() as txn:  # every Store open asks: answer without a write (and fsync)
+            if any(index.name == name for index in self._backend._indexes(txn, self.name)):
+                return name
 
         def create(txn: KVTxn) -> str:
             specs = self._backend._index_specs(txn)
