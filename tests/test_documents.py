@@ -8,12 +8,16 @@ import microblob
 from microblob import DuplicateKey, InvalidDocument, InvalidQuery
 
 
-@pytest.fixture
-def coll(store: microblob.Store):  # type: ignore[no-untyped-def]
+def _things(store: microblob.Store):  # type: ignore[no-untyped-def]
     c = store.backend.collection("things")
     c.create_index([("kind", 1)])
     c.create_index([("owner", 1), ("rank", 1)])
     return c
+
+
+@pytest.fixture
+def coll(store: microblob.Store):  # type: ignore[no-untyped-def]
+    return _things(store)
 
 
 def test_crud(coll) -> None:  # type: ignore[no-untyped-def]
@@ -55,7 +59,9 @@ def test_indexes_follow_updates_and_deletes(coll) -> None:  # type: ignore[no-un
     assert coll.find({"kind": "c"}) == []
 
 
-def test_indexed_lookups_do_not_scan(store: microblob.Store, coll, count_reads) -> None:  # type: ignore[no-untyped-def]
+def test_indexed_lookups_do_not_scan(embedded_store: microblob.Store, count_reads) -> None:  # type: ignore[no-untyped-def]
+    store = embedded_store
+    coll = _things(store)
     for i in range(200):
         coll.insert_one({"_id": i, "kind": f"k{i % 10}", "owner": f"o{i % 7}", "rank": i})
     counts = count_reads(store)
