@@ -144,9 +144,9 @@ def gc(store: Store) -> GcReport:
             current = store._objects.find_one({"_id": object_id}, projection={"created_at": 1})
             lives[object_id] = gone if current is None else current.get("created_at")
         life = lives[object_id]
-        if life is gone or not _same_life(entry, life):
-            if store._history.delete_one({"_id": entry["_id"], "created_at": entry.get("created_at")}):
-                report.freed_history_entries += 1
+        stale = life is gone or not _same_life(entry, life)
+        if stale and store._history.delete_one({"_id": entry["_id"], "created_at": entry.get("created_at")}):
+            report.freed_history_entries += 1
 
     # 1. Files that belong to objects but that no version references any more.
     candidates = [d["_id"] for d in files_coll.find({"metadata.microblob_object_id": {"$exists": True}},

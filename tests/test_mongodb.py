@@ -62,7 +62,8 @@ def test_gridfs_bucket_reads_what_microblob_wrote(mstore: microblob.Store, bucke
     assert set(chunk) == {"_id", "files_id", "n", "data"} and len(chunk["data"]) == 255 * 1024
     indexes = {tuple(spec["key"]): spec.get("unique", False) for spec in db["fs.chunks"].index_information().values()}
     assert indexes[(("files_id", 1), ("n", 1))] is True
-    assert (("filename", 1), ("uploadDate", 1)) in {tuple(s["key"]) for s in db["fs.files"].index_information().values()}
+    files_indexes = {tuple(spec["key"]) for spec in db["fs.files"].index_information().values()}
+    assert (("filename", 1), ("uploadDate", 1)) in files_indexes
     # a file uploaded through store.files reads back through GridFS too
     file_id = mstore.files.upload_from_stream("notes.txt", b"hello gridfs", metadata={"lab": "B2"})
     out = io.BytesIO()
