@@ -138,8 +138,11 @@ def gc(store: Store) -> GcReport:
 
     gone = object()
     lives: dict[Any, Any] = {}
-    for entry in store._history.find({}, projection={"object_id": 1, "created_at": 1}):
+    leased = {d["_id"] for d in pending.find({}) if _lease_is_live(d)}  # e.g. a copy still running
+    for entry in store._history.find({}, projection={"object_id": 1, "created_at": 1, "file_id": 1}):
         object_id = entry.get("object_id")
+        if entry.get("file_id") is not None and entry["file_id"] in leased:
+            continue
         if object_id not in lives:
             current = store._objects.find_one({"_id": object_id}, projection={"created_at": 1})
             lives[object_id] = gone if current is None else current.get("created_at")
