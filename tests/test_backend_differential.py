@@ -64,7 +64,7 @@ def backends(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     def get(kind: str) -> microblob.Store:
         if kind not in opened:
             if kind == "lmdb":
-                opened[kind] = microblob.connect(directory / "d.db")
+                opened[kind] = microblob.connect(directory / "d.db", sync=False)  # scratch data
             elif kind == "memory":
                 opened[kind] = microblob.connect("memory://")
             elif kind == "mongita":
@@ -85,10 +85,14 @@ def backends(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 def run_find(store: microblob.Store, docs: list, filter: Any, sort: Any, skip: int, limit: int,
              projection: Any) -> list:
     coll = store.backend.collection(f"diff{next(_names)}")
-    coll.create_index([("a", 1)])
-    coll.create_index([("a.b", 1), ("b", 1)])
-    for doc in docs:
-        coll.insert_one(doc)
+
+    def setup() -> None:  # one transaction on the embedded engines, one write-through on Mongita
+        coll.create_index([("a", 1)])
+        coll.create_index([("a.b", 1), ("b", 1)])
+        for doc in docs:
+            coll.insert_one(doc)
+
+    store.backend.atomic(setup)
     try:
         return coll.find(filter, projection=projection, sort=sort, skip=skip, limit=limit)
     finally:
