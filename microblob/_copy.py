@@ -155,7 +155,7 @@ class _Copier:
         self.report = CopyReport()
         self.done = 0
         self.total = 0
-        self.keeps_object_ids = type(dst.backend).__name__ == "MongoBackend"
+        self.keeps_object_ids = bool(getattr(dst.backend, "holds_object_ids", False))
         self.leases: list[Any] = []
 
     # --- plan: which bytes the destination lacks (for the progress total) ----------------------------

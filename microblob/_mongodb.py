@@ -313,6 +313,7 @@ class MongoBackend:
 
     transactional = False
     chunk_size = GRIDFS_CHUNK_SIZE
+    holds_object_ids = True  # BSON ObjectId values (GridFSBucket's file ids) are stored as they are
 
     def __init__(self, uri: str, *, database: str | None = None, **client_options: Any) -> None:
         try:
