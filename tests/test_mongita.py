@@ -43,7 +43,8 @@ def test_mapped_names_never_collide(names: list[str]) -> None:
     assert len(set(mapped)) == len(names)
     for name, m in zip(names, mapped, strict=True):
         assert collection_name(m) == name
-        assert ok_name(m) and secure_filename(m) == m  # Mongita keeps it as is, on disk too
+        # Mongita accepts it, and keeps it as is on disk, where the path is "<database>.<collection>"
+        assert ok_name(m) and secure_filename(f"microblob.{m}") == f"microblob.{m}"
 
 
 def test_everything_survives_a_reopen(directory: Path) -> None:
