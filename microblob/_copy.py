@@ -74,16 +74,20 @@ class CopyReport:
     def summary(self) -> str:
         """One line for people, e.g. for the CLI."""
         if not self.copied_anything:
-            text = (f"nothing to copy: {self.objects_skipped} objects ({self.versions_skipped} versions), "
-                    f"{self.workflows_skipped} workflows and {self.files_skipped} files already up to date")
+            text = (f"nothing to copy: {_n(self.objects_skipped, 'object')} ({_n(self.versions_skipped, 'version')}), "
+                    f"{_n(self.workflows_skipped, 'workflow')} and {_n(self.files_skipped, 'file')} already up to date")
         else:
-            text = (f"copied {self.objects_copied} objects ({self.versions_copied} versions), "
-                    f"{self.workflows_copied} workflows, {self.files_copied} files ({_size(self.bytes_copied)}); "
-                    f"already there: {self.objects_skipped} objects, {self.files_skipped} files "
-                    f"({_size(self.bytes_skipped)})")
+            text = (f"copied {_n(self.objects_copied, 'object')} ({_n(self.versions_copied, 'version')}), "
+                    f"{_n(self.workflows_copied, 'workflow')}, {_n(self.files_copied, 'file')} "
+                    f"({_size(self.bytes_copied)}); already there: {_n(self.objects_skipped, 'object')}, "
+                    f"{_n(self.files_skipped, 'file')} ({_size(self.bytes_skipped)})")
         if self.problems:
-            text += f"; {len(self.problems)} objects left alone (see problems)"
+            text += f"; {_n(len(self.problems), 'object')} left alone (see problems)"
         return text
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _size(n: int) -> str:
