@@ -40,9 +40,9 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import _codec
-from ._exceptions import InvalidArgument, InvalidDocument, StorageError
+from ._exceptions import InvalidArgument, InvalidDocument, StorageError, StoreClosed
 from ._kv import KVTxn, MemoryEngine
-from ._kvdocs import KVBackend, KVChunkStore, KVCollection, _pack, _scalar
+from ._kvdocs import KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key
 from ._lmdb import LmdbEngine
 
 __all__ = ["MongitaBackend", "collection_name", "mongita_name"]
@@ -219,7 +219,6 @@ class MongitaBackend(KVBackend):
             docs = list(source.find({}))
         except Exception as exc:
             raise StorageError(f"Mongita could not read collection {coll.name!r}: {exc}") from exc
-        from ._kvdocs import id_key
 
         def load(txn: KVTxn) -> None:
             for stored in docs:
@@ -231,8 +230,6 @@ class MongitaBackend(KVBackend):
 
     def _check_open(self) -> None:
         if self.closed:
-            from ._exceptions import StoreClosed
-
             raise StoreClosed("the store is closed")
 
     @property
