@@ -28,7 +28,6 @@ S3. A positional path past the end of an array, `{"a.0": null}` on `{a: []}`, ma
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,7 +42,6 @@ UTC = dt.timezone.utc  # noqa: UP017 - importable on 3.10
 T1 = dt.datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 T2 = dt.datetime(2024, 6, 1, 12, 0, 0, 123000, tzinfo=UTC)
 KINDS = ["lmdb", "memory", "mongita", "mongodb"]
-_names = itertools.count()
 
 
 def python_find(docs: list, filter: Any, sort: Any, skip: int, limit: int, projection: Any) -> list:
@@ -84,7 +82,7 @@ def backends(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 def run_find(store: microblob.Store, docs: list, filter: Any, sort: Any, skip: int, limit: int,
              projection: Any) -> list:
-    coll = store.backend.collection(f"diff{next(_names)}")
+    coll = store.backend.collection("differential")  # emptied after every case
 
     def setup() -> None:  # one transaction on the embedded engines, one write-through on Mongita
         coll.create_index([("a", 1)])
