@@ -1,6 +1,7 @@
 """microblob: binary objects with provenance and versions in one embedded file, served over HTTP."""
 
 from ._connect import connect, default_uri
+from ._copy import CopyReport, copy
 from ._exceptions import (
     ActionError,
     BlobError,
@@ -32,6 +33,7 @@ __all__ = [
     "BlobError",
     "BlobExpired",
     "BlobObject",
+    "CopyReport",
     "DownloadStream",
     "DuplicateKey",
     "FileNotFound",
@@ -55,6 +57,7 @@ __all__ = [
     "WriteConflict",
     "__version__",
     "connect",
+    "copy",
     "current_workflow_id",
     "default_uri",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ._exceptions import InvalidArgument
 from .store import Store
@@ -27,7 +27,10 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
     - nothing: `$MICROBLOB_URI`, else the file `./microblob.db`
     - `path/to/file.db`, `lmdb:///abs/path.db`: the embedded default, one LMDB file
     - `memory://`: in this process only, gone on close (each call makes a new, empty store)
-    - `mongita:///abs/dir`, `mongodb://host/db`: see DESIGN.md §3.1
+    - `mongodb://host/db` (or `mongodb+srv://`): MongoDB through pymongo (`pip install
+      'microblob[mongodb]'`), bytes in the GridFS layout; see `_mongodb.py`
+    - `mongita:///abs/dir` (`?db=name`, default `microblob`): documents in Mongita, bytes in
+      `dir/chunks.db`; one process only, not crash-safe; see `_mongita.py`
 
     Options: `chunk_size` for new files; for LMDB also `map_size` (initial), `sync`, `metasync`,
     `max_readers`.
@@ -63,7 +66,34 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
         except BaseException:
             engine.close()
             raise
-    raise InvalidArgument(f"unknown store URI scheme {scheme!r} in {uri!r} (use a file path, lmdb://, memory://)")
+    if scheme in ("mongodb", "mongodb+srv"):
+        _refuse_options(engine_options, set(), uri)
+        from ._mongodb import MongoBackend
+
+        backend = MongoBackend(uri)
+        try:
+            return Store(backend, **store_options)
+        except BaseException:
+            backend.close()
+            raise
+    if scheme == "mongita":
+        _refuse_options(engine_options, set(), uri)
+        from ._mongita import MongitaBackend
+
+        parts = urlsplit(uri)
+        directory = unquote(parts.netloc + parts.path)
+        if not directory:
+            raise InvalidArgument(f"no directory in {uri!r} (use mongita:///abs/dir)")
+        database = dict(parse_qsl(parts.query)).get("db", "microblob")
+        mongita = MongitaBackend(directory, database=database)
+        try:
+            return Store(mongita, **store_options)
+        except BaseException:
+            mongita.close()
+            raise
+    raise InvalidArgument(
+        f"unknown store URI scheme {scheme!r} in {uri!r} (use a file path, lmdb://, memory://, mongita://, mongodb://)"
+    )
 
 
 def _refuse_options(options: dict[str, Any], allowed: set[str], uri: str) -> None:

@@ -130,9 +130,9 @@ class _Index:
             keys = _field_keys(doc, field)
             if keys is None:
                 return {self.prefix + _ALWAYS + idk}
-            if not keys:
-                return set()
-            per_field.append(sorted(keys))
+            if not keys:  # an empty array or a value no lookup names: leave the decision to the matcher
+                return {self.prefix + _ALWAYS + idk}  # (returning no entry hid the document from a
+            per_field.append(sorted(keys))            # compound index's lookups on its other fields)
         combos = 1
         for keys in per_field:
             combos *= len(keys)
@@ -374,6 +374,9 @@ class KVCollection:
             raise InvalidArgument(f"bad index keys {keys!r}")
         name = _index_name(keys)
         spec = {"name": name, "keys": [list(k) for k in keys], "unique": bool(unique)}
+        with self._backend._reading() as txn:  # every Store open asks: answer without a write (and fsync)
+            if any(index.name == name for index in self._backend._indexes(txn, self.name)):
+                return name
 
         def create(txn: KVTxn) -> str:
             specs = self._backend._index_specs(txn)

@@ -480,8 +480,8 @@ def _all_of(predicates: list[Predicate]) -> Predicate:
         first, second = predicates
         return lambda doc: first(doc) and second(doc)
 
-    def every(doc: Document) -> bool:
-        for predicate in predicates:
+    def every(doc: Document) -> bool:  # a plain loop: no generator object per document
+        for predicate in predicates:  # noqa: SIM110
             if not predicate(doc):
                 return False
         return True
@@ -991,7 +991,7 @@ def _copy(value: Any) -> Any:
 
 def _compare_path_parts(a: tuple, b: tuple) -> int:
     """MongoDB (5.0+) applies updates in field order: names lexicographically, numeric names numerically."""
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             if x.isdigit() and y.isdigit() and x.isascii() and y.isascii():
                 return -1 if int(x) < int(y) else 1

@@ -79,6 +79,13 @@ def _history_id(object_id: str, version: int) -> str:
     return f"{object_id}:{version}"
 
 
+def _same_life(entry: Mapping[str, Any], created_at: Any) -> bool:
+    """Whether a history entry belongs to the object created at `created_at` (entries written before
+    lives were told apart may lack the field: they count as the current life's)."""
+    mine = entry.get("created_at")
+    return mine is None or created_at is None or mine == created_at
+
+
 class _Source:
     """What `save_or_update_object` accepts, opened as one readable stream (closed if we opened it)."""
 
@@ -328,8 +335,10 @@ class Store:
                     continue
                 return doc, None
             base = _version_of(current)
-            if control_version:
-                self._archive(current, base, now)
+            # created_at names this life of the id: it is kept by every version, and a history entry
+            # of another life (a delete interrupted on a non-transactional backend) is not this object's.
+            created = current.get("created_at") or now
+            archived = self._archive(current, base, now, created) if control_version else False
             doc = {"_id": object_id, "object_id": object_id}
             for field in _INHERITED:
                 doc[field] = fields[field] if fields.get(field) is not None else current.get(field)
@@ -340,29 +349,52 @@ class Store:
             doc.update({
                 "version": base + 1,
                 "prev_version": base if control_version else current.get("prev_version"),
-                "created_at": current.get("created_at") or now,
+                "created_at": created,
                 "updated_at": now,
             })
-            if self._objects.replace_one({"_id": object_id, "version": current.get("version")}, doc):
+            # The compare-and-swap: the same version of the same life, or another writer won.
+            swap = {"_id": object_id, "version": current.get("version"), "created_at": current.get("created_at")}
+            if self._objects.replace_one(swap, doc):
                 old_file = current.get("file_id")
                 release = None
                 if not control_version and old_file is not None and old_file != doc.get("file_id"):
                     release = old_file
                 return doc, release
+            if archived:
+                self._drop_unneeded_archive(object_id, base, created)
             time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 50)))
         raise WriteConflict(f"object {object_id!r}: gave up after {_CAS_ATTEMPTS} concurrent updates won")
 
-    def _archive(self, current: dict[str, Any], version: int, now: Any) -> None:
-        """Append the version being replaced to the history (once: its `_id` names the version)."""
+    def _archive(self, current: dict[str, Any], version: int, now: Any, created: Any) -> bool:
+        """Append the version being replaced to the history (once: its `_id` names the version).
+        Returns True if this call wrote the entry."""
         hid = _history_id(current["_id"], version)
-        if self._history.find_one({"_id": hid}, projection={"_id": 1}) is not None:
-            return
         entry = dict(current)
-        entry.update({"_id": hid, "object_id": current["_id"], "version": version, "archived_at": now})
+        entry.update({"_id": hid, "object_id": current["_id"], "version": version, "archived_at": now,
+                      "created_at": created})
+        existing = self._history.find_one({"_id": hid}, projection={"created_at": 1})
+        if existing is not None:
+            if _same_life(existing, created):
+                return False
+            # Left by an earlier life of this id whose delete was interrupted: not ours, replace it.
+            return bool(self._history.replace_one({"_id": hid, "created_at": existing.get("created_at")}, entry))
         try:
             self._history.insert_one(entry)
         except DuplicateKey:
-            pass
+            return False
+        return True
+
+    def _drop_unneeded_archive(self, object_id: str, version: int, created: Any) -> None:
+        """After a lost compare-and-swap (non-transactional backends): the entry we archived for
+        `version` stays only if the writer that won kept versions (some document now names it as its
+        prev_version); a non-versioned winner overwrote that version, so it must not appear in the
+        history (its bytes may already be freed)."""
+        life = {"created_at": created}
+        if self._objects.find_one({"_id": object_id, "prev_version": version, **life}, projection={"_id": 1}):
+            return
+        if self._history.find_one({"object_id": object_id, "prev_version": version, **life}, projection={"_id": 1}):
+            return
+        self._history.delete_one({"_id": _history_id(object_id, version), **life})
 
     def _release_file(self, file_id: Any) -> None:
         """Free a file's bytes if no version (latest or history) references it any more."""
@@ -390,7 +422,7 @@ class Store:
         if version is None or _version_of(current) == version:
             return BlobObject(self, current)
         entry = self._history.find_one({"_id": _history_id(object_id, version)})
-        if entry is None:
+        if entry is None or not _same_life(entry, current.get("created_at")):
             raise VersionNotFound(object_id, version)
         return BlobObject(self, entry)
 
@@ -407,7 +439,8 @@ class Store:
             return []
         entries = {_version_of(current): current}
         for entry in self._history.find({"object_id": object_id}, projection={"data": 0}):
-            entries.setdefault(_version_of(entry), entry)
+            if _same_life(entry, current.get("created_at")):
+                entries.setdefault(_version_of(entry), entry)
         return [
             {field: (_version_of(e) if field == "version" else e.get(field)) for field in HISTORY_FIELDS}
             for _, e in sorted(entries.items(), key=lambda item: item[0], reverse=True)
@@ -479,7 +512,10 @@ class Store:
     def _record_workflow(self, workflow_id: str, changes: dict[str, Any]) -> None:
         def record() -> None:
             if self._workflows.update_one({"_id": workflow_id}, {"$set": changes}) == 0:
-                self._workflows.insert_one({"_id": workflow_id, "workflow_id": workflow_id, **changes})
+                try:
+                    self._workflows.insert_one({"_id": workflow_id, "workflow_id": workflow_id, **changes})
+                except DuplicateKey:  # another writer recorded it first (non-transactional backends)
+                    self._workflows.update_one({"_id": workflow_id}, {"$set": changes})
 
         self._backend.atomic(record)
 

@@ -1,10 +1,23 @@
-"""Shared fixtures. Every store test takes `store`, parametrized over every embedded backend."""
+"""Shared fixtures. Every store test takes `store`, parametrized over every backend: lmdb, memory,
+mongita and mongodb. Tests that look inside the embedded KV engine take `embedded_store` (lmdb, memory).
+
+MongoDB: `MICROBLOB_TEST_MONGODB_URI` (e.g. mongodb://host:27017) points the tests at a server you run;
+otherwise a session fixture starts a wire-compatible test server, SecantusDB's `secantusd-py`, found
+through `MICROBLOB_SECANTUSD`, `./.venv-secantus/bin/secantusd-py` or `PATH` (SecantusDB is GPL-2.0:
+it lives only in a separate test virtualenv that `.ci/run` and tox create; microblob never imports
+it). Without a server the MongoDB tests skip, unless `MICROBLOB_REQUIRE_MONGO=1` (set in CI), which
+makes that a failure. The run's summary names the server the MongoDB tests used.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,29 +26,180 @@ import pytest
 
 import microblob
 
+ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_BACKENDS = ["lmdb", "memory"]
+ALL_BACKENDS = ["lmdb", "memory", "mongita", "mongodb"]
 # Small chunks, so payloads of a few hundred KB already cross chunk and batch boundaries in every test.
 TEST_CHUNK_SIZE = 100_000
+SERVER_START_DEADLINE = 60.0
 
 
-def open_store(kind: str, directory: Path) -> microblob.Store:
+class MongoServer:
+    """A MongoDB (or wire-compatible) server for the tests: its base URI and what it says it is."""
+
+    def __init__(self, base_uri: str, description: str, process: subprocess.Popen | None = None) -> None:
+        self.base_uri = base_uri.rstrip("/")
+        self.description = description
+        self.process = process
+
+    def uri(self, database: str) -> str:
+        base, _, query = self.base_uri.partition("?")
+        return f"{base}/{database}" + (f"?{query}" if query else "")
+
+    def fresh_uri(self) -> str:
+        return self.uri(f"mbtest_{uuid.uuid4().hex[:12]}")
+
+    def drop(self, uri: str) -> None:
+        import pymongo
+
+        with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+            client.drop_database(client.get_default_database().name)
+
+
+_MONGO_SERVER_USED: list[str] = []
+
+
+def _secantusd() -> str | None:
+    explicit = os.environ.get("MICROBLOB_SECANTUSD")
+    if explicit:
+        return explicit
+    local = ROOT / ".venv-secantus" / "bin" / "secantusd-py"
+    if local.exists():
+        return str(local)
+    return shutil.which("secantusd-py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(uri: str, deadline: float, process: subprocess.Popen | None) -> dict[str, Any]:
+    import pymongo
+
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the MongoDB test server exited with status {process.returncode}")
+        try:
+            with pymongo.MongoClient(uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250) as client:
+                status = client.admin.command("serverStatus")
+                return {"process": status.get("process"), "version": status.get("version")}
+        except pymongo.errors.PyMongoError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise RuntimeError(f"the MongoDB test server did not answer in time: {last}")
+
+
+def _no_server(reason: str) -> None:
+    if os.environ.get("MICROBLOB_REQUIRE_MONGO") == "1":
+        pytest.fail(f"MICROBLOB_REQUIRE_MONGO=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """A running server for the whole session: the one named by MICROBLOB_TEST_MONGODB_URI, or a
+    SecantusDB started here at a free port and stopped (by its PID) at the end of the session."""
+    try:
+        import pymongo  # noqa: F401
+    except ImportError:
+        _no_server("pymongo is not installed (pip install -e '.[test]')")
+    given = os.environ.get("MICROBLOB_TEST_MONGODB_URI")
+    if given:
+        info = _wait_ready(given, time.monotonic() + 30, None)
+        server = MongoServer(given, f"{info['process']} {info['version']} at {given} (MICROBLOB_TEST_MONGODB_URI)")
+        _MONGO_SERVER_USED.append(server.description)
+        yield server
+        return
+    executable = _secantusd()
+    if executable is None:
+        _no_server("no MongoDB server: set MICROBLOB_TEST_MONGODB_URI, or install SecantusDB in .venv-secantus")
+    port = _free_port()
+    storage = tmp_path_factory.mktemp("secantus")
+    log = open(storage.parent / "secantusd.log", "wb")  # noqa: SIM115 - closed at session end
+    process = subprocess.Popen(
+        [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage / "data"),
+         "--standalone", "--cache-size", "256M", "--log-level", "WARNING"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    base = f"mongodb://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        info = _wait_ready(base, started + SERVER_START_DEADLINE, process)
+        description = (f"{info['process']} {info['version']} (SecantusDB, a wire-compatible server, not a "
+                       f"genuine mongod) at {base}, ready in {time.monotonic() - started:.1f}s")
+        server = MongoServer(base, description, process)
+        _MONGO_SERVER_USED.append(description)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def open_store(kind: str, directory: Path, request: pytest.FixtureRequest | None = None) -> microblob.Store:
     if kind == "lmdb":
         return microblob.connect(directory / "store.db", chunk_size=TEST_CHUNK_SIZE)
     if kind == "memory":
         return microblob.connect("memory://", chunk_size=TEST_CHUNK_SIZE)
+    if kind == "mongita":
+        return microblob.connect(f"mongita://{directory / 'mongita'}", chunk_size=TEST_CHUNK_SIZE)
+    if kind == "mongodb":
+        assert request is not None, "mongodb stores need the mongo_server fixture"
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        uri = server.fresh_uri()
+        store = microblob.connect(uri, chunk_size=TEST_CHUNK_SIZE)
+        request.addfinalizer(lambda: server.drop(uri))
+        return store
     raise ValueError(kind)
 
 
-@pytest.fixture(params=EMBEDDED_BACKENDS)
+@pytest.fixture(params=ALL_BACKENDS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def store(backend_kind: str, tmp_path: Path) -> Iterator[microblob.Store]:
-    s = open_store(backend_kind, tmp_path)
+def store(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[microblob.Store]:
+    s = open_store(backend_kind, tmp_path, request)
     yield s
     s.close()
+
+
+@pytest.fixture(params=EMBEDDED_BACKENDS)
+def embedded_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def embedded_store(embedded_kind: str, tmp_path: Path) -> Iterator[microblob.Store]:
+    """A store on the embedded KV engine (lmdb, memory), for tests that look inside the engine."""
+    s = open_store(embedded_kind, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def store_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], microblob.Store]:
+    """Open a fresh store of any kind (closed at teardown); each call gets its own directory/database."""
+    opened: list[microblob.Store] = []
+
+    def make(kind: str) -> microblob.Store:
+        directory = tmp_path / f"{kind}-{len(opened)}"
+        directory.mkdir()
+        s = open_store(kind, directory, request)
+        opened.append(s)
+        return s
+
+    yield make  # type: ignore[misc]
+    for s in opened:
+        s.close()
 
 
 @pytest.fixture
@@ -110,3 +274,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and session.exitstatus == 0:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; failing the run", red=True)
         session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which server the MongoDB tests ran against (CI runs SecantusDB, not a genuine mongod)."""
+    if _MONGO_SERVER_USED:
+        terminalreporter.write_line(f"MongoDB tests ran against: {_MONGO_SERVER_USED[0]}")

@@ -322,7 +322,8 @@ def test_exists(doc, path, expected):
     assert match(doc, {path: {"$exists": False}}) is not expected
 
 
-@pytest.mark.parametrize(("operand", "exists"), [(1, True), (0, False), (0.0, False), ("", True), ([], True), (None, False)])
+@pytest.mark.parametrize(("operand", "exists"),
+                         [(1, True), (0, False), (0.0, False), ("", True), ([], True), (None, False)])
 def test_exists_reads_its_operand_like_bson_truthiness(operand, exists):
     # expression_parser.cpp: `e.trueValue()`; only false, 0 and null are false ("" and [] are true).
     assert match({"a": 1}, {"a": {"$exists": operand}}) is exists
@@ -387,7 +388,8 @@ def test_all():
     assert match({"a": [[1, 2], 3]}, {"a": {"$all": [[1, 2]]}})
     assert match({"a": [1, 2]}, {"a": {"$all": [[1, 2]]}})  # the array itself equals [1, 2]
     assert match({"a": ["xy", "z"]}, {"a": {"$all": [re.compile("^x"), "z"]}})
-    assert match({"a": [{"b": 1}, {"b": 5}]}, {"a": {"$all": [{"$elemMatch": {"b": 1}}, {"$elemMatch": {"b": {"$gt": 4}}}]}})
+    assert match({"a": [{"b": 1}, {"b": 5}]},
+                 {"a": {"$all": [{"$elemMatch": {"b": 1}}, {"$elemMatch": {"b": {"$gt": 4}}}]}})
     assert not match({"a": [{"b": 1}]}, {"a": {"$all": [{"$elemMatch": {"b": 1}}, {"$elemMatch": {"b": 2}}]}})
     assert match({"a": [{"b": [1, 2]}]}, {"a.b": {"$all": [1, 2]}})
 
@@ -635,7 +637,8 @@ def test_sort_with_skip_and_limit_matches_full_sort():
     for skip in (0, 3, 38, 50):
         for limit in (1, 5, 100):
             assert sort_documents(docs, [("v", 1), ("w", -1)], skip=skip, limit=limit) == full[skip:skip + limit]
-            assert sort_documents(iter(docs), "v", skip=skip, limit=limit) == sort_documents(docs, "v")[skip:skip + limit]
+            expected = sort_documents(docs, "v")[skip:skip + limit]
+            assert sort_documents(iter(docs), "v", skip=skip, limit=limit) == expected
     assert sort_documents(docs, "v", limit=-3) == sort_documents(docs, "v", limit=3)  # as pymongo
     assert sort_documents(iter(docs), None, skip=2, limit=3) == docs[2:5]
     assert sort_documents(docs, None) == docs
@@ -692,7 +695,7 @@ def test_projection(projection, expected):
     result = compile_projection(projection)(DOC)
     assert result == expected
     assert list(result) == [k for k in DOC if k in result]  # document order is kept
-    assert DOC == before
+    assert before == DOC
 
 
 @pytest.mark.parametrize("projection", [None, {"b.c": 1}, {"b.d": 0}])
@@ -770,7 +773,8 @@ def test_update_returns_a_new_document_and_never_mutates():
         # a plain document is a query on the elements: extra fields do not stop a match
         # (update/pull_node.cpp, ObjectMatcher)
         ({"_id": 1, "l": [{"a": 1, "b": 2}, {"a": 2}, 1]}, {"$pull": {"l": {"a": 1}}}, {"_id": 1, "l": [{"a": 2}, 1]}),
-        ({"_id": 1, "l": [{"a": [1, 2]}, {"a": 3}]}, {"$pull": {"l": {"a": {"$gt": 2}}}}, {"_id": 1, "l": [{"a": [1, 2]}]}),
+        ({"_id": 1, "l": [{"a": [1, 2]}, {"a": 3}]}, {"$pull": {"l": {"a": {"$gt": 2}}}},
+         {"_id": 1, "l": [{"a": [1, 2]}]}),
         ({"_id": 1}, {"$pull": {"l": 1}}, {"_id": 1}),
         ({"_id": 1, "a": 1, "b": 2}, {"$rename": {"a": "c"}}, {"_id": 1, "b": 2, "c": 1}),
         ({"_id": 1, "a": {"b": 1}}, {"$rename": {"a.b": "c.d"}}, {"_id": 1, "a": {}, "c": {"d": 1}}),
