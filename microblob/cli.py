@@ -176,6 +176,18 @@ def _sort_spec(text: str) -> list[tuple[str, int]]:
     return spec
 
 
+def _datetime(text: str) -> _dt.datetime:
+    """ISO 8601 date or date-time; a trailing Z is UTC (which `fromisoformat` reads only since 3.11)."""
+    raw = text.strip()
+    if raw[-1:] in ("Z", "z"):
+        raw = raw[:-1] + "+00:00"
+    try:
+        value = _dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=_dt.timezone.utc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     db_help = f"store URI (default: $MICROBLOB_URI, else ./microblob.db; now {default_uri()!r})"
     parser = _Parser(
@@ -192,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag.add_argument("--json", action="store_true", help="print JSON (one object per line) for scripts")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    def command(name: str, run: Any, help: str, parents: Sequence[argparse.ArgumentParser] = ()) -> _Parser:
-        sub = commands.add_parser(name, help=help, description=help, parents=[common, *parents])
+    def command(name: str, run: Any, help: str, parents: Sequence[argparse.ArgumentParser] = (),
+                db: bool = True) -> _Parser:
+        sub = commands.add_parser(name, help=help, description=help, parents=[*([common] if db else []), *parents])
         sub.set_defaults(run=run, prog=sub.prog)
         return sub
 
@@ -245,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rm", cmd_rm, "delete an object: every version and its bytes")
     p.add_argument("object_id", metavar="ID")
+
+    p = command("copy", cmd_copy, "copy objects (every version), workflows and files from store SRC to store "
+                                  "DST; run it again to copy only what is new", [json_flag], db=False)
+    p.add_argument("src", metavar="SRC", help="source store URI or path")
+    p.add_argument("dst", metavar="DST", help="destination store URI or path (created if it is a new file)")
+    p.add_argument("--since", type=_datetime, metavar="ISO8601",
+                   help="only objects updated (and files uploaded) at or after this time, e.g. 2025-06-01 "
+                        "or 2025-06-01T12:00:00Z (UTC unless an offset is given)")
 
     command("verify", cmd_verify, "re-hash every version's bytes and check every reference; "
                                   "exit 1 naming what is damaged", [json_flag])
@@ -351,6 +372,11 @@ def _print_json_lines(items: Any) -> None:
     for item in items:
         out.write(_dumps(item) + "\n")
     out.flush()
+
+
+def _count_of(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 file`, `2 files`."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _human_size(n: Any) -> str:
@@ -496,12 +522,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for object_id, version, reason in report.damaged:
             print(f"damaged: {object_id} v{version}: {reason}")
         state = "ok" if report.ok else f"{len(report.damaged)} damaged"
-        print(f"checked {report.checked} version(s): {state}", flush=True)
+        print(f"checked {_count_of(report.checked, 'version')}: {state}", flush=True)
     if report.ok:
         return 0
     names = ", ".join(f"{o} v{v}" for o, v, _ in report.damaged[:5])
     more = f" and {len(report.damaged) - 5} more" if len(report.damaged) > 5 else ""
-    _say(f"{PROG}: {len(report.damaged)} damaged version(s): {names}{more}")
+    _say(f"{PROG}: {_count_of(len(report.damaged), 'damaged version')}: {names}{more}")
     return 1
 
 
@@ -511,6 +537,36 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if args.json:
         _print_json_lines([dataclasses.asdict(report)])
     else:
-        print(f"freed {report.freed_files} file(s), {_human_size(report.freed_bytes)} "
-              f"({report.freed_bytes} bytes), {report.freed_orphan_chunks} orphan chunk(s)", flush=True)
+        print(f"freed {_count_of(report.freed_files, 'file')}, {_human_size(report.freed_bytes)} "
+              f"({_count_of(report.freed_bytes, 'byte')}), {_count_of(report.freed_orphan_chunks, 'orphan chunk')}, "
+              f"{_count_of(report.freed_history_entries, 'stray history entry', 'stray history entries')}",
+              flush=True)
     return 0
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from . import copy as copy_stores
+
+    if args.db is not None:
+        raise UsageError("copy reads SRC and writes DST; --db does not apply to it")
+    bar = _progress(None, "copy")
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    with bar:
+        report = copy_stores(args.src, args.dst, since=args.since, progress=progress)
+    if args.json:
+        _print_json_lines([report.as_dict()])
+    else:
+        for object_id, reason in report.problems:
+            print(f"left alone: {object_id}: {reason}")
+        print(report.summary(), flush=True)
+    if report.ok:
+        return 0
+    names = ", ".join(object_id for object_id, _ in report.problems[:5])
+    more = f" and {len(report.problems) - 5} more" if len(report.problems) > 5 else ""
+    _say(f"{PROG}: {_count_of(len(report.problems), 'object')} not copied: {names}{more}")
+    return 1

@@ -281,7 +281,7 @@ def test_rm_deletes_every_version(cli: Cli) -> None:
 def test_verify_ok_and_damaged(cli: Cli) -> None:
     good = cli.put(os.urandom(300_000))
     damaged = cli.put(os.urandom(300_000), "--id", "damaged-one")
-    assert cli.ok("verify") == "checked 2 version(s): ok\n"
+    assert cli.ok("verify") == "checked 2 versions: ok\n"
     assert json_lines(cli.ok("verify", "--json")) == [{"ok": True, "checked": 2, "damaged": []}]
 
     with microblob.connect(cli.db) as store:  # flip one bit of the stored bytes
@@ -291,10 +291,10 @@ def test_verify_ok_and_damaged(cli: Cli) -> None:
 
     proc = cli("verify")
     assert proc.returncode == 1
-    assert proc.stderr.decode() == "microblob: 1 damaged version(s): damaged-one v0\n"
+    assert proc.stderr.decode() == "microblob: 1 damaged version: damaged-one v0\n"
     out = proc.stdout.decode().splitlines()
     reason = f"file {file_id!r} does not match its own sha256"
-    assert out == [f"damaged: damaged-one v0: {reason}", "checked 2 version(s): 1 damaged"]
+    assert out == [f"damaged: damaged-one v0: {reason}", "checked 2 versions: 1 damaged"]
     proc = cli("verify", "--json")
     assert proc.returncode == 1
     assert json.loads(proc.stdout) == {"ok": False, "checked": 2, "damaged": [
@@ -304,11 +304,12 @@ def test_verify_ok_and_damaged(cli: Cli) -> None:
 
 def test_gc_prints_what_it_freed(cli: Cli) -> None:
     keep = cli.put(os.urandom(200_000))
-    assert cli.ok("gc") == "freed 0 file(s), 0 B (0 bytes), 0 orphan chunk(s)\n"
+    assert cli.ok("gc") == "freed 0 files, 0 B (0 bytes), 0 orphan chunks, 0 stray history entries\n"
     with microblob.connect(cli.db) as store:  # a file whose object document was never written
         store.files.upload_from_stream("x", os.urandom(150_000), metadata={"microblob_object_id": "ghost"})
-    assert cli.ok("gc") == "freed 1 file(s), 146.5 KiB (150000 bytes), 0 orphan chunk(s)\n"
-    assert json_lines(cli.ok("gc", "--json")) == [{"freed_files": 0, "freed_bytes": 0, "freed_orphan_chunks": 0}]
+    assert cli.ok("gc") == "freed 1 file, 146.5 KiB (150000 bytes), 0 orphan chunks, 0 stray history entries\n"
+    assert json_lines(cli.ok("gc", "--json")) == [{"freed_files": 0, "freed_bytes": 0, "freed_orphan_chunks": 0,
+                                                  "freed_history_entries": 0}]
     assert len(cli("get", keep).stdout) == 200_000
 
 
@@ -336,7 +337,7 @@ def test_killed_put_leaves_nothing_visible_and_gc_reclaims_it(cli: Cli) -> None:
     assert len(json_lines(cli.ok("ls", "--json"))) == 1
     report = json_lines(cli.ok("gc", "--json"))[0]
     assert report["freed_orphan_chunks"] > 0 and report["freed_bytes"] >= 16 * MiB
-    assert cli.ok("verify") == "checked 1 version(s): ok\n"
+    assert cli.ok("verify") == "checked 1 version: ok\n"
 
 
 def test_ctrl_c_during_put_exits_130_and_leaves_nothing(cli: Cli) -> None:
@@ -458,7 +459,7 @@ def test_usage_errors_exit_2(cli: Cli, args: tuple[str, ...], message: str) -> N
 
 def test_help_and_version(cli: Cli) -> None:
     text = cli.ok("--help")
-    for name in ("put", "get", "ls", "show", "history", "query", "rm", "verify", "gc", "--db"):
+    for name in ("put", "get", "ls", "show", "history", "query", "rm", "copy", "verify", "gc", "--db"):
         assert name in text
     assert "MICROBLOB_URI" in text and "Exit codes" in text
     assert cli.ok("put", "--help").startswith("usage: microblob put")
@@ -582,3 +583,84 @@ def test_a_closed_pipe_stops_get_quietly(cli: Cli) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
     assert err == b""
+
+
+# --- copy: store to store -----------------------------------------------------------------------------
+
+
+def test_copy_twice_copies_once(cli: Cli) -> None:
+    image = cli.put(os.urandom(2 * MiB), "--type", "image", "--meta", "n=1")
+    cli.put(os.urandom(MiB), "--id", image, "--version-control", "--meta", "n=2")
+    note = cli.put(b"a small note", "--inline")
+    dst = cli.cwd / "dst.db"
+    out = cli.ok("copy", str(cli.db), str(dst))
+    assert out.startswith("copied 2 objects (3 versions)"), out
+    assert json_lines(cli.ok("ls", "--json", "--db", str(dst))) == json_lines(cli.ok("ls", "--json"))
+    for object_id in (image, note):
+        assert cli.ok("history", object_id, "--db", str(dst)) == cli.ok("history", object_id)
+    assert cli("get", image, "--version", "0", "--db", str(dst)).stdout == cli("get", image, "--version", "0").stdout
+    again = json_lines(cli.ok("copy", str(cli.db), f"lmdb://{dst}", "--json"))[0]
+    assert again["objects_copied"] == 0 and again["bytes_copied"] == 0 and again["objects_skipped"] == 2
+    assert cli.ok("copy", str(cli.db), str(dst)).startswith("nothing to copy")
+    newer = cli.put(b"made after the first copy")
+    report = json_lines(cli.ok("copy", str(cli.db), str(dst), "--json"))[0]
+    assert (report["objects_copied"], report["objects_skipped"]) == (1, 2)
+    assert cli.ok("get", newer, "-o", "-", "--db", str(dst)) == "made after the first copy"
+    assert cli.ok("verify", "--db", str(dst)) == "checked 4 versions: ok\n"
+
+
+def test_copy_since(cli: Cli) -> None:
+    old = cli.put(b"old")
+    time.sleep(0.05)
+    since = dt.datetime.now(dt.timezone.utc)
+    time.sleep(0.05)
+    new = cli.put(b"new")
+    dst = cli.cwd / "dst.db"
+    stamp = since.isoformat().replace("+00:00", "Z")
+    report = json_lines(cli.ok("copy", str(cli.db), str(dst), "--since", stamp, "--json"))[0]
+    assert report["objects_copied"] == 1
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--db", str(dst)))] == [new]
+    assert "not found" in cli.fails(1, "show", old, "--db", str(dst))
+
+
+def test_copy_from_mongita_onto_the_embedded_default(cli: Cli) -> None:
+    mongita = f"mongita://{cli.cwd / 'mongita-dir'}"
+    object_id = cli.ok("put", "-", "--db", mongita, "--type", "dataset", input=b"kept in mongita").strip()
+    assert cli.ok("copy", mongita, "microblob.db").startswith("copied 1 object")
+    assert cli.ok("get", object_id, "-o", "-", env=cli_env()) == "kept in mongita"  # ./microblob.db
+
+
+def test_copy_leaves_a_diverged_object_alone_and_exits_1(cli: Cli) -> None:
+    dst = cli.cwd / "dst.db"
+    cli.put(b"source life", "--id", "shared-id")
+    cli.put(b"fine", "--id", "fine")
+    cli.ok("put", "-", "--id", "shared-id", "--db", str(dst), input=b"another life at the destination")
+    proc = cli("copy", str(cli.db), str(dst))
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.startswith("microblob: 1 object not copied: shared-id") and err.count("\n") == 1, err
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith("left alone: shared-id: ") and "copied 1 object" in lines[-1]
+    assert cli.ok("get", "shared-id", "-o", "-", "--db", str(dst)) == "another life at the destination"
+    report = json.loads(cli("copy", str(cli.db), str(dst), "--json").stdout)
+    assert report["problems"][0][0] == "shared-id"
+
+
+def test_copy_progress_on_a_terminal(cli: Cli) -> None:
+    cli.put(os.urandom(3 * MiB))
+    code, out, tty = run_with_tty(cli.cmd("copy", str(cli.db), "dst.db"), cwd=cli.cwd, env=cli.env)
+    text = tty.decode(errors="replace")
+    assert code == 0 and "copy: 100%" in text and "3.00M/3.00M" in text, text
+    assert out.decode().startswith("copied 1 object")
+    assert cli("copy", str(cli.db), "dst2.db").stderr == b""  # silent in a pipe
+
+
+def test_copy_errors(cli: Cli) -> None:
+    cli.put(b"x")
+    assert "--db does not apply" in cli.fails(2, "--db", "x.db", "copy", str(cli.db), "y.db")
+    assert "unrecognized arguments: --db" in cli.fails(2, "copy", str(cli.db), "y.db", "--db", "x.db")
+    assert "not an ISO 8601" in cli.fails(2, "copy", str(cli.db), "y.db", "--since", "yesterday")
+    assert "required: DST" in cli.fails(2, "copy", str(cli.db))
+    assert "same store" in cli.fails(1, "copy", str(cli.db), f"lmdb://{cli.db}")
+    assert "does not exist" in cli.fails(1, "copy", "no-such-dir/a.db", "y.db")
+    assert "unknown store URI scheme" in cli.fails(1, "copy", str(cli.db), "ftp://elsewhere/x")
