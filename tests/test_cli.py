@@ -664,3 +664,24 @@ def test_copy_errors(cli: Cli) -> None:
     assert "same store" in cli.fails(1, "copy", str(cli.db), f"lmdb://{cli.db}")
     assert "does not exist" in cli.fails(1, "copy", "no-such-dir/a.db", "y.db")
     assert "unknown store URI scheme" in cli.fails(1, "copy", str(cli.db), "ftp://elsewhere/x")
+
+
+def test_copy_to_mongodb_and_use_it_with_db(cli: Cli, request: pytest.FixtureRequest) -> None:
+    """The Pi's file to the institute's MongoDB, then the same commands against it with --db."""
+    server = request.getfixturevalue("mongo_server")
+    uri = server.fresh_uri()
+    try:
+        payload = os.urandom(3 * MiB)
+        object_id = cli.put(payload, "--type", "image")
+        cli.put(b"v1", "--id", object_id, "--version-control")
+        assert cli.ok("copy", str(cli.db), uri).startswith("copied 1 object (2 versions)")
+        assert cli.ok("copy", str(cli.db), uri).startswith("nothing to copy")
+        assert cli.ok("history", object_id, "--db", uri) == cli.ok("history", object_id)
+        assert cli("get", object_id, "--version", "0", "--db", uri).stdout == payload
+        other = cli.ok("put", "-", "--db", uri, input=b"written straight to MongoDB").strip()
+        assert {d["object_id"] for d in json_lines(cli.ok("ls", "--json", "--db", uri))} == {object_id, other}
+        assert cli.ok("verify", "--db", uri) == "checked 3 versions: ok\n"
+        assert cli.ok("rm", other, "--db", uri) == ""
+        assert "not found" in cli.fails(1, "show", other, "--db", uri)
+    finally:
+        server.drop(uri)
