@@ -1007,3 +1007,29 @@ def test_mongodb_sort_and_projection_where_mongomock_differs():
     assert compile_projection({"a.b": 1})({"_id": 1, "a": [{"b": 1}, 2]}) == {"_id": 1, "a": [{"b": 1}]}
     assert compile_projection({"a.b": 0})({"_id": 1, "a": [{"b": 1}, 2]}) == {"_id": 1, "a": [{}, 2]}
     assert compile_projection({"a.b": 0})({"_id": 1, "a": 5}) == {"_id": 1, "a": 5}
+
+
+def test_subclasses_of_plain_types_behave_like_them():
+    import enum
+    from collections import OrderedDict
+
+    class Colour(str, enum.Enum):
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    doc = OrderedDict([("_id", 1), ("c", Colour.RED), ("n", Level.HIGH), ("d", OrderedDict(x=1))])
+    assert match(doc, {"c": "red"}) and match(doc, {"c": {"$in": ["red", "blue"]}})
+    assert match(doc, {"c": {"$gt": "a"}}) and match(doc, {"c": {"$regex": "^r"}})
+    assert match(doc, {"n": 3}) and match(doc, {"n": {"$in": [3.0]}}) and match(doc, {"n": {"$gte": 3}})
+    assert match(doc, {"d": {"x": 1}}) and match(doc, {"d.x": 1})
+    assert compile_projection({"c": 1})(doc) == {"_id": 1, "c": "red"}
+
+
+def test_naive_datetimes_in_documents_mean_utc():
+    naive = {"a": T1.replace(tzinfo=None)}
+    assert match(naive, {"a": T1})
+    assert match(naive, {"a": {"$gte": T1, "$lt": T2}})
+    assert match(naive, {"a": {"$in": [T1]}})
+    assert compare_values(naive["a"], T1) == 0
