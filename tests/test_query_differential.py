@@ -66,6 +66,7 @@ mongomock also stores dates naive (UTC); `_for_mongomock` converts what it is gi
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -87,7 +88,13 @@ def _python_matcher(docs: list, filter: Any, sort: Any, skip: int, limit: int, p
     return [project(d) for d in hits]
 
 
+# name -> engine. An engine gets its own copies of the documents (with `_id`s 0, 1, ...) and returns what
+# find(filter, projection, sort=sort, skip=skip, limit=limit) returns, in order.
 ENGINES: dict[str, Engine] = {"python-matcher": _python_matcher}
+
+
+def _run(engine: str, docs: list, filter: Any, sort: Any, skip: int, limit: int, projection: Any) -> list:
+    return ENGINES[engine](copy.deepcopy(docs), copy.deepcopy(filter), sort, skip, limit, projection)
 
 UTC = dt.timezone.utc  # noqa: UP017 - same spelling as the package (importable on 3.10)
 T1 = dt.datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
@@ -330,7 +337,7 @@ engines = pytest.mark.parametrize("engine", list(ENGINES))
 def test_filter_agrees_with_mongomock(engine: str, case: tuple[list, dict]) -> None:
     docs, flt = case
     expected = sorted(d["_id"] for d in _oracle(docs, flt, None, 0, 0, None))
-    got = sorted(d["_id"] for d in ENGINES[engine](docs, flt, None, 0, 0, None))
+    got = sorted(d["_id"] for d in _run(engine, docs, flt, None, 0, 0, None))
     assert got == expected
 
 
@@ -340,7 +347,7 @@ def test_filter_agrees_with_mongomock(engine: str, case: tuple[list, dict]) -> N
 def test_sort_agrees_with_mongomock(engine: str, docs: list, sort: list, skip: int, limit: int) -> None:
     # Both sorts are stable, so ties come out in insertion order and the whole order must agree.
     expected = [d["_id"] for d in _oracle(docs, None, sort, skip, limit, None)]
-    got = [d["_id"] for d in ENGINES[engine](docs, None, sort, skip, limit, None)]
+    got = [d["_id"] for d in _run(engine, docs, None, sort, skip, limit, None)]
     assert got == expected
 
 
@@ -349,7 +356,7 @@ def test_sort_agrees_with_mongomock(engine: str, docs: list, sort: list, skip: i
 @given(docs=projectable, projection=projections())
 def test_projection_agrees_with_mongomock(engine: str, docs: list, projection: Any) -> None:
     expected = [_strict(_for_mongomock(d)) for d in _oracle(docs, None, None, 0, 0, projection)]
-    got = [_strict(_for_mongomock(d)) for d in ENGINES[engine](docs, None, None, 0, 0, projection)]
+    got = [_strict(_for_mongomock(d)) for d in _run(engine, docs, None, None, 0, 0, projection)]
     assert got == expected
 
 
@@ -361,7 +368,7 @@ def test_filter_sort_and_page_together(engine: str, case: tuple[list, dict], sor
     docs, flt = case
     sortable_docs = [d for d in docs if not _has_array_on(d, [field for field, _ in sort])]
     expected = [d["_id"] for d in _oracle(sortable_docs, flt, sort, skip, limit, ["_id"])]
-    got = ENGINES[engine](sortable_docs, flt, sort, skip, limit, ["_id"])
+    got = _run(engine, sortable_docs, flt, sort, skip, limit, ["_id"])
     assert [d["_id"] for d in got] == expected
     assert all(list(d) == ["_id"] for d in got)
 
