@@ -92,6 +92,28 @@ def _python_matcher(docs: list, filter: Any, sort: Any, skip: int, limit: int, p
 # find(filter, projection, sort=sort, skip=skip, limit=limit) returns, in order.
 ENGINES: dict[str, Engine] = {"python-matcher": _python_matcher}
 
+_LMDB_STORE: list = []  # one scratch file for the whole module, opened on first use
+
+
+def _lmdb_file(docs: list, filter: Any, sort: Any, skip: int, limit: int, projection: Any) -> list:
+    """The embedded default itself: documents through the LMDB file's document layer and indexes."""
+    import tempfile
+
+    import microblob
+
+    if not _LMDB_STORE:
+        directory = tempfile.mkdtemp(prefix="microblob-differential-")
+        # sync=False: a scratch file per test run; durability is not what this test measures
+        _LMDB_STORE.append(microblob.connect(f"{directory}/differential.db", sync=False))
+    coll = _LMDB_STORE[0].backend.collection("differential")
+    coll.create_index([("a", 1)])  # so the planner's index path is exercised, not only scans
+    coll.delete_many({})
+    _LMDB_STORE[0].backend.atomic(lambda: [coll.insert_one(d) for d in docs])
+    return coll.find(filter, projection, sort=sort or None, skip=skip, limit=limit)
+
+
+ENGINES["lmdb-file"] = _lmdb_file
+
 
 def _run(engine: str, docs: list, filter: Any, sort: Any, skip: int, limit: int, projection: Any) -> list:
     return ENGINES[engine](copy.deepcopy(docs), copy.deepcopy(filter), sort, skip, limit, projection)
