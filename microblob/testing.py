@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._inprocess import InProcessTransport, in_process_client
     from .store import Store
 
 try:
