@@ -91,6 +91,8 @@ class InProcessServer:
                 "serving Things needs microblob's HTTP layer (microblob.server.ThingServer and "
                 f"microblob.client.ThingClient), which this installation of microblob lacks: {exc}"
             ) from exc
+        import httpx
+
         from ._inprocess import in_process_client
 
         self.names = list(things)
@@ -100,7 +102,9 @@ class InProcessServer:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.base_url = base_url.rstrip("/")
-        self.http = in_process_client(self.app, base_url=self.base_url, headers=headers)
+        # Long enough for ThingClient's long polls (`wait`, 30 s by default): they are the app's to end.
+        self.http = in_process_client(self.app, base_url=self.base_url, headers=headers,
+                                      timeout=httpx.Timeout(30.0, read=120.0))
         self._client_class = ThingClient
         self._clients: list[Any] = []
 

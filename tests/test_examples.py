@@ -3,9 +3,11 @@
 The examples are discovered, not listed: a new one is covered as soon as it exists. The contract for an
 example: `python examples/NAME.py STORE_URI` works against a fresh temporary file and against `memory://`,
 runs again on the same file (re-runnable), exits 0, prints what it did and leaves a store that verifies.
-An example that imports torch needs the torch extra: it is marked `torch` (`tox -e torch`; CI installs
-torch, so it runs there). An example that needs a server starts its own (in-process or on 127.0.0.1).
-`EXPECTED` names, for the examples that have them, lines their output must contain.
+An example run otherwise (one that starts its own server, say) says how in `ARGS`; it must still run
+twice, exit 0 and print what it did. An example that imports torch is marked `torch` (`tox -e torch`; CI
+installs torch, so it runs there); one that imports a package that is not installed is skipped, which
+fails CI (tests/conftest.py): CI must install what every example needs. `EXPECTED` names, for the examples
+that have them, lines their output must contain.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ import microblob
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+# How to run an example that does not take just a store URI: `{store}` is a store URI, `{tmp}` a fresh
+# temporary directory. The default is ["{store}"].
+ARGS: dict[str, list[str]] = {
+    "camera": ["demo", "{tmp}"],  # a Thing server on a free 127.0.0.1 port, both client flows, then stop
+}
 
 # Per example: (patterns for the first run, patterns for the second run on the same file).
 EXPECTED: dict[str, tuple[list[str], list[str]]] = {
@@ -46,15 +54,20 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
          r"matches the checkpoint: True"],
         [r"6 versions; best is v\d", r"matches the checkpoint: True"],
     ),
+    "camera": (
+        [r"flow 1: \d+ RAW bytes stayed on the server \(downloads: 0\)", r"flow 2: saved \d+ JPEG bytes"],
+        [r"flow 2: saved \d+ JPEG bytes"],
+    ),
 }
 
 
 def imports(path: Path) -> set[str]:
+    """Top-level names of every module the example imports, anywhere in it (imports inside functions too)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module)
     return names
 
@@ -63,17 +76,29 @@ def needs_torch(path: Path) -> bool:
     return any(name == "torch" or name.startswith("torch.") or name == "microblob.torch" for name in imports(path))
 
 
+def missing_packages(path: Path) -> list[str]:
+    tops = {name.split(".")[0] for name in imports(path)} - set(sys.stdlib_module_names) - {"__future__", "microblob"}
+    if needs_torch(path):
+        tops |= {"torch", "safetensors", "numpy"}
+    return sorted(top for top in tops if importlib.util.find_spec(top) is None)
+
+
 def example_params() -> list[object]:
-    return [pytest.param(path, id=path.stem, marks=[pytest.mark.torch] if needs_torch(path) else [])
-            for path in EXAMPLES]
+    params = []
+    for path in EXAMPLES:
+        marks = [pytest.mark.torch] if needs_torch(path) else []
+        variants = ["file", "memory"] if "{store}" in ARGS.get(path.stem, ["{store}"]) else ["own"]
+        params.extend(pytest.param(path, variant, id=f"{path.stem}-{variant}", marks=marks) for variant in variants)
+    return params
 
 
-def run_example(path: Path, uri: str, cwd: Path) -> str:
+def run_example(path: Path, store: str, tmp: Path) -> str:
+    args = [arg.format(store=store, tmp=tmp) for arg in ARGS.get(path.stem, ["{store}"])]
     env = {k: v for k, v in os.environ.items() if k != "MICROBLOB_URI"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(path), uri], capture_output=True, text=True, timeout=600, cwd=cwd,
+    proc = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=600, cwd=tmp,
                           env=env)
-    assert proc.returncode == 0, f"{path.name} {uri} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"{path.name} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     assert proc.stdout.strip(), f"{path.name} printed nothing: an example says what it did"
     return proc.stdout
 
@@ -84,28 +109,23 @@ def check_output(name: str, output: str, run: int) -> None:
 
 
 def test_examples_are_discovered() -> None:
-    names = {path.stem for path in EXAMPLES}
-    assert {"quickstart", "versions", "torch_checkpoint"} <= names
-    assert set(EXPECTED) <= names, "EXPECTED names an example that no longer exists"
+    assert {"quickstart", "versions", "torch_checkpoint"} <= {path.stem for path in EXAMPLES}
 
 
-@pytest.mark.parametrize("example", example_params())
-def test_example_runs_on_a_file_twice(example: Path, tmp_path: Path) -> None:
-    if needs_torch(example) and importlib.util.find_spec("torch") is None:
-        pytest.skip("needs torch: run `tox -e torch` (CI installs it)")
-    path = tmp_path / "store.db"
-    for run in range(2):
-        output = run_example(example, str(path), tmp_path)
-        check_output(example.stem, output, run)
-    with microblob.connect(path) as store:
-        report = store.verify()
-        assert report.ok, report.damaged
-    assert not (tmp_path / "microblob.db").exists(), "the example ignored the store URI it was given"
-
-
-@pytest.mark.parametrize("example", example_params())
-def test_example_runs_in_memory(example: Path, tmp_path: Path) -> None:
-    if needs_torch(example) and importlib.util.find_spec("torch") is None:
-        pytest.skip("needs torch: run `tox -e torch` (CI installs it)")
-    check_output(example.stem, run_example(example, "memory://", tmp_path), 0)
-    assert not (tmp_path / "microblob.db").exists(), "the example ignored the store URI it was given"
+@pytest.mark.parametrize(("example", "variant"), example_params())
+def test_example_runs(example: Path, variant: str, tmp_path: Path) -> None:
+    missing = missing_packages(example)
+    if missing:
+        pytest.skip(f"{example.name} needs {', '.join(missing)} (CI installs them; torch: `tox -e torch`)")
+    if variant == "memory":
+        check_output(example.stem, run_example(example, "memory://", tmp_path), 0)
+    else:
+        path = tmp_path / "store.db"
+        for run in range(2):  # examples are re-runnable on the same store
+            check_output(example.stem, run_example(example, str(path), tmp_path), run)
+        if variant == "file":
+            with microblob.connect(path) as store:
+                report = store.verify()
+                assert report.ok, report.damaged
+    if variant != "own":
+        assert not (tmp_path / "microblob.db").exists(), "the example ignored the store URI it was given"
