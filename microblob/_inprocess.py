@@ -76,6 +76,9 @@ class InProcessTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise RuntimeError("the in-process transport is closed")
+        if threading.current_thread() is self._thread:  # would wait for the loop it is blocking
+            raise RuntimeError("a synchronous request from the app's own event loop would deadlock; "
+                               "call it from a thread (e.g. a sync action) or use an async client")
         request.read()  # its stream is now a ByteStream, which httpx's ASGI transport can iterate too
         timeout = (request.extensions.get("timeout") or {}).get("read")
         try:

@@ -267,6 +267,13 @@ def make_app(events: list[str]) -> Any:
     async def boom(request: Request) -> Response:
         raise RuntimeError("the app broke")
 
+    async def reenter(request: Request) -> Response:
+        try:
+            request.app.state.client.get("/hello")
+        except RuntimeError as exc:
+            return PlainTextResponse(str(exc), status_code=500)
+        return PlainTextResponse("no error")
+
     async def big(request: Request) -> Response:
         return PlainTextResponse("microblob " * 10_000)
 
@@ -284,7 +291,7 @@ def make_app(events: list[str]) -> Any:
             Route("/jobs/{name}", start_job, methods=["POST"]), Route("/jobs/{name}/finish", finish_job,
                                                                        methods=["POST"]),
             Route("/jobs/{name}", wait_job), Route("/slow", slow), Route("/boom", boom), Route("/big", big),
-            Route("/stream", stream),
+            Route("/stream", stream), Route("/reenter", reenter),
         ],
         lifespan=lifespan,
         middleware=[Middleware(GZipMiddleware, minimum_size=1000)],
@@ -352,6 +359,14 @@ def test_transport_honours_the_read_timeout_and_cancels_the_handler() -> None:
             time.sleep(0.01)
         assert "slow cancelled" in events
         assert client.get("/hello").status_code == 200  # still serving
+
+
+def test_transport_refuses_a_sync_request_from_the_loop_instead_of_deadlocking() -> None:
+    app = make_app([])
+    with in_process_client(app) as client:
+        app.state.client = client
+        reply = client.get("/reenter", timeout=10)
+        assert reply.status_code == 500 and "would deadlock" in reply.text
 
 
 def test_transport_app_exceptions_raise_or_answer_500() -> None:
