@@ -102,7 +102,7 @@ def load_torch_model(
 
     Raises `ObjectNotFound`/`VersionNotFound`; `InvalidArgument` if the object is not a safetensors model or
     its keys (with `strict=True`) or shapes do not match `model`; `IntegrityError` if its bytes are damaged
-    or not safetensors at all. On any error the model is left unchanged."""
+    or not safetensors at all. All of these are raised before any weight is copied into `model`."""
     if not isinstance(model, torch.nn.Module):
         raise InvalidArgument(f"model must be a torch.nn.Module, not {type(model).__name__}")
     _check_store(store)
