@@ -131,7 +131,7 @@ def _key_slow(value: Any) -> tuple:
     if isinstance(value, int):
         return _key(int(value))
     if isinstance(value, str):
-        return (_R_STRING, str(value))
+        return (_R_STRING, str.__str__(value))  # str() of a str-based enum is its name
     if isinstance(value, Mapping):
         return (_R_OBJECT, tuple([_field_key(k, v) for k, v in value.items()]))
     if isinstance(value, _ARRAYS):
@@ -216,23 +216,43 @@ def _walk_array(array: Any, parts: tuple, index: tuple, i: int, expand: bool, ou
                 _walk_array(element, parts, index, i + 1, expand, out)
 
 
+_BRANCHED: Any = object()  # what `_direct` returns when the path meets an array: use the full walk
+
+
+def _direct(parts: tuple) -> Callable[[Document], Any]:
+    """The fast path of the walk: the one value `parts` reaches through plain documents (missing if it
+    meets a scalar), or _BRANCHED when it meets an array on the way."""
+    first, rest = parts[0], parts[1:]
+    if not rest:
+        return lambda doc: doc.get(first, _MISSING)
+
+    def direct(doc: Document) -> Any:
+        node = doc.get(first, _MISSING)
+        for part in rest:
+            if isinstance(node, dict):
+                node = node.get(part, _MISSING)
+            elif isinstance(node, _ARRAYS):
+                return _BRANCHED
+            else:
+                return _MISSING
+        return node
+
+    return direct
+
+
 def _getter(path: str, expand: bool) -> Callable[[Document], list]:
     parts, index = _split(path)
-    if len(parts) == 1:
-        key = parts[0]
-
-        def get_one(doc: Document) -> list:
-            value = doc.get(key, _MISSING)
-            if expand and isinstance(value, _ARRAYS):
-                return [*value, value]
-            return [value]
-
-        return get_one
+    direct = _direct(parts)
 
     def get(doc: Document) -> list:
-        out: list = []
-        _walk(doc, parts, index, 0, expand, out)
-        return out
+        value = direct(doc)
+        if value is _BRANCHED:
+            out: list = []
+            _walk(doc, parts, index, 0, expand, out)
+            return out
+        if expand and isinstance(value, _ARRAYS):
+            return [*value, value]
+        return [value]
 
     return get
 
@@ -261,8 +281,40 @@ def _path_any(path: str, test: _Test, expand: bool) -> Predicate:
             return test(value)
 
         return single
-    get = _getter(path, expand)
-    return lambda doc: any(map(test, get(doc)))
+    direct, get = _direct(parts), _getter(path, expand)
+
+    def dotted(doc: Document) -> bool:
+        value = direct(doc)
+        if value is _BRANCHED:
+            return any(map(test, get(doc)))
+        if expand and isinstance(value, _ARRAYS):
+            for element in value:
+                if test(element):
+                    return True
+        return test(value)
+
+    return dotted
+
+
+def _path_all(path: str, leaves: list[_Leaf]) -> Predicate:
+    """Several operators on one path ({"$gt": 1, "$lt": 5}): each is its own existential match (they
+    may hold for different array elements), but the path is read once when no array branches it."""
+    direct = _direct(_split(path)[0])
+    separately = _all_of([_path_any(path, leaf.test, leaf.expand) for leaf in leaves])
+    checks = [(leaf.test, leaf.expand) for leaf in leaves]
+
+    def together(doc: Document) -> bool:
+        value = direct(doc)
+        if value is _BRANCHED:
+            return separately(doc)
+        if isinstance(value, _ARRAYS):
+            return all(test(value) or (expand and any(map(test, value))) for test, expand in checks)
+        for test, _ in checks:
+            if not test(value):
+                return False
+        return True
+
+    return together
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -318,6 +370,9 @@ def _eq_test(rhs: Any, where: str) -> _Test:
         if _is_nan(rhs):
             return _is_nan
         return lambda v: v == rhs and type(v) is not bool
+    if t is _dt.datetime:
+        instant = _utc(rhs)
+        return lambda v: isinstance(v, _dt.datetime) and _utc(v) == instant
     rank, key = _rank(rhs), _key(rhs)
     return lambda v: _rank(v) == rank and _key(v) == key
 
@@ -341,6 +396,9 @@ def _compare_test(op: str, rhs: Any, where: str) -> _Test:
         return lambda v: (type(v) in _NUMBER_TYPES or _rank(v) == _R_NUMBER) and compare(v, rhs)
     if rank == _R_STRING:
         return lambda v: (type(v) is str or _rank(v) == _R_STRING) and compare(v, rhs)
+    if rank == _R_DATE:
+        instant = _utc(rhs)
+        return lambda v: isinstance(v, _dt.datetime) and compare(_utc(v), instant)
     key = _key(rhs)
     return lambda v: _rank(v) == rank and compare(_key(v), key)
 
@@ -365,13 +423,17 @@ def _in_test(values: Any, op: str, where: str) -> _Test:
             keys.add(_key(item))
     frozen = frozenset(keys)
     strings = frozenset(k[1] for k in keys if k[0] == _R_STRING)
+    ranks = frozenset(k[0] for k in keys)
 
     def test(v: Any) -> bool:
-        if type(v) is str:
+        t = type(v)
+        if t is str:
             if v in strings:
                 return True
-        elif _key(v) in frozen:
-            return True
+        else:
+            rank = _RANKS.get(t)
+            if (rank if rank is not None else _rank(v)) in ranks and _key(v) in frozen:  # no key when hopeless
+                return True
         return bool(regexes) and isinstance(v, str) and any(r.search(v) for r in regexes)
 
     return test
@@ -547,7 +609,11 @@ def _is_operator_document(value: Any) -> bool:
 
 def _compile_field(path: str, value: Any) -> list[Predicate]:
     if _is_operator_document(value):
-        return [_node_on_path(node, path) for node in _parse_operators(value, path)]
+        nodes = _parse_operators(value, path)
+        leaves = [node for node in nodes if isinstance(node, _Leaf)]
+        if len(leaves) < 2:
+            return [_node_on_path(node, path) for node in nodes]
+        return [_path_all(path, leaves)] + [_node_on_path(n, path) for n in nodes if not isinstance(n, _Leaf)]
     if isinstance(value, re.Pattern):
         return [_path_any(path, _regex_test(_compile_regex(value, _MISSING, path)), True)]
     return [_path_any(path, _eq_test(value, path), True)]
@@ -746,9 +812,6 @@ class _Descending:
     def __lt__(self, other: _Descending) -> bool:
         return other.key < self.key
 
-    def __gt__(self, other: _Descending) -> bool:
-        return other.key > self.key
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Descending) and self.key == other.key
 
@@ -836,11 +899,18 @@ def sort_documents(docs: Iterable[dict], sort: Any, *, limit: int = 0, skip: int
     limit = abs(limit)
     if not spec:
         return list(itertools.islice(docs, skip, skip + limit if limit else None))
-    key, reverse = _sort_key_function(spec)
-    if limit:
+    if limit or len({direction for _, direction in spec}) == 1:
+        key, reverse = _sort_key_function(spec)
+        if not limit:
+            return sorted(docs, key=key, reverse=reverse)[skip:]
         pick = heapq.nlargest if reverse else heapq.nsmallest
         return pick(skip + limit, docs, key=key)[skip:]
-    return sorted(docs, key=key, reverse=reverse)[skip:]
+    # Mixed directions: stable passes from the last field to the first, each with native keys.
+    getters = [(_getter(field, False), direction == -1) for field, direction in spec]
+    keyed = [([_candidates_key(get(doc), desc) for get, desc in getters], doc) for doc in docs]
+    for position in reversed(range(len(getters))):
+        keyed.sort(key=lambda item: item[0][position], reverse=getters[position][1])
+    return [doc for _, doc in keyed][skip:]
 
 
 def _sort_key_function(spec: list[tuple[str, int]]) -> tuple[Callable[[Any], Any], bool]:
@@ -891,7 +961,7 @@ def compile_projection(projection: Any) -> Callable[[Mapping[str, Any]], dict]:
     for path, flag in projection.items():
         if not _valid_path(path):
             raise InvalidQuery(f"invalid projection path {path!r}")
-        if isinstance(flag, bool) or (isinstance(flag, (int, float)) and not isinstance(flag, bool)):
+        if isinstance(flag, (bool, int, float)):
             included = bool(flag)  # any non-zero number includes, as in MongoDB
         else:
             raise InvalidQuery(

@@ -566,6 +566,18 @@ class Store:
     def dataset_query(self, filter: Filter | None = None, **kwargs: Any) -> list[BlobObject]:
         return self.blob_object_query(_and_type(filter, "dataset"), **kwargs)
 
+    def save_or_update_torch_model(self, model: Any, object_id: str | None = None, **kwargs: Any) -> str:
+        """`microblob.torch.save_or_update_torch_model` on this store (imports torch only when called)."""
+        from .torch import save_or_update_torch_model
+
+        return save_or_update_torch_model(model, object_id, store=self, **kwargs)
+
+    def load_torch_model(self, model: Any, object_id: str, version: int | None = None, **kwargs: Any) -> dict:
+        """`microblob.torch.load_torch_model` on this store: load weights into `model`, return the metadata."""
+        from .torch import load_torch_model
+
+        return load_torch_model(model, object_id, version, store=self, **kwargs)
+
 
 def _defaults(fields: dict[str, Any]) -> dict[str, Any]:
     doc = dict(fields)

@@ -265,6 +265,16 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
     return install
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """microblob's own pytest plugin (`microblob.testing`: `microblob_store`, `microblob_file_store`,
+    `thing_client`) comes in through its `pytest11` entry point once microblob is installed (the README's
+    `pip install -e '.[test]'`); from a checkout that is not installed, register it here."""
+    if not config.pluginmanager.has_plugin("microblob"):
+        import microblob.testing
+
+        config.pluginmanager.register(microblob.testing, "microblob")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI a skipped test is a failure: whatever cannot run there must be fixed, not hidden."""
     if not os.environ.get("CI"):

@@ -29,7 +29,7 @@ from microblob._query import (
 )
 
 NAN = float("nan")
-UTC = dt.UTC
+UTC = dt.timezone.utc  # noqa: UP017 - same spelling as the package (importable on 3.10)
 T1 = dt.datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 T2 = dt.datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -955,3 +955,85 @@ def test_nan_inf_and_big_numbers_are_plain_values():
     assert match({"a": math.inf}, {"a": math.inf})
     assert match({"a": 2**63 - 1}, {"a": {"$gt": 2**62}})
     assert not match({"a": 2**53 + 1}, {"a": float(2**53)})  # exact int/float comparison
+
+
+# ------------------------------------------------------------------------ where mongomock is wrong
+# The numbers are the notes in tests/test_query_differential.py, whose generator avoids these corners.
+
+
+@pytest.mark.parametrize(
+    ("note", "doc", "flt", "expected"),
+    [
+        (1, {}, {"a": {}}, False),  # equality with an empty document; missing is not {}
+        (2, {"a": "ya"}, {"a": {"$not": {"$regex": "^X", "$options": "i"}}}, True),
+        (2, {"a": "xa"}, {"a": {"$not": {"$regex": "^X", "$options": "i"}}}, False),
+        (3, {}, {"a": {"$gte": None}}, True),
+        (3, {}, {"a": {"$lte": None}}, True),
+        (4, {"a": [[1, 2], 3]}, {"a": {"$eq": [1, 2]}}, True),  # an element equals the operand
+        (4, {"a": [[1, 2], 3]}, {"a": {"$ne": [1, 2]}}, False),
+        (5, {"a": 5}, {"a.b": None}, True),
+        (5, {"a": None}, {"a.b": {"$in": [None]}}, True),
+        (5, {"a": 5}, {"a.b": {"$ne": None}}, False),
+        (6, {"a": [1]}, {"a": {"$all": []}}, False),
+        (7, {"a": []}, {"a": {"$in": [[]]}}, True),  # the array itself is a candidate
+        (7, {"a": [1, 2]}, {"a": {"$nin": [[1, 2]]}}, False),
+        (8, {"a": [1, 2]}, {"a.b": {"$not": {"$gt": 1}}}, True),  # NOT of "no value > 1"
+        (8, {"a": 5}, {"a.b": {"$exists": False, "$ne": 1}}, True),
+        (9, {}, {"a": {"$all": [None]}}, True),
+        (10, {"a": {"x": 1, "y": 2}}, {"a": {"$size": 2}}, False),
+        (10, {"a": 7}, {"a": {"$size": 1}}, False),
+        (11, {"a": [[], [""]]}, {"a.0": {"$all": [[]]}}, True),
+        (11, {"b": [{"a": []}, {}]}, {"b.a": {"$all": [2]}}, False),  # mongomock raises TypeError
+        (12, {"a": [{"b": 1}, {}]}, {"a.b": {"$exists": False}}, False),
+        (13, {"a": True}, {"a": 1}, False),
+        (13, {"a": [True]}, {"a": {"$in": [1]}}, False),
+        (13, {"a": float("nan")}, {"a": float("nan")}, True),
+        (13, {"a": {"x": 1, "y": 2}}, {"a": {"y": 2, "x": 1}}, False),
+        (16, {"a": [[1, 5]]}, {"a": {"$elemMatch": {"$gt": 4}}}, False),
+        (16, {"a": [[{"b": 1}]]}, {"a": {"$elemMatch": {"b": 1}}}, False),
+        (16, {"a": [[1, "x"]]}, {"a": {"$elemMatch": {"b": None}}}, True),  # ["1", "x"] read as a document
+        (17, {"a": [1]}, {"a": {"$elemMatch": {"$not": {"$exists": True}}}}, False),
+        (17, {"a": [{"x": 1}]}, {"a": {"$elemMatch": {"$not": {"$exists": True}}}}, False),
+    ],
+)
+def test_mongodb_where_mongomock_differs(note, doc, flt, expected):
+    assert match(doc, flt) is expected
+
+
+def test_mongodb_sort_and_projection_where_mongomock_differs():
+    # note 14: an array sorts by its smallest element ascending and its largest descending
+    docs = [{"_id": 0, "a": [5, 1]}, {"_id": 1, "a": 3}]
+    assert [d["_id"] for d in sort_documents(docs, "a")] == [0, 1]
+    assert [d["_id"] for d in sort_documents(docs, [("a", -1)])] == [0, 1]
+    docs = [{"_id": 0, "a": [{"b": 9}, {"b": 1}]}, {"_id": 1, "a": {"b": 5}}]
+    assert [d["_id"] for d in sort_documents(docs, "a.b")] == [0, 1]  # every value of the path counts
+    # note 15: scalars in arrays are dropped by inclusion and kept by exclusion; a scalar parent stays
+    assert compile_projection({"a.b": 1})({"_id": 1, "a": [{"b": 1}, 2]}) == {"_id": 1, "a": [{"b": 1}]}
+    assert compile_projection({"a.b": 0})({"_id": 1, "a": [{"b": 1}, 2]}) == {"_id": 1, "a": [{}, 2]}
+    assert compile_projection({"a.b": 0})({"_id": 1, "a": 5}) == {"_id": 1, "a": 5}
+
+
+def test_subclasses_of_plain_types_behave_like_them():
+    import enum
+    from collections import OrderedDict
+
+    class Colour(str, enum.Enum):
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    doc = OrderedDict([("_id", 1), ("c", Colour.RED), ("n", Level.HIGH), ("d", OrderedDict(x=1))])
+    assert match(doc, {"c": "red"}) and match(doc, {"c": {"$in": ["red", "blue"]}})
+    assert match(doc, {"c": {"$gt": "a"}}) and match(doc, {"c": {"$regex": "^r"}})
+    assert match(doc, {"n": 3}) and match(doc, {"n": {"$in": [3.0]}}) and match(doc, {"n": {"$gte": 3}})
+    assert match(doc, {"d": {"x": 1}}) and match(doc, {"d.x": 1})
+    assert compile_projection({"c": 1})(doc) == {"_id": 1, "c": "red"}
+
+
+def test_naive_datetimes_in_documents_mean_utc():
+    naive = {"a": T1.replace(tzinfo=None)}
+    assert match(naive, {"a": T1})
+    assert match(naive, {"a": {"$gte": T1, "$lt": T2}})
+    assert match(naive, {"a": {"$in": [T1]}})
+    assert compare_values(naive["a"], T1) == 0
