@@ -1,0 +1,185 @@
+"""Store throughput beside its baselines, measured in the same run (machines here are noisy: only the
+ratios mean anything).
+
+    python bench/bench_store.py [--repeat 5] [--sizes 1KiB,1MiB,256MiB] [--dir /tmp]
+
+For each size: microblob's embedded default (save = committed and fsync'd, default chunked storage;
+get = read the bytes back), a raw file (write + fsync; read), and a stdlib sqlite3 blob table
+(INSERT + COMMIT with synchronous=FULL; SELECT). Same durability on every side: each save is
+committed and synced before the next starts. Prints medians of `--repeat` runs and the ratios;
+writes them as JSON to bench/results/store.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import microblob  # noqa: E402
+
+KiB, MiB = 1024, 1024 * 1024
+SIZES = {"1KiB": KiB, "1MiB": MiB, "256MiB": 256 * MiB}
+READ_PIECE = MiB
+
+
+def ops_for(size: int) -> int:
+    """Enough operations that one run takes a measurable while, but a big one stays a few runs."""
+    return max(2, min(1000, (64 * MiB) // size))
+
+
+class Side:
+    """One contestant: `save(i, data)` must be durable on return; `load(i)` returns the byte count read."""
+
+    name = ""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def save(self, i: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def load(self, i: int) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Microblob(Side):
+    name = "microblob"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.store = microblob.connect(directory / "microblob.db")
+
+    def save(self, i: int, data: bytes) -> None:
+        self.store.save_or_update_object(data, object_id=f"obj-{i}")
+
+    def load(self, i: int) -> int:
+        obj = self.store.get_blob_object(f"obj-{i}")
+        if obj.size <= READ_PIECE:
+            return len(obj.data)
+        n = 0
+        with obj.open() as stream:
+            while piece := stream.read(READ_PIECE):
+                n += len(piece)
+        return n
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class RawFile(Side):
+    name = "raw file"
+
+    def save(self, i: int, data: bytes) -> None:
+        with open(self.directory / f"f{i}", "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def load(self, i: int) -> int:
+        n = 0
+        with open(self.directory / f"f{i}", "rb") as fh:
+            while piece := fh.read(READ_PIECE):
+                n += len(piece)
+        return n
+
+
+class Sqlite(Side):
+    name = "sqlite3"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.db = sqlite3.connect(directory / "blobs.sqlite")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, data BLOB)")
+        self.db.commit()
+
+    def save(self, i: int, data: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?)", (f"obj-{i}", data))
+        self.db.commit()
+
+    def load(self, i: int) -> int:
+        (data,) = self.db.execute("SELECT data FROM blobs WHERE id = ?", (f"obj-{i}",)).fetchone()
+        return len(data)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_size(label: str, size: int, repeat: int, base: Path, sides: list[type[Side]]) -> dict[str, dict]:
+    n = ops_for(size)
+    payload = os.urandom(size)
+    results: dict[str, dict[str, list[float]]] = {s.name: {"save": [], "load": []} for s in sides}
+    for r in range(repeat):
+        for side_type in sides:  # interleave sides within each repeat, so drift hits all alike
+            directory = base / f"{label}-{side_type.name.replace(' ', '_')}-{r}"
+            directory.mkdir()
+            side = side_type(directory)
+            try:
+                save_s = timed(lambda side=side: [side.save(i, payload) for i in range(n)])
+                load_s = timed(lambda side=side: [side.load(i) for i in range(n)])
+            finally:
+                side.close()
+                shutil.rmtree(directory)
+            results[side_type.name]["save"].append(save_s / n)
+            results[side_type.name]["load"].append(load_s / n)
+    summary = {}
+    for name, times in results.items():
+        save, load = statistics.median(times["save"]), statistics.median(times["load"])
+        summary[name] = {"ops": n, "save_s": save, "load_s": load, "save_ops_per_s": 1 / save,
+                         "load_ops_per_s": 1 / load, "pair_ops_per_s": 1 / (save + load),
+                         "save_MBps": size / save / 1e6, "load_MBps": size / load / 1e6}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="microblob-bench-", dir=args.dir))
+    report: dict[str, dict] = {}
+    try:
+        for label in args.sizes.split(","):
+            size = SIZES[label]
+            summary = run_size(label, size, args.repeat, base, [Microblob, RawFile, Sqlite])
+            report[label] = summary
+            mb = summary["microblob"]
+            print(f"\n{label} x {mb['ops']} ops, median of {args.repeat} runs")
+            print(f"  {'':10} {'save/s':>10} {'get/s':>10} {'save+get/s':>11} {'save MB/s':>10} {'get MB/s':>10}")
+            for name, row in summary.items():
+                print(f"  {name:10} {row['save_ops_per_s']:10.1f} {row['load_ops_per_s']:10.1f} "
+                      f"{row['pair_ops_per_s']:11.1f} {row['save_MBps']:10.1f} {row['load_MBps']:10.1f}")
+            for name in ("raw file", "sqlite3"):
+                other = summary[name]
+                print(f"  microblob / {name:8}: save {mb['save_ops_per_s'] / other['save_ops_per_s']:.2f}x, "
+                      f"get {mb['load_ops_per_s'] / other['load_ops_per_s']:.2f}x, "
+                      f"save+get {mb['pair_ops_per_s'] / other['pair_ops_per_s']:.2f}x")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "store.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

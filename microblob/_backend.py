@@ -1,0 +1,110 @@
+"""The one small interface the store talks to (DESIGN.md §3.6).
+
+A backend offers named collections with the pymongo subset the store needs, a chunk store for file
+bytes, and an atomic scope. Everything above this line — objects, versions, files, workflows, copy — is
+written once against these protocols, and the whole store test suite runs against every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, Union
+
+from ._exceptions import IntegrityError
+
+__all__ = ["Backend", "ChunkStore", "Collection", "Filter", "Projection", "Sort", "checked_chunk"]
+
+T = TypeVar("T")
+Filter = Mapping[str, Any]
+Projection = Union[Mapping[str, Any], Sequence[str], None]  # noqa: UP007 - a runtime alias on 3.10
+Sort = Union[str, Sequence[tuple[str, int]], Mapping[str, int], None]  # noqa: UP007
+
+
+class Collection(Protocol):
+    """Documents with an `_id`; filters, projections and sorts in MongoDB's language."""
+
+    name: str
+
+    def insert_one(self, doc: Mapping[str, Any]) -> Any:
+        """Store a copy of `doc`; return its `_id`. DuplicateKey if the `_id` exists."""
+        ...
+
+    def find_one(
+        self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None
+    ) -> dict | None: ...
+
+    def find(
+        self,
+        filter: Filter | None = None,
+        projection: Projection = None,
+        sort: Sort = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict]: ...
+
+    def replace_one(self, filter: Filter, doc: Mapping[str, Any], upsert: bool = False) -> int:
+        """Replace the first match; return how many matched (0 or 1). A compare-and-swap when the filter
+        names the old version."""
+        ...
+
+    def update_one(self, filter: Filter, update: Mapping[str, Any], upsert: bool = False) -> int: ...
+
+    def delete_one(self, filter: Filter) -> int: ...
+
+    def delete_many(self, filter: Filter) -> int: ...
+
+    def count_documents(self, filter: Filter | None = None) -> int: ...
+
+    def create_index(self, keys: Sequence[tuple[str, int]], unique: bool = False) -> str: ...
+
+
+class ChunkStore(Protocol):
+    """File bytes as numbered chunks, `(file_id, n) -> bytes`."""
+
+    def put(self, file_id: Any, n: int, data: bytes | memoryview) -> None: ...
+
+    def get(self, file_id: Any, n: int) -> bytes | None: ...
+
+    def count(self, file_id: Any) -> int: ...
+
+    def delete(self, file_id: Any) -> int:
+        """Remove every chunk of the file; return how many there were."""
+        ...
+
+    def file_ids(self) -> Iterator[Any]:
+        """Every file id that has at least one chunk (so gc can find chunks no file document owns)."""
+        ...
+
+    # Optional: `put_many(file_id, first, chunks)` (one commit per batch) and
+    # `read_joined(file_id, [(n, start, stop, expected_len), ...]) -> bytes` (one copy, one read scope).
+
+
+def checked_chunk(file_id: Any, n: int, data: Any, expected: int) -> Any:
+    """`data` if it is chunk n of the file at its expected length; IntegrityError otherwise."""
+    if data is None:
+        raise IntegrityError(f"file {file_id!r}: chunk {n} is missing")
+    if len(data) != expected:
+        raise IntegrityError(f"file {file_id!r}: chunk {n} has {len(data)} bytes, expected {expected}")
+    return data
+
+
+class Backend(Protocol):
+    uri: str
+    # True when atomic() is a real transaction (LMDB, memory). When False (MongoDB without a replica
+    # set), the store orders its writes so that a crash between them never shows a partial object.
+    transactional: bool
+
+    def collection(self, name: str) -> Collection: ...
+
+    @property
+    def chunks(self) -> ChunkStore: ...
+
+    def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
+        """Run `fn` with all its writes in one atomic unit. `fn` may be re-run, so it must be free of
+        side effects outside the backend. `size_hint`: roughly how many bytes it writes."""
+        ...
+
+    def close(self) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...

@@ -1,0 +1,580 @@
+"""A MongoDB-style document layer over a KVEngine: the embedded backends (LMDB file, memory).
+
+Layout inside the engine's tables:
+- docs:   pack(collection) + id_key(_id)                   -> msgpack document
+- index:  pack(collection) + pack(index name) + entry      -> id key
+          entry = component key per indexed field + id_key  (prefix scans serve equality lookups)
+- chunks: pack(file_id) + 4-byte big-endian chunk number    -> raw bytes (no framing, no copy)
+- meta:   b"indexes"                                        -> {collection: [index spec, ...]}
+
+Index specs live in the file, so every process on it maintains the same indexes. An index only narrows
+the candidates; every candidate is re-checked by the full matcher, so an index can never change a
+result, only its cost.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import msgpack
+
+from . import _codec
+from ._backend import Filter, Projection, Sort, checked_chunk
+from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
+from ._kv import KVEngine, KVTxn
+from ._query import compile_filter, compile_projection, compile_update, equality_values, sort_documents
+
+__all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
+
+T = TypeVar("T")
+
+_MAX_ID_KEY = 160  # LMDB keys stop at 511 bytes: collection + index name + two components + id key fit
+_MAX_COMPONENT = 64
+_HASHED = b"\xc1\x01"  # 0xc1 never starts a msgpack value, so these cannot collide with packed keys
+_ALWAYS = b"\xc1\x00"  # "this document's value is not indexable": always a candidate
+_NAN = msgpack.ExtType(1, b"nan")
+_MAX_ENTRIES = 1000
+_INDEXES_KEY = b"indexes"
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, datetime=True)
+
+
+def _scalar(value: Any) -> tuple[bool, Any]:
+    """(indexable, normalised value) with MongoDB's equality: 1 == 1.0, True != 1, NaN == NaN."""
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return True, value
+    if isinstance(value, int):
+        return True, value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return True, _NAN
+        if value.is_integer() and -(2**63) <= value < 2**63:
+            return True, int(value)
+        return True, value
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return True, value
+    return False, None
+
+
+def _component(value: Any) -> bytes:
+    raw = _pack(value)
+    if len(raw) > _MAX_COMPONENT:
+        return _HASHED + hashlib.sha256(raw).digest()
+    return raw
+
+
+def id_key(_id: Any) -> bytes:
+    ok, norm = _scalar(_id)
+    if not ok or _id is None:
+        raise InvalidArgument(f"_id must be a str, int, float, bytes or datetime, not {type(_id).__name__}")
+    raw = _pack(norm)
+    if len(raw) > _MAX_ID_KEY:
+        return _HASHED + hashlib.sha256(raw).digest()
+    return raw
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def _field_keys(doc: Mapping[str, Any], path: str) -> set[bytes] | None:
+    """Component keys a document has for a field; None = not indexable (always a candidate)."""
+    value: Any = doc
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part, _MISSING)
+        elif isinstance(value, (list, tuple)):
+            return None  # array fan-out through the path: let the matcher decide
+        else:
+            value = _MISSING
+        if value is _MISSING:
+            return {_component(None)}
+    if isinstance(value, (list, tuple)):
+        keys = set()
+        for item in value:
+            ok, norm = _scalar(item)
+            if ok:
+                keys.add(_component(norm))
+        return keys
+    ok, norm = _scalar(value)
+    return {_component(norm)} if ok else set()
+
+
+class _Index:
+    __slots__ = ("name", "fields", "unique", "prefix")
+
+    def __init__(self, collection_prefix: bytes, spec: Mapping[str, Any]) -> None:
+        self.name: str = spec["name"]
+        self.fields: list[str] = [field for field, _ in spec["keys"]]
+        self.unique: bool = bool(spec.get("unique"))
+        self.prefix = collection_prefix + _pack(self.name)
+
+    def entries(self, doc: Mapping[str, Any], idk: bytes) -> set[bytes]:
+        per_field = []
+        for field in self.fields:
+            keys = _field_keys(doc, field)
+            if keys is None:
+                return {self.prefix + _ALWAYS + idk}
+            if not keys:
+                return set()
+            per_field.append(sorted(keys))
+        combos = 1
+        for keys in per_field:
+            combos *= len(keys)
+        if combos > _MAX_ENTRIES:
+            return {self.prefix + _ALWAYS + idk}
+        return {self.prefix + b"".join(combo) + idk for combo in itertools.product(*per_field)}
+
+    def lookup_prefixes(self, filter: Filter) -> list[bytes] | None:
+        """Entry prefixes that cover every document the filter can match, or None if it can't help."""
+        per_field: list[list[bytes]] = []
+        for field in self.fields:
+            values = equality_values(filter, field)
+            if values is None:
+                break
+            per_field.append(sorted({_component(_scalar(v)[1]) for v in values}))
+        if not per_field:
+            return None
+        combos = 1
+        for keys in per_field:
+            combos *= len(keys)
+        if combos > _MAX_ENTRIES:
+            return None
+        return [self.prefix + b"".join(combo) for combo in itertools.product(*per_field)]
+
+
+def _index_name(keys: Sequence[tuple[str, int]]) -> str:
+    return "_".join(f"{field}_{direction}" for field, direction in keys)
+
+
+class KVCollection:
+    """One named collection: the pymongo subset of `_backend.Collection`."""
+
+    def __init__(self, backend: KVBackend, name: str) -> None:
+        if not isinstance(name, str) or not name or len(name.encode()) > 64 or "\x00" in name:
+            raise InvalidArgument(f"collection names are non-empty str of at most 64 bytes, not {name!r}")
+        self._backend = backend
+        self.name = name
+        self._prefix = _pack(name)
+
+    def __repr__(self) -> str:
+        return f"<KVCollection {self.name!r}>"
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def _candidates(self, txn: KVTxn, filter: Filter) -> Iterator[tuple[bytes, bytes]]:
+        """(key, raw document) pairs that may match: by _id, by an index, or every document."""
+        ids = equality_values(filter, "_id") if filter else None
+        if ids is not None:
+            seen = set()
+            for value in ids:
+                try:
+                    key = self._prefix + id_key(value)
+                except InvalidArgument:
+                    continue
+                if key in seen:
+                    continue
+                seen.add(key)
+                raw = txn.get("docs", key)
+                if raw is not None:
+                    yield key, raw
+            return
+        if filter:
+            best: tuple[_Index, list[bytes]] | None = None
+            for index in self._backend._indexes(txn, self.name):
+                prefixes = index.lookup_prefixes(filter)
+                if prefixes is not None and (best is None or len(prefixes[0]) > len(best[1][0])):
+                    best = index, prefixes
+            if best is not None:
+                index, prefixes = best
+                id_keys: dict[bytes, None] = {}  # ordered and de-duplicated (multikey entries)
+                for prefix in [*prefixes, index.prefix + _ALWAYS]:
+                    for _, idk in txn.scan("index", prefix):
+                        id_keys[bytes(idk)] = None
+                for idk in id_keys:
+                    key = self._prefix + idk
+                    raw = txn.get("docs", key)
+                    if raw is not None:
+                        yield key, raw
+                return
+        yield from txn.scan("docs", self._prefix)
+
+    def _matching(
+        self, txn: KVTxn, filter: Filter | None, predicate: Callable[[Mapping[str, Any]], bool] | None = None
+    ) -> Iterator[tuple[bytes, dict]]:
+        if predicate is None:
+            predicate = compile_filter(filter)
+        for key, raw in self._candidates(txn, filter or {}):
+            doc = _codec.decode(raw)
+            if predicate(doc):
+                yield key, doc
+
+    def find(
+        self,
+        filter: Filter | None = None,
+        projection: Projection = None,
+        sort: Sort = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict]:
+        skip, limit = _check_window(skip, limit)
+        project = compile_projection(projection)
+        exact = _exact_id(filter)
+        if exact is not None and not skip:  # the hot path: one key, no matcher
+            with self._backend._reading() as txn:
+                raw = txn.view("docs", self._prefix + exact)
+                docs = [_codec.decode(raw)] if raw is not None else []
+            return [project(doc) for doc in docs] if projection is not None else docs
+        predicate = compile_filter(filter)  # validate before touching the engine
+        with self._backend._reading() as txn:
+            matches = (doc for _, doc in self._matching(txn, filter, predicate))
+            if sort:
+                docs = sort_documents(matches, sort, skip=skip, limit=limit)
+            else:
+                stop = skip + limit if limit else None
+                docs = list(itertools.islice(matches, skip, stop))
+        return [project(doc) for doc in docs] if projection is not None else docs
+
+    def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
+        found = self.find(filter, projection, sort=sort, limit=1)
+        return found[0] if found else None
+
+    def count_documents(self, filter: Filter | None = None) -> int:
+        with self._backend._reading() as txn:
+            return sum(1 for _ in self._matching(txn, filter))
+
+    def ids(self, filter: Filter | None = None) -> list[Any]:
+        """The `_id` of every match, without projecting whole documents for the caller."""
+        with self._backend._reading() as txn:
+            return [doc["_id"] for _, doc in self._matching(txn, filter)]
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def insert_one(self, doc: Mapping[str, Any]) -> Any:
+        doc = dict(doc)
+        if "_id" not in doc:
+            doc["_id"] = uuid.uuid4().hex
+        raw = _codec.encode(doc)
+        key = self._prefix + id_key(doc["_id"])
+
+        def insert(txn: KVTxn) -> Any:
+            if txn.get("docs", key) is not None:
+                raise DuplicateKey(f"{self.name}: _id {doc['_id']!r} already exists")
+            self._write(txn, key, None, doc, raw)
+            return doc["_id"]
+
+        return self._backend._writing(insert)
+
+    def replace_one(self, filter: Filter, doc: Mapping[str, Any], upsert: bool = False) -> int:
+        compile_filter(filter)
+        new = dict(doc)
+        _codec.check_document(new)
+
+        def replace(txn: KVTxn) -> int:
+            for key, old in self._matching(txn, filter):
+                if "_id" in new and not _same_id(new["_id"], old["_id"]):
+                    raise InvalidQuery("replace_one cannot change a document's _id")
+                new["_id"] = old["_id"]
+                self._write(txn, key, old, new, _codec.encode(new, checked=True))
+                return 1
+            if upsert:
+                self._upsert(txn, filter, new)
+            return 0
+
+        return self._backend._writing(replace)
+
+    def update_one(self, filter: Filter, update: Mapping[str, Any], upsert: bool = False) -> int:
+        compile_filter(filter)
+        apply = compile_update(update)
+
+        def do_update(txn: KVTxn) -> int:
+            for key, old in self._matching(txn, filter):
+                new = apply(old)
+                self._write(txn, key, old, new, _codec.encode(new))
+                return 1
+            if upsert:
+                seed = {k: v for k, v in filter.items() if not k.startswith("$") and not isinstance(v, Mapping)}
+                self._upsert(txn, filter, apply(seed))
+            return 0
+
+        return self._backend._writing(do_update)
+
+    def _upsert(self, txn: KVTxn, filter: Filter, doc: dict) -> None:
+        if "_id" not in doc:
+            ids = equality_values(filter, "_id")
+            doc["_id"] = ids[0] if ids and len(ids) == 1 else uuid.uuid4().hex
+        key = self._prefix + id_key(doc["_id"])
+        if txn.get("docs", key) is not None:
+            raise DuplicateKey(f"{self.name}: _id {doc['_id']!r} already exists")
+        self._write(txn, key, None, doc, _codec.encode(doc))
+
+    def delete_one(self, filter: Filter) -> int:
+        return self._delete(filter, 1)
+
+    def delete_many(self, filter: Filter) -> int:
+        return self._delete(filter, 0)
+
+    def _delete(self, filter: Filter, limit: int) -> int:
+        compile_filter(filter)
+
+        def delete(txn: KVTxn) -> int:
+            found = list(itertools.islice(self._matching(txn, filter), limit or None))
+            for key, old in found:
+                self._write(txn, key, old, None, None)
+            return len(found)
+
+        return self._backend._writing(delete)
+
+    def _write(self, txn: KVTxn, key: bytes, old: dict | None, new: dict | None, raw: bytes | None) -> None:
+        """Put or delete one document and bring every index along, in the caller's transaction."""
+        idk = key[len(self._prefix) :]
+        for index in self._backend._indexes(txn, self.name):
+            before = index.entries(old, idk) if old is not None else set()
+            after = index.entries(new, idk) if new is not None else set()
+            for entry in before - after:
+                txn.delete("index", entry)
+            for entry in after - before:
+                if index.unique:
+                    self._check_unique(txn, index, entry, idk)
+                txn.put("index", entry, idk)
+        if new is None:
+            txn.delete("docs", key)
+        else:
+            assert raw is not None
+            txn.put("docs", key, raw)
+
+    def _check_unique(self, txn: KVTxn, index: _Index, entry: bytes, idk: bytes) -> None:
+        values_part = entry[: len(entry) - len(idk)]
+        if values_part.endswith(_ALWAYS):
+            return
+        for _, other in txn.scan("index", values_part):
+            if bytes(other) != idk:
+                raise DuplicateKey(f"{self.name}: duplicate key for unique index {index.name}")
+
+    def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False) -> str:
+        if isinstance(keys, str):
+            keys = [(keys, 1)]
+        keys = [(str(field), int(direction)) for field, direction in keys]
+        if not keys or any(not field or field.startswith("$") or d not in (1, -1) for field, d in keys):
+            raise InvalidArgument(f"bad index keys {keys!r}")
+        name = _index_name(keys)
+        spec = {"name": name, "keys": [list(k) for k in keys], "unique": bool(unique)}
+        with self._backend._reading() as txn:  # every Store open asks: answer without a write (and fsync)
+            if any(index.name == name for index in self._backend._indexes(txn, self.name)):
+                return name
+
+        def create(txn: KVTxn) -> str:
+            specs = self._backend._index_specs(txn)
+            mine = specs.setdefault(self.name, [])
+            if any(existing["name"] == name for existing in mine):
+                return name
+            mine.append(spec)
+            index = _Index(self._prefix, spec)
+            for key, raw in list(txn.scan("docs", self._prefix)):
+                idk = key[len(self._prefix) :]
+                for entry in index.entries(_codec.decode(raw), idk):
+                    if index.unique:
+                        self._check_unique(txn, index, entry, idk)
+                    txn.put("index", entry, idk)
+            txn.put("meta", _INDEXES_KEY, _pack(specs))
+            return name
+
+        return self._backend._writing(create)
+
+    def index_information(self) -> dict[str, dict]:
+        with self._backend._reading() as txn:
+            return {i.name: {"key": [(f, 1) for f in i.fields], "unique": i.unique}
+                    for i in self._backend._indexes(txn, self.name)}
+
+
+def _exact_id(filter: Filter | None) -> bytes | None:
+    """The id key when the filter is exactly {"_id": <str or int>}; None otherwise."""
+    if filter is None or len(filter) != 1:
+        return None
+    value = filter.get("_id")
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return id_key(value)
+    return None
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    try:
+        return id_key(a) == id_key(b)
+    except InvalidArgument:
+        return False
+
+
+def _check_window(skip: Any, limit: Any) -> tuple[int, int]:
+    for name, value in (("skip", skip), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
+    return skip, limit
+
+
+class KVChunkStore:
+    """File chunks under pack(file_id) + chunk number, so one file's chunks are one key range."""
+
+    def __init__(self, backend: KVBackend) -> None:
+        self._backend = backend
+
+    @staticmethod
+    def _file_key(file_id: Any) -> bytes:
+        raw = _pack(file_id)
+        if len(raw) > _MAX_ID_KEY:
+            raise InvalidArgument("file ids are at most 160 bytes when packed")
+        return raw
+
+    def put(self, file_id: Any, n: int, data: bytes | memoryview) -> None:
+        key = self._file_key(file_id) + n.to_bytes(4, "big")
+        self._backend._writing(lambda txn: txn.put("chunks", key, data), size_hint=len(data))
+
+    def put_many(self, file_id: Any, first: int, chunks: Sequence[bytes | memoryview]) -> None:
+        """Several chunks in one transaction: one commit (and fsync) per batch, not per chunk."""
+        fk = self._file_key(file_id)
+
+        def put_all(txn: KVTxn) -> None:
+            for i, data in enumerate(chunks, first):
+                txn.put("chunks", fk + i.to_bytes(4, "big"), data)
+
+        # Not yet referenced by any document: losing this commit in an OS crash loses nothing visible.
+        self._backend._writing(put_all, size_hint=sum(len(c) for c in chunks), durable=False)
+
+    def get(self, file_id: Any, n: int) -> bytes | None:
+        key = self._file_key(file_id) + n.to_bytes(4, "big")
+        with self._backend._reading() as txn:
+            return txn.get("chunks", key)
+
+    def read_joined(self, file_id: Any, parts: list[tuple[int, int, int, int]]) -> bytes:
+        """Slices of several chunks joined straight from storage: one copy, one read transaction."""
+        fk = self._file_key(file_id)
+        with self._backend._reading() as txn:
+            pieces = []
+            for n, start, stop, expected in parts:
+                data = checked_chunk(file_id, n, txn.view("chunks", fk + n.to_bytes(4, "big")), expected)
+                pieces.append(memoryview(data)[start:stop])
+            return b"".join(pieces)
+
+    def count(self, file_id: Any) -> int:
+        fk = self._file_key(file_id)
+        with self._backend._reading() as txn:
+            return sum(1 for key, _ in txn.scan("chunks", fk, values=False) if len(key) == len(fk) + 4)
+
+    def delete(self, file_id: Any) -> int:
+        fk = self._file_key(file_id)
+
+        def delete_all(txn: KVTxn) -> int:
+            keys = [key for key, _ in txn.scan("chunks", fk, values=False) if len(key) == len(fk) + 4]
+            for key in keys:
+                txn.delete("chunks", key)
+            return len(keys)
+
+        return self._backend._writing(delete_all)
+
+    def file_ids(self) -> Iterator[Any]:
+        with self._backend._reading() as txn:
+            last = None
+            ids = []
+            for key, _ in txn.scan("chunks", b"", values=False):
+                fk = key[:-4]
+                if fk != last:
+                    last = fk
+                    ids.append(msgpack.unpackb(fk, raw=False, timestamp=3))
+        return iter(ids)
+
+
+class KVBackend:
+    """A Backend over a KVEngine. Writes inside `atomic()` join its transaction (per thread)."""
+
+    transactional = True
+    # Measured on LMDB: 1 MiB chunks save 256 MiB ~8% faster than GridFS's 255 KiB, at equal speed
+    # for 1 MiB objects (fewer, larger overflow-page runs).
+    chunk_size = 1024 * 1024
+
+    def __init__(self, engine: KVEngine, uri: str) -> None:
+        self._engine = engine
+        self.uri = uri
+        self._local = threading.local()
+        self._collections: dict[str, KVCollection] = {}
+        self._chunks = KVChunkStore(self)
+        # (raw specs as last read from the file, parsed); replaced whole so threads never see a mix
+        self._specs: tuple[bytes | None, dict[str, list[_Index]]] = (None, {})
+
+    @property
+    def engine(self) -> KVEngine:
+        return self._engine
+
+    @property
+    def closed(self) -> bool:
+        return self._engine.closed
+
+    def collection(self, name: str) -> KVCollection:
+        coll = self._collections.get(name)
+        if coll is None:
+            coll = self._collections[name] = KVCollection(self, name)
+        return coll
+
+    @property
+    def chunks(self) -> KVChunkStore:
+        return self._chunks
+
+    def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
+        return self._writing(lambda txn: fn(), size_hint=size_hint)
+
+    def close(self) -> None:
+        self._engine.close()
+
+    # --- transactions bound to the calling thread ---------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[KVTxn]:
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            yield txn
+        else:
+            with self._engine.read() as txn:
+                yield txn
+
+    def _writing(self, fn: Callable[[KVTxn], T], *, size_hint: int = 0, durable: bool = True) -> T:
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            return fn(txn)
+
+        def bound(txn: KVTxn) -> T:
+            self._local.txn = txn
+            try:
+                return fn(txn)
+            finally:
+                self._local.txn = None
+
+        return self._engine.write(bound, size_hint=size_hint, durable=durable)
+
+    # --- index specs, shared through the file -------------------------------------------------------
+
+    def _index_specs(self, txn: KVTxn) -> dict[str, list[dict]]:
+        raw = txn.get("meta", _INDEXES_KEY)
+        return _codec.decode(raw) if raw is not None else {}
+
+    def _indexes(self, txn: KVTxn, collection: str) -> list[_Index]:
+        raw = txn.get("meta", _INDEXES_KEY)
+        raw = bytes(raw) if raw is not None else None
+        cached_raw, parsed = self._specs
+        if raw != cached_raw:
+            specs = _codec.decode(raw) if raw is not None else {}
+            parsed = {name: [_Index(_pack(name), spec) for spec in of] for name, of in specs.items()}
+            self._specs = (raw, parsed)
+        return parsed.get(collection, [])

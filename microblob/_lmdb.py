@@ -1,0 +1,395 @@
+"""The embedded default: every table in ONE LMDB file (`subdir=False`), safe across threads and processes.
+
+What this module takes care of, so nothing above it has to (facts measured in DESIGN.md §3.7):
+- one `lmdb.Environment` per file per process, shared by every Store on that file and re-opened after
+  `fork()`;
+- a map that starts small (32-bit devices cannot reserve a large one) and grows when a write needs room,
+  re-running the write transaction after `MapFullError`, and adopting another process's growth after
+  `MapResizedError`;
+- growth only while no transaction of this process is open (a reader/writer lock around every txn);
+- stale reader slots of killed processes cleared at open and every minute;
+- pages touched through the map are dropped from this process's RSS every few MiB.
+
+`writemap` stays off: measured here it made 256 MiB saves ~10% faster but 1 MiB saves 2.5x slower
+(msync of the whole map per commit), and LMDB forbids mixing it between processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import lmdb
+
+from ._exceptions import StorageError, StoreClosed
+from ._kv import TABLES, KVTxn
+
+__all__ = ["LmdbEngine"]
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+INITIAL_MAP = 64 * MiB
+# A 32-bit process has ~2-3 GiB of address space in all; LMDB must share it with everything else.
+MAP_LIMIT = 1536 * MiB if sys.maxsize < 2**32 else 1 << 44
+_READER_CHECK_EVERY = 60.0
+_TRIM_EVERY = 32 * MiB
+
+
+class _SharedExclusiveLock:
+    """Many transactions at once, or one map resize alone. Re-entrant for holders of the shared side,
+    and a waiting resize blocks new transactions so it cannot starve."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive_waiting = 0
+        self._exclusive = False
+        self._local = threading.local()
+
+    def holds_shared(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                while self._exclusive or self._exclusive_waiting:
+                    self._cond.wait()
+                self._shared += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                with self._cond:
+                    self._shared -= 1
+                    if self._shared == 0:
+                        self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if self.holds_shared():
+            raise RuntimeError("cannot resize the LMDB map from inside a transaction")
+        with self._cond:
+            self._exclusive_waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive_waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class _Txn:
+    """KVTxn over an lmdb.Transaction and the table handles."""
+
+    __slots__ = ("_txn", "_dbs", "_shared")
+
+    def __init__(self, txn: lmdb.Transaction, shared: _Env) -> None:
+        self._txn = txn
+        self._dbs = shared.dbs
+        self._shared = shared
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        value = self.view(table, key)
+        return bytes(value) if value is not None else None
+
+    def view(self, table: str, key: bytes) -> bytes | memoryview | None:
+        value = self._txn.get(key, db=self._dbs[table])
+        if value is not None and table == "chunks":
+            self._shared.note_bytes_touched(len(value))
+        return value
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._dbs[table])
+
+    def scan(self, table: str, prefix: bytes = b"", *, values: bool = True) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            if not cursor.set_range(prefix):
+                return
+            # Read transactions hand out buffers into the map; scans copy (they outlive the cursor).
+            if values:
+                for key, value in cursor.iternext(keys=True, values=True):
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        return
+                    yield key, bytes(value)
+            else:  # keys only: does not touch the overflow pages of large values
+                for key in cursor.iternext(keys=True, values=False):
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        return
+                    yield key, b""
+
+
+class _Env:
+    """One open environment per (process, file), shared by every LmdbEngine on it."""
+
+    def __init__(self, path: str, options: dict[str, Any]) -> None:
+        self.path = path
+        self.refs = 0
+        self.rw = _SharedExclusiveLock()
+        self.write_lock = threading.Lock()
+        self.writer: int | None = None  # thread id holding write_lock, to refuse self-deadlock
+        self.last_reader_check = 0.0
+        self.touched_since_trim = 0
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        map_size = options.pop("map_size", None) or min(MAP_LIMIT, max(INITIAL_MAP, _round_up(size + 64 * MiB)))
+        try:
+            self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **options)
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot open {path}: {exc}") from None
+        self.dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
+        self.check_readers()
+
+    def note_bytes_touched(self, n: int) -> None:
+        """Reading through the map makes the file's pages resident in *this* process: streaming a
+        1 GiB object would grow RSS by 1 GiB. Every few MiB, drop our mapping of them (they stay in
+        the page cache; the next read maps them again)."""
+        self.touched_since_trim += n
+        if self.touched_since_trim >= _TRIM_EVERY:
+            self.touched_since_trim = 0
+            _drop_resident_pages(self.path)
+
+    def check_readers(self) -> None:
+        """Free reader slots of processes that died (a killed reader pins old pages forever)."""
+        self.last_reader_check = time.monotonic()
+        try:
+            self.env.reader_check()
+        except lmdb.Error:
+            pass
+
+    def used_bytes(self) -> int:
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def grow(self, needed: int) -> None:
+        with self.rw.exclusive():
+            current = self.env.info()["map_size"]
+            wanted = max(current * 2, self.used_bytes() + needed * 2 + 16 * MiB)
+            new = min(MAP_LIMIT, _round_up(wanted))
+            if new <= current:
+                raise StorageError(
+                    f"{self.path}: the store is full ({current // MiB} MiB, the most this process can map)"
+                )
+            self.env.set_mapsize(new)
+
+    def adopt_size(self) -> None:
+        """Another process grew the map: take its size."""
+        with self.rw.exclusive():
+            self.env.set_mapsize(0)
+
+
+def _libc_madvise() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _libc_madvise() if sys.platform.startswith("linux") else None
+
+
+def _drop_resident_pages(path: str) -> None:
+    """MADV_DONTNEED over this process's mappings of `path` (Linux; elsewhere a no-op). Safe for a
+    shared file mapping: the data stays in the file and page cache, only our page-table entries go."""
+    if _MADVISE is None:
+        return
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return
+    target = os.fsencode(path)
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            start, end = (int(x, 16) for x in fields[0].split(b"-"))
+            _MADVISE(start, end - start, mmap.MADV_DONTNEED)
+
+
+def _round_up(n: int) -> int:
+    return (n + MiB - 1) // MiB * MiB
+
+
+_ENVS: dict[tuple[int, str], _Env] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _forget_inherited_envs() -> None:
+    """In a forked child: close the parent's environments (never use them, DESIGN §3.7) so the child
+    can open the file afresh; py-lmdb refuses a second open of a path that is still open."""
+    global _ENVS_LOCK
+    _ENVS_LOCK = threading.Lock()  # another thread may have held it at fork time
+    for shared in list(_ENVS.values()):
+        try:
+            shared.env.close()
+        except lmdb.Error:
+            pass
+    _ENVS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_envs)
+
+
+class LmdbEngine:
+    """A KVEngine on one LMDB file. Cheap to create: engines on the same file share one environment."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int | None = None,
+        sync: bool = True,
+        metasync: bool = True,
+        max_readers: int = 126,
+    ) -> None:
+        real = os.path.realpath(os.fspath(path))
+        if os.path.isdir(real):
+            raise StorageError(f"{real} is a directory; the embedded store is a single file")
+        parent = os.path.dirname(real) or "."
+        if not os.path.isdir(parent):
+            raise StorageError(f"directory {parent} does not exist")
+        self.path = real
+        key = (os.getpid(), real)
+        # Full durability (sync and metasync) is done as metasync=False plus an explicit sync after each
+        # durable commit: the same two flushes for a save, but one for the chunk batches of a large
+        # upload, whose loss in an OS crash would only leave orphan chunks (never corruption).
+        self._sync_after_commit = sync and metasync
+        options = {"sync": sync, "metasync": metasync and not sync, "max_readers": max_readers,
+                   "map_size": map_size}
+        with _ENVS_LOCK:
+            shared = _ENVS.get(key)
+            if shared is None:
+                shared = _ENVS[key] = _Env(real, options)
+            shared.refs += 1
+        self._shared: _Env | None = shared
+        self._pid = os.getpid()
+
+    @property
+    def closed(self) -> bool:
+        return self._shared is None
+
+    def _env(self) -> _Env:
+        shared = self._shared
+        if shared is None:
+            raise StoreClosed("the store is closed")
+        if self._pid != os.getpid():
+            raise StorageError("this store was opened before fork(); connect again in the child process")
+        return shared
+
+    @contextmanager
+    def read(self) -> Iterator[KVTxn]:
+        shared = self._env()
+        while True:
+            with shared.rw.shared():
+                try:
+                    txn = shared.env.begin(write=False, buffers=True)
+                except lmdb.MapResizedError:
+                    txn = None
+                except lmdb.Error as exc:
+                    raise StorageError(f"{self.path}: {exc}") from None
+                if txn is not None:
+                    try:
+                        yield _Txn(txn, shared)
+                    finally:
+                        txn.abort()
+                    return
+            shared.adopt_size()
+
+    def write(self, fn: Callable[[KVTxn], T], *, size_hint: int = 0, durable: bool = True) -> T:
+        shared = self._env()
+        if shared.writer == threading.get_ident():
+            raise RuntimeError("nested write transaction on one thread (LMDB would deadlock)")
+        with shared.write_lock:
+            shared.writer = threading.get_ident()
+            try:
+                result = self._write_locked(shared, fn, size_hint)
+                if durable and self._sync_after_commit:
+                    shared.env.sync(True)
+                return result
+            finally:
+                shared.writer = None
+
+    def _write_locked(self, shared: _Env, fn: Callable[[KVTxn], T], size_hint: int) -> T:
+        if time.monotonic() - shared.last_reader_check > _READER_CHECK_EVERY:
+            shared.check_readers()
+        if size_hint:
+            try:
+                headroom = shared.env.info()["map_size"] - shared.used_bytes()
+            except lmdb.Error:
+                headroom = 0
+            if headroom < size_hint * 5 // 4 + 4 * MiB:
+                shared.grow(size_hint)
+        while True:
+            resized = False
+            with shared.rw.shared():
+                try:
+                    txn = shared.env.begin(write=True)
+                except lmdb.MapResizedError:
+                    resized = True
+                except lmdb.Error as exc:
+                    raise StorageError(f"{self.path}: {exc}") from None
+                if not resized:
+                    try:
+                        result = fn(_Txn(txn, shared))
+                        txn.commit()
+                        return result
+                    except lmdb.MapFullError:
+                        txn.abort()
+                    except lmdb.MapResizedError:
+                        txn.abort()
+                        resized = True
+                    except lmdb.Error as exc:
+                        txn.abort()
+                        raise StorageError(f"{self.path}: {exc}") from None
+                    except BaseException:
+                        txn.abort()
+                        raise
+            # Outside every transaction of ours: now the map may change size.
+            if resized:
+                shared.adopt_size()
+            else:
+                shared.grow(size_hint)
+
+    def map_size(self) -> int:
+        return self._env().env.info()["map_size"]
+
+    def copy_to(self, dest: str, *, compact: bool = True) -> None:
+        """A consistent (and compacted) copy of the file, safe while others write: the way to back up."""
+        self._env().env.copy(dest, compact=compact)
+
+    def close(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is None or self._pid != os.getpid():
+            return
+        with _ENVS_LOCK:
+            shared.refs -= 1
+            if shared.refs == 0:
+                _ENVS.pop((self._pid, shared.path), None)
+                with shared.write_lock, shared.rw.exclusive():
+                    shared.env.close()

@@ -1,0 +1,24 @@
+"""The curated public API: `__all__` is exactly what is importable and documented."""
+
+from __future__ import annotations
+
+import microblob
+
+
+def test_all_names_exist_and_are_sorted() -> None:
+    assert sorted(microblob.__all__) == microblob.__all__
+    for name in microblob.__all__:
+        assert hasattr(microblob, name), name
+
+
+def test_public_names_are_in_all() -> None:
+    public = {n for n in vars(microblob) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(microblob, n)).__name__ == "module"}
+    assert public - modules == set(microblob.__all__) - {"__version__"}
+
+
+def test_public_objects_have_docstrings() -> None:
+    for name in microblob.__all__:
+        obj = getattr(microblob, name)
+        if callable(obj):
+            assert obj.__doc__, f"{name} has no docstring"

@@ -1,0 +1,122 @@
+"""Bad input gets a typed MicroblobError, and nothing partial becomes visible."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+import microblob
+from microblob import InvalidArgument, InvalidQuery, MicroblobError, ObjectNotFound, VersionNotFound
+
+
+def test_exception_tree() -> None:
+    assert issubclass(ObjectNotFound, KeyError) and issubclass(ObjectNotFound, ValueError)
+    assert issubclass(VersionNotFound, microblob.NotFound)
+    assert issubclass(InvalidQuery, InvalidArgument) and issubclass(InvalidArgument, ValueError)
+    for name in microblob.__all__:
+        obj = getattr(microblob, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, MicroblobError), name
+    assert str(ObjectNotFound("abc")) == "object 'abc' not found"  # not KeyError's quoted repr
+
+
+BAD_SAVES = [
+    ({"object": "a str is ambiguous"}, "ambiguous"),
+    ({"object": 12345}, "object must be"),
+    ({"object": io.StringIO("text")}, "binary"),
+    ({"object": b"x", "object_id": 7}, "object_id must be a str"),
+    ({"object": b"x", "object_id": ""}, "empty"),
+    ({"object": b"x", "object_id": "x" * 513}, "limit"),
+    ({"object": b"x", "object_id": "a/b"}, "'/'"),
+    ({"object": b"x", "object_id": "\udcff"}, "Unicode"),
+    ({"object": b"x", "workflow_id": 5}, "workflow_id"),
+    ({"object": b"x", "task_id": b"bytes"}, "task_id"),
+    ({"object": b"x", "type": ["list"]}, "type"),
+    ({"object": b"x", "custom_metadata": "not a dict"}, "custom_metadata"),
+    ({"object": b"x", "custom_metadata": {1: "int key"}}, "keys must be str"),
+    ({"object": b"x", "custom_metadata": {"n": 2**64}}, "64 bits"),
+    ({"object": b"x", "custom_metadata": {"f": {1, 2}}}, "set"),
+    ({"object": b"x", "tags": "one-string"}, "tags"),
+    ({"object": b"x", "tags": ["ok", 3]}, "tag"),
+    ({"object": b"x", "content_type": "not a mime type"}, "content_type"),
+    ({"object": b"x", "control_version": "yes"}, "control_version"),
+    ({"object": b"x", "save_data_in_collection": 1}, "save_data_in_collection"),
+    ({"object": Path("/nonexistent/file.bin")}, "cannot read"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_SAVES, ids=[m for _, m in BAD_SAVES])
+def test_bad_save_arguments(store: microblob.Store, kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        store.save_or_update_object(**kwargs)
+    assert store.query({}) == []
+    assert store.query({}, collection="fs.files") == []
+    assert list(store.backend.chunks.file_ids()) == []
+
+
+def test_deep_nesting_is_refused(store: microblob.Store) -> None:
+    meta: dict = {}
+    inner = meta
+    for _ in range(200):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(InvalidArgument, match="deeper"):
+        store.save_or_update_object(b"x", custom_metadata=meta)
+
+
+def test_inline_payload_over_the_document_limit(store: microblob.Store) -> None:
+    big = io.BytesIO(b"\0" * (microblob.store.INLINE_LIMIT + 1))
+    with pytest.raises(InvalidArgument, match="too large to store inline"):
+        store.save_or_update_object(big, save_data_in_collection=True)
+    assert store.query({}) == []
+
+
+def test_bad_lookups(store: microblob.Store) -> None:
+    object_id = store.save_or_update_object(b"x")
+    with pytest.raises(ObjectNotFound):
+        store.get_blob_object("missing")
+    with pytest.raises(VersionNotFound):
+        store.get_blob_object(object_id, version=1)
+    for bad in (-1, "1", 1.0, True):
+        with pytest.raises(InvalidArgument):
+            store.get_blob_object(object_id, version=bad)  # type: ignore[arg-type]
+    for bad_id in (None, 1, b"bytes", ["list"]):
+        with pytest.raises(InvalidArgument):
+            store.get_blob_object(bad_id)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            store.get_object_history(bad_id)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            store.delete_object(bad_id)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad_filter",
+    [
+        {"$gt": 1},
+        {"type": {"$regexx": "a"}},
+        {"$or": {"a": 1}},
+        {"$and": []},
+        {"version": {"$in": 5}},
+        "type == 'x'",
+        ["type"],
+    ],
+)
+def test_malformed_filters(store: microblob.Store, bad_filter: object) -> None:
+    store.save_or_update_object(b"x", type="t")
+    with pytest.raises(InvalidQuery):
+        store.blob_object_query(bad_filter)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQuery):
+        store.query(bad_filter)  # type: ignore[arg-type]
+
+
+def test_bad_query_arguments(store: microblob.Store) -> None:
+    with pytest.raises(InvalidArgument):
+        store.query({}, collection="fs.pending")
+    with pytest.raises(InvalidArgument):
+        store.blob_object_query({}, limit=-5)
+    with pytest.raises(InvalidQuery):
+        store.blob_object_query({}, sort=[("type", 2)])
+    with pytest.raises(InvalidQuery):
+        store.query({}, projection={"a": 1, "b": 0})

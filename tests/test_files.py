@@ -1,0 +1,207 @@
+"""The files bucket (DESIGN.md §3.4): GridFS semantics, streaming, batching, crash-safe order."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import microblob
+from microblob import FileNotFound, IntegrityError, InvalidArgument
+
+
+def test_upload_download_round_trip_with_gridfs_fields(store: microblob.Store) -> None:
+    payload = os.urandom(1_000_000)
+    file_id = store.files.upload_from_stream("scan.tif", io.BytesIO(payload), metadata={"lab": "B2"},
+                                             chunk_size=100_000)
+    doc = store.files.get_file(file_id)
+    assert {"_id", "length", "chunkSize", "uploadDate", "filename", "metadata", "sha256"} <= set(doc)
+    assert doc["length"] == len(payload) and doc["chunkSize"] == 100_000
+    assert doc["filename"] == "scan.tif" and doc["metadata"] == {"lab": "B2"}
+    assert doc["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert store.backend.chunks.count(file_id) == 10
+    out = io.BytesIO()
+    assert store.files.download_to_stream(file_id, out) == len(payload)
+    assert out.getvalue() == payload
+    assert [f["_id"] for f in store.files.find({"filename": "scan.tif"})] == [file_id]
+
+
+def test_upload_stream_is_invisible_until_closed_and_abort_leaves_nothing(store: microblob.Store) -> None:
+    store.files.batch_bytes = 64 * 1024  # force several committed batches
+    upload = store.files.open_upload_stream("partial", chunk_size=16 * 1024)
+    upload.write(os.urandom(300_000))
+    assert store.backend.chunks.count(upload.file_id) > 0  # batches were committed...
+    assert not store.files.exists(upload.file_id)  # ...but the file is not visible
+    upload.abort()
+    assert store.backend.chunks.count(upload.file_id) == 0
+    assert store.query({}, collection="fs.files") == []
+    with pytest.raises(ValueError):
+        upload.write(b"more")
+
+
+def test_exception_inside_with_block_aborts(store: microblob.Store) -> None:
+    with pytest.raises(RuntimeError), store.files.open_upload_stream("x") as upload:
+        upload.write(b"data" * 100_000)
+        raise RuntimeError("source failed")
+    assert not store.files.exists(upload.file_id)
+    assert list(store.backend.chunks.file_ids()) == []
+
+
+def test_failing_source_leaves_no_object_and_no_chunks(store: microblob.Store) -> None:
+    class Broken(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf):  # type: ignore[no-untyped-def]
+            if self.sent > 40_000_000:
+                raise OSError("device unplugged")
+            n = len(buf)
+            buf[:n] = b"\x01" * n
+            self.sent += n
+            return n
+
+    with pytest.raises(OSError, match="unplugged"):
+        store.save_or_update_object(Broken(), object_id="camera-frame")
+    with pytest.raises(microblob.ObjectNotFound):
+        store.get_blob_object("camera-frame")
+    assert list(store.backend.chunks.file_ids()) == []
+    assert store.query({}, collection="fs.files") == []
+
+
+def test_reads_touch_only_the_chunks_they_need(store: microblob.Store) -> None:
+    payload = os.urandom(10 * 50_000)
+    file_id = store.files.upload_from_stream("f", payload, chunk_size=50_000)
+    fetched: list[int] = []
+    chunks = store.backend.chunks
+    get, read_joined = chunks.get, chunks.read_joined
+
+    def spy_get(fid, n):  # type: ignore[no-untyped-def]
+        fetched.append(n)
+        return get(fid, n)
+
+    def spy_joined(fid, parts):  # type: ignore[no-untyped-def]
+        fetched.extend(n for n, *_ in parts)
+        return read_joined(fid, parts)
+
+    chunks.get, chunks.read_joined = spy_get, spy_joined  # type: ignore[method-assign]
+    with store.files.open_download_stream(file_id) as stream:
+        stream.seek(7 * 50_000 + 10)
+        assert stream.read(100) == payload[350_010:350_110]
+        assert fetched == [7]
+        assert stream.read(100) == payload[350_110:350_210]
+        assert fetched == [7]  # small sequential reads are served from the chunk already fetched
+        stream.seek(49_990)
+        assert stream.read(20) == payload[49_990:50_010]  # spans chunks 0 and 1
+        assert fetched == [7, 0, 1]
+        stream.seek(120_000)
+        assert stream.read(100_000) == payload[120_000:220_000]  # chunks 2, 3 and 4
+        assert fetched == [7, 0, 1, 2, 3, 4]
+        stream.seek(0, io.SEEK_END)
+        assert stream.read(10) == b""
+        assert stream.tell() == len(payload)
+
+
+def test_stream_is_a_regular_binary_file_object(store: microblob.Store) -> None:
+    payload = os.urandom(123_456)
+    file_id = store.files.upload_from_stream("f", payload, chunk_size=10_000)
+    with store.files.open_download_stream(file_id) as stream:
+        buffered = io.BufferedReader(stream, buffer_size=7_000)
+        assert buffered.read(5) == payload[:5]
+        assert buffered.read() == payload[5:]
+        stream.seek(0)
+        buf = bytearray(1000)
+        assert stream.readinto(buf) == 1000 and bytes(buf) == payload[:1000]
+    with pytest.raises(ValueError):
+        stream.read(1)
+
+
+def test_missing_or_short_chunk_is_an_integrity_error(store: microblob.Store) -> None:
+    file_id = store.files.upload_from_stream("f", os.urandom(30_000), chunk_size=10_000)
+    store.backend.chunks.put(file_id, 1, b"short")
+    with store.files.open_download_stream(file_id) as stream, pytest.raises(IntegrityError, match="chunk 1"):
+        stream.read()
+
+
+def test_delete_and_missing_files(store: microblob.Store) -> None:
+    file_id = store.files.upload_from_stream("f", b"abc")
+    store.files.delete(file_id)
+    with pytest.raises(FileNotFound):
+        store.files.open_download_stream(file_id)
+    with pytest.raises(FileNotFound):
+        store.files.delete(file_id)
+    assert store.backend.chunks.count(file_id) == 0
+
+
+def test_bad_arguments(store: microblob.Store) -> None:
+    with pytest.raises(InvalidArgument):
+        store.files.open_upload_stream(123)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        store.files.open_upload_stream("f", chunk_size=0)
+    with pytest.raises(InvalidArgument):
+        store.files.open_upload_stream("f", metadata=["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        store.files.upload_from_stream("f", "text is not bytes")  # type: ignore[arg-type]
+
+
+def test_large_upload_commits_in_bounded_batches(store: microblob.Store) -> None:
+    """A big upload is many transactions of at most `batch_bytes`, never one huge one."""
+    store.files.batch_bytes = 1024 * 1024
+    sizes: list[int] = []
+    chunks = store.backend.chunks
+    original = chunks.put_many
+
+    def spy(file_id, first, batch):  # type: ignore[no-untyped-def]
+        sizes.append(sum(len(c) for c in batch))
+        return original(file_id, first, batch)
+
+    chunks.put_many = spy  # type: ignore[method-assign]
+    payload = os.urandom(10 * 1024 * 1024 + 5)
+    object_id = store.save_or_update_object(payload)
+    assert max(sizes) <= 1024 * 1024 + store.chunk_size
+    assert sum(sizes) == len(payload) and len(sizes) >= len(payload) // (1024 * 1024 + store.chunk_size)
+    assert store.get_blob_object(object_id).data == payload
+
+
+KILLED_UPLOADER = """
+import os, sys, microblob
+store = microblob.connect(sys.argv[1])
+store.files.batch_bytes = 256 * 1024
+upload = store.files.open_upload_stream("doomed")
+upload.write(os.urandom(2_000_000))          # several batches committed under a lease
+sys.stdout.write(upload.file_id); sys.stdout.flush()
+os._exit(9)                                   # die without publishing, like kill -9
+"""
+
+
+def test_gc_reclaims_chunks_of_a_killed_upload(lmdb_path: Path, run_python: Callable) -> None:
+    with microblob.connect(lmdb_path) as store:
+        kept = store.save_or_update_object(os.urandom(500_000))
+    proc = run_python(KILLED_UPLOADER, str(lmdb_path), check=False)
+    assert proc.returncode == 9
+    doomed = proc.stdout.strip()
+    with microblob.connect(lmdb_path) as store:
+        assert store.backend.chunks.count(doomed) > 0
+        assert store.query({"_id": doomed}, collection="fs.files") == []
+        report = store.gc()
+        assert report.freed_orphan_chunks > 0 and report.freed_bytes >= 1_000_000
+        assert store.backend.chunks.count(doomed) == 0
+        assert store.get_blob_object(kept).size == 500_000
+        assert store.verify().ok
+        assert store.gc().freed_orphan_chunks == 0
+
+
+def test_gc_keeps_uploads_in_progress(store: microblob.Store) -> None:
+    store.files.batch_bytes = 64 * 1024
+    upload = store.files.open_upload_stream("live", chunk_size=16 * 1024)
+    upload.write(os.urandom(200_000))
+    assert store.gc().freed_orphan_chunks == 0  # the lease is ours and we are alive
+    upload.close()
+    with store.files.open_download_stream(upload.file_id) as stream:
+        assert len(stream.read()) == 200_000

@@ -1,0 +1,126 @@
+"""The embedded default's file: one file, a small map that grows, processes and forks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import microblob
+from microblob import StorageError, StoreClosed
+
+
+def test_one_data_file_plus_lock_file(lmdb_path: Path) -> None:
+    with microblob.connect(lmdb_path) as store:
+        store.save_or_update_object(b"x")
+    assert sorted(p.name for p in lmdb_path.parent.iterdir()) == ["store.db", "store.db-lock"]
+
+
+def test_uri_forms_open_the_same_file(lmdb_path: Path) -> None:
+    with microblob.connect(lmdb_path) as store:
+        object_id = store.save_or_update_object(b"persisted")
+    for uri in (str(lmdb_path), f"lmdb://{lmdb_path}", lmdb_path):
+        with microblob.connect(uri) as store:
+            assert store.get_blob_object(object_id).data == b"persisted"
+
+
+def test_default_uri_is_env_or_cwd_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MICROBLOB_URI", raising=False)
+    with microblob.connect() as store:
+        store.save_or_update_object(b"x")
+    assert (tmp_path / "microblob.db").exists()
+    monkeypatch.setenv("MICROBLOB_URI", "memory://")
+    with microblob.connect() as store:
+        assert store.uri == "memory://"
+
+
+def test_map_starts_small_and_grows_on_demand(lmdb_path: Path) -> None:
+    with microblob.connect(lmdb_path, map_size=1024 * 1024) as store:
+        engine = store.backend.engine
+        assert engine.map_size() == 1024 * 1024
+        store.files.batch_bytes = 32 * 1024 * 1024  # one transaction far larger than the map
+        payload = os.urandom(40 * 1024 * 1024)
+        object_id = store.save_or_update_object(payload)
+        assert engine.map_size() >= 40 * 1024 * 1024
+        assert store.get_blob_object(object_id).data == payload
+    # a default open never reserves a huge map (32-bit devices cannot)
+    with microblob.connect(lmdb_path) as store:
+        assert store.backend.engine.map_size() <= os.path.getsize(lmdb_path) + 256 * 1024 * 1024
+
+
+GROWER = """
+import os, sys, microblob
+store = microblob.connect(sys.argv[1])
+store.save_or_update_object(os.urandom(150 * 1024 * 1024), object_id="big")
+store.close()
+"""
+
+
+def test_another_process_growing_the_map_is_adopted(lmdb_path: Path, run_python: Callable) -> None:
+    with microblob.connect(lmdb_path) as store:
+        store.save_or_update_object(b"small", object_id="small")
+        before = store.backend.engine.map_size()
+        run_python(GROWER, str(lmdb_path))
+        assert store.get_blob_object("big").size == 150 * 1024 * 1024  # read after the other grew it
+        store.save_or_update_object(b"after", object_id="small")  # and write
+        assert store.backend.engine.map_size() > before
+        assert store.verify().ok
+
+
+def test_many_stores_on_one_file_share_one_environment(lmdb_path: Path) -> None:
+    a = microblob.connect(lmdb_path)
+    b = microblob.connect(str(lmdb_path))
+    assert a.backend.engine._env() is b.backend.engine._env()
+    object_id = a.save_or_update_object(b"shared")
+    a.close()
+    assert b.get_blob_object(object_id).data == b"shared"  # closing one does not close the other
+    b.close()
+
+
+def test_closed_store_raises_store_closed(store: microblob.Store) -> None:
+    object_id = store.save_or_update_object(b"x")
+    obj = store.get_blob_object(object_id)
+    store.close()
+    assert store.closed
+    with pytest.raises(StoreClosed):
+        store.get_blob_object(object_id)
+    with pytest.raises(StoreClosed):
+        store.save_or_update_object(b"y")
+    with pytest.raises(StoreClosed):
+        obj.open()
+    store.close()  # idempotent
+
+
+def test_fork_child_must_reconnect(lmdb_path: Path) -> None:
+    store = microblob.connect(lmdb_path)
+    object_id = store.save_or_update_object(b"parent")
+    pid = os.fork()
+    if pid == 0:  # child: the inherited environment must not be used
+        code = 1
+        try:
+            store.get_blob_object(object_id)
+        except StorageError:
+            with microblob.connect(lmdb_path) as child_store:
+                code = 0 if child_store.get_blob_object(object_id).data == b"parent" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get_blob_object(object_id).data == b"parent"
+    store.close()
+
+
+def test_unusable_paths_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="directory"):
+        microblob.connect(tmp_path)
+    with pytest.raises(StorageError, match="does not exist"):
+        microblob.connect(tmp_path / "missing-dir" / "x.db")
+    with pytest.raises(microblob.InvalidArgument):
+        microblob.connect("ftp://host/x")
+    with pytest.raises(microblob.InvalidArgument):
+        microblob.connect(tmp_path / "x.db", bogus_option=1)
+    with pytest.raises(microblob.InvalidArgument):
+        microblob.connect(42)  # type: ignore[arg-type]
