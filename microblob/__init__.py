@@ -10,25 +10,33 @@ from ._exceptions import (
     IntegrityError,
     InvalidArgument,
     InvalidDocument,
+    InvalidInput,
     InvalidQuery,
+    InvocationCancelled,
+    InvocationTimeout,
     MicroblobError,
     NotFound,
     ObjectNotFound,
     RemoteError,
+    RemoteInvalidInput,
     StorageError,
     StoreClosed,
+    Unauthorized,
     VersionNotFound,
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
 from ._version import __version__
+from .blob import Blob
 from .files import DownloadStream, FilesBucket, UploadStream
 from .objects import BlobObject
 from .store import Store
+from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 from .workflow import Workflow, current_workflow_id
 
 __all__ = [
     "ActionError",
+    "Blob",
     "BlobError",
     "BlobExpired",
     "BlobObject",
@@ -40,21 +48,48 @@ __all__ = [
     "IntegrityError",
     "InvalidArgument",
     "InvalidDocument",
+    "InvalidInput",
     "InvalidQuery",
+    "InvocationCancelled",
+    "InvocationTimeout",
     "MicroblobError",
     "NotFound",
     "ObjectNotFound",
+    "RemoteBlob",
     "RemoteError",
+    "RemoteInvalidInput",
     "StorageError",
     "Store",
     "StoreClosed",
+    "Thing",
+    "ThingClient",
+    "ThingServer",
+    "Unauthorized",
     "UploadStream",
     "VerifyReport",
     "VersionNotFound",
     "Workflow",
     "WriteConflict",
-    "__version__",
+    "cancellable_sleep",
     "connect",
     "current_workflow_id",
     "default_uri",
+    "raise_if_cancelled",
+    "thing_action",
+    "thing_property",
+    "__version__",
 ]
+
+
+_LAZY = {"ThingServer": ".server", "ThingClient": ".client", "RemoteBlob": "._remote"}
+
+
+def __getattr__(name: str) -> object:
+    # The HTTP server and client pull in Starlette/httpx: import them on first use, not with the store.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'microblob' has no attribute {name!r}")

@@ -576,6 +576,23 @@ class ThingServer(Starlette):
 
     async def upload_blob(self, request: Request) -> Response:
         """Stream the body to a temporary file (size-limited, hashed as it arrives) and link it."""
+        ctype = request.headers.get("content-type", _GENERIC).strip() or _GENERIC
+        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;.*)?", ctype):
+            raise ApiError(415, f"{ctype!r} is not a media type")
+        path, _, sha = await self.receive_to_file(request)
+        try:
+            blob = blob_class_for(ctype).from_file(path, ctype, delete=True)
+        except InvalidArgument:
+            blob = Blob.from_file(path, ctype, delete=True)
+        blob._sha = sha
+        link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.blob_ttl, hold=True))
+        payload = self.link_json(link, str(request.base_url))
+        payload["rel"] = "upload"
+        return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
+
+    async def receive_to_file(self, request: Request) -> tuple[str, int, str]:
+        """Stream the request body to a temporary file: bounded memory, `max_upload` enforced (413,
+        and the partial file is removed), sha256 computed as it arrives. Returns (path, size, sha256)."""
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
@@ -584,9 +601,6 @@ class ThingServer(Starlette):
                 raise ApiError(400, f"bad Content-Length {declared!r}") from None
             if n_declared > self.max_upload:
                 raise ApiError(413, f"{n_declared} bytes is over the upload limit of {self.max_upload}")
-        ctype = request.headers.get("content-type", _GENERIC).strip() or _GENERIC
-        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;.*)?", ctype):
-            raise ApiError(415, f"{ctype!r} is not a media type")
         tmp = await anyio.to_thread.run_sync(
             lambda: tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, or unlinked on failure
                 dir=self.upload_dir, prefix="microblob-upload-", delete=False
@@ -618,13 +632,4 @@ class ThingServer(Starlette):
             tmp.close()
             os.unlink(tmp.name)
             raise
-        cls = blob_class_for(ctype)
-        try:
-            blob = cls.from_file(tmp.name, ctype, delete=True)
-        except InvalidArgument:
-            blob = Blob.from_file(tmp.name, ctype, delete=True)
-        blob._sha = sha.hexdigest()
-        link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.blob_ttl, hold=True))
-        payload = self.link_json(link, str(request.base_url))
-        payload["rel"] = "upload"
-        return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
+        return tmp.name, size, sha.hexdigest()
