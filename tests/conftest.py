@@ -110,3 +110,90 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and session.exitstatus == 0:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; failing the run", red=True)
         session.exitstatus = 1
+
+
+# --- HTTP (ThingServer / ThingClient) --------------------------------------------------------------
+
+
+@pytest.fixture
+def camera() -> Any:
+    from thing_fixtures import Camera
+
+    return Camera()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., Any]]:
+    """Build ThingServers that are closed (pool and expiry thread stopped) after the test."""
+    from microblob.server import ThingServer
+
+    made: list[Any] = []
+
+    def make(things: Any = None, **options: Any) -> Any:
+        server = ThingServer(things or {}, **options)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def asgi() -> Iterator[Callable[[Any], Any]]:
+    """An httpx.Client over httpx.ASGITransport for a given app (no socket), closed after the test."""
+    import anyio.from_thread
+    import httpx
+
+    clients: list[Any] = []
+    portals: list[Any] = []
+
+    def make(app: Any) -> Any:
+        # A sync client over the ASGI transport: run the app on an event loop in a background thread.
+        cm = anyio.from_thread.start_blocking_portal()
+        portal = cm.__enter__()
+        portals.append(cm)
+        transport = httpx.ASGITransport(app)
+
+        class _SyncOverAsync(httpx.BaseTransport):
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                async def call() -> httpx.Response:
+                    body = request.read()
+                    req = httpx.Request(request.method, request.url, headers=request.headers, content=body)
+                    resp = await transport.handle_async_request(req)
+                    content = await resp.aread()
+                    return httpx.Response(resp.status_code, headers=resp.headers, content=content)
+
+                return portal.call(call)
+
+        client = httpx.Client(transport=_SyncOverAsync(), base_url="http://testserver")
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+    for cm in portals:
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def live() -> Iterator[Callable[[Any], str]]:
+    """Serve apps with uvicorn on 127.0.0.1 (free port) for the test; yields a function app -> base URL."""
+    from contextlib import ExitStack
+
+    from _live import live_server
+
+    with ExitStack() as stack:
+        yield lambda app: stack.enter_context(live_server(app))
+
+
+def vm_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS / VmHWM (peak) of a process, in bytes, from /proc."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
