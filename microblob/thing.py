@@ -62,6 +62,7 @@ class ActionInfo:
     name: str
     blob_ttl: float | None = None
     description: str = ""
+    localns: dict[str, Any] | None = field(default=None, repr=False)
     _params: list[tuple[str, Any, bool, Any]] | None = field(default=None, repr=False)
     _output: Any = field(default=None, repr=False)
 
@@ -69,7 +70,7 @@ class ActionInfo:
         if self._params is not None:
             return
         try:
-            hints = typing.get_type_hints(self.func)
+            hints = typing.get_type_hints(self.func, localns=self.localns)
         except Exception as e:
             raise InvalidArgument(f"action {self.name!r}: cannot resolve type hints: {e}") from e
         params = []
@@ -134,12 +135,29 @@ def thing_action(
 
     `blob_ttl` overrides the server's link lifetime (seconds) for Blobs this action returns."""
 
-    def mark(f: F) -> F:
+    def mark(f: F, localns: dict[str, Any] | None) -> F:
         doc = inspect.getdoc(f) or ""
-        f.__microblob_action__ = ActionInfo(f, name or f.__name__, blob_ttl, doc)  # type: ignore[attr-defined]
+        info = ActionInfo(f, name or f.__name__, blob_ttl, doc, localns)
+        f.__microblob_action__ = info  # type: ignore[attr-defined]
         return f
 
-    return mark(func) if func is not None else mark
+    if func is not None:
+        return mark(func, _enclosing_locals())
+    localns = _enclosing_locals()
+    return lambda f: mark(f, localns)
+
+
+def _enclosing_locals() -> dict[str, Any] | None:
+    """Names local to the function that defines the Thing class (two frames up: the class body, then
+    its scope), so hints naming classes defined in that function resolve too."""
+    frame = inspect.currentframe()
+    try:
+        scope = frame.f_back.f_back.f_back if frame and frame.f_back and frame.f_back.f_back else None
+        if scope is None or scope.f_code.co_name == "<module>":
+            return None
+        return dict(scope.f_locals)
+    finally:
+        del frame
 
 
 class ThingProperty(property):
