@@ -270,10 +270,7 @@ def _make_action(name: str, action: dict[str, Any]) -> Any:
     for pname, pschema in props.items():
         if not pname.isidentifier():
             continue
-        if pname in required:
-            default = inspect.Parameter.empty
-        else:
-            default = pschema.get("default", OMITTED)
+        default = inspect.Parameter.empty if pname in required else pschema.get("default", OMITTED)
         if default is inspect.Parameter.empty and params[-1].default is not inspect.Parameter.empty:
             kind = inspect.Parameter.KEYWORD_ONLY  # a required parameter after optional ones
         params.append(inspect.Parameter(pname, kind, default=default, annotation=_annotation(pschema)))

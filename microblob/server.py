@@ -281,7 +281,7 @@ class ThingServer(Starlette):
         async for chunk in request.stream():
             n += len(chunk)
             if n > MAX_JSON:
-                raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes")
+                raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
             chunks.append(chunk)
         body = b"".join(chunks)
         if not body.strip():
@@ -600,7 +600,9 @@ class ThingServer(Starlette):
             except ValueError:
                 raise ApiError(400, f"bad Content-Length {declared!r}") from None
             if n_declared > self.max_upload:
-                raise ApiError(413, f"{n_declared} bytes is over the upload limit of {self.max_upload}")
+                raise ApiError(
+                    413, f"{n_declared} bytes is over the upload limit of {self.max_upload}", "PayloadTooLarge"
+                )
         tmp = await anyio.to_thread.run_sync(
             lambda: tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, or unlinked on failure
                 dir=self.upload_dir, prefix="microblob-upload-", delete=False
@@ -619,7 +621,7 @@ class ThingServer(Starlette):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > self.max_upload:
-                    raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes")
+                    raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes", "PayloadTooLarge")
                 pending.append(chunk)
                 buffered += len(chunk)
                 if buffered >= CHUNK_SIZE:

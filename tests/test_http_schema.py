@@ -24,8 +24,9 @@ from microblob._schema import coerce, schema_for
         (None, {"type": "null"}),
         (list[int], {"type": "array", "items": {"type": "integer"}}),
         (dict[str, float], {"type": "object", "additionalProperties": {"type": "number"}}),
-        (Optional[int], {"anyOf": [{"type": "integer"}, {"type": "null"}]}),
-        (Union[int, str], {"anyOf": [{"type": "integer"}, {"type": "string"}]}),
+        (Optional[int], {"anyOf": [{"type": "integer"}, {"type": "null"}]}),  # noqa: UP045 - the old spelling
+        (int | None, {"anyOf": [{"type": "integer"}, {"type": "null"}]}),
+        (Union[int, str], {"anyOf": [{"type": "integer"}, {"type": "string"}]}),  # noqa: UP007 - the old spelling
         (Literal["a", "b"], {"enum": ["a", "b"], "type": "string"}),
         (Any, {}),
     ],
@@ -120,7 +121,7 @@ json_values = st.recursive(
 @given(json_values)
 def test_coerce_either_accepts_or_names_a_field(value: Any) -> None:
     """Any JSON value against a nested hint: a value of the right shape, or InvalidInput with a field."""
-    hint = dict[str, list[Optional[Point]]]
+    hint = dict[str, list[Optional[Point]]]  # noqa: UP045 - typing.Optional must work
     try:
         out = coerce(value, hint, "arg")
     except InvalidInput as e:

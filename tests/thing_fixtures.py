@@ -6,7 +6,7 @@ import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from microblob import Blob, Thing, cancellable_sleep, thing_action, thing_property
 
@@ -105,7 +105,7 @@ class Camera(Thing):
         return Capture(RAWBlob.from_bytes(frame(8)), note)
 
     @thing_action
-    def configure(self, settings: Settings, label: Optional[str] = None, scale: float = 1.0) -> dict[str, object]:
+    def configure(self, settings: Settings, label: str | None = None, scale: float = 1.0) -> dict[str, object]:
         return {"gain": settings.gain, "mode": settings.mode, "tags": settings.tags, "label": label, "scale": scale}
 
     @thing_action
