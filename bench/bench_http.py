@@ -4,7 +4,8 @@ LabThings-FastAPI 0.3.0, in one run, as medians and ratios.
     python bench/bench_http.py [--runs-scale X] [--sizes 1KiB,1MiB,64MiB,256MiB] [--no-labthings]
 
 Each server runs in its own process (uvicorn, 127.0.0.1, a free port) and each client in its own process,
-so no two share an interpreter. All three serve the same bytes (seeded random, made before timing).
+so no two share an interpreter; runs are interleaved (one of each in turn) so noise hits all alike.
+All three serve the same bytes (seeded random, made before timing).
 
 - microblob: `ThingClient.make_blob(size).data` — one POST held with ?wait until the action ends, then
   a streamed GET of the link, sha256-verified.
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LT_VENV = HERE / ".venv-labthings"
 SIZES = {"1KiB": 1 << 10, "1MiB": 1 << 20, "64MiB": 64 << 20, "256MiB": 256 << 20}
-RUNS = {1 << 10: 50, 1 << 20: 20, 64 << 20: 5, 256 << 20: 5}
+RUNS = {1 << 10: 50, 1 << 20: 20, 64 << 20: 7, 256 << 20: 7}
 
 
 def payload(size: int) -> bytes:
@@ -122,20 +123,16 @@ def serve_labthings() -> None:
 # --- clients (each in its own process; print one JSON line: {size: [seconds, ...]}) --------------------
 
 
-def _timed(fn, sizes: list[int], scale: float) -> dict[int, list[float]]:  # type: ignore[no-untyped-def]
-    out: dict[int, list[float]] = {}
-    for size in sizes:
-        fn(size)  # warm up: the server makes and caches the payload, connections open
-        times = []
-        for _ in range(max(3, int(RUNS.get(size, 5) * scale))):
-            t0 = time.perf_counter()
-            fn(size)
-            times.append(time.perf_counter() - t0)
-        out[size] = times
-    return out
+def _serve_requests(fn) -> None:  # type: ignore[no-untyped-def]
+    """Client loop: read a size per line on stdin, run one call+download, print its seconds."""
+    for line in sys.stdin:
+        size = int(line)
+        t0 = time.perf_counter()
+        fn(size)
+        print(time.perf_counter() - t0, flush=True)
 
 
-def client_microblob(base: str, sizes: list[int], scale: float) -> dict[int, list[float]]:
+def client_microblob(base: str) -> None:
     sys.path.insert(0, str(ROOT))
     from microblob import ThingClient
 
@@ -145,10 +142,10 @@ def client_microblob(base: str, sizes: list[int], scale: float) -> dict[int, lis
         data = bench.make_blob(size).data
         assert len(data) == size
 
-    return _timed(once, sizes, scale)
+    _serve_requests(once)
 
 
-def client_bare(base: str, sizes: list[int], scale: float) -> dict[int, list[float]]:
+def client_bare(base: str) -> None:
     import httpx
 
     http = httpx.Client(timeout=300)
@@ -158,10 +155,10 @@ def client_bare(base: str, sizes: list[int], scale: float) -> dict[int, list[flo
             data = b"".join(r.iter_raw())
         assert len(data) == size
 
-    return _timed(once, sizes, scale)
+    _serve_requests(once)
 
 
-def client_labthings(base: str, sizes: list[int], scale: float) -> dict[int, list[float]]:
+def client_labthings(base: str) -> None:
     import labthings_fastapi as lt
 
     bench = lt.ThingClient.from_url(base + "bench/")
@@ -170,7 +167,7 @@ def client_labthings(base: str, sizes: list[int], scale: float) -> dict[int, lis
         data = bench.make_blob(size=size).content
         assert len(data) == size
 
-    return _timed(once, sizes, scale)
+    _serve_requests(once)
 
 
 # --- orchestration ---------------------------------------------------------------------------------------
@@ -186,15 +183,17 @@ def ensure_labthings() -> Path | None:
     return python if check.returncode == 0 else None
 
 
-def run_pair(python: str, kind: str, sizes: list[int], scale: float) -> dict[int, list[float]]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    server = subprocess.Popen([python, __file__, f"_serve_{kind}"], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        base = f"http://127.0.0.1:{port}/"
+class Pair:
+    """One server process and one client process of a kind; `call(size)` times one round trip."""
+
+    def __init__(self, python: str, kind: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.server = subprocess.Popen([python, __file__, f"_serve_{kind}"], stdout=subprocess.PIPE, text=True,
+                                       env=env)
+        assert self.server.stdout is not None
+        port = int(self.server.stdout.readline())
         deadline = time.monotonic() + 60
-        while True:  # wait until it answers
+        while True:  # wait until it accepts connections
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -202,17 +201,23 @@ def run_pair(python: str, kind: str, sizes: list[int], scale: float) -> dict[int
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        client = subprocess.run(
-            [python, __file__, f"_client_{kind}", base, ",".join(map(str, sizes)), str(scale)],
-            capture_output=True, text=True, env=env, timeout=3600,
-        )
-        if client.returncode != 0:
-            raise RuntimeError(f"{kind} client failed:\n{client.stderr}")
-        raw = json.loads(client.stdout.strip().splitlines()[-1])
-        return {int(k): v for k, v in raw.items()}
-    finally:
-        server.terminate()
-        server.wait(30)
+        self.client = subprocess.Popen([python, __file__, f"_client_{kind}", f"http://127.0.0.1:{port}/"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def call(self, size: int) -> float:
+        assert self.client.stdin is not None and self.client.stdout is not None
+        self.client.stdin.write(f"{size}\n")
+        self.client.stdin.flush()
+        line = self.client.stdout.readline()
+        if not line:
+            raise RuntimeError("client died (see its stderr above)")
+        return float(line)
+
+    def close(self) -> None:
+        for proc in (self.client, self.server):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
 
 
 def fmt(seconds: float) -> str:
@@ -227,13 +232,21 @@ def main() -> None:
     ap.add_argument("--json", help="also write the medians here")
     args = ap.parse_args()
     sizes = [SIZES[s] for s in args.sizes.split(",")]
-    results = {
-        "microblob": run_pair(sys.executable, "microblob", sizes, args.runs_scale),
-        "bare": run_pair(sys.executable, "bare", sizes, args.runs_scale),
-    }
+    pairs = {"microblob": Pair(sys.executable, "microblob"), "bare": Pair(sys.executable, "bare")}
     lt_python = None if args.no_labthings else ensure_labthings()
     if lt_python is not None:
-        results["labthings"] = run_pair(str(lt_python), "labthings", sizes, args.runs_scale)
+        pairs["labthings"] = Pair(str(lt_python), "labthings")
+    results: dict[str, dict[int, list[float]]] = {k: {} for k in pairs}
+    try:
+        for size in sizes:
+            for pair in pairs.values():
+                pair.call(size)  # warm up: payload made and cached, connections open
+            for _ in range(max(3, int(RUNS.get(size, 5) * args.runs_scale))):
+                for kind, pair in pairs.items():  # interleaved, so machine noise hits all three alike
+                    results[kind].setdefault(size, []).append(pair.call(size))
+    finally:
+        for pair in pairs.values():
+            pair.close()
     med = {k: {s: statistics.median(v[s]) for s in sizes} for k, v in results.items()}
     names = {v: k for k, v in SIZES.items()}
     head = f"{'size':>7} {'runs':>4}  {'microblob':>12} {'bare route':>12}"
@@ -262,8 +275,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("_serve_"):
         globals()[f"serve_{sys.argv[1][7:]}"]()
     elif len(sys.argv) > 1 and sys.argv[1].startswith("_client_"):
-        fn = globals()[f"client_{sys.argv[1][8:]}"]
-        got = fn(sys.argv[2], [int(s) for s in sys.argv[3].split(",")], float(sys.argv[4]))
-        print(json.dumps(got))
+        globals()[f"client_{sys.argv[1][8:]}"](sys.argv[2])
     else:
         main()
