@@ -55,7 +55,9 @@ def _listen() -> socket.socket:
 def _run_uvicorn(app: object, sock: socket.socket) -> None:
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    # The same HTTP implementation for all three servers (the LabThings venv has httptools, ours may not).
+    http = os.environ.get("MB_BENCH_HTTP", "h11")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http)).run(sockets=[sock])
 
 
 # --- servers (each in its own process) ---------------------------------------------------------------
@@ -230,8 +232,11 @@ def main() -> None:
     ap.add_argument("--runs-scale", type=float, default=1.0, help="multiply the number of runs per size")
     ap.add_argument("--no-labthings", action="store_true")
     ap.add_argument("--json", help="also write the medians here")
+    ap.add_argument("--http", default="h11", choices=["h11", "httptools"],
+                    help="uvicorn's HTTP implementation, the same for all servers (httptools must be installed)")
     args = ap.parse_args()
     sizes = [SIZES[s] for s in args.sizes.split(",")]
+    os.environ["MB_BENCH_HTTP"] = args.http
     pairs = {"microblob": Pair(sys.executable, "microblob"), "bare": Pair(sys.executable, "bare")}
     lt_python = None if args.no_labthings else ensure_labthings()
     if lt_python is not None:
@@ -264,6 +269,7 @@ def main() -> None:
         else:
             line += f"  {mb / bare:7.2f}x"
         print(line)
+    print(f"uvicorn http={args.http}; medians of interleaved runs")
     print("mb/bare: microblob time over the bare route's (target at 256MiB <= 1.25); "
           "LT/mb: how many times faster microblob is than LabThings-FastAPI (target at 1KiB >= 5)")
     if args.json:
