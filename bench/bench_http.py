@@ -55,9 +55,11 @@ def _listen() -> socket.socket:
 def _run_uvicorn(app: object, sock: socket.socket) -> None:
     import uvicorn
 
-    # The same HTTP implementation for all three servers (the LabThings venv has httptools, ours may not).
+    # The same HTTP implementation and event loop for all three servers: the LabThings venv pulls in
+    # httptools and uvloop (uvicorn[standard]), ours may not have them.
     http = os.environ.get("MB_BENCH_HTTP", "h11")
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http)).run(sockets=[sock])
+    loop = os.environ.get("MB_BENCH_LOOP", "asyncio")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http, loop=loop)).run(sockets=[sock])
 
 
 # --- servers (each in its own process) ---------------------------------------------------------------
@@ -234,9 +236,12 @@ def main() -> None:
     ap.add_argument("--json", help="also write the medians here")
     ap.add_argument("--http", default="h11", choices=["h11", "httptools"],
                     help="uvicorn's HTTP implementation, the same for all servers (httptools must be installed)")
+    ap.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
+                    help="uvicorn's event loop, the same for all servers (uvloop must be installed)")
     args = ap.parse_args()
     sizes = [SIZES[s] for s in args.sizes.split(",")]
     os.environ["MB_BENCH_HTTP"] = args.http
+    os.environ["MB_BENCH_LOOP"] = args.loop
     pairs = {"microblob": Pair(sys.executable, "microblob"), "bare": Pair(sys.executable, "bare")}
     lt_python = None if args.no_labthings else ensure_labthings()
     if lt_python is not None:
@@ -269,7 +274,7 @@ def main() -> None:
         else:
             line += f"  {mb / bare:7.2f}x"
         print(line)
-    print(f"uvicorn http={args.http}; medians of interleaved runs")
+    print(f"uvicorn http={args.http} loop={args.loop}; medians of interleaved runs")
     print("mb/bare: microblob time over the bare route's (target at 256MiB <= 1.25); "
           "LT/mb: how many times faster microblob is than LabThings-FastAPI (target at 1KiB >= 5)")
     if args.json:
