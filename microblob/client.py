@@ -167,7 +167,8 @@ class ThingClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         body = {k: self._encode(v) for k, v in arguments.items() if v is not OMITTED}
         url = self.thing_url + action
-        r = self.http.post(url, json=body, params={"wait": f"{self._wait(deadline):g}"})
+        wait = self._wait(deadline)
+        r = self.http.post(url, json=body, params={"wait": f"{wait:g}"}, timeout=self._poll_timeout(wait))
         raise_for_response(r, f"{action}")
         inv = r.json()
         while inv["status"] in ("pending", "running"):
@@ -175,7 +176,7 @@ class ThingClient:
             if wait <= 0:
                 self._cancel(inv)
                 raise InvocationTimeout(f"{action}: no result within {timeout} s (cancelled on the server)")
-            r = self.http.get(inv["href"], params={"wait": f"{wait:g}"})
+            r = self.http.get(inv["href"], params={"wait": f"{wait:g}"}, timeout=self._poll_timeout(wait))
             raise_for_response(r, f"{action} (invocation {inv['id']})")
             inv = r.json()
         if inv["status"] == "completed":
@@ -189,6 +190,12 @@ class ThingClient:
         if deadline is None:
             return self.wait
         return max(0.0, min(self.wait, deadline - time.monotonic()))
+
+    def _poll_timeout(self, wait: float) -> httpx.Timeout:
+        """The client's timeouts, but reading long enough for the server to hold the answer `wait` s."""
+        t = self.http.timeout
+        read = None if t.read is None else max(t.read, wait + 30.0)
+        return httpx.Timeout(connect=t.connect, read=read, write=t.write, pool=t.pool)
 
     def _cancel(self, inv: dict[str, Any]) -> None:
         try:
