@@ -26,10 +26,13 @@ from ._exceptions import (
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
+from ._remote import RemoteBlob
 from ._version import __version__
 from .blob import Blob
+from .client import ThingClient
 from .files import DownloadStream, FilesBucket, UploadStream
 from .objects import BlobObject
+from .server import ThingServer
 from .store import Store
 from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 from .workflow import Workflow, current_workflow_id
@@ -70,6 +73,7 @@ __all__ = [
     "VersionNotFound",
     "Workflow",
     "WriteConflict",
+    "__version__",
     "cancellable_sleep",
     "connect",
     "current_workflow_id",
@@ -77,19 +81,5 @@ __all__ = [
     "raise_if_cancelled",
     "thing_action",
     "thing_property",
-    "__version__",
 ]
 
-
-_LAZY = {"ThingServer": ".server", "ThingClient": ".client", "RemoteBlob": "._remote"}
-
-
-def __getattr__(name: str) -> object:
-    # The HTTP server and client pull in Starlette/httpx: import them on first use, not with the store.
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'microblob' has no attribute {name!r}")

@@ -47,7 +47,8 @@ def _matches(content_type: str, pattern: str) -> bool:
 
 
 def blob_class_for(content_type: str | None) -> type[Blob]:
-    """The registered Blob subclass for a content type (the most recently defined one), else `Blob`."""
+    """The registered Blob subclass for a content type, else `Blob`. The first class defined for a type
+    keeps it: importing another module later never changes what a client hands back."""
     if content_type:
         return _registry.get(_bare(content_type), Blob)
     return Blob
@@ -206,7 +207,7 @@ class Blob:
                 cls.content_type = own["media_type"]
             cls.media_type = _MediaTypeAlias()  # type: ignore[assignment]
         if register and "content_type" in own and "*" not in cls.content_type:
-            _registry[_bare(cls.content_type)] = cls
+            _registry.setdefault(_bare(cls.content_type), cls)
 
     def __init__(
         self, data: bytes | bytearray | memoryview | None = None, content_type: str | None = None

@@ -52,6 +52,11 @@ def test_media_type_alias_and_registry() -> None:
     assert blob_class_for("application/x-unknown") is Blob
     assert blob_class_for(None) is Blob
 
+    class AnotherJPEG(Blob):
+        content_type = "image/jpeg"
+
+    assert blob_class_for("image/jpeg") is JPEGBlob  # the first definition keeps its type
+
 
 def test_content_type_must_match_the_class() -> None:
     with pytest.raises(InvalidArgument):
