@@ -85,18 +85,35 @@ def _now() -> str:
     return iso_utc(_dt.datetime.now(_dt.UTC))
 
 
-class _InvocationLog(logging.Handler):
-    """Copies log records emitted while an action runs (in its worker thread) into its invocation."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        inv = getattr(_tls, "invocation", None)
-        if inv is not None and len(inv.log) < MAX_LOG:
-            inv.log.append({"level": record.levelname, "message": record.getMessage(), "logger": record.name,
-                            "timestamp": iso_utc(_dt.datetime.fromtimestamp(record.created, _dt.UTC))})
+_capture_lock = threading.Lock()
+_capturing = False
 
 
-_log_handler = _InvocationLog()
-logging.getLogger().addHandler(_log_handler)
+def _capture_action_logs() -> None:
+    """Copy log records made while an action runs (in its worker thread) into its invocation's `log`.
+
+    Done with a record factory rather than a root handler, so `logging.basicConfig()` in the
+    application still works after microblob is imported."""
+    global _capturing
+    with _capture_lock:
+        if _capturing:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            inv = getattr(_tls, "invocation", None)
+            if inv is not None and len(inv.log) < MAX_LOG:
+                inv.log.append({
+                    "level": record.levelname,
+                    "message": record.getMessage(),
+                    "logger": record.name,
+                    "timestamp": iso_utc(_dt.datetime.fromtimestamp(record.created, _dt.timezone.utc)),
+                })
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _capturing = True
 
 
 class InvocationManager:
@@ -120,6 +137,7 @@ class InvocationManager:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="microblob-action")
         self._lock = threading.Lock()
         self._invocations: dict[str, Invocation] = {}
+        _capture_action_logs()
 
     def submit(
         self, thing_name: str, thing: Any, info: ActionInfo, kwargs: dict[str, Any], raw_input: Any

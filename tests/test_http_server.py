@@ -237,8 +237,10 @@ def test_action_logs_are_recorded(make_server: Any, asgi: Any) -> None:
         def talk(self) -> None:
             logging.getLogger("chatty").warning("focusing")
 
+    root_handlers = list(logging.getLogger().handlers)
     inv = asgi(make_server({"c": Chatty})).post("/c/talk", params={"wait": "20"}, json={}).json()
     assert [e["message"] for e in inv["log"]] == ["focusing"]
+    assert logging.getLogger().handlers == root_handlers  # the app's logging.basicConfig() still works
     assert inv["log"][0]["level"] == "WARNING"
 
 
