@@ -134,4 +134,5 @@ class BlobResponse:
                 left -= len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
         finally:
-            await anyio.to_thread.run_sync(f.close)
+            with anyio.CancelScope(shield=True):  # close even when the client went away mid-stream
+                await anyio.to_thread.run_sync(f.close)

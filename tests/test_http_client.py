@@ -248,3 +248,13 @@ def test_fifty_concurrent_invocations(served: Any) -> None:
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(lambda i: cam.meet(i, timeout=120), range(50)))
     assert results == list(range(50))
+
+
+def test_abandoned_download_does_not_break_the_server(cam: Any, served: Any) -> None:
+    """A client that stops reading half way: the server stops streaming and goes on serving."""
+    raw = cam.file_frame(8 << 20)
+    with httpx.Client() as http, http.stream("GET", raw.url) as r:
+        first = next(r.iter_raw())
+        assert first
+    assert cam.add(1) == 3
+    assert hashlib.sha256(raw.data).hexdigest() == raw.sha256
