@@ -11,25 +11,36 @@ from ._exceptions import (
     IntegrityError,
     InvalidArgument,
     InvalidDocument,
+    InvalidInput,
     InvalidQuery,
+    InvocationCancelled,
+    InvocationTimeout,
     MicroblobError,
     NotFound,
     ObjectNotFound,
     RemoteError,
+    RemoteInvalidInput,
     StorageError,
     StoreClosed,
+    Unauthorized,
     VersionNotFound,
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
+from ._remote import RemoteBlob
 from ._version import __version__
+from .blob import Blob
+from .client import ThingClient
 from .files import DownloadStream, FilesBucket, UploadStream
 from .objects import BlobObject
+from .server import ThingServer
 from .store import Store
+from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 from .workflow import Workflow, current_workflow_id
 
 __all__ = [
     "ActionError",
+    "Blob",
     "BlobError",
     "BlobExpired",
     "BlobObject",
@@ -42,22 +53,36 @@ __all__ = [
     "IntegrityError",
     "InvalidArgument",
     "InvalidDocument",
+    "InvalidInput",
     "InvalidQuery",
+    "InvocationCancelled",
+    "InvocationTimeout",
     "MicroblobError",
     "NotFound",
     "ObjectNotFound",
+    "RemoteBlob",
     "RemoteError",
+    "RemoteInvalidInput",
     "StorageError",
     "Store",
     "StoreClosed",
+    "Thing",
+    "ThingClient",
+    "ThingServer",
+    "Unauthorized",
     "UploadStream",
     "VerifyReport",
     "VersionNotFound",
     "Workflow",
     "WriteConflict",
     "__version__",
+    "cancellable_sleep",
     "connect",
     "copy",
     "current_workflow_id",
     "default_uri",
+    "raise_if_cancelled",
+    "thing_action",
+    "thing_property",
 ]
+

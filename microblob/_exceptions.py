@@ -3,7 +3,8 @@
     MicroblobError
     ├── InvalidArgument (ValueError)        a public function got a wrong type or value
     │   ├── InvalidQuery                    a malformed filter, projection or sort
-    │   └── InvalidDocument                 a document that cannot be stored (bad keys, huge ints, ...)
+    │   ├── InvalidDocument                 a document that cannot be stored (bad keys, huge ints, ...)
+    │   └── InvalidInput                    an action/property input fails its type hints (names the field)
     ├── NotFound (KeyError, ValueError)     something named by the caller does not exist
     │   ├── ObjectNotFound                  no object with that id
     │   ├── VersionNotFound                 the object exists, that version does not
@@ -15,8 +16,12 @@
     ├── StorageError                        the engine failed (disk full, unreadable file, ...)
     ├── BlobError                           a Blob could not be read, sent or resolved
     │   └── BlobExpired                     its link has expired
+    ├── InvocationCancelled                 an action invocation was cancelled (inside the action or seen by a client)
+    ├── InvocationTimeout (TimeoutError)    a client gave up waiting for an invocation (it was cancelled)
     └── RemoteError                         a server answered with an error
-        └── ActionError                     an action ran and failed on the server
+        ├── ActionError                     an action ran and failed on the server
+        ├── RemoteInvalidInput              the server rejected the input (422); the message names the field
+        └── Unauthorized                    the server wants a (different) bearer token (401)
 
 `NotFound` subclasses `KeyError` (it is a failed lookup) and `ValueError` (what Flowcept raises), so
 code written for either keeps working.
@@ -35,13 +40,18 @@ __all__ = [
     "IntegrityError",
     "InvalidArgument",
     "InvalidDocument",
+    "InvalidInput",
     "InvalidQuery",
+    "InvocationCancelled",
+    "InvocationTimeout",
     "MicroblobError",
     "NotFound",
     "ObjectNotFound",
     "RemoteError",
+    "RemoteInvalidInput",
     "StorageError",
     "StoreClosed",
+    "Unauthorized",
     "VersionNotFound",
     "WriteConflict",
 ]
@@ -61,6 +71,14 @@ class InvalidQuery(InvalidArgument):
 
 class InvalidDocument(InvalidArgument):
     """A document cannot be stored: non-string keys, integers beyond 64 bits, unsupported types."""
+
+
+class InvalidInput(InvalidArgument):
+    """Input to an action or property does not match its type hints; `field` names where (``"a.b[2]"``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
 
 
 class NotFound(MicroblobError, KeyError, ValueError):
@@ -124,6 +142,14 @@ class BlobExpired(BlobError):
     """The Blob's link has expired; the server released its data."""
 
 
+class InvocationCancelled(MicroblobError):
+    """The invocation was cancelled: raised inside the action when a client asked, and by a client that sees it."""
+
+
+class InvocationTimeout(MicroblobError, TimeoutError):
+    """A client waited longer than its `timeout=` for an invocation; the client asked the server to cancel it."""
+
+
 class RemoteError(MicroblobError):
     """A server answered with an error; carries its status and message."""
 
@@ -135,3 +161,11 @@ class RemoteError(MicroblobError):
 
 class ActionError(RemoteError):
     """An action ran on the server and failed; the message is the server's."""
+
+
+class RemoteInvalidInput(RemoteError):
+    """The server rejected an action's or property's input (HTTP 422); the message names the field."""
+
+
+class Unauthorized(RemoteError):
+    """The server needs a bearer token, or a different one (HTTP 401)."""

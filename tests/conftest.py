@@ -290,3 +290,69 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say which server the MongoDB tests ran against (CI runs SecantusDB, not a genuine mongod)."""
     if _MONGO_SERVER_USED:
         terminalreporter.write_line(f"MongoDB tests ran against: {_MONGO_SERVER_USED[0]}")
+
+
+# --- HTTP (ThingServer / ThingClient) --------------------------------------------------------------
+
+
+@pytest.fixture
+def camera() -> Any:
+    from thing_fixtures import Camera
+
+    return Camera()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., Any]]:
+    """Build ThingServers that are closed (pool and expiry thread stopped) after the test."""
+    from microblob.server import ThingServer
+
+    made: list[Any] = []
+
+    def make(things: Any = None, **options: Any) -> Any:
+        server = ThingServer(things or {}, **options)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def asgi() -> Iterator[Callable[[Any], Any]]:
+    """A sync httpx.Client served by a given app in this process (no socket), closed after the test."""
+    from microblob._inprocess import in_process_client
+
+    clients: list[Any] = []
+
+    def make(app: Any) -> Any:
+        client = in_process_client(app)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def live() -> Iterator[Callable[[Any], str]]:
+    """Serve apps with uvicorn on 127.0.0.1 (free port) for the test; yields a function app -> base URL."""
+    from contextlib import ExitStack
+
+    from _live import live_server
+
+    with ExitStack() as stack:
+        yield lambda app: stack.enter_context(live_server(app))
+
+
+def vm_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS / VmHWM (peak) of a process, in bytes, from /proc."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out

@@ -1,0 +1,260 @@
+"""Invocations: one run of an action, in a bounded thread pool, kept for a while and then forgotten.
+
+Actions are blocking Python; running them in a pool keeps the event loop free however slow they are.
+A finished invocation holds its output (and so its Blobs) strongly until its Blob links expire, and is
+itself forgotten after the retention time, or earlier when the count cap needs room (oldest finished
+first), or when a client DELETEs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._blob_links import BlobLinks, Link, iso_utc, new_id
+from ._exceptions import InvocationCancelled, MicroblobError
+from ._remote import RemoteBlob
+from ._scheduler import Scheduler
+from ._schema import map_blobs, to_jsonable
+from .blob import Blob
+from .thing import ActionInfo, _cancel_event
+
+__all__ = ["Invocation", "InvocationManager", "OutputBlob", "TooManyInvocations"]
+
+log = logging.getLogger("microblob.server")
+_tls = threading.local()
+MAX_LOG = 1000
+
+
+class TooManyInvocations(MicroblobError):
+    """Every retained invocation is still running and the cap is reached."""
+
+
+@dataclass
+class OutputBlob:
+    """A Blob in an invocation's output with its link; `blob` becomes None when the output is released."""
+
+    blob: Blob | None
+    link: Link | None  # None for remote Blobs (served from their own URL)
+    remote: dict[str, Any] | None = None  # url, content_type, size, sha256 of a remote Blob
+
+
+@dataclass
+class Invocation:
+    id: str
+    thing: str
+    action: str
+    input: Any
+    blob_ttl: float
+    status: str = "pending"
+    output: Any = None
+    error: dict[str, str] | None = None
+    log: list[dict[str, Any]] = field(default_factory=list)
+    time_requested: str = ""
+    time_started: str | None = None
+    time_completed: str | None = None
+    finished_at: float | None = None  # monotonic
+    future: Future[None] | None = field(default=None, repr=False)
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "error", "cancelled")
+
+    def release(self) -> None:
+        """Drop the strong references to output Blobs (their links then answer 410)."""
+        for node in _output_blobs(self.output):
+            node.blob = None
+
+
+def _output_blobs(tree: Any) -> list[OutputBlob]:
+    out: list[OutputBlob] = []
+    map_blobs(tree, lambda n: out.append(n) if isinstance(n, OutputBlob) else None)
+    return out
+
+
+def _now() -> str:
+    return iso_utc(_dt.datetime.now(_dt.UTC))
+
+
+_capture_lock = threading.Lock()
+_capturing = False
+
+
+def _capture_action_logs() -> None:
+    """Copy log records made while an action runs (in its worker thread) into its invocation's `log`.
+
+    Done with a record factory rather than a root handler, so `logging.basicConfig()` in the
+    application still works after microblob is imported."""
+    global _capturing
+    with _capture_lock:
+        if _capturing:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            inv = getattr(_tls, "invocation", None)
+            if inv is not None and len(inv.log) < MAX_LOG:
+                inv.log.append({
+                    "level": record.levelname,
+                    "message": record.getMessage(),
+                    "logger": record.name,
+                    "timestamp": iso_utc(_dt.datetime.fromtimestamp(record.created, _dt.timezone.utc)),
+                })
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _capturing = True
+
+
+class InvocationManager:
+    """Submits actions to the pool and keeps the table of invocations."""
+
+    def __init__(
+        self,
+        links: BlobLinks,
+        scheduler: Scheduler,
+        *,
+        blob_ttl: float,
+        retention: float,
+        max_invocations: int,
+        max_workers: int,
+    ) -> None:
+        self.links = links
+        self.scheduler = scheduler
+        self.blob_ttl = blob_ttl
+        self.retention = retention
+        self.max_invocations = max_invocations
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="microblob-action")
+        self._lock = threading.Lock()
+        self._invocations: dict[str, Invocation] = {}
+        _capture_action_logs()
+
+    def submit(
+        self, thing_name: str, thing: Any, info: ActionInfo, kwargs: dict[str, Any], raw_input: Any
+    ) -> Invocation:
+        ttl = self.blob_ttl if info.blob_ttl is None else info.blob_ttl
+        inv = Invocation(new_id(), thing_name, info.name, raw_input, ttl, time_requested=_now())
+        with self._lock:
+            self._make_room()
+            self._invocations[inv.id] = inv
+        method = getattr(thing, info.func.__name__)
+        inv.future = self._pool.submit(self._run, inv, method, kwargs)
+        return inv
+
+    def _make_room(self) -> None:
+        if len(self._invocations) < self.max_invocations:
+            return
+        finished = sorted((i for i in self._invocations.values() if i.done), key=lambda i: i.finished_at or 0)
+        for inv in finished[: len(self._invocations) - self.max_invocations + 1]:
+            self._forget_locked(inv)
+        if len(self._invocations) >= self.max_invocations:
+            raise TooManyInvocations(f"{len(self._invocations)} invocations are still running (the cap)")
+
+    def _run(self, inv: Invocation, method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        if inv.cancel_event.is_set():
+            self._finish(inv, "cancelled")
+            return
+        inv.status, inv.time_started = "running", _now()
+        token = _cancel_event.set(inv.cancel_event)
+        _tls.invocation = inv
+        try:
+            result = method(**kwargs)
+            tree = to_jsonable(result)
+            if inv.cancel_event.is_set():
+                raise InvocationCancelled("the invocation was cancelled")
+            inv.output = map_blobs(tree, lambda b: self._link(b, inv.blob_ttl))
+            self._finish(inv, "completed")
+        except InvocationCancelled:
+            inv.output = None
+            self._finish(inv, "cancelled")
+        except Exception as e:  # noqa: BLE001 - the action's failure is reported, not raised
+            log.info("action %s/%s failed:\n%s", inv.thing, inv.action, traceback.format_exc())
+            inv.error = {"type": type(e).__name__, "message": str(e)}
+            inv.output = None
+            self._finish(inv, "error")
+        finally:
+            _tls.invocation = None
+            _cancel_event.reset(token)
+
+    def _link(self, blob: Blob, ttl: float) -> OutputBlob:
+        if isinstance(blob, RemoteBlob):
+            src = blob._source
+            meta = {"url": blob.url, "content_type": blob.content_type, "size": src.size, "sha256": src.sha256}
+            return OutputBlob(None, None, remote=meta)
+        return OutputBlob(blob, self.links.register(blob, ttl))
+
+    def _finish(self, inv: Invocation, status: str) -> None:
+        inv.time_completed = _now()
+        inv.finished_at = self.scheduler.clock()
+        inv.status = status
+        with self._lock:
+            waiters, inv.waiters = inv.waiters, []
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop has closed; nobody waits there any more
+                pass
+        if status == "completed":
+            self.scheduler.call_at(inv.finished_at + inv.blob_ttl, inv.release)
+        keep = max(self.retention, inv.blob_ttl if status == "completed" else 0.0)
+        self.scheduler.call_at(inv.finished_at + keep, lambda: self.forget(inv.id, only_if_done=True))
+
+    def get(self, inv_id: str) -> Invocation | None:
+        with self._lock:
+            return self._invocations.get(inv_id)
+
+    def all(self) -> list[Invocation]:
+        with self._lock:
+            return list(self._invocations.values())
+
+    def cancel(self, inv: Invocation) -> None:
+        """Ask a pending or running invocation to stop (a pending one never starts)."""
+        inv.cancel_event.set()
+        if inv.future is not None and inv.future.cancel():
+            self._finish(inv, "cancelled")
+
+    def forget(self, inv_id: str, only_if_done: bool = False) -> bool:
+        with self._lock:
+            inv = self._invocations.get(inv_id)
+            if inv is None or (only_if_done and not inv.done):
+                return False
+            self._forget_locked(inv)
+            return True
+
+    def _forget_locked(self, inv: Invocation) -> None:
+        self._invocations.pop(inv.id, None)
+        inv.release()
+
+    async def wait(self, inv: Invocation, timeout: float) -> bool:
+        """Wait (without blocking the loop) up to `timeout` s for the invocation to end."""
+        if inv.done or timeout <= 0:
+            return inv.done
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if inv.done:
+                return True
+            inv.waiters.append(entry)
+        try:
+            await asyncio.wait_for(entry[1].wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                if entry in inv.waiters:
+                    inv.waiters.remove(entry)
+        return inv.done
+
+    def shutdown(self) -> None:
+        for inv in self.all():
+            inv.cancel_event.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)

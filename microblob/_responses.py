@@ -1,0 +1,138 @@
+"""Streaming a Blob over ASGI: HEAD, Range (206), ETag (its sha256), Content-Length, bounded memory.
+
+The event loop never reads a file or a stored object itself: each chunk is read in a worker thread
+and sent before the next is read, so memory stays at about one chunk per download.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.types import Receive, Scope, Send
+
+from .blob import CHUNK_SIZE, Blob, _BytesSource
+
+__all__ = ["BlobResponse", "parse_range"]
+
+_RANGE = re.compile(r"bytes=\s*(\d*)\s*-\s*(\d*)\s*")
+_MEMORY_CHUNK = 4 * CHUNK_SIZE  # slices of in-memory bytes cost only a copy, so send bigger ones
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """The (start, end-exclusive) of a single `Range: bytes=` header; None to send everything
+    (no header, several ranges, another unit), or "unsatisfiable"."""
+    if not header:
+        return None
+    m = _RANGE.fullmatch(header.strip())
+    if m is None:
+        return None  # several ranges or other units: RFC 9110 lets us answer 200 with the whole body
+    first, last = m.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":  # suffix: the last N bytes
+        n = int(last)
+        if n == 0:
+            return "unsatisfiable"
+        return (max(0, size - n), size)
+    start = int(first)
+    end = size if last == "" else min(size, int(last) + 1)
+    if start >= size or end <= start:
+        return "unsatisfiable"
+    return (start, end)
+
+
+class BlobResponse:
+    """An ASGI response that streams a Blob (or part of it)."""
+
+    def __init__(
+        self,
+        blob: Blob,
+        *,
+        method: str,
+        request_headers: Any,
+        size: int,
+        sha256: str,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        self.blob = blob
+        self.head = method == "HEAD"
+        etag = f'"{sha256}"'
+        headers = {
+            "content-type": blob.content_type,
+            "etag": etag,
+            "accept-ranges": "bytes",
+            "cache-control": "private, max-age=0",
+        }
+        headers.update(extra_headers or {})
+        self.start, self.end, self.status = 0, size, 200
+        inm = request_headers.get("if-none-match")
+        if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+            self.status, self.end = 304, 0
+        else:
+            rng = request_headers.get("range")
+            if_range = request_headers.get("if-range")
+            if rng is not None and (if_range is None or if_range.strip() == etag):
+                parsed = parse_range(rng, size)
+                if parsed == "unsatisfiable":
+                    self.status, self.end = 416, 0
+                    headers["content-range"] = f"bytes */{size}"
+                    headers["content-type"] = "application/json"
+                elif parsed is not None:
+                    self.start, self.end = parsed  # type: ignore[misc]
+                    self.status = 206
+                    headers["content-range"] = f"bytes {self.start}-{self.end - 1}/{size}"
+        self.body_416 = b""
+        if self.status == 416:
+            self.body_416 = (
+                b'{"error":"RangeNotSatisfiable","detail":"the range is outside the ' + str(size).encode() + b' bytes"}'
+            )
+            headers["content-length"] = str(len(self.body_416))
+        elif self.status == 304:
+            headers.pop("content-type")
+        else:
+            headers["content-length"] = str(self.end - self.start)
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        if self.head or self.status in (304, 416) or self.end == self.start:
+            await send({"type": "http.response.body", "body": b"" if self.head else self.body_416})
+            return
+        async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()  # stop reading chunks nobody will receive
+
+            tg.start_soon(watch_disconnect)
+            await self._stream(send)
+            tg.cancel_scope.cancel()
+
+    async def _stream(self, send: Send) -> None:
+        src = self.blob._source
+        if isinstance(src, _BytesSource):
+            mv = memoryview(src.data).cast("B")
+            pos = self.start
+            while pos < self.end:
+                nxt = min(self.end, pos + _MEMORY_CHUNK)
+                await send({"type": "http.response.body", "body": bytes(mv[pos:nxt]), "more_body": nxt < self.end})
+                pos = nxt
+            return
+        f = await anyio.to_thread.run_sync(self.blob.open)
+        try:
+            if self.start:
+                await anyio.to_thread.run_sync(f.seek, self.start)
+            left = self.end - self.start
+            while left > 0:
+                chunk = await anyio.to_thread.run_sync(f.read, min(CHUNK_SIZE, left))
+                if not chunk:
+                    raise OSError(f"{self.blob!r} ended {left} bytes early")
+                left -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+        finally:
+            with anyio.CancelScope(shield=True):  # close even when the client went away mid-stream
+                await anyio.to_thread.run_sync(f.close)

@@ -1,0 +1,226 @@
+"""The ``/objects/`` routes: browse, query, download (permanent, ranged), upload and delete store objects.
+
+Everything the store does blocks (disk, LMDB, MongoDB), so every store call runs in a worker thread;
+bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ._exceptions import InvalidArgument, InvalidInput, MicroblobError, NotFound
+from ._responses import BlobResponse
+from .blob import Blob
+
+if TYPE_CHECKING:
+    from .server import ThingServer
+
+__all__ = ["object_blob_input", "objects_html", "store_routes"]
+
+_DATA_FIELDS = ("data",)
+
+
+def _plain(value: Any) -> Any:
+    """Store metadata as JSON: dates as ISO 8601, other non-JSON values (ObjectIds, ...) as text."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k not in _DATA_FIELDS}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None
+    return str(value)
+
+
+def _object_json(obj: Any, base: str) -> dict[str, Any]:
+    doc = _plain(dict(obj))
+    oid = quote(str(doc["object_id"]), safe="")
+    doc["url"] = f"{base}objects/{oid}?version={doc['version']}"
+    doc["data_url"] = f"{base}objects/{oid}/data?version={doc['version']}"
+    doc["history_url"] = f"{base}objects/{oid}/history"
+    return doc
+
+
+def _int_param(request: Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
+    from .server import ApiError
+
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ApiError(400, f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def _json_param(request: Request, name: str) -> Any:
+    from .server import ApiError
+
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise ApiError(400, f"{name} is not valid JSON: {e}") from None
+
+
+def _parse_sort(raw: str | None) -> Any:
+    """``sort=-created_at,version`` or JSON (``[["created_at", -1]]`` / ``{"created_at": -1}``)."""
+    from .server import ApiError
+
+    if not raw:
+        return None
+    if raw.lstrip().startswith(("[", "{")):
+        try:
+            value = json.loads(raw)
+        except ValueError as e:
+            raise ApiError(400, f"sort is not valid JSON: {e}") from None
+        if isinstance(value, list):
+            return [tuple(v) if isinstance(v, list) else v for v in value]
+        return value
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if part:
+            out.append((part[1:], -1) if part.startswith("-") else (part.lstrip("+"), 1))
+    return out
+
+
+def _store_error(exc: MicroblobError) -> Exception:
+    from .server import ApiError
+
+    if isinstance(exc, NotFound):
+        return ApiError(404, str(exc), type(exc).__name__)
+    if isinstance(exc, InvalidArgument):
+        return ApiError(400, str(exc), type(exc).__name__)
+    return exc
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except (NotFound, InvalidArgument) as e:
+        raise _store_error(e) from None
+
+
+def store_routes(server: ThingServer) -> list[Route]:
+    store = server.store
+
+    async def list_objects(request: Request) -> Response:
+        flt = _json_param(request, "filter") or {}
+        sort = _parse_sort(request.query_params.get("sort"))
+        limit = _int_param(request, "limit", 100)
+        skip = _int_param(request, "skip", 0)
+        objs = await _call(store.blob_object_query, flt, sort=sort, limit=limit, skip=skip)
+        base = str(request.base_url)
+        return JSONResponse([_object_json(o, base) for o in objs])
+
+    async def create_object(request: Request) -> Response:
+        q = request.query_params
+        ctype = request.headers.get("content-type") or None
+        if ctype == "application/x-www-form-urlencoded":
+            ctype = None  # what tools send when nobody chose a type
+        custom = _json_param(request, "custom_metadata")
+        tags = _json_param(request, "tags") if q.get("tags", "").startswith("[") else (
+            [t for t in q.get("tags", "").split(",") if t] or None
+        )
+        control = q.get("control_version", "false").lower() in ("1", "true", "yes")
+        path, _, _ = await server.receive_to_file(request)
+        try:
+            oid = await _call(
+                store.save_or_update_object, Path(path), object_id=q.get("object_id") or None,
+                workflow_id=q.get("workflow_id") or None, task_id=q.get("task_id") or None,
+                type=q.get("type") or None, custom_metadata=custom, control_version=control,
+                content_type=ctype, tags=tags,
+            )
+        finally:
+            await run_in_threadpool(os.unlink, path)
+        obj = await _call(store.get_blob_object, oid)
+        payload = _object_json(obj, str(request.base_url))
+        return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
+
+    async def get_object(request: Request) -> Response:
+        oid = request.path_params["id"]
+        if request.method == "DELETE":
+            await _call(store.get_blob_object, oid)  # 404 for an unknown id
+            await _call(store.delete_object, oid)
+            return Response(status_code=204)
+        obj = await _call(store.get_blob_object, oid, _int_param(request, "version"))
+        return JSONResponse(_object_json(obj, str(request.base_url)))
+
+    async def object_data(request: Request) -> Any:
+        oid = request.path_params["id"]
+        version = _int_param(request, "version")
+        blob = await _call(Blob.from_object, store, oid, version)
+        return BlobResponse(blob, method=request.method, request_headers=request.headers,
+                            size=blob.size or 0, sha256=blob._source.sha256 or "",
+                            extra_headers={"cache-control": "private, max-age=0, must-revalidate"})
+
+    async def object_history(request: Request) -> Response:
+        oid = request.path_params["id"]
+        await _call(store.get_blob_object, oid)  # 404 for an unknown id, not []
+        history = await _call(store.get_object_history, oid)
+        return JSONResponse(_plain(history))
+
+    return [
+        Route("/objects/", list_objects, methods=["GET"]),
+        Route("/objects/", create_object, methods=["POST"]),
+        Route("/objects/{id}", get_object, methods=["GET", "DELETE"]),
+        Route("/objects/{id}/data", object_data, methods=["GET", "HEAD"]),
+        Route("/objects/{id}/history", object_history, methods=["GET"]),
+    ]
+
+
+def object_blob_input(server: ThingServer, object_id: str, query: str, field: str) -> Blob:
+    """An action input naming ``/objects/{id}/data[?version=N]`` of this server's store."""
+    raw = parse_qs(query).get("version", [None])[0]
+    try:
+        version = None if raw is None else int(raw)
+    except ValueError:
+        raise InvalidInput(field, f"version must be an integer, not {raw!r}") from None
+    try:
+        return Blob.from_object(server.store, object_id, version)
+    except (NotFound, InvalidArgument) as e:
+        raise InvalidInput(field, str(e)) from None
+
+
+def objects_html(server: ThingServer, base: str) -> str:
+    """The store part of the index page: recent objects, image thumbnails, links to versions."""
+    objs = server.store.blob_object_query({}, sort=[("updated_at", -1)], limit=50)
+    rows = []
+    for o in objs:
+        oid = quote(str(o.object_id), safe="")
+        data = f"{base}objects/{oid}/data?version={o.version}"
+        thumb = ""
+        if str(o.content_type or "").startswith("image/"):
+            thumb = f'<img src="{html.escape(data)}" alt="" style="max-height:64px;max-width:96px">'
+        rows.append(
+            "<tr>"
+            f"<td>{thumb}</td><td><a href=\"{html.escape(data)}\">{html.escape(str(o.object_id))}</a></td>"
+            f"<td>{o.version} (<a href=\"{base}objects/{oid}/history\">history</a>)</td>"
+            f"<td>{html.escape(str(o.type or ''))}</td><td>{html.escape(str(o.content_type or ''))}</td>"
+            f"<td>{o.size}</td><td>{html.escape(str(_plain(o.updated_at)))}</td></tr>"
+        )
+    head = "<tr><th></th><th>object</th><th>version</th><th>type</th><th>content type</th><th>bytes</th>" \
+           "<th>updated</th></tr>"
+    return f"<h2>Objects</h2><table>{head}{''.join(rows)}</table>"

@@ -1,0 +1,637 @@
+"""`ThingServer`: a Starlette application serving Things, their invocations, Blob links and a store.
+
+Routes (DESIGN §4.3): ``GET /things/``, ``GET /{thing}/`` (Thing Description), ``POST /{thing}/{action}``
+(``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
+``GET|DELETE /invocations/{id}``, ``GET /invocations/{id}/output``, ``GET|HEAD /blobs/{id}``,
+``POST /blobs``, the ``/objects/`` store routes, and ``GET /`` (a small HTML page).
+Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import html
+import importlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ._blob_links import BlobLinks, Link
+from ._exceptions import InvalidArgument, InvalidInput
+from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
+from ._responses import BlobResponse
+from ._scheduler import Scheduler
+from ._schema import map_blobs, to_jsonable
+from .blob import CHUNK_SIZE, Blob, blob_class_for
+from .thing import Thing
+
+__all__ = ["ApiError", "ThingServer"]
+
+log = logging.getLogger("microblob.server")
+RESERVED = frozenset({"things", "invocations", "blobs", "objects", "static", "favicon.ico"})
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+MAX_JSON = 16 * 1024 * 1024
+_GENERIC = "application/octet-stream"
+
+
+class ApiError(Exception):
+    """An HTTP error answered as ``{"error": error, "detail": detail}``."""
+
+    def __init__(self, status: int, detail: str, error: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.error = error or HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+        self.headers = headers
+
+
+def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _TokenAuth:
+    """Bearer-token check for every request except downloading a Blob link (ids are unguessable, and
+    browsers and other tools must be able to follow links)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.expected is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if scope["method"] in ("GET", "HEAD") and re.fullmatch(r"/blobs/[^/]+", path):
+            await self.app(scope, receive, send)
+            return
+        got = dict(scope.get("headers", [])).get(b"authorization", b"")
+        if not secrets.compare_digest(got, self.expected):
+            detail = "missing bearer token" if not got else "wrong bearer token"
+            resp = error_response(401, "Unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="microblob"'})
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _load_thing(spec: Any) -> Thing:
+    if isinstance(spec, str):
+        module, _, attr = spec.partition(":")
+        if not attr:
+            raise InvalidArgument(f"Thing {spec!r}: expected 'module:Class'")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        spec = obj
+    if isinstance(spec, type):
+        spec = spec()
+    if not isinstance(spec, Thing):
+        raise InvalidArgument(f"{spec!r} is not a Thing")
+    return spec
+
+
+def _parse_wait(request: Request, max_wait: float) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        prefer = request.headers.get("prefer", "")
+        m = re.search(r"(?:^|[,;\s])wait\s*=\s*\"?([^\s,;\"]+)", prefer)
+        raw = m.group(1) if m else None
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ApiError(400, f"wait must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(wait) or wait < 0:
+        raise ApiError(400, f"wait must be a number of seconds >= 0, not {raw!r}")
+    return min(wait, max_wait)
+
+
+class ThingServer(Starlette):
+    """Serves Things (instances, classes or ``"module:Class"``) and, given one, a store, over HTTP.
+
+    `blob_ttl`: seconds a Blob link lives after its invocation completes (per action:
+    ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
+    long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
+    `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    """
+
+    def __init__(
+        self,
+        things: Mapping[str, Any] | None = None,
+        store: Any = None,
+        *,
+        blob_ttl: float = 300.0,
+        retention: float = 300.0,
+        max_invocations: int = 1000,
+        max_upload: int = 4 * 1024**3,
+        token: str | None = None,
+        max_workers: int = 32,
+        max_wait: float = 300.0,
+        upload_dir: str | None = None,
+        debug: bool = False,
+    ) -> None:
+        if token is None:
+            token = os.environ.get("MICROBLOB_TOKEN") or None
+        self.token = token
+        self.store = store
+        self.blob_ttl = float(blob_ttl)
+        self.max_upload = int(max_upload)
+        self.max_wait = float(max_wait)
+        self.upload_dir = upload_dir
+        self.things: dict[str, Thing] = {}
+        for name, spec in (things or {}).items():
+            if not _NAME.fullmatch(name) or name in RESERVED:
+                raise InvalidArgument(f"{name!r} cannot name a Thing (reserved, or not a URL segment)")
+            self.things[name] = _load_thing(spec)
+        self._schemas: dict[str, dict[str, Any]] = {n: self._describe(t) for n, t in self.things.items()}
+        self.scheduler = Scheduler()
+        self.links = BlobLinks(self.scheduler)
+        self.invocations = InvocationManager(
+            self.links,
+            self.scheduler,
+            blob_ttl=self.blob_ttl,
+            retention=float(retention),
+            max_invocations=int(max_invocations),
+            max_workers=int(max_workers),
+        )
+        routes = [
+            Route("/", self.index, methods=["GET"]),
+            Route("/things/", self.list_things, methods=["GET"]),
+            Route("/invocations/", self.list_invocations, methods=["GET"]),
+            Route("/invocations/{id}", self.invocation, methods=["GET", "DELETE"]),
+            Route("/invocations/{id}/output", self.invocation_output, methods=["GET", "HEAD"]),
+            Route("/blobs", self.upload_blob, methods=["POST"]),
+            Route("/blobs/", self.upload_blob, methods=["POST"]),
+            Route("/blobs/{id}", self.download_blob, methods=["GET", "HEAD"]),
+        ]
+        if store is not None:
+            from ._store_routes import store_routes
+
+            routes += store_routes(self)
+        routes += [
+            Route("/{thing}/", self.thing_description, methods=["GET"]),
+            Route("/{thing}/{name}", self.affordance, methods=["GET", "POST", "PUT"]),
+        ]
+        super().__init__(
+            debug=debug,
+            routes=routes,
+            middleware=[Middleware(_TokenAuth, token=token)],
+            exception_handlers={
+                ApiError: self._api_error,
+                HTTPException: self._http_error,
+                InvalidInput: self._invalid_input,
+                ClientDisconnect: self._disconnected,
+            },
+            lifespan=self._lifespan,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Any) -> AsyncIterator[None]:
+        yield
+        self.close()
+
+    def close(self) -> None:
+        """Stop the expiry timer and the action pool (running actions are asked to cancel)."""
+        self.invocations.shutdown()
+        self.scheduler.close()
+        self.links.drop_holds()
+
+    def serve(
+        self, host: str = "127.0.0.1", port: int = 5000, *, insecure: bool = False, **uvicorn_options: Any
+    ) -> None:
+        """Run with uvicorn. A non-loopback address needs a token unless `insecure=True`."""
+        import uvicorn
+
+        if not _is_loopback(host) and not self.token and not insecure:
+            raise InvalidArgument(
+                f"refusing to serve on {host} without a token: set token= (or MICROBLOB_TOKEN), or insecure=True"
+            )
+        uvicorn.run(self, host=host, port=port, **uvicorn_options)
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    async def _api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.error, exc.detail, exc.headers)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            detail = f"no route for {request.method} {request.url.path}"
+        else:
+            detail = exc.detail or HTTPStatus(exc.status_code).phrase
+        error = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+        return error_response(exc.status_code, error, detail, dict(exc.headers or {}))
+
+    async def _invalid_input(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidInput)
+        return JSONResponse(
+            {"error": "InvalidInput", "detail": str(exc), "field": exc.field}, status_code=422
+        )
+
+    async def _disconnected(self, request: Request, exc: Exception) -> Response:
+        return Response(status_code=400)  # nobody is there to read it
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _thing(self, name: str) -> Thing:
+        thing = self.things.get(name)
+        if thing is None:
+            raise ApiError(404, f"no Thing named {name!r}", "NotFound")
+        return thing
+
+    async def read_json(self, request: Request, *, empty: Any = ...) -> Any:
+        """The request body as JSON (size-limited); `empty` is returned for an empty body."""
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > MAX_JSON:
+                raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if not body.strip():
+            if empty is ...:
+                raise ApiError(400, "expected a JSON body")
+            return empty
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+
+    def resolve_blob(self, request: Request, url: str, cls: type[Blob], field: str) -> Blob:
+        """A Blob input given as a URL: only this server's own blob links and objects are accepted,
+        and nothing is ever fetched (no SSRF)."""
+        parts = urlsplit(url)
+        base = urlsplit(str(request.base_url))
+        if (parts.scheme or parts.netloc) and (parts.scheme, parts.netloc.lower()) != (
+            base.scheme,
+            base.netloc.lower(),
+        ):
+            raise InvalidInput(field, f"{url!r} is not on this server; pass a link this server issued")
+        root = base.path if base.path.endswith("/") else base.path + "/"
+        path = parts.path
+        if not path.startswith(root):
+            raise InvalidInput(field, f"{url!r} is not a blob or object of this server")
+        rel = path[len(root) :]
+        m = re.fullmatch(r"blobs/([A-Za-z0-9_-]+)", rel)
+        if m:
+            link = self.links.get(m.group(1))
+            if link is None:
+                raise InvalidInput(field, f"no blob {m.group(1)!r} on this server")
+            blob = link.blob()
+            if blob is None:
+                raise InvalidInput(field, f"blob {m.group(1)!r} has expired")
+            return blob
+        m = re.fullmatch(r"objects/([^/]+)/data", rel)
+        if m and self.store is not None:
+            from ._store_routes import object_blob_input
+
+            return object_blob_input(self, unquote(m.group(1)), parts.query, field)
+        raise InvalidInput(field, f"{url!r} is not a blob or object of this server")
+
+    def link_json(self, link: Link, base: str) -> dict[str, Any]:
+        url = f"{base}blobs/{link.id}"
+        return {
+            "url": url,
+            "content_type": link.content_type,
+            "href": url,
+            "media_type": link.content_type,
+            "rel": "output",
+            "size": link.size,
+            "sha256": link.sha256,
+            "expires_at": link.expires_at,
+        }
+
+    def _output_json(self, node: Any, base: str) -> Any:
+        if isinstance(node, OutputBlob):
+            if node.link is not None:
+                return self.link_json(node.link, base)
+            meta = dict(node.remote or {})
+            return {"url": meta.get("url"), "content_type": meta.get("content_type"), "href": meta.get("url"),
+                    "media_type": meta.get("content_type"), "rel": "output", "size": meta.get("size"),
+                    "sha256": meta.get("sha256"), "expires_at": None}
+        raise TypeError(f"unexpected {type(node).__name__} in an output")
+
+    def invocation_json(self, inv: Invocation, base: str) -> dict[str, Any]:
+        href = f"{base}invocations/{inv.id}"
+        return {
+            "id": inv.id,
+            "thing": inv.thing,
+            "action": inv.action,
+            "status": inv.status,
+            "href": href,
+            "links": [
+                {"rel": "self", "href": href},
+                {"rel": "output", "href": f"{href}/output"},
+                {"rel": "thing", "href": f"{base}{inv.thing}/"},
+            ],
+            "input": inv.input,
+            "output": map_blobs(inv.output, lambda n: self._output_json(n, base)),
+            "error": inv.error,
+            "log": list(inv.log),
+            "timeRequested": inv.time_requested,
+            "timeStarted": inv.time_started,
+            "timeCompleted": inv.time_completed,
+        }
+
+    def _describe(self, thing: Thing) -> dict[str, Any]:
+        """The base-independent part of a Thing Description (built once; fails loudly on bad hints)."""
+        actions = {}
+        for name, info in type(thing).thing_actions().items():
+            try:
+                entry: dict[str, Any] = {"title": name, "input": info.input_schema(), "output": info.output_schema()}
+            except TypeError as e:
+                raise InvalidArgument(f"{type(thing).__name__}.{name}: {e}") from e
+            if info.description:
+                entry["description"] = info.description
+            entry.update({"safe": False, "idempotent": False, "synchronous": False})
+            entry["forms"] = [{"href": name, "op": "invokeaction", "htv:methodName": "POST",
+                               "contentType": "application/json"}]
+            actions[name] = entry
+        props = {}
+        for name, prop in type(thing).thing_properties().items():
+            try:
+                entry = {"title": name, **prop.schema()}
+            except TypeError as e:
+                raise InvalidArgument(f"{type(thing).__name__}.{name}: {e}") from e
+            if prop.description:
+                entry["description"] = prop.description
+            entry["readOnly"] = prop.read_only
+            ops = ["readproperty"] if prop.read_only else ["readproperty", "writeproperty"]
+            entry["forms"] = [{"href": name, "op": ops, "contentType": "application/json"}]
+            props[name] = entry
+        doc = type(thing).__doc__
+        td: dict[str, Any] = {"title": thing.title or type(thing).__name__}
+        if doc and doc is not Thing.__doc__:
+            td["description"] = doc.strip()
+        td["properties"] = props
+        td["actions"] = actions
+        return td
+
+    # -- routes: Things -----------------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        base = str(request.base_url)
+        rows = []
+        for name, thing in self.things.items():
+            acts = ", ".join(html.escape(a) for a in type(thing).thing_actions())
+            rows.append(f'<li><a href="{base}{html.escape(name)}/">{html.escape(name)}</a> '
+                        f"({html.escape(type(thing).__name__)}): {acts}</li>")
+        objects = ""
+        if self.store is not None:
+            from ._store_routes import objects_html
+
+            objects = await run_in_threadpool(objects_html, self, base)
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>microblob</title></head><body>"
+            f"<h1>microblob</h1><h2>Things</h2><ul>{''.join(rows) or '<li>none</li>'}</ul>{objects}</body></html>"
+        )
+        return HTMLResponse(page)
+
+    async def list_things(self, request: Request) -> Response:
+        base = str(request.base_url)
+        return JSONResponse({name: f"{base}{name}/" for name in self.things})
+
+    async def thing_description(self, request: Request) -> Response:
+        name = request.path_params["thing"]
+        self._thing(name)
+        base = str(request.base_url)
+        if self.token:
+            sec = {"bearer_sc": {"scheme": "bearer", "in": "header", "name": "Authorization"}}
+        else:
+            sec = {"nosec_sc": {"scheme": "nosec"}}
+        td = {
+            "@context": ["https://www.w3.org/2022/wot/td/v1.1", {"htv": "http://www.w3.org/2011/http#"}],
+            "@type": "Thing",
+            "id": f"urn:microblob:thing:{name}",
+            "base": f"{base}{name}/",
+            "securityDefinitions": sec,
+            "security": list(sec),
+            **self._schemas[name],
+            "links": [{"rel": "collection", "href": f"{base}things/"},
+                      {"rel": "invocations", "href": f"{base}invocations/"}],
+        }
+        return JSONResponse(td)
+
+    async def affordance(self, request: Request) -> Response:
+        thing_name, name = request.path_params["thing"], request.path_params["name"]
+        thing = self._thing(thing_name)
+        actions = type(thing).thing_actions()
+        props = type(thing).thing_properties()
+        if name in actions:
+            if request.method != "POST":
+                raise ApiError(405, f"{name!r} is an action: POST to invoke it", headers={"Allow": "POST"})
+            return await self._invoke(request, thing_name, thing, name)
+        if name in props:
+            if request.method == "GET":
+                return await self._read_property(request, thing, name)
+            if request.method == "PUT":
+                return await self._write_property(request, thing, name)
+            raise ApiError(405, f"{name!r} is a property: GET or PUT it", headers={"Allow": "GET, PUT"})
+        raise ApiError(404, f"Thing {thing_name!r} has no action or property {name!r}", "NotFound")
+
+    async def _invoke(self, request: Request, thing_name: str, thing: Thing, name: str) -> Response:
+        info = type(thing).thing_actions()[name]
+        wait = _parse_wait(request, self.max_wait)
+        body = await self.read_json(request, empty={})
+
+        def validate() -> dict[str, Any]:
+            return info.coerce_input(body, lambda url, cls, field: self.resolve_blob(request, url, cls, field))
+
+        kwargs = await run_in_threadpool(validate)
+        try:
+            inv = self.invocations.submit(thing_name, thing, info, kwargs, body)
+        except TooManyInvocations as e:
+            raise ApiError(503, str(e), "TooManyInvocations", {"Retry-After": "1"}) from None
+        done = await self.invocations.wait(inv, wait)
+        base = str(request.base_url)
+        payload = self.invocation_json(inv, base)
+        headers = {"Location": payload["href"]}
+        if wait:
+            headers["Preference-Applied"] = f"wait={wait:g}"
+        return JSONResponse(payload, status_code=200 if done else 201, headers=headers)
+
+    async def _property_value_json(self, value: Any, request: Request) -> Any:
+        def convert() -> Any:
+            tree = to_jsonable(value, "value")
+            return map_blobs(tree, lambda b: self.links.register(b, self.blob_ttl))
+
+        tree = await run_in_threadpool(convert)
+        base = str(request.base_url)
+        return map_blobs(tree, lambda link: self.link_json(link, base))
+
+    async def _read_property(self, request: Request, thing: Thing, name: str) -> Response:
+        value = await run_in_threadpool(getattr, thing, name)
+        return JSONResponse(await self._property_value_json(value, request))
+
+    async def _write_property(self, request: Request, thing: Thing, name: str) -> Response:
+        prop = type(thing).thing_properties()[name]
+        if prop.read_only:
+            raise ApiError(405, f"property {name!r} is read-only", headers={"Allow": "GET"})
+        body = await self.read_json(request)
+        from ._schema import coerce
+
+        def write() -> None:
+            value = coerce(body, prop.hint, name, lambda url, cls, field: self.resolve_blob(request, url, cls, field))
+            setattr(thing, name, value)
+
+        await run_in_threadpool(write)
+        return Response(status_code=204)
+
+    # -- routes: invocations ------------------------------------------------------------------------
+
+    def _invocation(self, request: Request) -> Invocation:
+        inv = self.invocations.get(request.path_params["id"])
+        if inv is None:
+            raise ApiError(404, f"no invocation {request.path_params['id']!r} (never existed or forgotten)", "NotFound")
+        return inv
+
+    async def list_invocations(self, request: Request) -> Response:
+        base = str(request.base_url)
+        thing, action = request.query_params.get("thing"), request.query_params.get("action")
+        out = [
+            self.invocation_json(i, base)
+            for i in self.invocations.all()
+            if (thing is None or i.thing == thing) and (action is None or i.action == action)
+        ]
+        return JSONResponse(out)
+
+    async def invocation(self, request: Request) -> Response:
+        inv = self._invocation(request)
+        base = str(request.base_url)
+        if request.method == "DELETE":
+            if inv.done:
+                self.invocations.forget(inv.id)
+                return Response(status_code=204)
+            self.invocations.cancel(inv)
+            return JSONResponse(self.invocation_json(inv, base), status_code=202)
+        await self.invocations.wait(inv, _parse_wait(request, self.max_wait))
+        return JSONResponse(self.invocation_json(inv, base))
+
+    async def invocation_output(self, request: Request) -> Response:
+        inv = self._invocation(request)
+        if inv.status in ("pending", "running"):
+            raise ApiError(409, f"invocation {inv.id} is {inv.status}; its output is not ready", "NotFinished")
+        if inv.status == "error":
+            assert inv.error is not None
+            raise ApiError(409, f"the action failed: {inv.error['type']}: {inv.error['message']}", "ActionFailed")
+        if inv.status == "cancelled":
+            raise ApiError(409, f"invocation {inv.id} was cancelled", "InvocationCancelled")
+        out = inv.output
+        if isinstance(out, OutputBlob):
+            if out.link is None:
+                raise ApiError(409, "the output is a remote Blob; fetch it from its url", "RemoteBlob")
+            return await self._send_link(request, out.link, out.link.id)
+        return JSONResponse(map_blobs(out, lambda n: self._output_json(n, str(request.base_url))))
+
+    # -- routes: blobs ------------------------------------------------------------------------------
+
+    async def _send_link(self, request: Request, link: Link | None, link_id: str) -> Any:
+        if link is None:
+            raise ApiError(404, f"no blob {link_id!r}", "NotFound")
+        blob = link.blob()
+        if blob is None:
+            raise ApiError(410, f"blob {link_id!r} has expired", "BlobExpired")
+        return BlobResponse(blob, method=request.method, request_headers=request.headers, size=link.size or 0,
+                            sha256=link.sha256)
+
+    async def download_blob(self, request: Request) -> Any:
+        link_id = request.path_params["id"]
+        return await self._send_link(request, self.links.get(link_id), link_id)
+
+    async def upload_blob(self, request: Request) -> Response:
+        """Stream the body to a temporary file (size-limited, hashed as it arrives) and link it."""
+        ctype = request.headers.get("content-type", _GENERIC).strip() or _GENERIC
+        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;.*)?", ctype):
+            raise ApiError(415, f"{ctype!r} is not a media type")
+        path, _, sha = await self.receive_to_file(request)
+        try:
+            blob = blob_class_for(ctype).from_file(path, ctype, delete=True)
+        except InvalidArgument:
+            blob = Blob.from_file(path, ctype, delete=True)
+        blob._sha = sha
+        link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.blob_ttl, hold=True))
+        payload = self.link_json(link, str(request.base_url))
+        payload["rel"] = "upload"
+        return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
+
+    async def receive_to_file(self, request: Request) -> tuple[str, int, str]:
+        """Stream the request body to a temporary file: bounded memory, `max_upload` enforced (413,
+        and the partial file is removed), sha256 computed as it arrives. Returns (path, size, sha256)."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                n_declared = int(declared)
+            except ValueError:
+                raise ApiError(400, f"bad Content-Length {declared!r}") from None
+            if n_declared > self.max_upload:
+                raise ApiError(
+                    413, f"{n_declared} bytes is over the upload limit of {self.max_upload}", "PayloadTooLarge"
+                )
+        tmp = await anyio.to_thread.run_sync(
+            lambda: tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, or unlinked on failure
+                dir=self.upload_dir, prefix="microblob-upload-", delete=False
+            )
+        )
+        sha = hashlib.sha256()
+        size = 0
+        pending: list[bytes] = []
+        buffered = 0
+
+        def write(data: bytes) -> None:
+            sha.update(data)
+            tmp.write(data)
+
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_upload:
+                    raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes", "PayloadTooLarge")
+                pending.append(chunk)
+                buffered += len(chunk)
+                if buffered >= CHUNK_SIZE:
+                    data, pending, buffered = b"".join(pending), [], 0
+                    await anyio.to_thread.run_sync(write, data)
+            if pending:
+                await anyio.to_thread.run_sync(write, b"".join(pending))
+            await anyio.to_thread.run_sync(tmp.close)
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+        return tmp.name, size, sha.hexdigest()

@@ -1,0 +1,137 @@
+"""The Blob value: constructors, no-copy access, streaming, atomic save, the content-type registry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from thing_fixtures import JPEGBlob, RAWBlob
+
+from microblob import Blob, InvalidArgument
+from microblob.blob import blob_class_for
+
+
+def test_from_bytes_returns_the_same_object() -> None:
+    data = b"x" * 1000
+    blob = RAWBlob.from_bytes(data)
+    assert blob.data is data
+    assert blob.size == 1000
+    assert blob.content_type == "image/x-raw"
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_bytearray_and_memoryview_are_not_copied() -> None:
+    buf = bytearray(b"abcdef")
+    blob = Blob.from_bytes(buf)
+    assert blob.data is buf
+    buf[0:1] = b"z"  # same object: the change is visible
+    with blob.open() as f:
+        assert f.read() == b"zbcdef"
+    mv = memoryview(b"0123456789")[2:6]
+    blob = Blob.from_bytes(mv)
+    assert blob.data is mv and blob.size == 4
+    with blob.open() as f:
+        assert f.read(2) == b"23" and f.read() == b"45"
+
+
+def test_from_bytes_rejects_text() -> None:
+    with pytest.raises(InvalidArgument):
+        Blob.from_bytes("text")  # type: ignore[arg-type]
+
+
+def test_media_type_alias_and_registry() -> None:
+    assert JPEGBlob.content_type == "image/jpeg"
+    assert JPEGBlob.media_type == "image/jpeg"
+    assert RAWBlob.media_type == "image/x-raw"
+    blob = JPEGBlob.from_bytes(b"\xff\xd8")
+    assert blob.media_type == "image/jpeg"
+    assert blob_class_for("image/jpeg") is JPEGBlob
+    assert blob_class_for("Image/JPEG; q=0.9") is JPEGBlob
+    assert blob_class_for("application/x-unknown") is Blob
+    assert blob_class_for(None) is Blob
+
+    class AnotherJPEG(Blob):
+        content_type = "image/jpeg"
+
+    assert blob_class_for("image/jpeg") is JPEGBlob  # the first definition keeps its type
+
+
+def test_content_type_must_match_the_class() -> None:
+    with pytest.raises(InvalidArgument):
+        JPEGBlob.from_bytes(b"", content_type="image/png")
+    assert Blob.from_bytes(b"", content_type="text/plain").content_type == "text/plain"
+
+    class AnyImage(Blob, register=False):
+        content_type = "image/*"
+
+    assert AnyImage.from_bytes(b"", content_type="image/png").content_type == "image/png"
+    with pytest.raises(InvalidArgument):
+        AnyImage.from_bytes(b"", content_type="text/plain")
+
+
+def test_from_file_reads_lazily_and_once(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789" * 1000)
+    blob = RAWBlob.from_file(path)
+    assert blob.size == 10_000
+    with blob.open() as f:
+        f.seek(5)
+        assert f.read(3) == b"567"
+    first = blob.data
+    assert first == path.read_bytes()
+    assert blob.data is first  # read once
+    assert blob.sha256 == hashlib.sha256(first).hexdigest()
+
+
+def test_from_file_delete_removes_the_file_with_the_blob(tmp_path: Path) -> None:
+    path = tmp_path / "tmp.bin"
+    path.write_bytes(b"abc")
+    blob = Blob.from_file(path, delete=True)
+    view = blob.as_type(RAWBlob)  # shares the source
+    del blob
+    assert path.exists()
+    del view
+    import gc
+
+    gc.collect()
+    assert not path.exists()
+
+
+def test_save_is_atomic_and_streams(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    target = tmp_path / "out.bin"
+    seen: list[tuple[int, int | None]] = []
+    Blob.from_file(src).save(target, progress=lambda done, total: seen.append((done, total)))
+    assert target.read_bytes() == src.read_bytes()
+    assert seen[-1] == (3 << 20, 3 << 20)
+    assert len(seen) >= 3  # reported while streaming, chunk by chunk
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_failed_save_leaves_nothing(tmp_path: Path) -> None:
+    class Broken(Blob, register=False):
+        def open(self, progress=None):  # type: ignore[no-untyped-def, override]
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        Broken.from_bytes(b"abc").save(tmp_path / "x.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_as_type_shares_bytes() -> None:
+    data = b"raw bytes"
+    generic = Blob.from_bytes(data)
+    raw = generic.as_type(RAWBlob)
+    assert isinstance(raw, RAWBlob) and raw.data is data
+    assert raw.content_type == "image/x-raw"
+    assert raw.as_type(RAWBlob) is raw
+
+
+def test_missing_file_is_a_blob_error(tmp_path: Path) -> None:
+    from microblob import BlobError
+
+    with pytest.raises(BlobError):
+        Blob.from_file(tmp_path / "nope")
