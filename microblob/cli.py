@@ -3,16 +3,19 @@
 Each subcommand is one small function over the public Python API; the CLI adds argument parsing,
 output formatting and progress bars, never store logic. Exit codes:
 
-- 0: done.
+- 0: done (for `serve`: stopped by Ctrl-C or SIGTERM after a graceful shutdown).
 - 1: the operation failed (a `MicroblobError` such as a missing object or an invalid query, an
-  unreadable input file, damage found by `verify`); one line `microblob: <message>` on stderr.
+  unreadable input file, damage found by `verify`, objects `copy` left alone, a busy port, a Thing
+  that cannot be imported); one line `microblob: <message>` on stderr.
 - 2: usage error: unknown option, missing argument, malformed JSON or `k=v` syntax (argparse's
-  convention); one line `microblob <command>: error: <message>` on stderr. Valid JSON that the store
-  rejects as a filter is a failed operation (1), not a usage error.
+  convention), `serve` on a non-loopback address with neither a token nor `--insecure`; one line
+  `microblob <command>: error: <message>` on stderr. Valid JSON that the store rejects as a filter
+  is a failed operation (1), not a usage error.
 - 130: interrupted (Ctrl-C), 143: terminated (SIGTERM); an interrupted `put` leaves nothing visible
   and an interrupted `get -o FILE` leaves FILE as it was.
 
-No traceback is printed for any of these; a traceback means a bug in microblob.
+No traceback is printed for any of these; a traceback means a bug (in microblob, or in a served
+Thing's own code).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
 import dataclasses
 import datetime as _dt
 import json
 import os
 import signal
+import socket
 import stat
 import sys
 from collections.abc import Iterator, Sequence
@@ -188,6 +193,46 @@ def _datetime(text: str) -> _dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=_dt.timezone.utc)
 
 
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in 0..65535, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text}")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size(text: str) -> int:
+    """Bytes, or with a binary suffix: `500M`, `2G`, `64KiB`."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
+    try:
+        value = int(raw[: len(raw) - len(unit)]) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes (e.g. 1048576, 500M, 2G): {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def _thing_pair(text: str) -> tuple[str, str]:
+    name, sep, spec = text.partition("=")
+    if not sep or not name or ":" not in spec:
+        raise argparse.ArgumentTypeError(f"expected NAME=MODULE:CLASS, not {text!r}")
+    return name, spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     db_help = f"store URI (default: $MICROBLOB_URI, else ./microblob.db; now {default_uri()!r})"
     parser = _Parser(
@@ -209,6 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help, parents=[*([common] if db else []), *parents])
         sub.set_defaults(run=run, prog=sub.prog)
         return sub
+
+    p = command("serve", cmd_serve, "serve the store (and Things) over HTTP until Ctrl-C or SIGTERM; "
+                                    "prints the URL first")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1; any other needs --token or --insecure)")
+    p.add_argument("--port", type=_port, default=5000, help="TCP port (default: 5000; 0: a free port)")
+    p.add_argument("--thing", action="append", type=_thing_pair, default=[], metavar="NAME=MODULE:CLASS",
+                   help="serve an instance of this Thing class at /NAME/ (repeatable)")
+    p.add_argument("--config", metavar="FILE",
+                   help='a JSON file {"things": {"NAME": "MODULE:CLASS", ...}}; --thing adds to it')
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' "
+                                                 "(default: $MICROBLOB_TOKEN)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    p.add_argument("--blob-ttl", type=_seconds, metavar="SECONDS",
+                   help="how long a Blob link lives after its action completes (default: 300)")
+    p.add_argument("--max-upload", type=_size, metavar="BYTES",
+                   help="largest upload, e.g. 500M or 2G (default: 4G)")
+    p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="on Ctrl-C/SIGTERM, how long requests in flight may take to finish (default: 30)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: info, one line per request)")
 
     p = command("put", cmd_put, "save a file (or stdin) as a new object, or as a new version of --id; "
                                 "prints the object id", [json_flag])
@@ -570,3 +636,84 @@ def cmd_copy(args: argparse.Namespace) -> int:
     more = f" and {len(report.problems) - 5} more" if len(report.problems) > 5 else ""
     _say(f"{PROG}: {_count_of(len(report.problems), 'object')} not copied: {names}{more}")
     return 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .server import ThingServer, _is_loopback
+
+    token = args.token if args.token is not None else os.environ.get("MICROBLOB_TOKEN") or None
+    if not token and not args.insecure and not _is_loopback(args.host):
+        raise UsageError(f"refusing to serve on {args.host} without a token: give --token (or set "
+                         f"MICROBLOB_TOKEN), or --insecure to serve anyone who can reach it")
+    things = dict(_read_config(args.config)) if args.config else {}
+    things.update(args.thing)
+    # `module:Class` names a module of the directory serve runs in, as with `python -m` (the console
+    # script's own directory is on sys.path instead).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    options = {k: v for k, v in (("blob_ttl", args.blob_ttl), ("max_upload", args.max_upload)) if v is not None}
+    with _connect(args) as store:
+        try:  # the port first: a busy port fails before any Thing touches its hardware
+            sock = _listen(args.host, args.port)
+        except OSError as exc:
+            raise MicroblobError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
+        with sock:
+            try:
+                # token="" (not None): the CLI has read $MICROBLOB_TOKEN already, the server must not again
+                app = ThingServer(things=things, store=store, token=token or "", **options)
+            except (ImportError, AttributeError) as exc:
+                raise MicroblobError(f"cannot load a Thing: {exc}") from None
+            host, port = sock.getsockname()[:2]
+            url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+            _say(f"{PROG}: serving {store.uri}" + (f" and {', '.join(app.things)}" if app.things else "")
+                 + f" at {url}{' (token required)' if token else ''}; Ctrl-C stops")
+            print(url, flush=True)  # last: whoever reads it knows the server is about to accept connections
+            # Logs, request lines included, go to stderr: stdout carries the URL only, for scripts.
+            log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+            log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+            config = uvicorn.Config(app, log_level=args.log_level, log_config=log_config, lifespan="on",
+                                    timeout_graceful_shutdown=args.shutdown_timeout)
+            server = uvicorn.Server(config)
+            try:
+                server.run(sockets=[sock])
+            except (KeyboardInterrupt, _Terminated):
+                # uvicorn caught Ctrl-C/SIGTERM, shut down gracefully, then re-raised the signal for us.
+                if not server.started:
+                    raise
+            if not server.started:
+                app.close()
+                raise MicroblobError("the server did not start (see the log above)")
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_config(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except OSError as exc:
+        raise MicroblobError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise MicroblobError(f"{path} is not valid JSON: {exc}") from None
+    things = config.get("things") if isinstance(config, dict) else None
+    unknown = set(config) - {"things"} if isinstance(config, dict) else set()
+    if not isinstance(things, dict) or unknown or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in things.items()):
+        raise MicroblobError(f'{path}: expected {{"things": {{"NAME": "MODULE:CLASS", ...}}}}')
+    return things

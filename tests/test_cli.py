@@ -13,16 +13,21 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import termios
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import microblob
@@ -459,7 +464,7 @@ def test_usage_errors_exit_2(cli: Cli, args: tuple[str, ...], message: str) -> N
 
 def test_help_and_version(cli: Cli) -> None:
     text = cli.ok("--help")
-    for name in ("put", "get", "ls", "show", "history", "query", "rm", "copy", "verify", "gc", "--db"):
+    for name in ("serve", "put", "get", "ls", "show", "history", "query", "rm", "copy", "verify", "gc", "--db"):
         assert name in text
     assert "MICROBLOB_URI" in text and "Exit codes" in text
     assert cli.ok("put", "--help").startswith("usage: microblob put")
@@ -583,6 +588,280 @@ def test_a_closed_pipe_stops_get_quietly(cli: Cli) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
     assert err == b""
+
+
+# --- serve: the store (and Things) over HTTP --------------------------------------------------------
+
+LAB_THINGS = '''
+from microblob import Blob, Thing, thing_action
+
+
+class Greeter(Thing):
+    @thing_action
+    def greet(self, name: str) -> str:
+        return f"hello {name}"
+
+    @thing_action
+    def snap(self) -> Blob:
+        return Blob.from_bytes(b"a frame", "image/x-raw")
+'''
+
+
+class Served:
+    """`microblob serve --port 0 ...` in a subprocess: its URL (parsed from its first line of stdout),
+    its stderr in a file, and a way to stop it with a signal."""
+
+    def __init__(self, cli: Cli, *args: str, env: dict[str, str] | None = None, port: str = "0") -> None:
+        self.log = cli.cwd / f"serve-{time.monotonic_ns()}.err"
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(cli.cmd("serve", "--port", port, *args), stdout=subprocess.PIPE,
+                                         stderr=err, cwd=cli.cwd, env=cli.env if env is None else env)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        assert re.fullmatch(r"http://[^/\s]+:\d+/\n", line), f"no URL from serve: {line!r}\n{self.stderr()}"
+        self.url = line.strip()
+        self.port = int(self.url.rsplit(":", 1)[1].rstrip("/"))
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}/", timeout=60, **kwargs)
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def serve(cli: Cli) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(*args: str, entry: Cli | None = None, **kwargs: Any) -> Served:
+        served = Served(entry or cli, *args, **kwargs)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_store_routes_then_stop_cleanly(cli: Cli, serve: Callable[..., Served], sig: int) -> None:
+    payload = os.urandom(3 * MiB)
+    object_id = cli.put(payload, "--type", "image", "--content-type", "image/png")
+    server = serve()  # no --thing: it serves the store alone
+    assert server.url.startswith("http://127.0.0.1:") and server.port > 0
+    assert f"serving {cli.db}" in server.stderr() and server.url in server.stderr()
+    with server.client() as http:
+        listed = http.get("/objects/").json()
+        assert [o["object_id"] for o in listed] == [object_id]
+        got = http.get(f"/objects/{object_id}/data")
+        assert got.status_code == 200 and got.content == payload and got.headers["content-type"] == "image/png"
+        assert http.get(f"/objects/{object_id}/data", headers={"Range": "bytes=10-19"}).content == payload[10:20]
+        assert http.get(f"/objects/{object_id}").json()["sha256"] == hashlib.sha256(payload).hexdigest()
+        assert [h["version"] for h in http.get(f"/objects/{object_id}/history").json()] == [0]
+        created = http.post("/objects/?type=note&task_id=upload-1", content=b"uploaded over HTTP")
+        assert created.status_code == 201, created.text
+        new_id = created.json()["object_id"]
+        assert cli.ok("get", new_id, "-o", "-") == "uploaded over HTTP"  # the CLI reads what the server wrote
+        cli.put(b"written by the CLI while serving", "--id", "from-cli")
+        assert http.get("/objects/from-cli/data").content == b"written by the CLI while serving"
+        assert http.delete(f"/objects/{new_id}").status_code == 204
+        assert http.get(f"/objects/{new_id}").status_code == 404
+        page = http.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"] and object_id in page.text
+        assert http.get("/things/").json() == {}
+    assert server.stop(sig) == 0
+    log = server.stderr()
+    assert "Traceback" not in log and "Finished server process" in log
+    assert '"GET /objects/ HTTP/1.1" 200' in log  # request lines go to stderr, stdout holds the URL only
+    assert {d["object_id"] for d in json_lines(cli.ok("ls", "--json"))} == {object_id, "from-cli"}
+
+
+def test_quickstart_then_serve_on_the_embedded_default(cli: Cli, serve: Callable[..., Served]) -> None:
+    """`python examples/quickstart.py && python -m microblob serve`: no --db, no $MICROBLOB_URI, no
+    --thing: the server serves ./microblob.db, which the quickstart filled."""
+    env = cli_env()
+    quickstart = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], cwd=cli.cwd, env=env,
+                                capture_output=True, timeout=300)
+    assert quickstart.returncode == 0, quickstart.stderr.decode()
+    server = serve(env=env)
+    assert "serving " in server.stderr() and "microblob.db" in server.stderr()
+    with server.client() as http:
+        ids = {o["object_id"] for o in http.get("/objects/").json()}
+        assert "quickstart-image" in ids
+        image = http.get("/objects/quickstart-image/data")
+        assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")
+        assert "quickstart-image" in http.get("/").text
+    assert server.stop() == 0
+
+
+def test_serve_defaults() -> None:
+    from microblob.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.thing, args.token, args.insecure) == ("127.0.0.1", 5000, [], None, False)
+
+
+def test_serve_things_from_flags_and_config(cli: Cli, serve: Callable[..., Served], console_script: str) -> None:
+    (cli.cwd / "lab_things.py").write_text(LAB_THINGS)
+    (cli.cwd / "things.json").write_text(json.dumps({"things": {"lobby": "lab_things:Greeter"}}))
+    script = Cli([console_script], cli.cwd)  # the console script must find modules of the working directory
+    server = serve("--thing", "greeter=lab_things:Greeter", "--config", "things.json", "--blob-ttl", "42",
+                   entry=script)
+    assert "and greeter, lobby" in server.stderr() or "and lobby, greeter" in server.stderr()
+    with server.client() as http:
+        assert set(http.get("/things/").json()) == {"greeter", "lobby"}
+        assert "greet" in http.get("/greeter/").json()["actions"]
+        done = http.post("/lobby/greet?wait=30", json={"name": "Ada"})
+        assert done.status_code == 200 and done.json()["output"] == "hello Ada", done.text
+        snap = http.post("/greeter/snap?wait=30", json={}).json()
+        link = snap["output"]
+        expires = dt.datetime.fromisoformat(link["expires_at"].replace("Z", "+00:00"))
+        ttl = (expires - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        assert 30 < ttl <= 42, ttl  # --blob-ttl reached the server
+        assert http.get(link["href"]).content == b"a frame"
+        assert "greeter" in http.get("/").text
+    assert server.stop() == 0
+
+
+def test_serve_refuses_a_public_address_without_a_token(cli: Cli, serve: Callable[..., Served]) -> None:
+    line = cli.fails(2, "serve", "--host", "0.0.0.0", "--port", "0")
+    assert "refusing to serve on 0.0.0.0 without a token" in line and "--insecure" in line
+    open_to_all = serve("--host", "0.0.0.0", "--insecure")
+    assert open_to_all.url.startswith("http://0.0.0.0:")
+    with open_to_all.client() as http:
+        assert http.get("/objects/").status_code == 200
+    assert open_to_all.stop() == 0
+    with_token = serve("--host", "0.0.0.0", "--token", "s3cret")
+    with with_token.client() as http:
+        assert http.get("/objects/").status_code == 401
+    assert with_token.stop(signal.SIGTERM) == 0
+    env = dict(cli.env, MICROBLOB_TOKEN="from-env")
+    with_env_token = serve("--host", "0.0.0.0", env=env)
+    with with_env_token.client(headers={"Authorization": "Bearer from-env"}) as http:
+        assert http.get("/objects/").status_code == 200
+
+
+@pytest.mark.parametrize("how", ["--token", "MICROBLOB_TOKEN"])
+def test_serve_requires_the_token_when_set(cli: Cli, serve: Callable[..., Served], how: str) -> None:
+    object_id = cli.put(b"secret bytes")
+    args, env = (("--token", "s3cret"), None) if how == "--token" else ((), dict(cli.env, MICROBLOB_TOKEN="s3cret"))
+    server = serve(*args, env=env)
+    assert "token required" in server.stderr()
+    with server.client() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            answer = http.get(f"/objects/{object_id}/data", headers=headers)
+            assert answer.status_code == 401 and answer.json()["error"], answer.text
+            assert http.post("/objects/", content=b"x", headers=headers).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert http.get(f"/objects/{object_id}/data", headers=good).content == b"secret bytes"
+        assert http.get("/", headers=good).status_code == 200
+    assert server.stop() == 0
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json"))] == [object_id]  # 401s wrote nothing
+
+
+def test_serve_max_upload(cli: Cli, serve: Callable[..., Served]) -> None:
+    server = serve("--max-upload", "1K")
+    with server.client() as http:
+        assert http.post("/objects/", content=b"x" * 1024).status_code == 201
+        assert http.post("/objects/", content=b"x" * 1025).status_code == 413
+    assert server.stop() == 0
+    assert len(json_lines(cli.ok("ls", "--json"))) == 1
+
+
+def _slow_upload(server: Served, body: bytes, stop: Callable[[], None]) -> httpx.Response | Exception:
+    """POST /objects/ with `body` in 1 MiB pieces, 0.1 s apart, calling `stop` once the first is sent."""
+    first_sent = threading.Event()
+
+    def pieces() -> Iterator[bytes]:
+        for n in range(0, len(body), MiB):
+            yield body[n : n + MiB]
+            first_sent.set()
+            time.sleep(0.1)
+
+    stopper = threading.Thread(target=lambda: (first_sent.wait(30), stop()))
+    stopper.start()
+    try:
+        with server.client() as http:
+            return http.post("/objects/?object_id=in-flight", content=pieces())
+    except httpx.HTTPError as exc:
+        return exc
+    finally:
+        stopper.join(60)
+
+
+def test_serve_lets_an_upload_in_flight_finish_on_sigterm(cli: Cli, serve: Callable[..., Served]) -> None:
+    server = serve()
+    body = os.urandom(8 * MiB)
+    codes: list[int] = []
+    answer = _slow_upload(server, body, lambda: codes.append(server.stop(signal.SIGTERM)))
+    assert codes == [0]
+    # uvicorn stops accepting, lets the request in flight finish, then exits: the object is whole.
+    assert isinstance(answer, httpx.Response) and answer.status_code == 201, answer
+    shown = json.loads(cli.ok("show", "in-flight"))
+    assert shown["size"] == len(body) and shown["sha256"] == hashlib.sha256(body).hexdigest()
+    assert cli.ok("verify") == "checked 1 version: ok\n"
+
+
+def test_serve_cuts_a_slow_upload_short_after_the_shutdown_timeout(cli: Cli, serve: Callable[..., Served]) -> None:
+    cli.put(b"kept", "--id", "kept")
+    server = serve("--shutdown-timeout", "0.3")
+    codes: list[int] = []
+    answer = _slow_upload(server, os.urandom(30 * MiB), lambda: codes.append(server.stop(signal.SIGTERM)))
+    assert codes == [0]
+    assert isinstance(answer, Exception) or answer.status_code >= 500, answer
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json"))] == ["kept"]  # nothing half-saved
+    assert cli.ok("verify") == "checked 1 version: ok\n"
+
+
+def test_serve_killed_during_an_upload_leaves_nothing_visible(cli: Cli, serve: Callable[..., Served]) -> None:
+    cli.put(b"kept", "--id", "kept")
+    server = serve()
+    answer = _slow_upload(server, os.urandom(30 * MiB), server.kill)
+    assert isinstance(answer, Exception), answer
+    assert [d["object_id"] for d in json_lines(cli.ok("ls", "--json"))] == ["kept"]
+    assert cli.ok("verify") == "checked 1 version: ok\n"
+
+
+def test_serve_errors(cli: Cli) -> None:
+    (cli.cwd / "bad.json").write_text("{not json")
+    (cli.cwd / "wrong.json").write_text('{"thing": {"a": "m:C"}}')
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = str(busy.getsockname()[1])
+        assert "cannot listen on 127.0.0.1 port" in cli.fails(1, "serve", "--port", port)
+    finally:
+        busy.close()
+    assert "cannot load a Thing" in cli.fails(1, "serve", "--port", "0", "--thing", "x=no_such_module:Thing")
+    assert "cannot load a Thing" in cli.fails(1, "serve", "--port", "0", "--thing", "x=json:NoSuchClass")
+    assert "is not a Thing" in cli.fails(1, "serve", "--port", "0", "--thing", "x=json:JSONDecoder")
+    assert "cannot read missing.json" in cli.fails(1, "serve", "--port", "0", "--config", "missing.json")
+    assert "bad.json is not valid JSON" in cli.fails(1, "serve", "--port", "0", "--config", "bad.json")
+    assert 'expected {"things"' in cli.fails(1, "serve", "--port", "0", "--config", "wrong.json")
+    assert "cannot name a Thing" in cli.fails(1, "serve", "--port", "0", "--thing", "objects=json:JSONDecoder")
+    assert "expected NAME=MODULE:CLASS" in cli.fails(2, "serve", "--thing", "lab_things")
+    assert "must be a TCP port" in cli.fails(2, "serve", "--port", "70000")
+    assert "not a size" in cli.fails(2, "serve", "--max-upload", "lots")
+    assert "must be > 0" in cli.fails(2, "serve", "--max-upload", "0")
+    assert "seconds" in cli.fails(2, "serve", "--blob-ttl", "-1")
+    assert "Name or service not known" in cli.fails(1, "serve", "--port", "0", "--host", "no-such-host.invalid",
+                                                    "--insecure")
 
 
 # --- copy: store to store -----------------------------------------------------------------------------
