@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve an instance of this Thing class at /NAME/ (repeatable)")
     p.add_argument("--config", metavar="FILE",
                    help='a JSON file {"things": {"NAME": "MODULE:CLASS", ...}}; --thing adds to it')
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' "
-                                                 "(default: $MICROBLOB_TOKEN)")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default: "
+                                                 "$MICROBLOB_TOKEN, which other users cannot see in `ps`)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     p.add_argument("--blob-ttl", type=_seconds, metavar="SECONDS",
                    help="how long a Blob link lives after its action completes (default: 300)")
