@@ -21,7 +21,7 @@ __all__ = ["BlobLinks", "Link"]
 
 
 def iso_utc(ts: _dt.datetime) -> str:
-    return ts.astimezone(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return ts.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_id() -> str:
@@ -66,7 +66,7 @@ class BlobLinks:
         sha, size = blob.sha256, blob.size
         now = self._scheduler.clock()
         deadline = now + ttl
-        expires_at = iso_utc(_dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=ttl))
+        expires_at = iso_utc(_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=ttl))
         with self._lock:
             link = self._by_blob.get(blob)
             if link is not None and not link.expired:

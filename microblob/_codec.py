@@ -21,7 +21,7 @@ _SCALARS = (str, bool, float, bytes, type(None))
 
 def utcnow() -> _dt.datetime:
     """Now, tz-aware UTC, truncated to milliseconds as BSON dates are (so every backend agrees)."""
-    now = _dt.datetime.now(_dt.UTC)
+    now = _dt.datetime.now(_dt.timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -60,7 +60,7 @@ def _check(value: Any, depth: int, path: str) -> None:
 
 def _default(value: Any) -> Any:
     if isinstance(value, _dt.datetime):  # only naive ones reach here: read them as UTC, as pymongo does
-        return value.replace(tzinfo=_dt.UTC)
+        return value.replace(tzinfo=_dt.timezone.utc)
     raise InvalidDocument(f"cannot store a {type(value).__name__}")
 
 

@@ -82,7 +82,7 @@ def _output_blobs(tree: Any) -> list[OutputBlob]:
 
 
 def _now() -> str:
-    return iso_utc(_dt.datetime.now(_dt.UTC))
+    return iso_utc(_dt.datetime.now(_dt.timezone.utc))
 
 
 _capture_lock = threading.Lock()

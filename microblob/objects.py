@@ -126,9 +126,11 @@ def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size
         raise InvalidArgument(f"path must be a str or os.PathLike, not {type(path).__name__}")
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".microblob-", dir=directory)
+    tmp: str | None = None
     written = 0
     try:
+        # Inside the try, so a signal (Ctrl-C, SIGTERM) right after the temp file exists removes it too.
+        fd, tmp = tempfile.mkstemp(prefix=".microblob-", dir=directory)
         with os.fdopen(fd, "wb") as out:
             pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
             for piece in pieces:
@@ -138,9 +140,10 @@ def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size
             os.fsync(out.fileno())
         os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
     return written

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mimetypes
 import os
 import random
 import time
@@ -105,6 +106,8 @@ class _Source:
                 self.stream = self._owned = open(obj, "rb")  # noqa: SIM115 - closed in close()
             except OSError as exc:
                 raise InvalidArgument(f"cannot read {os.fspath(obj)!r}: {exc.strerror}") from None
+            # A file's name says what it holds (scan.png): worth more than application/octet-stream.
+            self.content_type = mimetypes.guess_type(os.fspath(obj), strict=False)[0]
         elif isinstance(obj, str):
             raise InvalidArgument("a str is ambiguous: pass bytes, or a pathlib.Path to save a file's contents")
         elif isinstance(obj, io.TextIOBase):

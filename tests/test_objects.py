@@ -157,6 +157,16 @@ def test_content_type_default_given_and_inherited(store: microblob.Store) -> Non
     assert store.get_blob_object(b).content_type == "image/png"
 
 
+def test_content_type_guessed_from_a_path(store: microblob.Store, tmp_path: Path) -> None:
+    (tmp_path / "scan.png").write_bytes(b"\x89PNG")
+    (tmp_path / "noext").write_bytes(b"x")
+    assert store.get_blob_object(store.save_or_update_object(tmp_path / "scan.png")).content_type == "image/png"
+    explicit = store.save_or_update_object(tmp_path / "scan.png", content_type="image/x-raw")
+    assert store.get_blob_object(explicit).content_type == "image/x-raw"
+    plain = store.save_or_update_object(tmp_path / "noext")
+    assert store.get_blob_object(plain).content_type == "application/octet-stream"
+
+
 # --- Flowcept lessons (§3.3) -----------------------------------------------------------------------
 
 
