@@ -42,7 +42,7 @@ FLAGS = [
 def _first(env: str, candidates: tuple[str, ...], name: str) -> str | None:
     given = os.environ.get(env)
     if given:
-        return given
+        return given if os.path.exists(given) else None
     for path in candidates:
         if os.path.exists(path):
             return path

@@ -115,10 +115,10 @@ def test_page_loads_without_console_errors_and_lists_newest_first(page: Any, dem
 
 def test_png_thumbnail_loads(page: Any, demo: dict[str, Any]) -> None:
     load(page, demo["base"])
-    thumb = page.execute_script(
-        "const i = document.querySelector('#objects tbody tr[data-object-id=\"scan-001\"] img.thumb');"
-        "return i && [i.complete, i.naturalWidth, i.naturalHeight, i.currentSrc];")
-    assert thumb is not None, "no thumbnail for an image/png object"
+    script = ("const i = document.querySelector('#objects tbody tr[data-object-id=\"scan-001\"] img.thumb');"
+              "if (i) i.scrollIntoView(); return i && [i.complete, i.naturalWidth, i.naturalHeight, i.currentSrc];")
+    thumb = wait_for(page, lambda: page.execute_script(script), what="a thumbnail for an image/png object")
+    thumb = wait_for(page, lambda: (t := page.execute_script(script))[0] and t, what="the thumbnail to load")
     complete, width, height, src = thumb
     assert complete and (width, height) == (160, 120)
     assert src == f"{demo['base']}objects/scan-001/data?version=0"
@@ -217,10 +217,12 @@ def test_detail_lists_every_version_with_its_download(page: Any, demo: dict[str,
         # the latest version's link in the summary, too
         latest = page.find_element("css selector", "#detail dl.meta a.download").get_attribute("href")
         assert sha256_hex(http.get(latest).content) == store.get_blob_object("scan-000").sha256
-    # every version's thumbnail loaded, and the metadata is shown
-    sizes = page.execute_script(
-        "return Array.from(document.querySelectorAll('#detail img')).map(i => i.naturalWidth);")
-    assert len(sizes) == 5 and all(w == 160 for w in sizes)  # the preview and one per version
+    # every version's thumbnail loaded (lazily: scroll to the end), and the metadata is shown
+    page.execute_script("window.scrollTo(0, document.body.scrollHeight);")
+    script = ("const imgs = Array.from(document.querySelectorAll('#detail img'));"
+              "return imgs.every(i => i.complete) && imgs.map(i => i.naturalWidth);")
+    sizes = wait_for(page, lambda: page.execute_script(script), what="the history's thumbnails")
+    assert sizes == [160] * 5  # the preview and one per version
     text = page.find_element("id", "detail").text
     assert '"exposure_ms": 27.5' in text and "recapture-3" in text and "3 (previous: 2)" in text
     assert store.get_blob_object("scan-000", 0).sha256[:12] in text
