@@ -1,14 +1,12 @@
 """The camera of the LabThings Blob documentation, made real: a simulated camera served over HTTP.
 
     python examples/camera.py serve [--port 5000]        # the Thing server (Ctrl-C to stop)
-    python examples/camera.py client URL [OUT_DIR]       # both client flows against a running server
-    python examples/camera.py demo [OUT_DIR]             # a server on a free port, both flows, then stop
+    python examples/camera.py demo [OUT_DIR]             # a server on a free port, the client flows, then stop
 
+This file is the Thing and its server; `examples/camera_client.py URL` is the client side (flow 1 passes
+a RAW frame back to ``convert_raw_to_jpeg`` without downloading it, flow 2 calls ``capture_image``).
+The server's page at http://127.0.0.1:5000/ lists the camera's actions and properties.
 Needs Pillow for the JPEG encoder (``pip install '.[examples]'``).
-
-Flow 1 captures a RAW frame, passes it to ``convert_raw_to_jpeg`` *without downloading it* (only its
-URL travels back) and saves the JPEG. Flow 2 calls ``capture_image``, which does both steps on the
-server, and saves the result.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import math
 import struct
 import sys
 import threading
-from pathlib import Path
 
 from microblob import Blob, Thing, thing_action, thing_property
 
@@ -109,33 +106,12 @@ class Camera(Thing):
         return self.convert_raw_to_jpeg(raw)
 
 
-def run_client(url: str, out_dir: str | Path = ".") -> dict[str, object]:
-    """Both flows of the documentation against a server at `url` (the camera's URL)."""
-    from microblob import ThingClient
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with ThingClient.from_url(url) as camera:
-        # Flow 1: RAW on the server, converted there; only the JPEG is downloaded.
-        raw = camera.capture_raw_image()  # nothing downloaded yet
-        jpeg = camera.convert_raw_to_jpeg(raw)  # sends raw's URL, not its bytes
-        jpeg.save(out / "converted_image.jpg")
-        raw_downloads = raw.downloads
-        print(f"flow 1: {raw.size} RAW bytes stayed on the server (downloads: {raw_downloads}); "
-              f"saved {jpeg.size} JPEG bytes to {out / 'converted_image.jpg'}")
-        # Flow 2: one action does both steps.
-        image = camera.capture_image()
-        image.save(out / "captured_image.jpg", progress=None)
-        print(f"flow 2: saved {image.size} JPEG bytes to {out / 'captured_image.jpg'}")
-        raw.save(out / "raw_image.raw")  # the RAW frame too, downloaded only now
-        return {"raw_downloads_before_save": raw_downloads, "frames": camera.frames_captured,
-                "files": [out / "converted_image.jpg", out / "captured_image.jpg", out / "raw_image.raw"]}
-
-
 def demo(out_dir: str = ".") -> None:
+    """A server on a free 127.0.0.1 port in this process, the client flows of camera_client.py, then stop."""
     import socket
 
     import uvicorn
+    from camera_client import run_client  # examples/ is on sys.path when this file runs as a script
 
     from microblob import ThingServer
 
@@ -156,16 +132,15 @@ def demo(out_dir: str = ".") -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("serve", "client", "demo"):
+    if not argv or argv[0] not in ("serve", "demo"):
         print(__doc__)
         raise SystemExit(2)
     if argv[0] == "serve":
         from microblob import ThingServer
 
         port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 5000
+        print(f"camera: http://127.0.0.1:{port}/camera/ (the browse page: http://127.0.0.1:{port}/)", flush=True)
         ThingServer({"camera": Camera()}).serve("127.0.0.1", port)
-    elif argv[0] == "client":
-        run_client(argv[1], argv[2] if len(argv) > 2 else ".")
     else:
         demo(argv[1] if len(argv) > 1 else ".")
 

@@ -309,10 +309,7 @@ def _path_all(path: str, leaves: list[_Leaf]) -> Predicate:
             return separately(doc)
         if isinstance(value, _ARRAYS):
             return all(test(value) or (expand and any(map(test, value))) for test, expand in checks)
-        for test, _ in checks:
-            if not test(value):
-                return False
-        return True
+        return all(test(value) for test, _ in checks)
 
     return together
 

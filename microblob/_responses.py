@@ -65,6 +65,10 @@ class BlobResponse:
             "etag": etag,
             "accept-ranges": "bytes",
             "cache-control": "private, max-age=0",
+            # Stored bytes are user data served from the app's origin: an HTML or SVG object opened in a
+            # browser must not run scripts as this origin (against the browse page or the JSON routes).
+            "content-security-policy": "sandbox",
+            "x-content-type-options": "nosniff",
         }
         headers.update(extra_headers or {})
         self.start, self.end, self.status = 0, size, 200

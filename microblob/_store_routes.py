@@ -1,4 +1,5 @@
-"""The ``/objects/`` routes: browse, query, download (permanent, ranged), upload and delete store objects.
+"""The ``/objects/`` routes: query, download (permanent, ranged), upload and delete store objects (the
+browse page at ``/`` reads them, see `microblob._browse`).
 
 Everything the store does blocks (disk, LMDB, MongoDB), so every store call runs in a worker thread;
 bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary file.
@@ -7,7 +8,6 @@ bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary 
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import os
 from pathlib import Path
@@ -26,7 +26,7 @@ from .blob import Blob
 if TYPE_CHECKING:
     from .server import ThingServer
 
-__all__ = ["object_blob_input", "objects_html", "store_routes"]
+__all__ = ["object_blob_input", "store_routes"]
 
 _DATA_FIELDS = ("data",)
 
@@ -202,25 +202,3 @@ def object_blob_input(server: ThingServer, object_id: str, query: str, field: st
         return Blob.from_object(server.store, object_id, version)
     except (NotFound, InvalidArgument) as e:
         raise InvalidInput(field, str(e)) from None
-
-
-def objects_html(server: ThingServer, base: str) -> str:
-    """The store part of the index page: recent objects, image thumbnails, links to versions."""
-    objs = server.store.blob_object_query({}, sort=[("updated_at", -1)], limit=50)
-    rows = []
-    for o in objs:
-        oid = quote(str(o.object_id), safe="")
-        data = f"{base}objects/{oid}/data?version={o.version}"
-        thumb = ""
-        if str(o.content_type or "").startswith("image/"):
-            thumb = f'<img src="{html.escape(data)}" alt="" style="max-height:64px;max-width:96px">'
-        rows.append(
-            "<tr>"
-            f"<td>{thumb}</td><td><a href=\"{html.escape(data)}\">{html.escape(str(o.object_id))}</a></td>"
-            f"<td>{o.version} (<a href=\"{base}objects/{oid}/history\">history</a>)</td>"
-            f"<td>{html.escape(str(o.type or ''))}</td><td>{html.escape(str(o.content_type or ''))}</td>"
-            f"<td>{o.size}</td><td>{html.escape(str(_plain(o.updated_at)))}</td></tr>"
-        )
-    head = "<tr><th></th><th>object</th><th>version</th><th>type</th><th>content type</th><th>bytes</th>" \
-           "<th>updated</th></tr>"
-    return f"<h2>Objects</h2><table>{head}{''.join(rows)}</table>"

@@ -3,7 +3,7 @@
 Routes (DESIGN §4.3): ``GET /things/``, ``GET /{thing}/`` (Thing Description), ``POST /{thing}/{action}``
 (``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
 ``GET|DELETE /invocations/{id}``, ``GET /invocations/{id}/output``, ``GET|HEAD /blobs/{id}``,
-``POST /blobs``, the ``/objects/`` store routes, and ``GET /`` (a small HTML page).
+``POST /blobs``, the ``/objects/`` store routes, and ``GET /`` (the browse page, `microblob._browse`).
 Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import html
 import importlib
 import ipaddress
 import json
@@ -24,7 +23,7 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -32,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -80,7 +79,8 @@ def _is_loopback(host: str) -> bool:
 
 class _TokenAuth:
     """Bearer-token check for every request except downloading a Blob link (ids are unguessable, and
-    browsers and other tools must be able to follow links)."""
+    browsers and other tools must be able to follow links). The browse page (``GET /``) also accepts the
+    token as ``?token=``, because a browser cannot send a header with the URL a person types."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
@@ -98,8 +98,17 @@ class _TokenAuth:
             await self.app(scope, receive, send)
             return
         got = dict(scope.get("headers", [])).get(b"authorization", b"")
+        page = scope["method"] in ("GET", "HEAD") and path == "/"
+        if page and not got:
+            # The browse page is opened by a browser, which cannot add a header to a typed-in URL: it
+            # alone may carry the token as ?token=...; its JS then sends the header on every request.
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            if "token" in query:
+                got = f"Bearer {query['token']}".encode()
         if not secrets.compare_digest(got, self.expected):
             detail = "missing bearer token" if not got else "wrong bearer token"
+            if page:
+                detail += " (a browser opens this page as /?token=TOKEN)"
             resp = error_response(401, "Unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="microblob"'})
             await resp(scope, receive, send)
             return
@@ -177,6 +186,7 @@ class ThingServer(Starlette):
                 raise InvalidArgument(f"{name!r} cannot name a Thing (reserved, or not a URL segment)")
             self.things[name] = _load_thing(spec)
         self._schemas: dict[str, dict[str, Any]] = {n: self._describe(t) for n, t in self.things.items()}
+        self._page: Any = None  # the browse page, built on first request
         self.scheduler = Scheduler()
         self.links = BlobLinks(self.scheduler)
         self.invocations = InvocationManager(
@@ -406,22 +416,12 @@ class ThingServer(Starlette):
     # -- routes: Things -----------------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
-        base = str(request.base_url)
-        rows = []
-        for name, thing in self.things.items():
-            acts = ", ".join(html.escape(a) for a in type(thing).thing_actions())
-            rows.append(f'<li><a href="{base}{html.escape(name)}/">{html.escape(name)}</a> '
-                        f"({html.escape(type(thing).__name__)}): {acts}</li>")
-        objects = ""
-        if self.store is not None:
-            from ._store_routes import objects_html
+        """The browse page (`microblob._browse`): static HTML and JS that read the JSON routes."""
+        if self._page is None:
+            from ._browse import BrowsePage
 
-            objects = await run_in_threadpool(objects_html, self, base)
-        page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>microblob</title></head><body>"
-            f"<h1>microblob</h1><h2>Things</h2><ul>{''.join(rows) or '<li>none</li>'}</ul>{objects}</body></html>"
-        )
-        return HTMLResponse(page)
+            self._page = await run_in_threadpool(BrowsePage, self.store is not None)
+        return Response(self._page.body, media_type="text/html; charset=utf-8", headers=self._page.headers)
 
     async def list_things(self, request: Request) -> Response:
         base = str(request.base_url)

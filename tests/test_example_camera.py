@@ -1,4 +1,5 @@
-"""examples/camera.py: the LabThings documentation's camera, both client flows, over a real socket."""
+"""examples/camera.py and camera_client.py: the LabThings documentation's camera, both client flows, over a
+real socket."""
 
 from __future__ import annotations
 
@@ -12,16 +13,26 @@ from typing import Any
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "camera.py"
+CLIENT = EXAMPLE.with_name("camera_client.py")
+
+
+def load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def example() -> Any:
-    spec = importlib.util.spec_from_file_location("camera_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["camera_example"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load(EXAMPLE, "camera_example")
+
+
+@pytest.fixture(scope="module")
+def client_example() -> Any:
+    return load(CLIENT, "camera_client_example")
 
 
 def test_local_calls_pass_the_same_blob(example: Any) -> None:
@@ -35,11 +46,12 @@ def test_local_calls_pass_the_same_blob(example: Any) -> None:
     assert img.format == "JPEG" and img.size == (32, 24) and img.mode == "RGB"
 
 
-def test_both_flows_against_a_server(example: Any, make_server: Any, live: Any, tmp_path: Path) -> None:
+def test_both_flows_against_a_server(example: Any, client_example: Any, make_server: Any, live: Any,
+                                     tmp_path: Path) -> None:
     from PIL import Image
 
     base = live(make_server({"camera": example.Camera()}))
-    result = example.run_client(base + "camera/", tmp_path)
+    result = client_example.run_client(base + "camera/", tmp_path)
     assert result["raw_downloads_before_save"] == 0  # flow 1 never downloaded the RAW frame
     assert result["frames"] == 2
     for name in ("converted_image.jpg", "captured_image.jpg"):
@@ -64,3 +76,14 @@ def test_demo_script_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "downloads: 0" in proc.stdout
     assert (tmp_path / "captured_image.jpg").stat().st_size > 1000
+
+
+def test_client_with_a_token(example: Any, client_example: Any, make_server: Any, live: Any, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    base = live(make_server({"camera": example.Camera(width=16, height=16)}, token="s3cret"))
+    from microblob import Unauthorized
+
+    with pytest.raises(Unauthorized):
+        client_example.run_client(base + "camera/", tmp_path)
+    monkeypatch.setenv("MICROBLOB_TOKEN", "s3cret")
+    assert client_example.run_client(base + "camera/", tmp_path)["frames"] == 2

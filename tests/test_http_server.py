@@ -273,10 +273,14 @@ def test_serve_refuses_non_loopback_without_token(make_server: Any) -> None:
         server.serve("0.0.0.0", 0)
 
 
-def test_index_page_lists_things(client: Any) -> None:
+def test_index_page_is_the_browse_page(client: Any) -> None:
+    """`/` serves the browse page, which reads the Things from `/things/` and their TDs in the browser
+    (tests/test_browse_page.py runs it in Chromium)."""
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "camera" in r.text and "capture_raw_image" in r.text
+    assert '<body data-store="no">' in r.text and "<script>" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert client.get("/things/").json() == {"camera": "http://testserver/camera/"}
 
 
 def test_bad_type_hints_fail_at_construction(make_server: Any) -> None:

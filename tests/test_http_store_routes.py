@@ -131,9 +131,12 @@ def test_client_blob_into_the_store(store: Any, make_server: Any, live: Any) -> 
     assert obj.data == b"from a client" and obj.content_type == "text/plain" and obj.type == "kept"
 
 
-def test_index_page_shows_objects_with_thumbnails(client: Any, store: Any) -> None:
+def test_index_page_is_the_browse_page_with_a_store(client: Any, store: Any) -> None:
+    """With a store the browse page lists objects from `/objects/` (thumbnails, history, downloads: see
+    tests/test_browse_page.py, which runs it in Chromium); the page itself holds no user data."""
     store.save_or_update_object(b"\x89PNG", object_id="pic", content_type="image/png")
-    store.save_or_update_object(b"text", object_id="doc", content_type="text/plain")
-    page = client.get("/").text
-    assert "pic" in page and "doc" in page
-    assert page.count("<img ") == 1
+    r = client.get("/")
+    assert r.status_code == 200 and '<body data-store="yes">' in r.text
+    assert "pic" not in r.text
+    listed = client.get("/objects/", params={"sort": "-updated_at,object_id", "limit": "51", "skip": "0"}).json()
+    assert [o["object_id"] for o in listed] == ["pic"]
