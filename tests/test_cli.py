@@ -682,7 +682,10 @@ def test_serve_store_routes_then_stop_cleanly(cli: Cli, serve: Callable[..., Ser
         assert http.delete(f"/objects/{new_id}").status_code == 204
         assert http.get(f"/objects/{new_id}").status_code == 404
         page = http.get("/")
-        assert page.status_code == 200 and "text/html" in page.headers["content-type"] and object_id in page.text
+        # the browse page renders in the browser from the JSON routes (tests/test_browse_page.py drives it)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "<title>microblob" in page.text
+        assert object_id in {o["object_id"] for o in http.get("/objects/").json()}
         assert http.get("/things/").json() == {}
     assert server.stop(sig) == 0
     log = server.stderr()
@@ -705,7 +708,7 @@ def test_quickstart_then_serve_on_the_embedded_default(cli: Cli, serve: Callable
         assert "quickstart-image" in ids
         image = http.get("/objects/quickstart-image/data")
         assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")
-        assert "quickstart-image" in http.get("/").text
+        assert "<title>microblob" in http.get("/").text
     assert server.stop() == 0
 
 
@@ -734,7 +737,7 @@ def test_serve_things_from_flags_and_config(cli: Cli, serve: Callable[..., Serve
         ttl = (expires - dt.datetime.now(dt.timezone.utc)).total_seconds()
         assert 30 < ttl <= 42, ttl  # --blob-ttl reached the server
         assert http.get(link["href"]).content == b"a frame"
-        assert "greeter" in http.get("/").text
+        assert http.get("/").status_code == 200
     assert server.stop() == 0
 
 
