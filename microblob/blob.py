@@ -15,12 +15,13 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 from ._exceptions import BlobError, InvalidArgument
 
 if TYPE_CHECKING:
     import httpx
+    from typing_extensions import Self  # typing.Self is 3.11+; only type checkers read this
 
 __all__ = ["CHUNK_SIZE", "Blob", "Progress", "blob_class_for"]
 
