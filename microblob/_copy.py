@@ -161,6 +161,7 @@ class _Copier:
         self.total = 0
         self.keeps_object_ids = bool(getattr(dst.backend, "holds_object_ids", False))
         self.leases: list[Any] = []
+        self.files_seen: set[Any] = set()  # each file counts once, however many versions share it
 
     # --- plan: which bytes the destination lacks (for the progress total) ----------------------------
 
@@ -293,6 +294,7 @@ class _Copier:
             if existing is not None and _same_life(existing, life):
                 if existing.get("sha256") != entry.get("sha256"):
                     raise _Skip(f"history version {_version(entry)} differs between source and destination")
+                self._count_present(entry)
                 self.report.versions_skipped += 1
                 continue
             entry = self._with_bytes(entry)
@@ -307,6 +309,7 @@ class _Copier:
             self.report.versions_copied += 1
         # 2. the latest version, last
         if there is not None and _version(there) == version:
+            self._count_present(current)
             self.report.versions_skipped += 1
         else:
             latest = self._with_bytes(src._objects.find_one({"_id": object_id}) or current)
@@ -339,6 +342,14 @@ class _Copier:
                 if entry is not None and entry.get("sha256") != there.get("sha256"):
                     raise _Skip(f"version {_version(there)} differs between source and destination")
 
+    def _count_present(self, doc: Mapping[str, Any]) -> None:
+        """A version already at the destination: its file (if chunked) counts as already there."""
+        file_id = doc.get("file_id")
+        if file_id is not None and file_id not in self.files_seen:
+            self.files_seen.add(file_id)
+            self.report.files_skipped += 1
+            self.report.bytes_skipped += int(doc.get("size") or 0)
+
     def _with_bytes(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The document as the destination stores it, after making sure its bytes are there."""
         file_id = doc.get("file_id")
@@ -358,6 +369,8 @@ class _Copier:
         return str(file_id)  # an ObjectId, into a store that cannot hold one
 
     def _ensure_file(self, file_id: Any) -> None:
+        if file_id in self.files_seen:
+            return  # another version sharing these bytes already brought them over (or found them there)
         src_files, dst_files = self.src.files, self.dst.files
         src_doc = src_files._files.find_one({"_id": file_id})
         if src_doc is None:
@@ -370,6 +383,7 @@ class _Copier:
             same_hash = src_doc.get("sha256") is None or there.get("sha256") in (None, src_doc.get("sha256"))
             if not (same_length and same_hash):
                 raise _Skip(f"file {file_id!r} differs between source and destination")
+            self.files_seen.add(file_id)
             self.report.files_skipped += 1
             self.report.bytes_skipped += length
             return
@@ -408,6 +422,7 @@ class _Copier:
             dst_files._files.insert_one(doc)
         except DuplicateKey:  # a concurrent copy finished it first
             pass
+        self.files_seen.add(file_id)
         self.report.files_copied += 1
         self.report.bytes_copied += length
 

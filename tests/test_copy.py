@@ -81,6 +81,8 @@ def test_copy_mutate_copy_again(store_factory: Callable, src_kind: str, dst_kind
     assert not again.copied_anything and again.bytes_copied == 0
     assert again.summary().startswith("nothing to copy")
     assert (again.objects_skipped, again.versions_skipped, again.workflows_skipped) == (3, 6, 1)
+    assert (again.files_skipped, again.bytes_skipped) == (4, report.bytes_copied)  # each file counted once
+    assert "4 files already up to date" in again.summary()
 
     # the source moves on: new versions of both kinds, a metadata update, a new object, a new file
     src.save_or_update_object(b"v5" * 80_000, object_id="versioned", control_version=True)
