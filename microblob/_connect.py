@@ -6,7 +6,7 @@ import os
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ._exceptions import InvalidArgument
+from ._exceptions import InvalidArgument, StoreNotFound
 from .store import Store
 
 __all__ = ["DEFAULT_PATH", "connect", "default_uri"]
@@ -21,7 +21,7 @@ def default_uri() -> str:
     return os.environ.get("MICROBLOB_URI") or DEFAULT_PATH
 
 
-def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
+def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, **options: Any) -> Store:
     """Open a store.
 
     - nothing: `$MICROBLOB_URI`, else the file `./microblob.db`
@@ -31,6 +31,10 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
       'microblob[mongodb]'`), bytes in the GridFS layout; see `_mongodb.py`
     - `mongita:///abs/dir` (`?db=name`, default `microblob`): documents in Mongita, bytes in
       `dir/chunks.db`; one process only, not crash-safe; see `_mongita.py`
+
+    `create=False` opens only a store that exists (a file or Mongita directory), raising
+    `StoreNotFound` otherwise: what read-only tools want, so a mistyped path is an error, not an empty
+    store. (A MongoDB database has no "exists": it is opened either way.)
 
     Options: `chunk_size` for new files; for LMDB also `map_size` (initial), `sync`, `metasync`,
     `max_readers`.
@@ -43,10 +47,14 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
         raise InvalidArgument(f"uri must be a str or os.PathLike, not {type(uri).__name__}")
     if not uri:
         raise InvalidArgument("uri must not be empty")
+    if not isinstance(create, bool):
+        raise InvalidArgument(f"create must be a bool, not {type(create).__name__}")
     store_options = {k: v for k, v in options.items() if k in _STORE_OPTIONS}
     engine_options = {k: v for k, v in options.items() if k not in _STORE_OPTIONS}
     scheme = urlsplit(uri).scheme.lower() if "://" in uri else ""
     if scheme == "memory":
+        if not create:
+            raise StoreNotFound(uri)  # every memory:// store is a new one
         _refuse_options(engine_options, set(), uri)
         from ._kv import MemoryEngine
         from ._kvdocs import KVBackend
@@ -57,6 +65,8 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
         if not path:
             raise InvalidArgument(f"no file path in {uri!r}")
         _refuse_options(engine_options, _LMDB_OPTIONS, uri)
+        if not create and not os.path.exists(path):  # a directory or a non-LMDB file: the engine says why
+            raise StoreNotFound(path)
         from ._kvdocs import KVBackend
         from ._lmdb import LmdbEngine
 
@@ -85,6 +95,8 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
         if not directory:
             raise InvalidArgument(f"no directory in {uri!r} (use mongita:///abs/dir)")
         database = dict(parse_qsl(parts.query)).get("db", "microblob")
+        if not create and not os.path.isdir(directory):
+            raise StoreNotFound(directory)
         mongita = MongitaBackend(directory, database=database)
         try:
             return Store(mongita, **store_options)

@@ -124,9 +124,9 @@ def copy(
             since = since.replace(tzinfo=_dt.timezone.utc)
     if progress is not None and not callable(progress):
         raise InvalidArgument("progress must be callable(bytes_done, bytes_total)")
-    source, close_source = _open(src, "src")
+    source, close_source = _open(src, "src", create=False)  # a mistyped source must not become an empty store
     try:
-        target, close_target = _open(dst, "dst")
+        target, close_target = _open(dst, "dst", create=True)
         try:
             same_uri = source.uri == target.uri and not source.uri.startswith("memory:")
             if source is target or source.backend is target.backend or same_uri:
@@ -140,14 +140,14 @@ def copy(
             source.close()
 
 
-def _open(store: Any, name: str) -> tuple[Store, bool]:
+def _open(store: Any, name: str, *, create: bool) -> tuple[Store, bool]:
     if isinstance(store, Store):
         store._check_open()
         return store, False
     if isinstance(store, (str, os.PathLike)):
         from ._connect import connect
 
-        return connect(store), True
+        return connect(store, create=create), True
     raise InvalidArgument(f"{name} must be a Store, a URI or a path, not {type(store).__name__}")
 
 

@@ -8,7 +8,8 @@
     ├── NotFound (KeyError, ValueError)     something named by the caller does not exist
     │   ├── ObjectNotFound                  no object with that id
     │   ├── VersionNotFound                 the object exists, that version does not
-    │   └── FileNotFound                    no file with that id in the files bucket
+    │   ├── FileNotFound                    no file with that id in the files bucket
+    │   └── StoreNotFound                   connect(..., create=False) found no store there
     ├── DuplicateKey                        insert_one of an `_id` that already exists
     ├── WriteConflict                       a compare-and-swap kept losing to other writers
     ├── IntegrityError                      stored bytes do not match their sha256 or length
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteInvalidInput",
     "StorageError",
     "StoreClosed",
+    "StoreNotFound",
     "Unauthorized",
     "VersionNotFound",
     "WriteConflict",
@@ -95,6 +97,15 @@ class ObjectNotFound(NotFound):
     def __init__(self, object_id: Any) -> None:
         super().__init__(f"object {object_id!r} not found")
         self.object_id = object_id
+
+
+class StoreNotFound(NotFound):
+    """`connect(uri, create=False)` found no store there: reading a mistyped path must not quietly
+    create an empty store and report it empty."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(f"no store at {location!r}")
+        self.location = location
 
 
 class VersionNotFound(NotFound):

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ._connect import connect, default_uri
-from ._exceptions import MicroblobError, ObjectNotFound
+from ._exceptions import MicroblobError, ObjectNotFound, StoreNotFound
 from ._version import __version__
 from .objects import save_stream_atomically
 from .store import Store
@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UsageError as exc:
             _say(f"{args.prog}: error: {exc}")
             return 2
+        except StoreNotFound as exc:
+            _say(f"{PROG}: {exc} (put, copy and serve create one; --db or $MICROBLOB_URI names another)")
+            return 1
         except MicroblobError as exc:
             _say(f"{PROG}: {exc}")
             return 1
@@ -342,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _connect(args: argparse.Namespace) -> Store:
-    return connect(args.db)
+def _connect(args: argparse.Namespace, *, create: bool = False) -> Store:
+    """Only `put` and `serve` create a store: `ls --db typo.db` is an error, not an empty listing."""
+    return connect(args.db, create=create)
 
 
 def _progress(total: int | None, desc: str) -> Any:
@@ -481,7 +485,7 @@ def _table(header: Sequence[str], rows: list[list[str]], right: Sequence[int] = 
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    with _open_input(args.file) as (stream, size, label), _connect(args) as store:
+    with _open_input(args.file) as (stream, size, label), _connect(args, create=True) as store:
         with _progress(size, f"put {label}") as bar:
             object_id = store.save_or_update_object(
                 _Counted(stream, bar),
@@ -654,7 +658,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     options = {k: v for k, v in (("blob_ttl", args.blob_ttl), ("max_upload", args.max_upload)) if v is not None}
-    with _connect(args) as store:
+    with _connect(args, create=True) as store:
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)
         except OSError as exc:

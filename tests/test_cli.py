@@ -171,7 +171,9 @@ def test_put_stdin_get_stdout_round_trip_50mib(any_cli: Cli, big_file: tuple[Pat
 
 
 def test_exit_codes_through_both_entry_points(any_cli: Cli) -> None:
-    assert any_cli.ok("ls") == ""
+    assert "no store at" in any_cli.fails(1, "ls")  # reading never creates the store
+    assert any_cli.ok("put", "-", input=b"x")
+    assert len(any_cli.ok("ls").splitlines()) == 2  # a header and the object
     assert "not found" in any_cli.fails(1, "get", "no-such-id")
     assert "invalid choice" in any_cli.fails(2, "frobnicate")
     assert any_cli(*("--help",)).returncode == 0
@@ -419,7 +421,8 @@ FAILED_OPERATIONS = [
     (("put", "-", "--content-type", "not a type"), "content_type"),
     (("put", "-", "--id", "x" * 600), "the limit is 512"),
     (("--db", "foo://somewhere", "ls"), "unknown store URI scheme 'foo'"),
-    (("ls", "--db", "no-such-dir/store.db"), "no-such-dir does not exist"),
+    (("ls", "--db", "no-such-dir/store.db"), "no store at 'no-such-dir/store.db'"),
+    (("ls", "--db", "typo.db"), "no store at 'typo.db'"),  # and no empty typo.db made (below)
     (("ls", "--db", "."), "is a directory"),
     (("ls", "--db", "not-a-store.txt"), "not-a-store.txt"),
 ]
@@ -432,6 +435,7 @@ def test_failed_operations_exit_1(cli: Cli, args: tuple[str, ...], message: str)
         store.save_or_update_object(b"x", object_id="OBJ")
     line = cli.fails(1, *args, input=b"")
     assert line.startswith("microblob: ") and message in line, line
+    assert not (cli.cwd / "typo.db").exists()  # reading commands never create a store
 
 
 USAGE_ERRORS = [
@@ -944,7 +948,9 @@ def test_copy_errors(cli: Cli) -> None:
     assert "not an ISO 8601" in cli.fails(2, "copy", str(cli.db), "y.db", "--since", "yesterday")
     assert "required: DST" in cli.fails(2, "copy", str(cli.db))
     assert "same store" in cli.fails(1, "copy", str(cli.db), f"lmdb://{cli.db}")
-    assert "does not exist" in cli.fails(1, "copy", "no-such-dir/a.db", "y.db")
+    assert "no store at 'no-such-dir/a.db'" in cli.fails(1, "copy", "no-such-dir/a.db", "y.db")
+    assert "no store at 'typo.db'" in cli.fails(1, "copy", "typo.db", "y.db")
+    assert not (cli.cwd / "typo.db").exists() and not (cli.cwd / "y.db").exists()
     assert "unknown store URI scheme" in cli.fails(1, "copy", str(cli.db), "ftp://elsewhere/x")
 
 

@@ -120,3 +120,19 @@ def test_bad_query_arguments(store: microblob.Store) -> None:
         store.blob_object_query({}, sort=[("type", 2)])
     with pytest.raises(InvalidQuery):
         store.query({}, projection={"a": 1, "b": 0})
+
+
+def test_connect_create_false_opens_only_an_existing_store(tmp_path: Path) -> None:
+    """A mistyped path must be an error for code that only reads, not a new empty store."""
+    missing = tmp_path / "typo.db"
+    for uri in (missing, str(missing), f"lmdb://{missing}", f"mongita://{tmp_path / 'no-dir'}", "memory://"):
+        with pytest.raises(microblob.StoreNotFound) as info:
+            microblob.connect(uri, create=False)
+        assert isinstance(info.value, microblob.NotFound) and "no store at" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing was created on the way
+    with microblob.connect(missing) as store:  # create=True, the default, makes it
+        store.save_or_update_object(b"x", object_id="a")
+    with microblob.connect(missing, create=False) as store:
+        assert store.get_blob_object("a").data == b"x"
+    with pytest.raises(InvalidArgument, match="create must be a bool"):
+        microblob.connect(missing, create="no")
