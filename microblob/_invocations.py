@@ -246,7 +246,7 @@ class InvocationManager:
             inv.waiters.append(entry)
         try:
             await asyncio.wait_for(entry[1].wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             pass
         finally:
             with self._lock:
