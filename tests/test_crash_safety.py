@@ -13,6 +13,9 @@ bytes, inside `delete_object` or `gc`, while opening the file), the next process
 - gets back, from `gc()`, exactly the files and chunks interrupted writes left behind (what it frees is
   predicted before it runs), after which the bytes stored are exactly the bytes referenced.
 Kills accumulate on one file, so every round also reopens a file that has crashed many times before.
+In half the rounds this process holds the file open across the kill (as a server would while a CLI
+writes): the dead writer's lock and reader slot are then recovered with the file still open, and a
+thread reading every object meanwhile must only ever see whole versions.
 
 How: the writer's operations are a pure function of (object id, life, version) (`plan`, `payload`), so
 this process recomputes what each version must hold. Writers report on stdout "start ..." before an
@@ -20,8 +23,8 @@ operation and "done ..." right after it returns. Starting 100+ Python interprete
 here (imports), so writer processes are forked from one "zygote" interpreter that imported microblob
 but never opened a store; each writer then opens the file itself with `microblob.connect(path)`.
 
-Reproduce a failure with the seed it prints: `MICROBLOB_CRASH_SEED=<seed>` (and
-`MICROBLOB_CRASH_ROUNDS=<n>` to run longer).
+A failure names its round and seed: `MICROBLOB_CRASH_SEED=<seed>` replays the same plan and kill schedule
+(where exactly a kill lands still depends on timing); `MICROBLOB_CRASH_ROUNDS=<n>` runs longer.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from typing import Any
 import pytest
 
 import microblob
-from microblob import ObjectNotFound
+from microblob import FileNotFound, IntegrityError, ObjectNotFound
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 16_000  # small chunks: a payload of a few hundred KB spans many chunks ...
@@ -56,7 +59,7 @@ OBJECT_IDS = [f"obj-{n}" for n in range(6)]
 ROUNDS = int(os.environ.get("MICROBLOB_CRASH_ROUNDS", "120"))
 DELETE_P = 0.04  # per step, for an object that exists: keeps histories (and the checks) short
 GC_P = 0.02  # the writer runs gc() itself now and then, so kills land inside gc too
-WAIT = 10.0  # seconds to wait for a line from the writer before giving up (never reached normally)
+HANG = 120.0  # seconds without a line from the zygote or its writer: something hangs (a busy machine: a few)
 
 State = tuple[int, int] | None  # (life, version) of an object's latest, or None: no such object
 
@@ -138,7 +141,7 @@ def _writer(path: str, run: int, seed: str) -> None:
     _emit("w ready")
     rng = random.Random(f"{seed}/writer/{run}")
     created = 0
-    deadline = time.monotonic() + 60  # only if the parent never kills us
+    deadline = time.monotonic() + 300  # only if the test and the zygote are gone
     while time.monotonic() < deadline:
         object_id = rng.choice(OBJECT_IDS)
         if rng.random() < GC_P:
@@ -195,7 +198,7 @@ def _zygote() -> None:
                     _writer(command["path"], command["run"], command["seed"])
                     code = 0
                 except BaseException:
-                    _emit("w error " + traceback.format_exc())
+                    _emit("w error " + traceback.format_exc()[-3800:])
                 finally:
                     os._exit(code)
             children.add(pid)
@@ -235,12 +238,13 @@ class Zygote:
         self.proc.stdin.write((json.dumps(command) + "\n").encode())
         self.proc.stdin.flush()
 
-    def next_line(self, timeout: float = WAIT) -> str | None:
-        """The next line (without its newline), or None if none came in `timeout` seconds."""
+    def next_line(self) -> str:
+        """The next line, without its newline. The writer never stops talking until it is killed, so
+        silence means a hang: a writer blocked forever after an earlier crash, or a stuck zygote."""
         try:
-            line = self._lines.get(timeout=timeout)
+            line = self._lines.get(timeout=HANG)
         except queue.Empty:
-            return None
+            raise AssertionError(f"no line from the zygote or its writer in {HANG} s (a hang)") from None
         if line is None:
             raise AssertionError(f"the zygote process exited (status {self.proc.wait()})")
         return line.rstrip("\n")
@@ -249,8 +253,6 @@ class Zygote:
         self._command(op="spawn", path=str(path), run=run, seed=seed)
         while True:
             line = self.next_line()
-            if line is None:
-                raise AssertionError("the zygote did not fork a writer")
             if line.startswith("z spawned "):
                 pid = int(line.split()[2])
                 self.live.add(pid)
@@ -264,8 +266,6 @@ class Zygote:
         self._command(op="reap", pid=pid)
         while True:
             line = self.next_line()
-            if line is None:
-                raise AssertionError(f"writer {pid} was not reaped")
             if line.startswith(f"z reaped {pid} "):
                 self.live.discard(pid)
                 return int(line.split()[3])
@@ -291,14 +291,13 @@ class Zygote:
 
 
 def _wait_for(zygote: Zygote, lines: list[str], done: Any) -> bool:
-    """Collect lines until done(line) is true (True) or the writer goes quiet (False). Lines that
-    arrived already (the writer may speak before the zygote reports the fork) count first."""
+    """Collect lines until done(line) is true (True) or the writer stopped by itself (False: the test
+    fails on its exit code). Lines that arrived already (the writer may speak before the zygote
+    reports the fork) count first."""
     if any(done(line) for line in lines):
         return True
     while True:
         line = zygote.next_line()
-        if line is None:
-            return False
         lines.append(line)
         if line.startswith("w error") or line == "w finished":
             return False
@@ -515,6 +514,61 @@ def check_gc(store: microblob.Store) -> tuple[int, int]:
     return report.freed_files, report.freed_orphan_chunks
 
 
+class Bystander:
+    """The store held open by this process while a writer runs, is killed and the next one starts (as a
+    server holds the file while a CLI writes): the dead writer's lock and reader slot must then be
+    recovered with the file still open. A thread reads the latest version of every object meanwhile:
+    what a live reader sees must be whole too."""
+
+    def __init__(self, path: Path, expected: Expected) -> None:
+        self.store = microblob.connect(path)
+        self.expected = expected
+        self.errors: list[str] = []
+        self.reads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            for object_id in OBJECT_IDS:
+                try:
+                    self._read(object_id)
+                except Exception as exc:
+                    self.errors.append(f"{object_id}: {exc!r}")
+
+    def _read(self, object_id: str) -> None:
+        try:
+            obj = self.store.get_blob_object(object_id)
+        except ObjectNotFound:
+            return
+        life, version = obj.custom_metadata["life"], obj.version
+        try:
+            data = obj.data
+        except (FileNotFound, IntegrityError):
+            # Between reading the document and its chunks, a newer non-versioned save may have freed
+            # them: fine if the object moved on, damage if it is still this version.
+            try:
+                again = self.store.get_blob_object(object_id)
+            except ObjectNotFound:
+                return
+            if (again.custom_metadata["life"], again.version) != (life, version):
+                return
+            raise
+        assert obj.custom_metadata["v"] == version, (object_id, obj.custom_metadata, version)
+        where = (object_id, life, version)
+        assert hashlib.sha256(data).hexdigest() == self.expected.sha(object_id, life, version), where
+        self.reads += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        self.store.close()
+
+
 @pytest.fixture
 def zygote() -> Iterator[Zygote]:
     z = Zygote()
@@ -534,16 +588,30 @@ def test_sigkilled_writers_leave_no_partial_object(tmp_path: Path, zygote: Zygot
     expected = Expected()
     kills = returned = freed_files = freed_chunks = 0
     landed: collections.Counter[str] = collections.Counter()
+    live_reads = 0
     for run in range(ROUNDS):
-        how, lines, code = _run_writer(zygote, path, run, seed, rng)
-        context = f"round {run} (MICROBLOB_CRASH_SEED={seed}), kill at {how}, last lines {lines[-4:]}"
+        # Half the rounds, this process keeps the file open throughout; the others reopen it after the kill.
+        bystander = Bystander(path, expected) if run and rng.random() < 0.5 else None
         try:
+            how, lines, code = _run_writer(zygote, path, run, seed, rng)
+            if bystander is not None:
+                bystander.stop()
+        except BaseException:
+            if bystander is not None:
+                bystander.close()
+            raise
+        context = (f"round {run} (MICROBLOB_CRASH_SEED={seed}), kill at {how}"
+                   f"{' with the file held open' if bystander else ''}, last lines {lines[-4:]}")
+        try:
+            if bystander is not None:
+                assert bystander.errors == [], f"a live reader saw: {bystander.errors[:5]}"
+                live_reads += bystander.reads
             assert code == -signal.SIGKILL, f"the writer ended with {code} before it was killed"
             kills += 1
             pending, n = apply_lines(lines, model, expected)
             returned += n
             landed[landed_in(lines, pending)] += 1
-            with microblob.connect(path) as store:  # opens after the crash (and after every earlier one)
+            with microblob.connect(path) as store:  # a fresh open of the file, unless the bystander holds it
                 report = store.verify()
                 assert report.ok, report.damaged
                 check_objects(store, model, pending, expected)
@@ -553,8 +621,11 @@ def test_sigkilled_writers_leave_no_partial_object(tmp_path: Path, zygote: Zygot
                     freed_chunks += chunks
         except AssertionError as exc:
             raise AssertionError(f"{context}: {exc}") from exc
+        finally:
+            if bystander is not None:
+                bystander.close()
     print(f"crash harness: {kills} kill points, {returned} operations returned, gc freed {freed_files} "
-          f"files and {freed_chunks} orphan chunks; final state {model}")
+          f"files and {freed_chunks} orphan chunks; {live_reads} whole reads by live readers; final state {model}")
     for where, count in sorted(landed.items(), key=lambda item: -item[1]):
         print(f"  {count:4} kills in {where}")
 
