@@ -135,8 +135,9 @@ class _ReportingReader:
         return piece
 
 
-def _writer(path: str, run: int, seed: str) -> None:
-    store = microblob.connect(path, chunk_size=CHUNK)
+def _writer(path: str, run: int, seed: str, map_size: int | None) -> None:
+    # map_size: a map smaller than the file (as on a 32-bit device) makes the first write grow it.
+    store = microblob.connect(path, chunk_size=CHUNK, **({"map_size": map_size} if map_size else {}))
     store.files.batch_bytes = BATCH
     _emit("w ready")
     rng = random.Random(f"{seed}/writer/{run}")
@@ -195,7 +196,7 @@ def _zygote() -> None:
             if pid == 0:
                 code = 1
                 try:
-                    _writer(command["path"], command["run"], command["seed"])
+                    _writer(command["path"], command["run"], command["seed"], command["map_size"])
                     code = 0
                 except BaseException:
                     _emit("w error " + traceback.format_exc()[-3800:])
@@ -249,8 +250,8 @@ class Zygote:
             raise AssertionError(f"the zygote process exited (status {self.proc.wait()})")
         return line.rstrip("\n")
 
-    def spawn(self, path: Path, run: int, seed: str, lines: list[str]) -> int:
-        self._command(op="spawn", path=str(path), run=run, seed=seed)
+    def spawn(self, path: Path, run: int, seed: str, map_size: int | None, lines: list[str]) -> int:
+        self._command(op="spawn", path=str(path), run=run, seed=seed, map_size=map_size)
         while True:
             line = self.next_line()
             if line.startswith("z spawned "):
@@ -309,7 +310,8 @@ def _run_writer(zygote: Zygote, path: Path, run: int, seed: str, rng: random.Ran
     """One kill point. Returns (how the kill was timed, the writer's lines, its exit code)."""
     lines: list[str] = []
     mode = rng.choices(["open", "delay", "upload"], weights=[1, 5, 4])[0]
-    pid = zygote.spawn(path, run, seed, lines)
+    map_size = 1024 * 1024 if rng.random() < 0.3 else None  # the writer grows the map as it writes
+    pid = zygote.spawn(path, run, seed, map_size, lines)
     if mode == "open":  # while it opens the file (or creates it, and its indexes, in the first round)
         delay = rng.uniform(0, 0.03)
         how = f"spawn+{delay:.4f}s"
@@ -337,7 +339,7 @@ def _run_writer(zygote: Zygote, path: Path, run: int, seed: str, rng: random.Ran
         _wait_for(zygote, lines, landed)
         how = f"upload, read {reads['k']} of {reads['of']}"
     code = zygote.kill(pid, lines)
-    return how, lines, code
+    return how + (", 1 MiB map" if map_size else ""), lines, code
 
 
 # --- what the parent expects, and the checks --------------------------------------------------------------
