@@ -45,7 +45,7 @@ class GcReport:
     freed_files: int = 0
     freed_bytes: int = 0
     freed_orphan_chunks: int = 0
-    freed_history_entries: int = 0  # left by a delete_object interrupted on a non-transactional backend
+    freed_history_entries: int = 0  # left by writes interrupted on a non-transactional backend
 
 
 def _versions(store: Store) -> Iterator[dict[str, Any]]:
@@ -131,25 +131,42 @@ def gc(store: Store) -> GcReport:
     pending = store.files._pending
     chunks = backend.chunks
 
-    # 0. History entries whose object is gone, or that belong to an earlier life of its id: what a
-    #    delete_object interrupted between its steps leaves on a backend without transactions (MongoDB
-    #    deletes the object first, then its history). Their bytes are freed by step 1.
-    from .store import _same_life
+    # 0. History entries no version of the object can lead to, all left by writes interrupted between
+    #    their steps on a backend without transactions (MongoDB):
+    #    - entries whose object is gone, or of an earlier life of its id: a delete_object interrupted
+    #      after deleting the object (it deletes the object first, then its history);
+    #    - entries of a version below the latest that no version names as prev_version: a versioned save
+    #      killed between its archive and its swap, then a non-versioned update overwrote that version.
+    #    Their bytes are freed by step 1.
+    from .store import _same_life, _version_of
 
-    gone = object()
-    lives: dict[Any, Any] = {}
     leased = {d["_id"] for d in pending.find({}) if _lease_is_live(d)}  # e.g. a copy still running
-    for entry in store._history.find({}, projection={"object_id": 1, "created_at": 1, "file_id": 1}):
-        object_id = entry.get("object_id")
-        if entry.get("file_id") is not None and entry["file_id"] in leased:
-            continue
-        if object_id not in lives:
-            current = store._objects.find_one({"_id": object_id}, projection={"created_at": 1})
-            lives[object_id] = gone if current is None else current.get("created_at")
-        life = lives[object_id]
-        stale = life is gone or not _same_life(entry, life)
-        if stale and store._history.delete_one({"_id": entry["_id"], "created_at": entry.get("created_at")}):
-            report.freed_history_entries += 1
+    by_object: dict[Any, list[dict[str, Any]]] = {}
+    for entry in store._history.find({}, projection={"object_id": 1, "created_at": 1, "file_id": 1, "version": 1}):
+        by_object.setdefault(entry.get("object_id"), []).append(entry)
+    for object_id, entries in by_object.items():
+        current = store._objects.find_one({"_id": object_id}, projection={"created_at": 1, "version": 1,
+                                                                           "prev_version": 1})
+        life = current.get("created_at") if current is not None else None
+        named: set[Any] = set()
+        if current is not None:
+            # Read after the latest: a version that a later write archives is in this read, and one
+            # written later cannot name a version below the latest we saw, so nothing named is missed.
+            named = {current.get("prev_version")} | {
+                e.get("prev_version")
+                for e in store._history.find({"object_id": object_id}, projection={"created_at": 1, "prev_version": 1})
+                if _same_life(e, life)
+            }
+        for entry in entries:
+            if entry.get("file_id") is not None and entry["file_id"] in leased:
+                continue
+            if current is None or not _same_life(entry, life):
+                stale = True
+            else:
+                version = _version_of(entry)
+                stale = version < _version_of(current) and version not in named
+            if stale and store._history.delete_one({"_id": entry["_id"], "created_at": entry.get("created_at")}):
+                report.freed_history_entries += 1
 
     # 1. Files that belong to objects but that no version references any more.
     candidates = [d["_id"] for d in files_coll.find({"metadata.microblob_object_id": {"$exists": True}},

@@ -358,6 +358,12 @@ class Store:
             # The compare-and-swap: the same version of the same life, or another writer won.
             swap = {"_id": object_id, "version": current.get("version"), "created_at": current.get("created_at")}
             if self._objects.replace_one(swap, doc):
+                if not control_version and not self._backend.transactional:
+                    # Without transactions a versioned save killed between its archive and its swap
+                    # leaves an entry for `base`; this non-versioned update overwrote `base`, so that
+                    # entry must not stay in the history (nor keep base's bytes alive). Transactional
+                    # backends commit an archive with its swap: no such entry can exist there.
+                    self._history.delete_one({"_id": _history_id(object_id, base), "created_at": created})
                 old_file = current.get("file_id")
                 release = None
                 if not control_version and old_file is not None and old_file != doc.get("file_id"):

@@ -225,6 +225,9 @@ elif where == "before-cas":             # history entry written, latest not yet 
 elif where == "before-history-delete":  # object document deleted, its history not yet
     crash_on("object_history", "delete_many")
     store.delete_object(object_id)
+elif where == "before-stale-delete":    # latest replaced without versioning, a killed save's archive not yet dropped
+    crash_on("object_history", "delete_one")
+    store.save_or_update_object(b"overwrite" * 30_000, object_id=object_id)
 elif where == "before-release":         # latest replaced without versioning, old bytes not yet freed
     crash_on("fs.files", "delete_one")
     store.save_or_update_object(b"third" * 50_000, object_id=object_id)
@@ -271,6 +274,42 @@ def test_crash_after_archiving_before_replacing(mongo_uri: str, crash: Callable)
         assert [h["version"] for h in store.get_object_history("obj")] == [1, 0]
         assert store.get_blob_object("obj", 0).data == b"first" * 50_000
         assert store.query({"object_id": "obj"}, collection="object_history")[0]["version"] == 0
+
+
+def test_crash_after_archiving_then_a_non_versioned_overwrite(mongo_uri: str, crash: Callable) -> None:
+    """The entry a killed versioned save archived must not outlive a non-versioned overwrite of that
+    version: the history would show (and keep the bytes of) a version that was overwritten."""
+    with microblob.connect(mongo_uri) as store:
+        store.save_or_update_object(b"first" * 50_000, object_id="obj")
+    crash("before-cas", "obj")
+    with microblob.connect(mongo_uri) as store:
+        store.save_or_update_object(b"overwrite" * 30_000, object_id="obj")  # control_version=False
+        latest = store.get_blob_object("obj")
+        assert (latest.version, latest.prev_version, latest.data) == (1, None, b"overwrite" * 30_000)
+        assert [h["version"] for h in store.get_object_history("obj")] == [1]
+        with pytest.raises(microblob.VersionNotFound):
+            store.get_blob_object("obj", 0)
+        assert store.query({"object_id": "obj"}, collection="object_history") == []
+        assert store.verify().ok
+        store.gc()  # the killed save's bytes (and version 0's, overwritten) are garbage
+        assert [f["length"] for f in store.query({}, collection="fs.files")] == [270_000]
+
+
+def test_a_crash_before_dropping_that_entry_leaves_it_to_gc(mongo_uri: str, crash: Callable) -> None:
+    with microblob.connect(mongo_uri) as store:
+        store.save_or_update_object(b"first" * 50_000, object_id="obj")
+    crash("before-cas", "obj")
+    crash("before-stale-delete", "obj")  # the overwrite is in, the killed save's entry for version 0 not out
+    with microblob.connect(mongo_uri) as store:
+        assert store.get_blob_object("obj").data == b"overwrite" * 30_000
+        assert store.verify().ok
+        report = store.gc()
+        assert report.freed_history_entries == 1  # version 0 was overwritten: its entry is garbage
+        assert [h["version"] for h in store.get_object_history("obj")] == [1]
+        with pytest.raises(microblob.VersionNotFound):
+            store.get_blob_object("obj", 0)
+        assert [f["length"] for f in store.query({}, collection="fs.files")] == [270_000]
+        assert store.verify().ok and store.gc().freed_history_entries == 0
 
 
 def test_crash_during_delete_then_recreate_starts_fresh(mongo_uri: str, crash: Callable) -> None:
@@ -334,4 +373,7 @@ def test_a_lost_compare_and_swap_leaves_no_phantom_version(mstore: microblob.Sto
     with pytest.raises(microblob.VersionNotFound):
         mstore.get_blob_object(object_id, 0)
     assert mstore.verify().ok
-    assert mstore.gc().freed_bytes == 120_000  # version 0's bytes, kept alive only by the dropped entry
+    # The rival dropped the entry archived for the version it overwrote, so it freed version 0's bytes
+    # itself: nothing is left for gc.
+    assert mstore.gc().freed_bytes == 0
+    assert sorted(f["length"] for f in mstore.query({}, collection="fs.files")) == [240_000, 300_000]
