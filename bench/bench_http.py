@@ -48,6 +48,7 @@ def payload(size: int) -> bytes:
 def _listen() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP: asyncio sets NODELAY
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # before the port is printed, so an early client waits instead of being refused
     print(sock.getsockname()[1], flush=True)
     return sock
 

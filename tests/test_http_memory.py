@@ -30,6 +30,7 @@ from microblob.server import ThingServer
 app = ThingServer({"camera": Camera()}, upload_dir=sys.argv[3])
 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
 sock.bind(("127.0.0.1", 0))
+sock.listen(128)  # before the port is printed: a client connecting before uvicorn starts waits, not refused
 print(sock.getsockname()[1], flush=True)
 uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 """
