@@ -336,3 +336,27 @@ def test_writer_processes_and_threads_with_a_server_reading(tmp_path: Path) -> N
           f"{sum(c.requests for c in readers)} HTTP reads ({sum(c.bytes_checked for c in readers) / 2**20:.0f} MiB "
           f"checked), file {db.stat().st_size / 2**20:.0f} MiB, map sizes (MiB) in the writers "
           f"{[m // 2**20 for m in writer_maps]}, in the server {[m // 2**20 for m in server_maps]}")
+
+
+# --- updates that keep no history free the bytes they replace: readers of those bytes -------------
+
+
+def test_a_reader_of_bytes_freed_under_it_gets_not_found(store: microblob.Store) -> None:
+    """An update with control_version=False (or a delete) frees the replaced version's bytes, maybe while
+    someone is reading them. That reader must learn the bytes are gone (NotFound), not that the store
+    is damaged (IntegrityError)."""
+    first = os.urandom(3 * store.chunk_size)
+    store.save_or_update_object(first, object_id="u")
+    stream = store.get_blob_object("u").open()
+    assert stream.read(10) == first[:10]  # reading has begun: the first chunk is in hand
+    store.save_or_update_object(b"replacement", object_id="u")
+    with pytest.raises(microblob.NotFound, match="deleted while it was being read"):
+        stream.read()
+    stream.close()
+    assert store.verify().ok
+
+    held = store.get_blob_object("u")
+    store.delete_object("u")
+    with pytest.raises(microblob.NotFound):
+        _ = held.data
+
