@@ -36,6 +36,7 @@ from _concurrency_writer import THREADS, payload, plan
 
 import microblob
 from microblob._lmdb import INITIAL_MAP
+from microblob.blob import CHUNK_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_concurrency_writer.py")
@@ -360,3 +361,69 @@ def test_a_reader_of_bytes_freed_under_it_gets_not_found(store: microblob.Store)
     with pytest.raises(microblob.NotFound):
         _ = held.data
 
+
+
+def test_unversioned_updates_while_the_server_streams_them(tmp_path: Path) -> None:
+    """GET /objects/{id}/data of an object that another process keeps replacing without history: each
+    response is 200 with the bytes of one whole version (the latest when the request came), never an
+    error; a request for an exact version gets it or a 404. Only a body over one read chunk can be cut
+    short (its status was sent before its last bytes were freed): never a small one, and never with a
+    traceback in the server's log."""
+    db = tmp_path / "store.db"
+    small, large = 900 * 1024, 5 * CHUNK_SIZE // 2
+    with microblob.connect(str(db)) as store:
+        store.save_or_update_object(os.urandom(large), object_id="u")
+    server = Server(db, tmp_path / "serve.err")
+    outcomes: Counter[str] = Counter()
+    problems: list[str] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            with microblob.connect(str(db)) as store:
+                for i in range(200):
+                    size = large if i % 3 == 0 else small - i
+                    store.save_or_update_object(random.Random(i).randbytes(size), object_id="u")
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            problems.append(f"writer: {exc!r}")
+        finally:
+            done.set()
+
+    def read(http: httpx.Client, params: dict[str, Any]) -> None:
+        with http.stream("GET", "/objects/u/data", params=params) as response:
+            if response.status_code == 404 and params:
+                outcomes["404 for a replaced version"] += 1
+                return
+            if response.status_code != 200:
+                problems.append(f"{params}: {response.status_code} {response.read()[:300]!r}")
+                return
+            length = int(response.headers["content-length"])
+            try:
+                body = response.read()
+            except httpx.RemoteProtocolError:
+                if length <= CHUNK_SIZE:
+                    problems.append(f"{params}: a body of {length} bytes was cut short")
+                outcomes["large body cut short"] += 1
+                return
+            if _sha(body) != response.headers["etag"].strip('"'):
+                problems.append(f"{params}: the bytes do not match their ETag")
+            outcomes["200 small" if length <= CHUNK_SIZE else "200 large"] += 1
+
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            while not done.is_set() and len(problems) < 10:
+                read(http, {})
+                latest = http.get("/objects/u").json()["version"]
+                read(http, {"version": latest})
+        writer.join(timeout=DEADLINE)
+        assert _stop(server.proc, signal.SIGINT) == 0
+    finally:
+        done.wait(timeout=DEADLINE)
+        server.close()
+    assert problems == [], "\n".join(problems)
+    assert outcomes["200 small"] > 0 and outcomes["200 large"] > 0, outcomes
+    log = server.stderr()
+    assert "Traceback" not in log, log[-5000:]
+    print(f"\n{dict(outcomes)}")
