@@ -427,3 +427,48 @@ def test_unversioned_updates_while_the_server_streams_them(tmp_path: Path) -> No
     log = server.stderr()
     assert "Traceback" not in log, log[-5000:]
     print(f"\n{dict(outcomes)}")
+
+
+CHURN = """
+import os, random, sys
+import microblob
+store = microblob.connect(sys.argv[1])
+r = random.Random(int(sys.argv[2]))
+for i in range(int(sys.argv[3])):
+    object_id = f"c{r.randrange(4)}"
+    op = r.random()
+    if op < 0.6:  # replaced without history: the old bytes are freed
+        store.save_or_update_object(r.randbytes(r.choice([100, 300_000])), object_id=object_id)
+    elif op < 0.85:
+        store.save_or_update_object(r.randbytes(1000), object_id=object_id, control_version=True)
+    else:
+        try:
+            store.delete_object(object_id)
+        except microblob.NotFound:
+            pass
+store.close()
+"""
+
+
+def test_verify_beside_writers_reports_no_damage(tmp_path: Path) -> None:
+    """`verify()` (what `microblob verify` runs) while another process replaces and deletes objects: what
+    a writer replaced or deleted while verify was reading it is not damage, and is not reported as such."""
+    db = tmp_path / "store.db"
+    reports = []
+    with microblob.connect(str(db)) as store:
+        churn = subprocess.Popen([sys.executable, "-c", CHURN, str(db), "1", "800"], env=_env(),
+                                 stderr=subprocess.PIPE)
+        try:
+            while churn.poll() is None:
+                reports.append(store.verify())
+            _, err = churn.communicate(timeout=DEADLINE)
+        finally:
+            _stop(churn, signal.SIGKILL)
+            if churn.stderr is not None:
+                churn.stderr.close()
+        assert churn.returncode == 0 and err == b"", err.decode()
+        reports.append(store.verify())
+    damaged = [d for r in reports for d in r.damaged]
+    assert damaged == [], f"{len(damaged)} false reports in {len(reports)} runs, e.g. {damaged[:5]}"
+    assert sum(r.checked for r in reports) > 0
+    print(f"\n{len(reports)} verify runs beside the writer, {sum(r.checked for r in reports)} versions checked")
