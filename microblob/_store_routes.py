@@ -148,15 +148,15 @@ def store_routes(server: ThingServer) -> list[Route]:
         control = q.get("control_version", "false").lower() in ("1", "true", "yes")
         path, _, _ = await server.receive_to_file(request)
         try:
-            oid = await _call(
-                store.save_or_update_object, Path(path), object_id=q.get("object_id") or None,
+            # The version this upload made (reading the latest back could find another writer's).
+            obj = await _call(
+                store._save_object, Path(path), object_id=q.get("object_id") or None,
                 workflow_id=q.get("workflow_id") or None, task_id=q.get("task_id") or None,
                 type=q.get("type") or None, custom_metadata=custom, control_version=control,
                 content_type=ctype, tags=tags,
             )
         finally:
             await run_in_threadpool(os.unlink, path)
-        obj = await _call(store.get_blob_object, oid)
         payload = _object_json(obj, str(request.base_url))
         return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
 

@@ -219,11 +219,15 @@ class Uploader(Client):
             params.update(type="shared", object_id=SHARED[i % len(SHARED)])
         doc = self.request(http, "POST", "/objects/", 201, params=params, content=data,
                            headers={"content-type": "application/octet-stream"}).json()
-        if "object_id" in params and doc["object_id"] != params["object_id"]:
-            raise AssertionError(f"uploaded to {params['object_id']}, got back {doc['object_id']}")
         self.saves.append({"object_id": doc["object_id"], "version": None, "sha256": _sha(data), "tag": tag,
                            "size": len(data), "process": HTTP_PROCESS, "thread": 0, "i": i,
                            "create": step["create"], "inline": False})
+        if "object_id" in params and doc["object_id"] != params["object_id"]:
+            raise AssertionError(f"uploaded to {params['object_id']}, got back {doc['object_id']}")
+        # The 201 describes the version this upload made, even if other writers saved newer ones since.
+        if doc["sha256"] != _sha(data) or doc["custom_metadata"] != {"tag": tag}:
+            raise AssertionError(f"upload {tag}: the 201 describes {doc['custom_metadata']} v{doc['version']}")
+        self.saves[-1]["version"] = doc["version"]
 
 
 @pytest.mark.slow
