@@ -476,3 +476,44 @@ def test_verify_beside_writers_reports_no_damage(tmp_path: Path) -> None:
     assert damaged == [], f"{len(damaged)} false reports in {len(reports)} runs, e.g. {damaged[:5]}"
     assert sum(r.checked for r in reports) > 0
     print(f"\n{len(reports)} verify runs beside the writer, {sum(r.checked for r in reports)} versions checked")
+
+
+def test_map_size_and_write_headroom_beside_a_thread_adopting_a_resize(tmp_path: Path) -> None:
+    """A thread of this process adopting another process's map growth remaps the file; meanwhile other
+    threads ask the map's size (`map_size()`) and, before each write, how much room is left. Neither may
+    fail, and a write must not grow the map because the question failed."""
+    from microblob._lmdb import LmdbEngine
+
+    engine = LmdbEngine(tmp_path / "engine.db")
+    shared = engine._env()
+    start = engine.map_size()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def adopt() -> None:  # what a reader thread does after MapResizedError
+        while not stop.wait(0.0002):  # a breath between resizes, or they starve the writers
+            shared.adopt_size()
+
+    def ask_and_write(n: int) -> None:
+        try:
+            for i in range(1000):
+                assert engine.map_size() >= start
+                engine.write(lambda txn, i=i: txn.put("meta", f"k{n}-{i}".encode(), b"x" * 100),
+                             size_hint=100, durable=False)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    adopter = threading.Thread(target=adopt)
+    askers = [threading.Thread(target=ask_and_write, args=(n,)) for n in range(2)]
+    try:
+        adopter.start()
+        for t in askers:
+            t.start()
+        for t in askers:
+            t.join()
+    finally:
+        stop.set()
+        adopter.join()
+    assert errors == []
+    assert engine.map_size() == start  # 2,000 small writes never needed more room
+    engine.close()
