@@ -16,6 +16,7 @@ What this module takes care of, so nothing above it has to (facts measured in DE
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -392,7 +393,22 @@ class LmdbEngine:
 
     def copy_to(self, dest: str, *, compact: bool = True) -> None:
         """A consistent (and compacted) copy of the file, safe while others write: the way to back up."""
-        self._env().env.copy(dest, compact=compact)
+        shared = self._env()
+        while True:
+            # The copy reads through its own snapshot of the map: like any read, it must keep this
+            # process's resizes out, and adopt another process's growth (MapResizedError) and retry.
+            with shared.rw.shared():
+                try:
+                    shared.env.copy(dest, compact=compact)
+                    return
+                except lmdb.MapResizedError:
+                    # LMDB creates `dest` exclusively (an existing one fails with EEXIST instead), so
+                    # the file left behind is this attempt's: remove it for the next one.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(dest)
+                except lmdb.Error as exc:
+                    raise StorageError(f"{self.path}: cannot copy to {dest}: {exc}") from None
+            shared.adopt_size()
 
     def close(self) -> None:
         shared, self._shared = self._shared, None

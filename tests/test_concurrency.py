@@ -478,10 +478,11 @@ def test_verify_beside_writers_reports_no_damage(tmp_path: Path) -> None:
     print(f"\n{len(reports)} verify runs beside the writer, {sum(r.checked for r in reports)} versions checked")
 
 
-def test_map_size_and_write_headroom_beside_a_thread_adopting_a_resize(tmp_path: Path) -> None:
+def test_map_size_writes_and_syncs_beside_a_thread_adopting_a_resize(tmp_path: Path) -> None:
     """A thread of this process adopting another process's map growth remaps the file; meanwhile other
-    threads ask the map's size (`map_size()`) and, before each write, how much room is left. Neither may
-    fail, and a write must not grow the map because the question failed."""
+    threads ask the map's size (`map_size()`), write (asking first how much room is left) and flush
+    durable writes to disk. None of it may fail, and a write must not grow the map because the question
+    failed."""
     from microblob._lmdb import LmdbEngine
 
     engine = LmdbEngine(tmp_path / "engine.db")
@@ -499,7 +500,7 @@ def test_map_size_and_write_headroom_beside_a_thread_adopting_a_resize(tmp_path:
             for i in range(1000):
                 assert engine.map_size() >= start
                 engine.write(lambda txn, i=i: txn.put("meta", f"k{n}-{i}".encode(), b"x" * 100),
-                             size_hint=100, durable=False)
+                             size_hint=100, durable=i % 4 == 0)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(repr(exc))
 
@@ -517,3 +518,36 @@ def test_map_size_and_write_headroom_beside_a_thread_adopting_a_resize(tmp_path:
     assert errors == []
     assert engine.map_size() == start  # 2,000 small writes never needed more room
     engine.close()
+
+
+GROW = """
+import sys
+from microblob._lmdb import LmdbEngine
+engine = LmdbEngine(sys.argv[1])
+for i in range(80):
+    engine.write(lambda txn, i=i: txn.put("chunks", b"c%d" % i, bytes([i]) * (1 << 20)), size_hint=1 << 20)
+engine.close()
+"""
+
+
+def test_backup_copy_after_another_process_grew_the_map(tmp_path: Path) -> None:
+    """`copy_to` (the engine's online backup) in a process whose map another process has outgrown: it
+    adopts the growth like any read, and the copy holds everything."""
+    from microblob._lmdb import LmdbEngine
+
+    path = tmp_path / "engine.db"
+    engine = LmdbEngine(path)
+    try:
+        engine.write(lambda txn: txn.put("meta", b"mine", b"x"))
+        grow = subprocess.run([sys.executable, "-c", GROW, str(path)], capture_output=True, env=_env(),
+                              timeout=DEADLINE)
+        assert grow.returncode == 0 and grow.stderr == b"", grow.stderr.decode()
+        assert path.stat().st_size > engine.map_size()  # this process's map is outgrown
+        engine.copy_to(str(tmp_path / "backup.db"))
+    finally:
+        engine.close()
+    backup = LmdbEngine(tmp_path / "backup.db")
+    with backup.read() as txn:
+        assert txn.get("meta", b"mine") == b"x"
+        assert [txn.get("chunks", b"c%d" % i) == bytes([i]) * (1 << 20) for i in range(80)] == [True] * 80
+    backup.close()
