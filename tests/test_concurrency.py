@@ -11,7 +11,15 @@ update is lost (each shared object's versions are exactly 0..N, N+1 being the sa
 version holding the bytes and tag of exactly one of those saves, the one the writer read back); the
 history keeps every replaced version readable; every new object exists; `verify()` is clean; every
 response the server gave during the writes was 200/201 and self-consistent (bytes match the sha256 their
-metadata states, versions never go backwards); and the server followed the map's growth while serving.
+metadata states, versions never go backwards; each 201 describes the upload's own version); and the
+server followed the map's growth while serving.
+
+The other tests pin down what the first one found, each beside concurrent writers: a reader whose bytes
+are freed under it (an update without history, a delete) gets NotFound, never IntegrityError; the server
+streams an object being replaced without history as 200 with one whole version or a clean 404 for a
+named version, never an error; `verify()` reports no damage for versions replaced meanwhile; a thread
+adopting a map resize makes no other thread fail or grow the map; `copy_to` follows another process's
+map growth.
 """
 
 from __future__ import annotations
