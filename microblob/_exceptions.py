@@ -120,8 +120,8 @@ class VersionNotFound(NotFound):
 class FileNotFound(NotFound):
     """No file with this id in the files bucket."""
 
-    def __init__(self, file_id: Any) -> None:
-        super().__init__(f"file {file_id!r} not found")
+    def __init__(self, file_id: Any, detail: str = "not found") -> None:
+        super().__init__(f"file {file_id!r} {detail}")
         self.file_id = file_id
 
 

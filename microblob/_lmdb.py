@@ -16,6 +16,7 @@ What this module takes care of, so nothing above it has to (facts measured in DE
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -182,6 +183,17 @@ class _Env:
     def used_bytes(self) -> int:
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
 
+    def headroom(self) -> int | None:
+        """Bytes left in the map, or None if LMDB cannot say. info() and stat() read the meta pages
+        through the map, which another thread's resize replaces: asked meanwhile, LMDB answers EINVAL.
+        That answer once counted as 'no room', and each one doubled the map, up to 'the store is full'.
+        So ask under the lock that keeps resizes out."""
+        with self.rw.shared():
+            try:
+                return self.env.info()["map_size"] - self.used_bytes()
+            except lmdb.Error:
+                return None
+
     def grow(self, needed: int) -> None:
         with self.rw.exclusive():
             current = self.env.info()["map_size"]
@@ -339,11 +351,9 @@ class LmdbEngine:
         if time.monotonic() - shared.last_reader_check > _READER_CHECK_EVERY:
             shared.check_readers()
         if size_hint:
-            try:
-                headroom = shared.env.info()["map_size"] - shared.used_bytes()
-            except lmdb.Error:
-                headroom = 0
-            if headroom < size_hint * 5 // 4 + 4 * MiB:
+            headroom = shared.headroom()
+            # Making room up front only saves a retry: if LMDB cannot tell, a full map will say so.
+            if headroom is not None and headroom < size_hint * 5 // 4 + 4 * MiB:
                 shared.grow(size_hint)
         while True:
             resized = False
@@ -377,11 +387,28 @@ class LmdbEngine:
                 shared.grow(size_hint)
 
     def map_size(self) -> int:
-        return self._env().env.info()["map_size"]
+        shared = self._env()
+        with shared.rw.shared():  # not while another thread resizes the map (see _Env.headroom)
+            return shared.env.info()["map_size"]
 
     def copy_to(self, dest: str, *, compact: bool = True) -> None:
         """A consistent (and compacted) copy of the file, safe while others write: the way to back up."""
-        self._env().env.copy(dest, compact=compact)
+        shared = self._env()
+        while True:
+            # The copy reads through its own snapshot of the map: like any read, it must keep this
+            # process's resizes out, and adopt another process's growth (MapResizedError) and retry.
+            with shared.rw.shared():
+                try:
+                    shared.env.copy(dest, compact=compact)
+                    return
+                except lmdb.MapResizedError:
+                    # LMDB creates `dest` exclusively (an existing one fails with EEXIST instead), so
+                    # the file left behind is this attempt's: remove it for the next one.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(dest)
+                except lmdb.Error as exc:
+                    raise StorageError(f"{self.path}: cannot copy to {dest}: {exc}") from None
+            shared.adopt_size()
 
     def close(self) -> None:
         shared, self._shared = self._shared, None

@@ -48,13 +48,31 @@ class GcReport:
     freed_history_entries: int = 0  # left by writes interrupted on a non-transactional backend
 
 
-def _versions(store: Store) -> Iterator[dict[str, Any]]:
-    """Every stored version (latest and history), one document at a time to keep memory flat."""
+def _versions(store: Store) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Every stored version (latest and history) and its collection, one document at a time to keep
+    memory flat."""
     for coll in (store._objects, store._history):
         for doc_id in [d["_id"] for d in coll.find({}, projection={"_id": 1})]:
             doc = coll.find_one({"_id": doc_id})
             if doc is not None:
-                yield doc
+                yield coll, doc
+
+
+# What identifies one stored version and its bytes: if any differs now, a writer replaced it.
+_IDENTITY = ("version", "prev_version", "created_at", "storage", "file_id", "size", "sha256")
+
+
+def _identity(doc: dict[str, Any]) -> dict[str, Any]:
+    return {field: doc.get(field) for field in _IDENTITY}
+
+
+def _still_stored(coll: Any, doc_id: Any, identity: dict[str, Any]) -> bool:
+    """Whether a version verify read is still stored as it was. verify reads one document at a time while
+    others may write: a version replaced without history or deleted meanwhile frees its bytes (and a
+    delete takes its history along), so a failed check of a version that is no longer there is a writer's
+    doing, not damage."""
+    now = coll.find_one({"_id": doc_id}, projection={"data": 0})
+    return now is not None and _identity(now) == identity
 
 
 def _hash_file(store: Store, file_id: Any) -> tuple[int, str] | str:
@@ -81,38 +99,58 @@ def verify(store: Store) -> VerifyReport:
     report = VerifyReport()
     hashed: dict[Any, tuple[int, str] | str] = {}
     versions_seen: dict[str, set[int]] = {}
-    prev_refs: list[tuple[str, int, int]] = []
-    for doc in _versions(store):
+    prev_refs: list[tuple[Any, dict[str, Any], str, int, int]] = []
+    for coll, doc in _versions(store):
         object_id = doc.get("object_id") or doc["_id"]
         version = doc.get("version") if isinstance(doc.get("version"), int) else 0
         versions_seen.setdefault(object_id, set()).add(version)
         if isinstance(doc.get("prev_version"), int):
-            prev_refs.append((object_id, version, doc["prev_version"]))
+            prev_refs.append((coll, doc, object_id, version, doc["prev_version"]))
         report.checked += 1
-        if doc.get("storage") == "inline" or "data" in doc:
-            data = doc.get("data")
-            if not isinstance(data, bytes):
-                report.damaged.append((object_id, version, "inline data is missing"))
-                continue
-            result: tuple[int, str] | str = (len(data), hashlib.sha256(data).hexdigest())
-        else:
-            file_id = doc.get("file_id")
-            if file_id is None:
-                report.damaged.append((object_id, version, "no file_id and no inline data"))
-                continue
-            if file_id not in hashed:
-                hashed[file_id] = _hash_file(store, file_id)
-            result = hashed[file_id]
-        if isinstance(result, str):
-            report.damaged.append((object_id, version, result))
-        elif result[0] != doc.get("size"):
-            report.damaged.append((object_id, version, f"size is {result[0]}, recorded {doc.get('size')}"))
-        elif result[1] != doc.get("sha256"):
-            report.damaged.append((object_id, version, "sha256 does not match the bytes"))
-    for object_id, version, prev in prev_refs:
-        if prev not in versions_seen.get(object_id, ()):
+        problem = _check_version(store, doc, hashed)
+        if problem is not None and _still_stored(coll, doc["_id"], _identity(doc)):
+            report.damaged.append((object_id, version, problem))
+    for coll, doc, object_id, version, prev in prev_refs:
+        if prev in versions_seen.get(object_id, ()):
+            continue
+        # Not seen, maybe only because a writer changed the object between verify's reads: damage only
+        # if the version naming it is still stored as read and `prev` still cannot be read.
+        if _still_stored(coll, doc["_id"], _identity(doc)) and not _readable(store, object_id, prev):
             report.damaged.append((object_id, version, f"prev_version {prev} cannot be read"))
     return report
+
+
+def _check_version(store: Store, doc: dict[str, Any], hashed: dict[Any, tuple[int, str] | str]) -> str | None:
+    """What is wrong with one version's bytes, or None."""
+    if doc.get("storage") == "inline" or "data" in doc:
+        data = doc.get("data")
+        if not isinstance(data, bytes):
+            return "inline data is missing"
+        result: tuple[int, str] | str = (len(data), hashlib.sha256(data).hexdigest())
+    else:
+        file_id = doc.get("file_id")
+        if file_id is None:
+            return "no file_id and no inline data"
+        if file_id not in hashed:
+            hashed[file_id] = _hash_file(store, file_id)
+        result = hashed[file_id]
+    if isinstance(result, str):
+        return result
+    if result[0] != doc.get("size"):
+        return f"size is {result[0]}, recorded {doc.get('size')}"
+    if result[1] != doc.get("sha256"):
+        return "sha256 does not match the bytes"
+    return None
+
+
+def _readable(store: Store, object_id: str, version: int) -> bool:
+    from ._exceptions import NotFound
+
+    try:
+        store.get_blob_object(object_id, version)
+    except NotFound:
+        return False
+    return True
 
 
 def _lease_is_live(lease: dict[str, Any]) -> bool:

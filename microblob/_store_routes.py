@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["object_blob_input", "store_routes"]
 
 _DATA_FIELDS = ("data",)
+_LATEST_ATTEMPTS = 5  # tries to serve the latest version of an object being replaced meanwhile
 
 
 def _plain(value: Any) -> Any:
@@ -147,15 +148,15 @@ def store_routes(server: ThingServer) -> list[Route]:
         control = q.get("control_version", "false").lower() in ("1", "true", "yes")
         path, _, _ = await server.receive_to_file(request)
         try:
-            oid = await _call(
-                store.save_or_update_object, Path(path), object_id=q.get("object_id") or None,
+            # The version this upload made (reading the latest back could find another writer's).
+            obj = await _call(
+                store._save_object, Path(path), object_id=q.get("object_id") or None,
                 workflow_id=q.get("workflow_id") or None, task_id=q.get("task_id") or None,
                 type=q.get("type") or None, custom_metadata=custom, control_version=control,
                 content_type=ctype, tags=tags,
             )
         finally:
             await run_in_threadpool(os.unlink, path)
-        obj = await _call(store.get_blob_object, oid)
         payload = _object_json(obj, str(request.base_url))
         return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
 
@@ -171,10 +172,21 @@ def store_routes(server: ThingServer) -> list[Route]:
     async def object_data(request: Request) -> Any:
         oid = request.path_params["id"]
         version = _int_param(request, "version")
-        blob = await _call(Blob.from_object, store, oid, version)
-        return BlobResponse(blob, method=request.method, request_headers=request.headers,
-                            size=blob.size or 0, sha256=blob._source.sha256 or "",
-                            extra_headers={"cache-control": "private, max-age=0, must-revalidate"})
+        for attempt in range(_LATEST_ATTEMPTS):
+            blob = await _call(Blob.from_object, store, oid, version)
+            response = BlobResponse(blob, method=request.method, request_headers=request.headers,
+                                    size=blob.size or 0, sha256=blob._source.sha256 or "",
+                                    extra_headers={"cache-control": "private, max-age=0, must-revalidate"})
+            try:
+                # Read the first piece before the status goes out: an update that keeps no history
+                # frees the bytes of the version it replaces, maybe just after we resolved it.
+                await response.prepare()
+            except NotFound as e:
+                if version is None and attempt + 1 < _LATEST_ATTEMPTS:
+                    continue  # "the latest" moved on: serve the new latest
+                raise _store_error(e) from None
+            return response
+        raise AssertionError("unreachable")
 
     async def object_history(request: Request) -> Response:
         oid = request.path_params["id"]

@@ -487,7 +487,8 @@ def _table(header: Sequence[str], rows: list[list[str]], right: Sequence[int] = 
 def cmd_put(args: argparse.Namespace) -> int:
     with _open_input(args.file) as (stream, size, label), _connect(args, create=True) as store:
         with _progress(size, f"put {label}") as bar:
-            object_id = store.save_or_update_object(
+            # The version this put made (reading the latest back could find another writer's).
+            saved = store._save_object(
                 _Counted(stream, bar),
                 object_id=args.object_id,
                 workflow_id=args.workflow_id,
@@ -500,9 +501,9 @@ def cmd_put(args: argparse.Namespace) -> int:
                 tags=args.tag,
             )
         if args.json:
-            _print_json_lines([store.get_blob_object(object_id).to_dict()])
+            _print_json_lines([saved.to_dict()])
         else:
-            print(object_id, flush=True)
+            print(saved.object_id, flush=True)
     return 0
 
 

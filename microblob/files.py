@@ -344,9 +344,20 @@ class DownloadStream(io.RawIOBase):
         if n == self._cached_n:
             return self._cached
         expected = min(self.chunk_size, self.length - n * self.chunk_size)
-        data = checked_chunk(self.file_id, n, self._bucket._chunks.get(self.file_id, n), expected)
+        try:
+            data = checked_chunk(self.file_id, n, self._bucket._chunks.get(self.file_id, n), expected)
+        except IntegrityError:
+            self._raise_if_deleted()
+            raise
         self._cached_n, self._cached = n, data
         return data
+
+    def _raise_if_deleted(self) -> None:
+        """A chunk can go missing under a reader without any damage: an update that keeps no history,
+        or a delete, frees the replaced file (files document first, then its chunks) while someone who
+        opened it earlier still reads. Then the file is gone, not corrupt: say so (NotFound)."""
+        if not self._bucket.exists(self.file_id):
+            raise FileNotFound(self.file_id, "was deleted while it was being read") from None
 
     def read(self, size: int | None = -1) -> bytes:
         self._check()
@@ -370,7 +381,11 @@ class DownloadStream(io.RawIOBase):
             stop = min(expected, offset + end - pos)
             parts.append((n, offset, stop, expected))
             pos += stop - offset
-        data = self._bucket._read_joined(self.file_id, parts)
+        try:
+            data = self._bucket._read_joined(self.file_id, parts)
+        except IntegrityError:
+            self._raise_if_deleted()
+            raise
         self._pos = end
         return data
 

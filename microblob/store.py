@@ -237,6 +237,29 @@ class Store:
         current `Workflow`. With `control_version=True` the replaced version stays readable from the
         history; without it, its bytes are freed (unless an older version still shares them).
         """
+        return self._save_object(
+            object, object_id, workflow_id, task_id, type, custom_metadata, save_data_in_collection,
+            control_version, content_type, tags, object_type=object_type,
+        ).object_id
+
+    def _save_object(
+        self,
+        object: Any,
+        object_id: str | None = None,
+        workflow_id: str | None = None,
+        task_id: str | None = None,
+        type: str | None = None,
+        custom_metadata: Mapping[str, Any] | None = None,
+        save_data_in_collection: bool = False,
+        control_version: bool = False,
+        content_type: str | None = None,
+        tags: list[str] | None = None,
+        *,
+        object_type: str | None = None,
+    ) -> BlobObject:
+        """`save_or_update_object`, returning the version this call wrote. For the CLI and the HTTP
+        layer, which describe the save they made: reading the latest back afterwards may find another
+        writer's newer version."""
         self._check_open()
         object_id = uuid.uuid4().hex if object_id is None else check_id(object_id)
         fields = self._metadata_fields(workflow_id, task_id, _type_alias(type, object_type), custom_metadata, tags)
@@ -260,7 +283,7 @@ class Store:
             source.close()
         if release is not None:
             self._release_file(release)
-        return doc["object_id"]
+        return BlobObject(self, doc)
 
     def _save_chunked(
         self, object_id: str, fields: dict[str, Any], source: _Source, control_version: bool
