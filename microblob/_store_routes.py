@@ -150,7 +150,7 @@ def store_routes(server: ThingServer) -> list[Route]:
         try:
             # The version this upload made (reading the latest back could find another writer's).
             obj = await _call(
-                store._save_object, Path(path), object_id=q.get("object_id") or None,
+                store.save_object, Path(path), object_id=q.get("object_id") or None,
                 workflow_id=q.get("workflow_id") or None, task_id=q.get("task_id") or None,
                 type=q.get("type") or None, custom_metadata=custom, control_version=control,
                 content_type=ctype, tags=tags,

@@ -488,7 +488,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     with _open_input(args.file) as (stream, size, label), _connect(args, create=True) as store:
         with _progress(size, f"put {label}") as bar:
             # The version this put made (reading the latest back could find another writer's).
-            saved = store._save_object(
+            saved = store.save_object(
                 _Counted(stream, bar),
                 object_id=args.object_id,
                 workflow_id=args.workflow_id,

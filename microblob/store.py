@@ -237,12 +237,12 @@ class Store:
         current `Workflow`. With `control_version=True` the replaced version stays readable from the
         history; without it, its bytes are freed (unless an older version still shares them).
         """
-        return self._save_object(
+        return self.save_object(
             object, object_id, workflow_id, task_id, type, custom_metadata, save_data_in_collection,
             control_version, content_type, tags, object_type=object_type,
         ).object_id
 
-    def _save_object(
+    def save_object(
         self,
         object: Any,
         object_id: str | None = None,
@@ -257,9 +257,9 @@ class Store:
         *,
         object_type: str | None = None,
     ) -> BlobObject:
-        """`save_or_update_object`, returning the version this call wrote. For the CLI and the HTTP
-        layer, which describe the save they made: reading the latest back afterwards may find another
-        writer's newer version."""
+        """`save_or_update_object`, returning the `BlobObject` of the version this call wrote (its
+        metadata; bytes are read on demand). With other writers about, reading the latest back after
+        a save may find someone else's newer version: this says which version *you* made."""
         self._check_open()
         object_id = uuid.uuid4().hex if object_id is None else check_id(object_id)
         fields = self._metadata_fields(workflow_id, task_id, _type_alias(type, object_type), custom_metadata, tags)

@@ -81,11 +81,15 @@ def test_concurrent_threads_never_lose_a_version(store: microblob.Store) -> None
     object_id = store.save_or_update_object(b"start")
     per_thread, threads = 25, 8
     errors: list[BaseException] = []
+    saved: dict[int, bytes] = {}  # version -> the payload of the save_object call that wrote it
 
     def writer(n: int) -> None:
         try:
             for i in range(per_thread):
-                store.save_or_update_object(f"{n}-{i}".encode(), object_id=object_id, control_version=True)
+                payload = f"{n}-{i}".encode()
+                obj = store.save_object(payload, object_id=object_id, control_version=True)
+                assert obj.object_id == object_id and obj.size == len(payload)
+                saved[obj.version] = payload
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -96,6 +100,8 @@ def test_concurrent_threads_never_lose_a_version(store: microblob.Store) -> None
         t.join()
     assert errors == []
     _assert_contiguous(store, object_id, per_thread * threads)
+    assert sorted(saved) == list(range(1, per_thread * threads + 1))  # each call names its own version
+    assert all(store.get_blob_object(object_id, version=v).data == data for v, data in saved.items())
     assert store.verify().ok
 
 
