@@ -8,7 +8,6 @@ bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,28 +72,22 @@ def _int_param(request: Request, name: str, default: int | None = None, minimum:
 
 
 def _json_param(request: Request, name: str) -> Any:
-    from .server import ApiError
+    from .server import parse_json
 
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise ApiError(400, f"{name} is not valid JSON: {e}") from None
+    return parse_json(raw, name)
 
 
 def _parse_sort(raw: str | None) -> Any:
     """``sort=-created_at,version`` or JSON (``[["created_at", -1]]`` / ``{"created_at": -1}``)."""
-    from .server import ApiError
+    from .server import parse_json
 
     if not raw:
         return None
     if raw.lstrip().startswith(("[", "{")):
-        try:
-            value = json.loads(raw)
-        except ValueError as e:
-            raise ApiError(400, f"sort is not valid JSON: {e}") from None
+        value = parse_json(raw, "sort")
         if isinstance(value, list):
             return [tuple(v) if isinstance(v, list) else v for v in value]
         return value

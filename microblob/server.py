@@ -53,6 +53,34 @@ MAX_JSON = 16 * 1024 * 1024
 _GENERIC = "application/octet-stream"
 
 
+MAX_JSON_DEPTH = 100
+
+
+def _check_depth(value: Any, what: str) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH: a tree that deep would be stored (as an invocation's
+    input) and then fail to serialise on every later listing, and recursive code may overflow on it."""
+    level: list[Any] = [value]  # the containers at depth 1, then 2, ...
+    for _ in range(MAX_JSON_DEPTH):
+        level = [v for node in level for v in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(v, (dict, list))]
+        if not level:
+            return
+    raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """Parse request JSON: 400 (not 500) for anything that is not plain, reasonably shallow JSON."""
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise ApiError(400, f"{what} is not valid JSON: {e}") from None
+    except RecursionError:  # json's C parser recurses per nesting level
+        raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if isinstance(value, (dict, list)):
+        _check_depth(value, what)
+    return value
+
+
 class ApiError(Exception):
     """An HTTP error answered as ``{"error": error, "detail": detail}``."""
 
@@ -298,10 +326,7 @@ class ThingServer(Starlette):
             if empty is ...:
                 raise ApiError(400, "expected a JSON body")
             return empty
-        try:
-            return json.loads(body)
-        except ValueError as e:
-            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+        return parse_json(body, "the body")
 
     def resolve_blob(self, request: Request, url: str, cls: type[Blob], field: str) -> Blob:
         """A Blob input given as a URL: only this server's own blob links and objects are accepted,
