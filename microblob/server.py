@@ -68,10 +68,17 @@ def _check_depth(value: Any, what: str) -> None:
     raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259): a property set to NaN, an
+    # invocation whose input holds one, or stored metadata with one could never be answered again
+    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, was a 500.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json(raw: bytes | str, what: str) -> Any:
     """Parse request JSON: 400 (not 500) for anything that is not plain, reasonably shallow JSON."""
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant)
     except ValueError as e:
         raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     except RecursionError:  # json's C parser recurses per nesting level
