@@ -8,6 +8,7 @@ bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,8 @@ _DATA_FIELDS = ("data",)
 
 
 def _plain(value: Any) -> Any:
-    """Store metadata as JSON: dates as ISO 8601, other non-JSON values (ObjectIds, ...) as text."""
+    """Store metadata as JSON: dates as ISO 8601, NaN and infinities as the strings "NaN", "Infinity" and
+    "-Infinity", other non-JSON values (ObjectIds, ...) as text."""
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
@@ -40,6 +42,10 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items() if k not in _DATA_FIELDS}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # The store takes NaN and infinities from Python (MongoDB does too), but JSON cannot hold them
+        # and JSONResponse raises on them: one such object made GET /objects/ a 500 for everyone.
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
