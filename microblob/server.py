@@ -75,10 +75,17 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf: the same trouble as a literal Infinity
+        raise ValueError(f"{text} is out of range for a float")
+    return value
+
+
 def parse_json(raw: bytes | str, what: str) -> Any:
     """Parse request JSON: 400 (not 500) for anything that is not plain, reasonably shallow JSON."""
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as e:
         raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     except RecursionError:  # json's C parser recurses per nesting level
