@@ -345,7 +345,11 @@ class ThingServer(Starlette):
     def resolve_blob(self, request: Request, url: str, cls: type[Blob], field: str) -> Blob:
         """A Blob input given as a URL: only this server's own blob links and objects are accepted,
         and nothing is ever fetched (no SSRF)."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        except ValueError as e:  # e.g. "http://[::1/x" (an unclosed IPv6 bracket) was a 500
+            raise InvalidInput(field, f"{url!r} is not a valid URL: {e}") from None
         base = urlsplit(str(request.base_url))
         if (parts.scheme or parts.netloc) and (parts.scheme, parts.netloc.lower()) != (
             base.scheme,
