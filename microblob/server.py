@@ -278,7 +278,8 @@ class ThingServer(Starlette):
         self.close()
 
     def close(self) -> None:
-        """Stop the expiry timer and the action pool (running actions are asked to cancel)."""
+        """Stop the expiry timer and the action pool (running actions are asked to cancel), and release
+        every Blob the server holds (outputs and uploads): temp files they own are deleted now."""
         self.invocations.shutdown()
         self.scheduler.close()
         self.links.drop_holds()

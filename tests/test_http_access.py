@@ -40,6 +40,7 @@ from thing_fixtures import Camera, RAWBlob, frame
 
 import microblob
 from microblob import Blob, ThingClient, thing_action
+from microblob._inprocess import in_process_client
 from microblob.server import MAX_JSON
 
 TOKEN = "s3cret-token"
@@ -69,6 +70,10 @@ class Frames(Camera):
         path = self.frame_dir / f"frame-{len(self.made)}.raw"
         path.write_bytes(frame(size))
         return self._keep(RAWBlob.from_file(path, delete=True))
+
+    @thing_action(blob_ttl=600)
+    def lasting_file_output(self, size: int = 1000) -> RAWBlob:
+        return self.file_output(size)
 
     @thing_action(blob_ttl=0.5)
     def memory_output(self, size: int = 1000) -> RAWBlob:
@@ -340,6 +345,20 @@ def test_expired_upload_deletes_its_temp_file(make_server: Any, asgi: Any, uploa
     wait_until(lambda: gc.collect() is not None and os.listdir(uploads) == [])
     assert client.get(out["url"]).status_code == 410
     assert app.links.stats() == {"links": 1, "live": 0}
+
+
+def test_closing_the_server_deletes_the_temp_files_its_outputs_own(make_server: Any, frames: Frames,
+                                                                   uploads: Path, tmp_path: Path) -> None:
+    """Closing the server (its lifespan shutdown) releases every output and upload it holds, so their
+    temp files go then, not at interpreter exit (which SIGTERM under uvicorn skips)."""
+    app = make_server({"frames": frames}, retention=600, upload_dir=str(uploads))
+    with in_process_client(app) as client:  # leaving the block runs the ASGI lifespan shutdown
+        inv = client.post("/frames/lasting_file_output", params={"wait": "20"}, json={"size": 10}).json()
+        assert inv["status"] == "completed"
+        client.post("/blobs", content=b"uploaded")
+        assert len(os.listdir(tmp_path / "frames")) == 1 and len(os.listdir(uploads)) == 1
+    assert os.listdir(tmp_path / "frames") == [] and os.listdir(uploads) == []
+    assert app.invocations.all() == []
 
 
 # --- no outbound requests -------------------------------------------------------------------------------
