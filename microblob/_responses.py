@@ -18,7 +18,9 @@ from .blob import CHUNK_SIZE, Blob, _BytesSource
 __all__ = ["BlobResponse", "parse_range"]
 
 _RANGE = re.compile(r"bytes=\s*(\d*)\s*-\s*(\d*)\s*")
-_MEMORY_CHUNK = 4 * CHUNK_SIZE  # slices of in-memory bytes cost only a copy, so send bigger ones
+# Slices of in-memory bytes are sent CHUNK_SIZE at a time like file reads: bigger slices would each be
+# a fresh mapping (server.MMAP_THRESHOLD), page-faulted in and unmapped again, for no gain.
+_MEMORY_CHUNK = CHUNK_SIZE
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
