@@ -8,10 +8,12 @@ through /proc/PID/clear_refs just before the load so it is the peak *of the load
     first chunk until all 20 are streaming, so the server has 20 responses in flight, 19 of them stalled
     (backpressure, not buffering, must hold them). Bound: the peak exceeds the RSS before the downloads by
     less than 128 MiB (a tenth of one download per client would already be 512 MiB).
-(b) 1,000 invocations, each returning a 1 MiB in-memory Blob and a 64 KiB file-backed Blob with a 10 s TTL
-    and a 1 s retention: while they live, the RSS holds their bytes (checked against the live-link count, so
-    the measurement is shown to see them); once they expire, the invocation table and the link table are
+(b) 1,000 invocations, each returning a 1.5 MiB in-memory Blob and a 64 KiB file-backed Blob with a 10 s
+    TTL and a 1 s retention: while they live, the RSS holds their bytes (checked against the live-link count,
+    so the measurement is shown to see them); once they expire, the invocation table and the link table are
     empty, every temp file is gone, and the RSS is back within 48 MiB of what it was before the 1,000.
+    (In-memory bytes over `microblob.server.MMAP_THRESHOLD`, 1.125 MiB, get their own mapping and go back to
+    the OS when released; smaller ones go back to the allocator's heap, which keeps them for reuse.)
 """
 
 from __future__ import annotations
