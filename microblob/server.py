@@ -543,7 +543,7 @@ class ThingServer(Starlette):
                 raise ApiError(405, f"{name!r} is an action: POST to invoke it", headers={"Allow": "POST"})
             return await self._invoke(request, thing_name, thing, name)
         if name in props:
-            if request.method == "GET":
+            if request.method in ("GET", "HEAD"):  # the route allows HEAD with GET; it was a 405 here
                 return await self._read_property(request, thing, name)
             if request.method == "PUT":
                 return await self._write_property(request, thing, name)
