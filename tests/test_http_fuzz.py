@@ -592,3 +592,33 @@ def test_stored_nan_metadata_is_served(make_server: Any, asgi: Any) -> None:
     assert client.get("/objects/n", params={"version": 0}).json()["custom_metadata"] == {"x": "NaN",
                                                                                      "y": ["-Infinity"]}
     assert [h["version"] for h in client.get("/objects/n/history").json()] == [1, 0]
+
+
+def test_head_answers_like_get_on_every_route(make_server: Any, asgi: Any, tmp_path: Path) -> None:
+    """Every route that answers GET answers HEAD with the same status and headers and no body (RFC 9110)."""
+    store = microblob.connect(tmp_path / "store.db")
+    store.save_or_update_object(frame(5000), object_id="obj")
+    camera = Camera()
+    app = make_server({"camera": camera}, store=store)
+    client = asgi(app)
+    inv = client.post("/camera/capture_raw_image", params={"wait": "20"}, json={"size": 100}).json()
+    values = {"thing": "camera", "id": inv["id"]}
+    checked = []
+    for template, allowed in route_table(app):
+        if "GET" not in allowed:
+            continue
+        paths = [re.sub(r"\{(\w+)(:\w+)?\}", lambda m: values.get(m.group(1), "x"), template)]
+        if template == "/{thing}/{name}":
+            paths = ["/camera/exposure", "/camera/model"]
+        elif template.startswith("/objects/{id}"):
+            paths = [template.replace("{id}", "obj")]
+        elif template == "/blobs/{id}":
+            paths = [inv["output"]["url"]]
+        for path in paths:
+            get, head = client.get(path), client.head(path)
+            assert head.status_code == get.status_code, (path, get.status_code, head.status_code, head.text)
+            assert head.content == b""
+            assert head.headers.get("content-type") == get.headers.get("content-type"), path
+            checked.append(path)
+    assert len(checked) >= 8
+    store.close()
