@@ -184,14 +184,15 @@ def test_20_concurrent_256_mib_downloads_keep_the_server_bounded(tmp_path: Path)
             results = list(pool.map(download, range(CLIENTS)))
         elapsed = time.monotonic() - started
         sampled_peak = max(rss for rss, _ in sampler.stop())
-        peak = vm_status(pid)["VmHWM"]
+        # VmHWM is the kernel's peak, but its RSS counters are synced lazily (per-CPU batches), so a sample
+        # can read a little above it: the peak is the larger of the two.
+        peak = max(vm_status(pid)["VmHWM"], sampled_peak)
     assert len(streaming) == CLIENTS
     assert results == [(SIZE, out["sha256"])] * CLIENTS  # every byte of every download, verified
     growth = peak - baseline
     print(f"\n20 x 256 MiB in {elapsed:.1f} s ({CLIENTS * SIZE / elapsed / MIB:.0f} MiB/s): server RSS baseline "
           f"{baseline / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB (sampled {sampled_peak / MIB:.1f}), "
           f"+{growth / MIB:.1f} MiB; bound +{DOWNLOAD_BOUND // MIB} MiB")
-    assert sampled_peak <= peak
     assert growth < DOWNLOAD_BOUND, f"the server's peak grew {growth / MIB:.1f} MiB during the downloads"
     assert os.listdir(temp) == []  # the server stopped: the big file went with its Blob
 
@@ -241,7 +242,7 @@ def test_1000_expiring_invocations_give_their_memory_back(tmp_path: Path) -> Non
         wait_until(lambda: stats(base) == empty and os.listdir(temp) == [], timeout=120)
         samples = sampler.stop()
         final = vm_status(pid)["VmRSS"]
-        peak = vm_status(pid)["VmHWM"]
+        peak = max(vm_status(pid)["VmHWM"], *(rss for rss, _ in samples))
         with httpx.Client(timeout=30) as http:
             assert http.get(outs[0]["memory"]["url"]).status_code in (404, 410)
     assert len({out["memory"]["url"] for out in outs}) == INVOCATIONS
