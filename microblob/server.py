@@ -169,15 +169,15 @@ def _return_freed_blobs_to_the_os() -> None:
 
     By default glibc raises its mmap threshold to the size of the first large block freed; from then on,
     blocks of that size come from its heaps, which rarely shrink. So once a few Blobs had expired, a burst
-    of in-memory Blobs stayed resident after they expired too: 1,000 expired 1 MiB Blobs left the server
-    700-850 MiB larger for good (tests/test_resource_bounds.py). The threshold sits just above the 1 MiB
-    buffers that streaming allocates and frees by the thousand, which stay on the heap: mapping each of
-    those costs page faults (measured: reading 256 MiB in 1 MiB pieces took 4x as long). Fixing it turns
-    off glibc's dynamic trim threshold too, so that is set as the dynamic rule would (twice the mmap
-    threshold): at glibc's fixed default the heap gives back and re-faults those buffers on every chunk
-    (2x as long). Process-wide; left
-    alone where the environment already chose (MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES), and a no-op on
-    anything but glibc."""
+    of in-memory Blobs stayed resident after they had expired too: 1,000 expired 1 MiB Blobs left the server
+    700-850 MiB larger for good. With the threshold fixed, in-memory Blob bytes over it go back to the OS
+    when released (tests/test_resource_bounds.py); smaller ones go back to the heap, for reuse. It sits
+    just above the 1 MiB buffers that streaming allocates and frees by the thousand, which stay on the heap:
+    mapping each of those costs page faults (reading 256 MiB in 1 MiB pieces took 4x as long). Fixing it
+    turns off glibc's dynamic trim threshold too, so that is set as the dynamic rule would (twice the mmap
+    threshold): at glibc's fixed default the heap gives back and re-faults those buffers on every chunk (2x
+    as long). Process-wide; left alone where the environment already chose (MALLOC_MMAP_THRESHOLD_,
+    GLIBC_TUNABLES), and a no-op on anything but glibc."""
     global _malloc_tuned
     if _malloc_tuned:
         return
