@@ -9,7 +9,8 @@
   URL-safe characters; all distinct; every position varies.
 - An expired link answers 410 and its bytes are released by the clock, with no request needed: the temp
   file of a file-backed Blob (an action's output or an upload) is deleted, and the Blob object (file,
-  memory or store-backed) is collected; the link table keeps only a tombstone holding no Blob.
+  memory or store-backed) is collected; the link table keeps only a tombstone holding no Blob. Closing
+  the server (its lifespan shutdown) releases every output and upload, so their temp files go then.
 - A Blob input naming another host (loopback included), another scheme, or hiding one behind userinfo,
   fragment or backslash tricks is a 422, and the server connects nowhere: a real TCP listener on
   127.0.0.1 records any connection, over the ASGI client and over a real socket through `ThingClient`.
