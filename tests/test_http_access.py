@@ -5,7 +5,7 @@
   without the token or with a wrong one, and has no effect. The only exceptions: downloading a Blob link
   (GET/HEAD /blobs/{id}: the id is the secret) and the browse page taking the token as ``/?token=``. With
   the token no route answers 401. Path tricks over a real socket do not reach a protected route.
-- Blob link ids are unguessable: each comes from `secrets.token_urlsafe` with >= 16 bytes (128 bits); 22
+- Blob link ids are unguessable: each comes from `secrets.token_urlsafe` with >= 16 bytes (128 bits); >= 22
   URL-safe characters; all distinct; every position varies.
 - An expired link answers 410 and its bytes are released by the clock, with no request needed: the temp
   file of a file-backed Blob (an action's output or an upload) is deleted, and the Blob object (file,
