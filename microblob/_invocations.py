@@ -255,6 +255,16 @@ class InvocationManager:
         return inv.done
 
     def shutdown(self) -> None:
+        """Cancel what runs, stop the pool, forget every invocation and release its outputs.
+
+        Releasing matters: a file-backed output Blob (`delete=True`) is deleted when it is collected, and
+        under plain uvicorn (or `serve()`) SIGTERM ends the process right after the lifespan shutdown by
+        re-raising the signal, so atexit and weakref finalizers never run: outputs still held here left
+        their temp files on disk for good."""
         for inv in self.all():
             inv.cancel_event.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            invocations, self._invocations = list(self._invocations.values()), {}
+        for inv in invocations:
+            inv.release()

@@ -192,7 +192,10 @@ def coerce(value: Any, hint: Any, path: str = "", resolve_blob: BlobResolver | N
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidInput(_where(path), f"expected number, got {_type_name(value)}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer of 400 digits is valid JSON but no float: was a 500
+            raise InvalidInput(_where(path), f"{value} is out of range for a number") from None
     if hint is str:
         if not isinstance(value, str):
             raise InvalidInput(_where(path), f"expected string, got {_type_name(value)}")
@@ -208,7 +211,10 @@ def coerce(value: Any, hint: Any, path: str = "", resolve_blob: BlobResolver | N
         item = args[0] if args else Any
         items = [coerce(v, item, f"{path}[{i}]", resolve_blob) for i, v in enumerate(value)]
         if origin in (set, frozenset) or hint in (set, frozenset):
-            return (origin or hint)(items)
+            try:
+                return (origin or hint)(items)
+            except TypeError:  # unhashable items (arrays, objects) in a bare `set`: was a 500
+                raise InvalidInput(_where(path), "expected an array of numbers, strings or booleans") from None
         return tuple(items) if origin is tuple or hint is tuple else items
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, dict):

@@ -8,7 +8,7 @@ bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,8 @@ _LATEST_ATTEMPTS = 5  # tries to serve the latest version of an object being rep
 
 
 def _plain(value: Any) -> Any:
-    """Store metadata as JSON: dates as ISO 8601, other non-JSON values (ObjectIds, ...) as text."""
+    """Store metadata as JSON: dates as ISO 8601, NaN and infinities as the strings "NaN", "Infinity" and
+    "-Infinity", other non-JSON values (ObjectIds, ...) as text."""
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
@@ -42,6 +43,10 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items() if k not in _DATA_FIELDS}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # The store takes NaN and infinities from Python (MongoDB does too), but JSON cannot hold them
+        # and JSONResponse raises on them: one such object made GET /objects/ a 500 for everyone.
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -74,28 +79,22 @@ def _int_param(request: Request, name: str, default: int | None = None, minimum:
 
 
 def _json_param(request: Request, name: str) -> Any:
-    from .server import ApiError
+    from .server import parse_json
 
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise ApiError(400, f"{name} is not valid JSON: {e}") from None
+    return parse_json(raw, name)
 
 
 def _parse_sort(raw: str | None) -> Any:
     """``sort=-created_at,version`` or JSON (``[["created_at", -1]]`` / ``{"created_at": -1}``)."""
-    from .server import ApiError
+    from .server import parse_json
 
     if not raw:
         return None
     if raw.lstrip().startswith(("[", "{")):
-        try:
-            value = json.loads(raw)
-        except ValueError as e:
-            raise ApiError(400, f"sort is not valid JSON: {e}") from None
+        value = parse_json(raw, "sort")
         if isinstance(value, list):
             return [tuple(v) if isinstance(v, list) else v for v in value]
         return value

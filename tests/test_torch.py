@@ -319,6 +319,29 @@ def test_the_exploit_payload_is_live(tmp_path: Path) -> None:
     assert marker.exists()
 
 
+@pytest.fixture
+def trained() -> MLP:
+    """A model trained before `no_unpickling` takes effect (the optimizer's lazy imports subclass
+    pickle.Unpickler, which the fixture replaces)."""
+    model = fresh(0)
+    train(model, steps=5)
+    return model
+
+
+def test_saved_models_load_with_every_unpickler_forbidden(any_store: microblob.Store, trained: MLP,
+                                                         no_unpickling: list[str]) -> None:
+    """The positive half of "never through pickle": with `pickle.load(s)`, `pickle.Unpickler` and
+    `torch.load` all made to fail, a trained model (BatchNorm buffers too) saves and reloads exactly."""
+    model = trained
+    oid = mbtorch.save_or_update_torch_model(model, store=any_store)
+    other = fresh(1)
+    assert not same_state(other, params_snapshot(model))
+    mbtorch.load_torch_model(other, oid, store=any_store)
+    assert same_state(other, params_snapshot(model))
+    assert torch.equal(outputs(other), outputs(model))
+    assert no_unpickling == []
+
+
 @pytest.mark.parametrize("kind", ["pickle", "torch.save"])
 def test_a_pickle_saved_as_a_model_is_refused_unread(
     microblob_store: microblob.Store, tmp_path: Path, no_unpickling: list[str], kind: str
