@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._exceptions import InvalidArgument, InvalidInput, MicroblobError, NotFound
+from ._regex_guard import check_untrusted_filter
 from ._responses import BlobResponse
 from .blob import Blob
 
@@ -128,6 +129,10 @@ def store_routes(server: ThingServer) -> list[Route]:
 
     async def list_objects(request: Request) -> Response:
         flt = _json_param(request, "filter") or {}
+        try:
+            check_untrusted_filter(flt)  # a backtracking $regex would freeze the whole server
+        except InvalidArgument as exc:
+            raise _store_error(exc) from None
         sort = _parse_sort(request.query_params.get("sort"))
         limit = _int_param(request, "limit", 100)
         skip = _int_param(request, "skip", 0)

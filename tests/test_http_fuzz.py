@@ -594,6 +594,40 @@ def test_stored_nan_metadata_is_served(make_server: Any, asgi: Any) -> None:
     assert [h["version"] for h in client.get("/objects/n/history").json()] == [1, 0]
 
 
+BACKTRACKING = ["^(a+)+$", "(a*)*b", "(a|aa)+$", "((ab)*)+c", r"(\w+\s?)+$", r"^(a+)\1$", "(x+x+)+y",
+                ".*a.*b.*c.*d.*e", "a" * 300]
+SAFE = ["^a+$", "^scan-", "png$", "(jpg|png)$", "[a-f0-9]{32}", "^(ab)+$", "a.*b"]
+
+
+@pytest.mark.parametrize("pattern", BACKTRACKING)
+def test_backtracking_regex_filters_are_refused(make_server: Any, live: Any, pattern: str) -> None:
+    """Python's `re` holds the GIL while it backtracks: one such filter would freeze the whole server
+    for hours. Over HTTP it is a 400 naming the problem, and the server keeps answering."""
+    store = microblob.connect("memory://")
+    store.save_or_update_object(b"x", object_id="a" * 40 + "!")
+    base = live(make_server({}, store=store))
+    with httpx.Client(base_url=base, timeout=10) as client:
+        r = client.get("/objects/", params={"filter": json.dumps({"object_id": {"$regex": pattern}})})
+        assert r.status_code == 400 and r.json()["error"] == "InvalidQuery", r.text
+        nested = {"$or": [{"type": "x"}, {"custom_metadata.k": {"$not": {"$regex": pattern}}}]}
+        assert client.get("/objects/", params={"filter": json.dumps(nested)}).status_code == 400
+        assert [o["object_id"] for o in client.get("/objects/").json()] == ["a" * 40 + "!"]
+    # the Python API trusts its caller's filters: the same pattern is a valid query there
+    assert store.query({"object_id": {"$regex": pattern}}, collection="workflows") == []
+
+
+@pytest.mark.parametrize("pattern", SAFE)
+def test_ordinary_regex_filters_work_over_http(make_server: Any, asgi: Any, pattern: str) -> None:
+    store = microblob.connect("memory://")
+    ids = ["aaa", "scan-1", "x.png", "y.jpg", "0" * 32, "abab", "a-b"]
+    for object_id in ids:
+        store.save_or_update_object(b"x", object_id=object_id)
+    client = asgi(make_server({}, store=store))
+    r = client.get("/objects/", params={"filter": json.dumps({"object_id": {"$regex": pattern}})})
+    assert r.status_code == 200, r.text
+    assert sorted(o["object_id"] for o in r.json()) == sorted(i for i in ids if re.search(pattern, i))
+
+
 def test_head_answers_like_get_on_every_route(make_server: Any, asgi: Any, tmp_path: Path) -> None:
     """Every route that answers GET answers HEAD with the same status and headers and no body (RFC 9110)."""
     store = microblob.connect(tmp_path / "store.db")
