@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from ._exceptions import StorageError, StoreClosed
+from ._exceptions import InvalidArgument, StorageError, StoreClosed
 from ._kv import TABLES, KVTxn
 
 __all__ = ["LmdbEngine"]
@@ -256,6 +256,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited_envs)
 
 
+MAX_READERS = 1 << 16  # each reader slot is a line of the -lock file: 65,536 make it 4 MiB
+
+
+def _check_options(path: Any, map_size: Any, sync: Any, metasync: Any, max_readers: Any) -> None:
+    """Refuse what py-lmdb would turn into a bare TypeError/OverflowError/ValueError/UnicodeEncodeError, or
+    silently misread (sync="no" is truthy)."""
+    if not isinstance(path, str):
+        raise InvalidArgument(f"the LMDB path must be a str, not {type(path).__name__}")
+    if "\x00" in path:
+        raise InvalidArgument(f"the LMDB path {path!r} contains a NUL character")
+    try:
+        path.encode("utf-8")  # py-lmdb passes the path to LMDB as strict UTF-8
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"the LMDB path {path!r} is not valid UTF-8 (lone surrogates)") from None
+    if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int)
+                                 or not 0 < map_size <= MAP_LIMIT):
+        raise InvalidArgument(f"map_size must be an int in 1..{MAP_LIMIT} or None, not {map_size!r}")
+    for name, flag in (("sync", sync), ("metasync", metasync)):
+        if not isinstance(flag, bool):
+            raise InvalidArgument(f"{name} must be True or False, not {flag!r}")
+    if isinstance(max_readers, bool) or not isinstance(max_readers, int) or not 0 < max_readers <= MAX_READERS:
+        raise InvalidArgument(f"max_readers must be an int in 1..{MAX_READERS}, not {max_readers!r}")
+
+
 class LmdbEngine:
     """A KVEngine on one LMDB file. Cheap to create: engines on the same file share one environment."""
 
@@ -268,7 +292,9 @@ class LmdbEngine:
         metasync: bool = True,
         max_readers: int = 126,
     ) -> None:
-        real = os.path.realpath(os.fspath(path))
+        path = os.fspath(path)
+        _check_options(path, map_size, sync, metasync, max_readers)
+        real = os.path.realpath(path)
         if os.path.isdir(real):
             raise StorageError(f"{real} is a directory; the embedded store is a single file")
         parent = os.path.dirname(real) or "."
