@@ -127,8 +127,9 @@ def _check_filter(filter: Filter | None) -> dict[str, Any]:
 
 def _check_window(skip: Any, limit: Any) -> None:
     for name, value in (("skip", skip), ("limit", limit)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
+        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
 
 
 def _check_doc(doc: Mapping[str, Any]) -> dict[str, Any]:

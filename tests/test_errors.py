@@ -111,6 +111,19 @@ def test_malformed_filters(store: microblob.Store, bad_filter: object) -> None:
         store.query(bad_filter)  # type: ignore[arg-type]
 
 
+def test_skip_and_limit_beyond_64_bits_are_invalid_arguments(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: skip/limit of 2**64 raised a bare ValueError (itertools.islice)."""
+    store.save_or_update_object(b"x")
+    for big in (2**63, 2**64, 2**100):
+        for call, kwargs in ((store.query, {"skip": big}), (store.query, {"limit": big}),
+                             (store.blob_object_query, {"skip": big, "sort": "version"}),
+                             (store.files.find, {"limit": big})):
+            with pytest.raises(InvalidArgument, match="2\\*\\*63"):
+                call({}, **kwargs)
+    assert store.query({}, skip=2**63 - 1) == []
+    assert len(store.query({}, limit=2**63 - 1)) == 1
+
+
 def test_bad_query_arguments(store: microblob.Store) -> None:
     with pytest.raises(InvalidArgument):
         store.query({}, collection="fs.pending")
