@@ -34,10 +34,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ._codec import utcnow
+from ._codec import MAX_DEPTH, utcnow
 from ._exceptions import InvalidDocument, InvalidQuery
 
 __all__ = [
+    "check_depth",
     "compare_values",
     "compile_filter",
     "compile_projection",
@@ -553,6 +554,24 @@ _LOGICAL = ("$and", "$or", "$nor")
 _PATHLESS = frozenset(("$and", "$or", "$nor", "$comment", "$expr", "$where", "$text", "$jsonSchema"))
 
 
+def check_depth(value: Any, what: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (MongoDB's limit for documents and for query trees) before any
+    recursive code walks it. The walk is iterative: a 10,000-level or cyclic filter raised RecursionError
+    from the parser, the operand checks or the matcher; 100 levels need about 260 frames at most."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, _ARRAYS):
+            children = node
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidQuery(f"{what} nests deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def compile_filter(filter: Mapping[str, Any] | None) -> Callable[[Mapping[str, Any]], bool]:
     """Validate a MongoDB filter and return a predicate over documents. None or {} matches everything.
 
@@ -562,6 +581,7 @@ def compile_filter(filter: Mapping[str, Any] | None) -> Callable[[Mapping[str, A
         return _match_all
     if not isinstance(filter, Mapping):
         raise InvalidQuery(f"a filter must be a dict, not {type(filter).__name__}")
+    check_depth(filter, "a filter")
     return _compile_document(filter)
 
 
@@ -1081,6 +1101,7 @@ def compile_update(update: Mapping[str, Any], *, inserting: bool = False) -> Cal
     a path through a scalar) or an update that would change `_id`."""
     if not isinstance(update, Mapping) or not update:
         raise InvalidQuery("an update must be a non-empty dict of update operators")
+    check_depth(update, "an update")
     keys = list(update)
     operators = [k for k in keys if isinstance(k, str) and k.startswith("$")]
     if len(operators) != len(keys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,38 @@ def test_deep_nesting_is_refused(store: microblob.Store) -> None:
         inner = inner["x"]
     with pytest.raises(InvalidArgument, match="deeper"):
         store.save_or_update_object(b"x", custom_metadata=meta)
+
+
+def _nest(levels: int, wrap: Any, inner: Any) -> Any:
+    for _ in range(levels):
+        inner = wrap(inner)
+    return inner
+
+
+def test_deep_and_cyclic_filters_are_invalid_queries(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: a 10,000-level (or cyclic) filter raised RecursionError. Filters
+    may nest 100 levels, MongoDB's limit for documents and query trees."""
+    store.save_or_update_object(b"x", custom_metadata={"a": [[1]]})
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    deep_filters = [
+        _nest(10_000, lambda f: {"$and": [f]}, {"a": 1}),
+        {"a": _nest(10_000, lambda f: {"$elemMatch": f}, {"$gt": 1})},
+        {"a": _nest(10_000, lambda f: {"$not": f}, {"$gt": 1})},
+        {"a": _nest(10_000, lambda f: [f], 1)},
+        {"a": {"$in": [_nest(150, lambda f: {"x": f}, 1)]}},
+        {"a": cyclic},
+    ]
+    for flt in deep_filters:
+        for call in (store.query, store.blob_object_query, store.count_objects, store.files.find):
+            with pytest.raises(InvalidQuery, match="deeper than 100"):
+                call(flt)
+    with pytest.raises(InvalidQuery, match="deeper than 100"):
+        store.backend.collection("things").update_one({}, {"$set": {"a": _nest(10_000, lambda f: [f], 1)}})
+    # 100 levels are fine: any filter that can match a stored document fits
+    deepest = _nest(97, lambda f: {"x": f}, 1)
+    assert store.query({"custom_metadata.a": _nest(97, lambda f: {"$not": f}, {"$size": 5})}) != []  # odd: $size != 5
+    assert store.query({"custom_metadata": deepest}) == []
 
 
 def test_inline_payload_over_the_document_limit(store: microblob.Store) -> None:
