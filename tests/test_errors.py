@@ -99,6 +99,24 @@ def test_deep_and_cyclic_filters_are_invalid_queries(store: microblob.Store) -> 
     assert store.query({"custom_metadata": deepest}) == []
 
 
+def test_documents_mongodb_could_not_store_are_refused(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: 1.5 million one-letter tags are 3 MB as msgpack (the size the
+    embedded store measured) but 22 MB as BSON, over MongoDB's 16 MiB; and a lone surrogate reached the
+    encoder of each backend (msgpack's or pymongo's) instead of the shared check."""
+    with pytest.raises(InvalidArgument, match="as BSON"):
+        store.save_or_update_object(b"x", tags=["x"] * 1_500_000)
+    with pytest.raises(InvalidArgument, match="as BSON"):
+        store.save_or_update_object(b"x", custom_metadata={"n": [0] * 1_500_000})
+    for meta in ({"a": "\ud800"}, {"\udcff": 1}, {"a": [{"b": "x\udfff"}]}):
+        with pytest.raises(InvalidArgument, match="lone surrogates"):
+            store.save_or_update_object(b"x", custom_metadata=meta)
+    with pytest.raises(InvalidArgument, match="lone surrogates"):
+        store.files.upload_from_stream("name", b"x", metadata={"k": "\ud800"})
+    assert store.query({}) == []
+    object_id = store.save_or_update_object(b"x", tags=["x"] * 500_000)  # 7.4 MB as BSON: fine
+    assert len(store.get_blob_object(object_id).tags) == 500_000
+
+
 def test_inline_payload_over_the_document_limit(store: microblob.Store) -> None:
     big = io.BytesIO(b"\0" * (microblob.store.INLINE_LIMIT + 1))
     with pytest.raises(InvalidArgument, match="too large to store inline"):
