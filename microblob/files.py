@@ -233,11 +233,13 @@ class UploadStream(io.RawIOBase):
         }
         tail, first = self._batch, self._next_chunk
         bucket = self._bucket
+        published: list[bool] = []
 
         def publish() -> Any:
             if tail:
                 bucket._put_chunks(self.file_id, first, tail)
             bucket._files.insert_one(doc)
+            published.append(True)
             result = then(doc) if then is not None else None
             if self._leased:
                 bucket._pending.delete_one({"_id": self.file_id})
@@ -246,6 +248,10 @@ class UploadStream(io.RawIOBase):
         try:
             result = bucket._backend.atomic(publish, size_hint=sum(len(c) for c in tail))
         except BaseException:
+            if published and not bucket._backend.transactional:
+                # Without a transaction the files document stayed when `then` (the object write) failed:
+                # it would name chunks that _discard() removes. (Never someone else's: only ours got here.)
+                bucket._files.delete_one({"_id": self.file_id})
             self._discard()
             raise
         self._batch = []
