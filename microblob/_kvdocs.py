@@ -79,7 +79,10 @@ def id_key(_id: Any) -> bytes:
     ok, norm = _scalar(_id)
     if not ok or _id is None:
         raise InvalidArgument(f"_id must be a str, int, float, bytes or datetime, not {type(_id).__name__}")
-    raw = _pack(norm)
+    try:
+        raw = _pack(norm)
+    except (OverflowError, ValueError) as exc:  # beyond 64 bits, or a lone surrogate (UnicodeEncodeError)
+        raise InvalidArgument(f"_id {_id!r} cannot be stored: {exc}") from None
     if len(raw) > _MAX_ID_KEY:
         return _HASHED + hashlib.sha256(raw).digest()
     return raw
@@ -403,12 +406,17 @@ class KVCollection:
 
 
 def _exact_id(filter: Filter | None) -> bytes | None:
-    """The id key when the filter is exactly {"_id": <str or int>}; None otherwise."""
-    if filter is None or len(filter) != 1:
+    """The id key when the filter is exactly {"_id": <str or int>}; None otherwise, and for anything
+    the filter compiler must judge first (not a dict, or an id no key can hold: the fast path used to
+    raise a bare AttributeError, OverflowError or UnicodeEncodeError for those)."""
+    if not isinstance(filter, Mapping) or len(filter) != 1:
         return None
     value = filter.get("_id")
     if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-        return id_key(value)
+        try:
+            return id_key(value)
+        except InvalidArgument:
+            return None
     return None
 
 

@@ -175,6 +175,28 @@ def test_skip_and_limit_beyond_64_bits_are_invalid_arguments(store: microblob.St
     assert len(store.query({}, limit=2**63 - 1)) == 1
 
 
+def test_ids_and_filters_no_key_can_hold(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: {"_id": <lone surrogate or 2**64>} took the exact-id fast path
+    of the embedded backends and raised a bare UnicodeEncodeError/OverflowError; a filter that is not a
+    dict raised AttributeError there (files.find([1])); and lone surrogates elsewhere in a filter were
+    accepted by the embedded backends although MongoDB can never receive them."""
+    store.save_or_update_object(b"x", object_id="x")
+    bad_filters: list[Any] = [
+        {"_id": "\ud800"}, {"_id": 2**64}, {"_id": {"$in": ["\udcff"]}}, {"object_id": "a\udfffb"},
+        {"\ud800": 1}, {"custom_metadata": {"$eq": {"\ud800": 1}}}, {"type": {"$regex": "\ud800"}},
+        [1], "x",
+    ]
+    for flt in bad_filters:
+        for call in (store.query, store.blob_object_query, store.count_objects, store.files.find):
+            with pytest.raises(InvalidQuery):
+                call(flt)
+    with pytest.raises(InvalidQuery):
+        store.query({}, sort=[("\ud800", 1)])
+    with pytest.raises(InvalidQuery):
+        store.query({}, projection={"\ud800": 1})
+    assert [d["_id"] for d in store.query({"_id": "x"})] == ["x"]
+
+
 def test_bad_query_arguments(store: microblob.Store) -> None:
     with pytest.raises(InvalidArgument):
         store.query({}, collection="fs.pending")
