@@ -167,7 +167,10 @@ class UploadStream(io.RawIOBase):
     def write(self, data: Any) -> int:
         if self._done:
             raise ValueError("write to a closed upload stream")
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
+        if not view.c_contiguous:  # e.g. memoryview(b)[::2]: cast() refuses it, so copy it once
+            view = memoryview(view.tobytes())
+        view = view.cast("B")
         # Chunks of an immutable bytes object can be views of it (no copy); anything else may be
         # reused by the caller after write() returns, so its chunks are copied.
         keep: Callable[[memoryview], bytes | memoryview] = (lambda v: v) if isinstance(data, bytes) else bytes
@@ -513,8 +516,15 @@ class FilesBucket:
         return freed_files, freed_bytes
 
 
+def check_readable(source: Any) -> None:
+    """A closed file object fails on its first read() with a bare ValueError: refuse it up front."""
+    if getattr(source, "closed", False) is True:
+        raise InvalidArgument(f"the {type(source).__name__} to read from is closed")
+
+
 def copy_into(source: Any, destination: Any) -> None:
-    """Stream bytes, a binary file object or an iterable of byte strings into a writable, in 1 MiB reads."""
+    """Stream bytes, a binary file object or an iterable of byte strings into a writable, in 1 MiB reads.
+    An error the source raises itself (a device unplugged mid-read) is the caller's and propagates as it is."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         destination.write(source)
         return
@@ -529,6 +539,7 @@ def copy_into(source: Any, destination: Any) -> None:
         raise InvalidArgument(f"cannot read bytes from a {type(source).__name__}")
     # Read pieces of the destination's chunk size: each read returns a fresh bytes object that
     # becomes a chunk as it is, without another copy.
+    check_readable(source)
     size = getattr(destination, "chunk_size", None) or _COPY_SIZE
     while True:
         piece = read(size)

@@ -40,7 +40,7 @@ from ._validate import (
     check_tags,
     check_version,
 )
-from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, copy_into
+from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .objects import BlobObject
 from .workflow import current_workflow_id
 
@@ -97,22 +97,28 @@ class _Source:
         self.stream: Any = None
         blob_type = _blob_type()
         if isinstance(obj, (bytes, bytearray, memoryview)):
-            self.bytes = obj if isinstance(obj, bytes) else memoryview(obj)
+            # What is stored is the buffer: a bytes subclass's own __bytes__ or __len__ would make the
+            # inline copy differ from the chunked one.
+            self.bytes = obj if type(obj) is bytes else memoryview(obj)
         elif blob_type is not None and isinstance(obj, blob_type):
             self.content_type = obj.content_type
             self.stream = self._owned = obj.open()
         elif isinstance(obj, os.PathLike):
             try:
-                self.stream = self._owned = open(obj, "rb")  # noqa: SIM115 - closed in close()
-            except OSError as exc:
-                raise InvalidArgument(f"cannot read {os.fspath(obj)!r}: {exc.strerror}") from None
+                path = os.fspath(obj)
+                self.stream = self._owned = open(path, "rb")  # noqa: SIM115 - closed in close()
+            except TypeError as exc:  # a __fspath__ that returns neither str nor bytes
+                raise InvalidArgument(f"object: {exc}") from None
+            except (OSError, ValueError) as exc:  # missing, a directory, a NUL or a lone surrogate in the name
+                raise InvalidArgument(f"cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
             # A file's name says what it holds (scan.png): worth more than application/octet-stream.
-            self.content_type = mimetypes.guess_type(os.fspath(obj), strict=False)[0]
+            self.content_type = mimetypes.guess_type(os.fsdecode(path), strict=False)[0]
         elif isinstance(obj, str):
             raise InvalidArgument("a str is ambiguous: pass bytes, or a pathlib.Path to save a file's contents")
         elif isinstance(obj, io.TextIOBase):
             raise InvalidArgument("a text file object cannot be saved: open the file in binary mode ('rb')")
         elif callable(getattr(obj, "read", None)):
+            check_readable(obj)
             self.stream = obj
         else:
             raise InvalidArgument(
@@ -148,6 +154,8 @@ class _Limited:
         if self._left <= 0:
             return b""
         piece = self._stream.read(min(n if n >= 0 else self._left, self._left))
+        if piece and not isinstance(piece, (bytes, bytearray, memoryview)):  # len() would raise TypeError
+            raise InvalidArgument(f"source.read() must return bytes, not {type(piece).__name__}")
         self._left -= len(piece or b"")
         return piece
 

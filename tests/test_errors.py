@@ -23,6 +23,21 @@ def test_exception_tree() -> None:
     assert str(ObjectNotFound("abc")) == "object 'abc' not found"  # not KeyError's quoted repr
 
 
+def _closed(stream: io.IOBase) -> io.IOBase:
+    stream.close()
+    return stream
+
+
+class _Reader:
+    """read() returns `result`, whatever it is."""
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+    def read(self, n: int = -1) -> object:
+        return self.result
+
+
 BAD_SAVES = [
     ({"object": "a str is ambiguous"}, "ambiguous"),
     ({"object": 12345}, "object must be"),
@@ -45,6 +60,11 @@ BAD_SAVES = [
     ({"object": b"x", "control_version": "yes"}, "control_version"),
     ({"object": b"x", "save_data_in_collection": 1}, "save_data_in_collection"),
     ({"object": Path("/nonexistent/file.bin")}, "cannot read"),
+    # found by tests/test_store_fuzz.py: these raised bare ValueError/TypeError/UnicodeEncodeError
+    ({"object": Path("a\x00b")}, "cannot read"),
+    ({"object": Path("/tmp/\ud800.bin")}, "cannot read"),
+    ({"object": _closed(io.BytesIO(b"x"))}, "closed"),
+    ({"object": _Reader(5), "save_data_in_collection": True}, "must return bytes"),
 ]
 
 
