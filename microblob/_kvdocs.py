@@ -443,7 +443,10 @@ class KVChunkStore:
 
     @staticmethod
     def _file_key(file_id: Any) -> bytes:
-        raw = _pack(file_id)
+        try:
+            raw = _pack(file_id)
+        except (OverflowError, ValueError, TypeError) as exc:  # > 64 bits, a lone surrogate, a set...
+            raise InvalidArgument(f"file id {file_id!r:.100} cannot be stored: {exc}") from None
         if len(raw) > _MAX_ID_KEY:
             raise InvalidArgument("file ids are at most 160 bytes when packed")
         return raw

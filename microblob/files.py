@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import threading
 import uuid
@@ -120,13 +121,34 @@ def lease_is_live(token: str) -> bool:
 
 
 def check_file_id(file_id: Any) -> Any:
-    if isinstance(file_id, str) and 0 < len(file_id) <= 128 and "\x00" not in file_id:
+    """The id of a new file: a str (valid Unicode), a 64-bit int or bytes, as every backend can key it."""
+    if isinstance(file_id, str) and 0 < len(file_id) <= 128 and "\x00" not in file_id and _encodable(file_id):
         return file_id
-    if isinstance(file_id, int) and not isinstance(file_id, bool):
+    if isinstance(file_id, int) and not isinstance(file_id, bool) and -(2**63) <= file_id < 2**63:
         return file_id
     if isinstance(file_id, bytes) and 0 < len(file_id) <= 64:
         return file_id
-    raise InvalidArgument(f"a file id is a non-empty str (at most 128 chars), an int or bytes, not {file_id!r}")
+    raise InvalidArgument(
+        f"a file id is a non-empty str (at most 128 chars), a 64-bit int or bytes (at most 64), not {file_id!r}"
+    )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        return text.isascii() or bool(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
+def check_lookup_id(file_id: Any) -> Any:
+    """An id to look a file up by. Files written by other GridFS tools may have any BSON id, so only what
+    can never be one is refused: None, arrays, and operator documents, which matched some other file
+    (files.delete({"$gt": ""}) deleted whichever file came first, an object's bytes included)."""
+    if file_id is None or isinstance(file_id, (list, tuple, set, frozenset, re.Pattern)) or (
+        isinstance(file_id, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in file_id)
+    ):
+        raise InvalidArgument(f"a file id cannot be {type(file_id).__name__} {file_id!r:.100}")
+    return file_id
 
 
 class UploadStream(io.RawIOBase):
@@ -472,7 +494,7 @@ class FilesBucket:
     # --- reading -----------------------------------------------------------------------------------
 
     def get_file(self, file_id: Any) -> dict[str, Any]:
-        doc = self._files.find_one({"_id": file_id})
+        doc = self._files.find_one({"_id": check_lookup_id(file_id)})
         if doc is None:
             raise FileNotFound(file_id)
         return doc
@@ -481,6 +503,9 @@ class FilesBucket:
         return DownloadStream(self, self.get_file(file_id))
 
     def download_to_stream(self, file_id: Any, destination: BinaryIO) -> int:
+        if not callable(getattr(destination, "write", None)) or isinstance(destination, io.TextIOBase):
+            raise InvalidArgument(
+                f"destination must be a binary writable file object, not {type(destination).__name__}")
         with self.open_download_stream(file_id) as stream:
             written = 0
             for chunk in stream.chunks():
@@ -492,13 +517,13 @@ class FilesBucket:
         return self._files.find(filter, sort=sort, skip=skip, limit=limit)
 
     def exists(self, file_id: Any) -> bool:
-        return self._files.find_one({"_id": file_id}, projection={"_id": 1}) is not None
+        return self._files.find_one({"_id": check_lookup_id(file_id)}, projection={"_id": 1}) is not None
 
     # --- removing ----------------------------------------------------------------------------------
 
     def delete(self, file_id: Any) -> None:
         """Files document first (the file disappears at once), then its chunks."""
-        if not self._files.delete_one({"_id": file_id}):
+        if not self._files.delete_one({"_id": check_lookup_id(file_id)}):
             raise FileNotFound(file_id)
         self._chunks.delete(file_id)
 
@@ -506,7 +531,7 @@ class FilesBucket:
         """Delete files that exist; return (files deleted, bytes freed). Missing ids are skipped."""
         freed_files = freed_bytes = 0
         for file_id in file_ids:
-            doc = self._files.find_one({"_id": file_id}, projection={"length": 1})
+            doc = self._files.find_one({"_id": check_lookup_id(file_id)}, projection={"length": 1})
             if doc is None:
                 continue
             self._files.delete_one({"_id": file_id})
