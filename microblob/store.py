@@ -608,7 +608,8 @@ def _type_alias(type: Any, object_type: Any) -> Any:
 
 
 def _typed(kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
-    if kwargs.get("type", kind) != kind or kwargs.get("object_type", kind) != kind:
+    # None means "not given", as for every other argument (callers forward type=None).
+    if kwargs.get("type") not in (None, kind) or kwargs.get("object_type") not in (None, kind):
         raise InvalidArgument(f"this helper saves type {kind!r}")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("type", "object_type")}
     return {**kwargs, "type": kind}

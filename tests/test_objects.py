@@ -303,3 +303,15 @@ def test_query_and_typed_helpers(store: microblob.Store) -> None:
         store.save_or_update_ml_model(b"x", type="dataset")
     with pytest.raises(InvalidArgument):
         store.save_or_update_object(b"x", type="a", object_type="b")
+
+
+def test_typed_helpers_take_type_none_as_not_given(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: save_or_update_ml_model(data, type=None) raised InvalidArgument
+    ("this helper saves type 'ml_model'"), though None means "not given" for every other argument."""
+    model = store.save_or_update_ml_model(b"weights", type=None, object_type=None)
+    dataset = store.insert_or_update_dataset(b"rows", type=None)
+    assert store.get_ml_model(model).type == "ml_model" and store.get_dataset(dataset).type == "dataset"
+    with pytest.raises(InvalidArgument, match="ml_model"):
+        store.save_or_update_ml_model(b"weights", type="dataset")
+    with pytest.raises(InvalidArgument, match="dataset"):
+        store.save_or_update_dataset(b"rows", object_type="ml_model")
