@@ -490,6 +490,11 @@ class Store:
         self, a: str, b: str, version_a: int | None = None, version_b: int | None = None
     ) -> bool:
         """Same bytes? Compared by sha256, without reading either payload."""
+        # Every argument first: a bad `b` must not hide behind ObjectNotFound for `a`.
+        check_id(a, "a")
+        check_id(b, "b")
+        check_version(version_a, "version_a")
+        check_version(version_b, "version_b")
         return self.get_blob_fingerprint(a, version_a)["sha256"] == self.get_blob_fingerprint(b, version_b)["sha256"]
 
     def count_objects(self, filter: Filter | None = None) -> int:

@@ -153,6 +153,11 @@ def test_bad_lookups(store: microblob.Store) -> None:
     for bad in (-1, "1", 1.0, True):
         with pytest.raises(InvalidArgument):
             store.get_blob_object(object_id, version=bad)  # type: ignore[arg-type]
+    # found by tests/test_store_fuzz.py: the second pair was checked only after the first was looked up
+    with pytest.raises(InvalidArgument, match="b must be a str"):
+        store.blob_objects_equal("missing", 5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="version_b"):
+        store.blob_objects_equal("missing", object_id, None, -1)
     for bad_id in (None, 1, b"bytes", ["list"]):
         with pytest.raises(InvalidArgument):
             store.get_blob_object(bad_id)  # type: ignore[arg-type]
