@@ -253,8 +253,8 @@ class Store:
         check_bool(control_version, "control_version")
         source = _Source(object)
         try:
-            if fields["content_type"] is None:
-                fields["content_type"] = source.content_type
+            if fields["content_type"] is None:  # a Blob's own type is checked like an argument
+                fields["content_type"] = check_content_type(source.content_type)
             if save_data_in_collection:
                 data = source.read_all(INLINE_LIMIT)
                 payload = {"storage": "inline", "data": data, "size": len(data),

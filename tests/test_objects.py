@@ -315,3 +315,14 @@ def test_typed_helpers_take_type_none_as_not_given(store: microblob.Store) -> No
         store.save_or_update_ml_model(b"weights", type="dataset")
     with pytest.raises(InvalidArgument, match="dataset"):
         store.save_or_update_dataset(b"rows", object_type="ml_model")
+
+
+def test_a_bad_content_type_is_refused_before_the_object_is_looked_up(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: a content type the MIME check let through (a lone surrogate in a
+    parameter) made update_object_metadata of a missing id answer ObjectNotFound instead of
+    InvalidArgument, and of an existing id fail only in the encoder."""
+    object_id = store.save_or_update_object(b"x", content_type="text/plain; charset=utf-8")
+    for target in ("missing", object_id):
+        with pytest.raises(InvalidArgument, match="content_type"):
+            store.update_object_metadata(target, content_type="text/plain; charset=\ud800")
+    assert store.get_blob_object(object_id).content_type == "text/plain; charset=utf-8"
