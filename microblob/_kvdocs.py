@@ -18,6 +18,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import math
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -249,7 +250,7 @@ class KVCollection:
             if sort:
                 docs = sort_documents(matches, sort, skip=skip, limit=limit)
             else:
-                stop = skip + limit if limit else None
+                stop = min(skip + limit, sys.maxsize) if limit else None  # islice stops at sys.maxsize
                 docs = list(itertools.islice(matches, skip, stop))
         return [project(doc) for doc in docs] if projection is not None else docs
 

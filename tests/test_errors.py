@@ -205,6 +205,7 @@ def test_skip_and_limit_beyond_64_bits_are_invalid_arguments(store: microblob.St
                 call({}, **kwargs)
     assert store.query({}, skip=2**63 - 1) == []
     assert len(store.query({}, limit=2**63 - 1)) == 1
+    assert store.query({"size": 1}, skip=2**63 - 1, limit=2**63 - 1) == []  # the sum overflowed islice
 
 
 def test_ids_and_filters_no_key_can_hold(store: microblob.Store) -> None:
