@@ -31,7 +31,14 @@ from . import _codec
 from ._backend import Filter, Projection, Sort, checked_chunk
 from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
 from ._kv import KVEngine, KVTxn
-from ._query import compile_filter, compile_projection, compile_update, equality_values, sort_documents
+from ._query import (
+    compile_filter,
+    compile_projection,
+    compile_update,
+    equality_values,
+    normalize_sort,
+    sort_documents,
+)
 
 __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
 
@@ -238,6 +245,8 @@ class KVCollection:
     ) -> list[dict]:
         skip, limit = _check_window(skip, limit)
         project = compile_projection(projection)
+        if sort:
+            normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
         exact = _exact_id(filter)
         if exact is not None and not skip:  # the hot path: one key, no matcher
             with self._backend._reading() as txn:

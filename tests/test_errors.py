@@ -237,5 +237,8 @@ def test_bad_query_arguments(store: microblob.Store) -> None:
         store.blob_object_query({}, limit=-5)
     with pytest.raises(InvalidQuery):
         store.blob_object_query({}, sort=[("type", 2)])
+    for bad_sort in ([(1, 1)], [("type", 2)], 5, [("$a", 1)]):  # found by tests/test_store_fuzz.py: the
+        with pytest.raises(InvalidQuery):                          # exact-_id fast path ignored the sort
+            store.query({"_id": "some-id"}, sort=bad_sort)
     with pytest.raises(InvalidQuery):
         store.query({}, projection={"a": 1, "b": 0})
