@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 MiB = 1024 * 1024
 INITIAL_MAP = 64 * MiB
+MIN_MAP = 1 * MiB
 # A 32-bit process has ~2-3 GiB of address space in all; LMDB must share it with everything else.
 MAP_LIMIT = 1536 * MiB if sys.maxsize < 2**32 else 1 << 44
 _READER_CHECK_EVERY = 60.0
@@ -155,11 +156,18 @@ class _Env:
         except OSError:
             size = 0
         map_size = options.pop("map_size", None) or min(MAP_LIMIT, max(INITIAL_MAP, _round_up(size + 64 * MiB)))
+        # map_size is the initial size (the map grows): below a few pages the tables themselves do not fit
+        # and open_db raised a bare lmdb.MapFullError.
+        map_size = max(map_size, MIN_MAP)
         try:
             self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **options)
         except lmdb.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from None
-        self.dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
+        try:
+            self.dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
+        except lmdb.Error as exc:
+            self.env.close()  # left open, the path could not be opened again in this process
+            raise StorageError(f"cannot open {path}: {exc}") from None
         self.check_readers()
 
     def note_bytes_touched(self, n: int) -> None:
