@@ -7,6 +7,8 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ._exceptions import InvalidArgument
+from ._validate import check_chunk_size
+from .files import MAX_CHUNK_SIZE
 from .store import Store
 
 __all__ = ["DEFAULT_PATH", "connect", "default_uri"]
@@ -48,6 +50,8 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
         raise InvalidArgument("uri must not be empty")
     store_options = {k: v for k, v in options.items() if k in _STORE_OPTIONS}
     engine_options = {k: v for k, v in options.items() if k not in _STORE_OPTIONS}
+    if "chunk_size" in store_options:  # before any backend opens (and creates) its file or connects
+        check_chunk_size(store_options["chunk_size"], MAX_CHUNK_SIZE)
     try:
         parts = urlsplit(uri)
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket: "lmdb://[::1"

@@ -13,6 +13,7 @@ from ._exceptions import InvalidArgument, InvalidDocument
 __all__ = [
     "MAX_ID_LENGTH",
     "check_bool",
+    "check_chunk_size",
     "check_content_type",
     "check_id",
     "check_metadata",
@@ -104,6 +105,12 @@ def check_tags(value: Any) -> list[str] | None:
         if tag is None:
             raise InvalidArgument("tags must not contain None")
     return tags
+
+
+def check_chunk_size(value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise InvalidArgument(f"chunk_size must be an int in 1..{limit}, not {value!r}")
+    return value
 
 
 def check_content_type(value: Any) -> str | None:

@@ -33,6 +33,7 @@ from ._exceptions import (
 from ._maintenance import GcReport, VerifyReport
 from ._validate import (
     check_bool,
+    check_chunk_size,
     check_content_type,
     check_id,
     check_metadata,
@@ -178,9 +179,7 @@ class Store:
         self._backend = backend
         if chunk_size is None:  # each backend knows its sweet spot (LMDB: 1 MiB; GridFS: 255 KiB)
             chunk_size = getattr(backend, "chunk_size", DEFAULT_CHUNK_SIZE)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 0 < chunk_size <= MAX_CHUNK_SIZE:
-            raise InvalidArgument(f"chunk_size must be an int in 1..{MAX_CHUNK_SIZE}, not {chunk_size!r}")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_chunk_size(chunk_size, MAX_CHUNK_SIZE)
         self.files = FilesBucket(backend)
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")

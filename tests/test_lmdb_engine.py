@@ -149,6 +149,9 @@ def test_odd_uris_and_options_are_typed_errors(tmp_path: Path, monkeypatch: pyte
                     {"metasync": None}):
         with pytest.raises(microblob.InvalidArgument):
             microblob.connect(tmp_path / "opts.db", **options)
+    for chunk_size in (0, 1.5, True, 2**64):  # checked before the file is created (it was created, then refused)
+        with pytest.raises(microblob.InvalidArgument, match="chunk_size"):
+            microblob.connect(tmp_path / "chunks.db", chunk_size=chunk_size)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was created on the way
     with microblob.connect(f"lmdb://localhost{tmp_path}/ok.db", sync=False, max_readers=8) as store:
         assert store.get_blob_object(store.save_or_update_object(b"x")).data == b"x"
