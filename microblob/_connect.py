@@ -41,7 +41,7 @@ def connect(uri: str | os.PathLike[str] | None = None, **options: Any) -> Store:
         uri = default_uri()
     if isinstance(uri, os.PathLike):
         try:
-            uri = os.fspath(uri)
+            uri = os.fsdecode(uri)  # an os.PathLike may give bytes: it is still a path
         except TypeError as exc:  # a __fspath__ that returns neither str nor bytes
             raise InvalidArgument(f"uri: {exc}") from None
     if not isinstance(uri, str):

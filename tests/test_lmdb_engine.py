@@ -155,6 +155,12 @@ def test_odd_uris_and_options_are_typed_errors(tmp_path: Path, monkeypatch: pyte
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was created on the way
     with microblob.connect(f"lmdb://localhost{tmp_path}/ok.db", sync=False, max_readers=8) as store:
         assert store.get_blob_object(store.save_or_update_object(b"x")).data == b"x"
+    class BytesPath(os.PathLike):  # an os.PathLike may return bytes: it was refused as "not bytes"
+        def __fspath__(self) -> bytes:
+            return os.fsencode(tmp_path / "bytes.db")
+
+    with microblob.connect(BytesPath()) as store:
+        assert store.uri == str(tmp_path / "bytes.db")
     # map_size is the initial size: a tiny one raised a bare lmdb.MapFullError from open_db
     with microblob.connect(tmp_path / "tiny.db", map_size=6521) as store:
         assert store.get_blob_object(store.save_or_update_object(os.urandom(3_000_000))).size == 3_000_000
