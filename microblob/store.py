@@ -604,6 +604,9 @@ def _defaults(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _type_alias(type: Any, object_type: Any) -> Any:
     """Flowcept >= 1.0.1 calls it `object_type`; accept either, refuse a contradiction."""
+    # Checked before they are compared: `!=` between two arbitrary objects (cyclic ones) can recurse forever.
+    type = check_optional_str(type, "type")
+    object_type = check_optional_str(object_type, "object_type")
     if object_type is None:
         return type
     if type is not None and type != object_type:

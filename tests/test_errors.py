@@ -23,6 +23,15 @@ def test_exception_tree() -> None:
     assert str(ObjectNotFound("abc")) == "object 'abc' not found"  # not KeyError's quoted repr
 
 
+def _cyclic() -> dict:
+    cycle: dict = {}
+    cycle["self"] = cycle
+    return cycle
+
+
+_CYCLIC, _OTHER_CYCLIC = _cyclic(), _cyclic()  # comparing two distinct cycles recurses forever
+
+
 def _closed(stream: io.IOBase) -> io.IOBase:
     stream.close()
     return stream
@@ -72,6 +81,8 @@ BAD_SAVES = [
     ({"object": b"x", "content_type": "image/p\u00efng"}, "content_type"),
     ({"object": b"x", "content_type": "text/plain; x=" + "y" * 2000}, "content_type"),
     ({"object": microblob.Blob(b"x", "text/plain\r\nX-Injected: 1")}, "content_type"),
+    # found by tests/test_store_fuzz.py: type and object_type were compared before either was checked
+    ({"object": b"x", "type": _CYCLIC, "object_type": _OTHER_CYCLIC}, "type must be a str"),
 ]
 
 
@@ -160,6 +171,8 @@ def test_bad_lookups(store: microblob.Store) -> None:
     for bad in (-1, "1", 1.0, True):
         with pytest.raises(InvalidArgument):
             store.get_blob_object(object_id, version=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="type must be a str"):  # found by tests/test_store_fuzz.py:
+        store.update_object_metadata(object_id, type=_CYCLIC, object_type=_OTHER_CYCLIC)  # RecursionError
     # found by tests/test_store_fuzz.py: the second pair was checked only after the first was looked up
     with pytest.raises(InvalidArgument, match="b must be a str"):
         store.blob_objects_equal("missing", 5)  # type: ignore[arg-type]
