@@ -8,7 +8,6 @@ bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from starlette.routing import Route
 
 from ._exceptions import InvalidArgument, InvalidInput, MicroblobError, NotFound
 from ._responses import BlobResponse
+from ._validate import loads_json
 from .blob import Blob
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _json_param(request: Request, name: str) -> Any:
     if raw is None or raw == "":
         return None
     try:
-        return json.loads(raw)
+        return loads_json(raw)
     except ValueError as e:
         raise ApiError(400, f"{name} is not valid JSON: {e}") from None
 
@@ -92,7 +92,7 @@ def _parse_sort(raw: str | None) -> Any:
         return None
     if raw.lstrip().startswith(("[", "{")):
         try:
-            value = json.loads(raw)
+            value = loads_json(raw)
         except ValueError as e:
             raise ApiError(400, f"sort is not valid JSON: {e}") from None
         if isinstance(value, list):

@@ -3,6 +3,7 @@ before anything is written, so bad input never leaves a partial state behind."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "check_optional_str",
     "check_tags",
     "check_version",
+    "loads_json",
 ]
 
 MAX_ID_LENGTH = 512
@@ -119,3 +121,13 @@ def check_content_type(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_CONTENT_TYPE_LENGTH or not _MEDIA_TYPE.fullmatch(value):
         raise InvalidArgument(f"content_type must be a MIME type like 'image/png', not {value!r}")
     return value
+
+
+def loads_json(raw: str | bytes) -> Any:
+    """`json.loads` that raises ValueError for every text it cannot read: JSON nested deeper than Python's
+    recursion limit (`"[" * 100_000`) raised RecursionError, which callers catching ValueError let through
+    (a 500 from the server's store routes, a traceback from the CLI)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

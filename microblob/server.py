@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import importlib
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvo
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
+from ._validate import loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
 from .thing import Thing
 
@@ -299,7 +299,7 @@ class ThingServer(Starlette):
                 raise ApiError(400, "expected a JSON body")
             return empty
         try:
-            return json.loads(body)
+            return loads_json(body)
         except ValueError as e:
             raise ApiError(400, f"the body is not valid JSON: {e}") from None
 
