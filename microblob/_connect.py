@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ._exceptions import InvalidArgument, StoreNotFound
+from ._validate import check_chunk_size
+from .files import MAX_CHUNK_SIZE
 from .store import Store
 
 __all__ = ["DEFAULT_PATH", "connect", "default_uri"]
@@ -42,7 +44,10 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
     if uri is None:
         uri = default_uri()
     if isinstance(uri, os.PathLike):
-        uri = os.fspath(uri)
+        try:
+            uri = os.fsdecode(uri)  # an os.PathLike may give bytes: it is still a path
+        except TypeError as exc:  # a __fspath__ that returns neither str nor bytes
+            raise InvalidArgument(f"uri: {exc}") from None
     if not isinstance(uri, str):
         raise InvalidArgument(f"uri must be a str or os.PathLike, not {type(uri).__name__}")
     if not uri:
@@ -51,7 +56,15 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
         raise InvalidArgument(f"create must be a bool, not {type(create).__name__}")
     store_options = {k: v for k, v in options.items() if k in _STORE_OPTIONS}
     engine_options = {k: v for k, v in options.items() if k not in _STORE_OPTIONS}
-    scheme = urlsplit(uri).scheme.lower() if "://" in uri else ""
+    if "chunk_size" in store_options:  # before any backend opens (and creates) its file or connects
+        check_chunk_size(store_options["chunk_size"], MAX_CHUNK_SIZE)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: "lmdb://[::1"
+        raise InvalidArgument(f"malformed URI {uri!r}: {exc}") from None
+    scheme = parts.scheme.lower() if "://" in uri else ""
+    if "://" in uri and not scheme:
+        raise InvalidArgument(f"no scheme in {uri!r} (use a file path, lmdb://, memory://, mongita://, mongodb://)")
     if scheme == "memory":
         if not create:
             raise StoreNotFound(uri)  # every memory:// store is a new one
@@ -61,9 +74,7 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
 
         return Store(KVBackend(MemoryEngine(), "memory://"), **store_options)
     if scheme in ("", "lmdb", "file"):
-        path = unquote(urlsplit(uri).path) if scheme else uri
-        if not path:
-            raise InvalidArgument(f"no file path in {uri!r}")
+        path = _file_path(parts, uri) if scheme else uri
         _refuse_options(engine_options, _LMDB_OPTIONS, uri)
         if not create and not os.path.exists(path):  # a directory or a non-LMDB file: the engine says why
             raise StoreNotFound(path)
@@ -90,7 +101,6 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
         _refuse_options(engine_options, set(), uri)
         from ._mongita import MongitaBackend
 
-        parts = urlsplit(uri)
         directory = unquote(parts.netloc + parts.path)
         if not directory:
             raise InvalidArgument(f"no directory in {uri!r} (use mongita:///abs/dir)")
@@ -106,6 +116,24 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
     raise InvalidArgument(
         f"unknown store URI scheme {scheme!r} in {uri!r} (use a file path, lmdb://, memory://, mongita://, mongodb://)"
     )
+
+
+def _file_path(parts: SplitResult, uri: str) -> str:
+    """The local path of an lmdb:// or file:// URI. A host other than localhost is refused: it used to be
+    dropped silently, so lmdb://dir/x.db opened /x.db. Percent-escapes must decode to UTF-8 (they were
+    replaced by U+FFFD, which opened a file of another name)."""
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidArgument(
+            f"{uri!r} names host {parts.netloc!r}: the embedded store is a local file (lmdb:///abs/path.db, "
+            "with three slashes, or a plain path)"
+        )
+    try:
+        path = unquote(parts.path, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{uri!r}: its percent-escapes are not UTF-8") from None
+    if not path:
+        raise InvalidArgument(f"no file path in {uri!r}")
+    return path
 
 
 def _refuse_options(options: dict[str, Any], allowed: set[str], uri: str) -> None:

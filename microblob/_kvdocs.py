@@ -18,6 +18,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import math
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +31,14 @@ from . import _codec
 from ._backend import Filter, Projection, Sort, checked_chunk
 from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
 from ._kv import KVEngine, KVTxn
-from ._query import compile_filter, compile_projection, compile_update, equality_values, sort_documents
+from ._query import (
+    compile_filter,
+    compile_projection,
+    compile_update,
+    equality_values,
+    normalize_sort,
+    sort_documents,
+)
 
 __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
 
@@ -79,7 +87,10 @@ def id_key(_id: Any) -> bytes:
     ok, norm = _scalar(_id)
     if not ok or _id is None:
         raise InvalidArgument(f"_id must be a str, int, float, bytes or datetime, not {type(_id).__name__}")
-    raw = _pack(norm)
+    try:
+        raw = _pack(norm)
+    except (OverflowError, ValueError) as exc:  # beyond 64 bits, or a lone surrogate (UnicodeEncodeError)
+        raise InvalidArgument(f"_id {_id!r} cannot be stored: {exc}") from None
     if len(raw) > _MAX_ID_KEY:
         return _HASHED + hashlib.sha256(raw).digest()
     return raw
@@ -234,6 +245,8 @@ class KVCollection:
     ) -> list[dict]:
         skip, limit = _check_window(skip, limit)
         project = compile_projection(projection)
+        if sort:
+            normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
         exact = _exact_id(filter)
         if exact is not None and not skip:  # the hot path: one key, no matcher
             with self._backend._reading() as txn:
@@ -246,7 +259,7 @@ class KVCollection:
             if sort:
                 docs = sort_documents(matches, sort, skip=skip, limit=limit)
             else:
-                stop = skip + limit if limit else None
+                stop = min(skip + limit, sys.maxsize) if limit else None  # islice stops at sys.maxsize
                 docs = list(itertools.islice(matches, skip, stop))
         return [project(doc) for doc in docs] if projection is not None else docs
 
@@ -403,12 +416,17 @@ class KVCollection:
 
 
 def _exact_id(filter: Filter | None) -> bytes | None:
-    """The id key when the filter is exactly {"_id": <str or int>}; None otherwise."""
-    if filter is None or len(filter) != 1:
+    """The id key when the filter is exactly {"_id": <str or int>}; None otherwise, and for anything
+    the filter compiler must judge first (not a dict, or an id no key can hold: the fast path used to
+    raise a bare AttributeError, OverflowError or UnicodeEncodeError for those)."""
+    if not isinstance(filter, Mapping) or len(filter) != 1:
         return None
     value = filter.get("_id")
     if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-        return id_key(value)
+        try:
+            return id_key(value)
+        except InvalidArgument:
+            return None
     return None
 
 
@@ -421,8 +439,9 @@ def _same_id(a: Any, b: Any) -> bool:
 
 def _check_window(skip: Any, limit: Any) -> tuple[int, int]:
     for name, value in (("skip", skip), ("limit", limit)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
+        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
     return skip, limit
 
 
@@ -434,7 +453,10 @@ class KVChunkStore:
 
     @staticmethod
     def _file_key(file_id: Any) -> bytes:
-        raw = _pack(file_id)
+        try:
+            raw = _pack(file_id)
+        except (OverflowError, ValueError, TypeError) as exc:  # > 64 bits, a lone surrogate, a set...
+            raise InvalidArgument(f"file id {file_id!r:.100} cannot be stored: {exc}") from None
         if len(raw) > _MAX_ID_KEY:
             raise InvalidArgument("file ids are at most 160 bytes when packed")
         return raw

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from ._exceptions import StorageError, StoreClosed
+from ._exceptions import InvalidArgument, StorageError, StoreClosed
 from ._kv import TABLES, KVTxn
 
 __all__ = ["LmdbEngine"]
@@ -38,6 +38,7 @@ T = TypeVar("T")
 
 MiB = 1024 * 1024
 INITIAL_MAP = 64 * MiB
+MIN_MAP = 1 * MiB
 # A 32-bit process has ~2-3 GiB of address space in all; LMDB must share it with everything else.
 MAP_LIMIT = 1536 * MiB if sys.maxsize < 2**32 else 1 << 44
 _READER_CHECK_EVERY = 60.0
@@ -156,11 +157,18 @@ class _Env:
         except OSError:
             size = 0
         map_size = options.pop("map_size", None) or min(MAP_LIMIT, max(INITIAL_MAP, _round_up(size + 64 * MiB)))
+        # map_size is the initial size (the map grows): below a few pages the tables themselves do not fit
+        # and open_db raised a bare lmdb.MapFullError.
+        map_size = max(map_size, MIN_MAP)
         try:
             self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **options)
         except lmdb.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from None
-        self.dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
+        try:
+            self.dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
+        except lmdb.Error as exc:
+            self.env.close()  # left open, the path could not be opened again in this process
+            raise StorageError(f"cannot open {path}: {exc}") from None
         self.check_readers()
 
     def note_bytes_touched(self, n: int) -> None:
@@ -268,6 +276,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited_envs)
 
 
+MAX_READERS = 1 << 16  # each reader slot is a line of the -lock file: 65,536 make it 4 MiB
+
+
+def _check_options(path: Any, map_size: Any, sync: Any, metasync: Any, max_readers: Any) -> None:
+    """Refuse what py-lmdb would turn into a bare TypeError/OverflowError/ValueError/UnicodeEncodeError, or
+    silently misread (sync="no" is truthy)."""
+    if not isinstance(path, str):
+        raise InvalidArgument(f"the LMDB path must be a str, not {type(path).__name__}")
+    if "\x00" in path:
+        raise InvalidArgument(f"the LMDB path {path!r} contains a NUL character")
+    try:
+        path.encode("utf-8")  # py-lmdb passes the path to LMDB as strict UTF-8
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"the LMDB path {path!r} is not valid UTF-8 (lone surrogates)") from None
+    if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int)
+                                 or not 0 < map_size <= MAP_LIMIT):
+        raise InvalidArgument(f"map_size must be an int in 1..{MAP_LIMIT} or None, not {map_size!r}")
+    for name, flag in (("sync", sync), ("metasync", metasync)):
+        if not isinstance(flag, bool):
+            raise InvalidArgument(f"{name} must be True or False, not {flag!r}")
+    if isinstance(max_readers, bool) or not isinstance(max_readers, int) or not 0 < max_readers <= MAX_READERS:
+        raise InvalidArgument(f"max_readers must be an int in 1..{MAX_READERS}, not {max_readers!r}")
+
+
 class LmdbEngine:
     """A KVEngine on one LMDB file. Cheap to create: engines on the same file share one environment."""
 
@@ -280,7 +312,9 @@ class LmdbEngine:
         metasync: bool = True,
         max_readers: int = 126,
     ) -> None:
-        real = os.path.realpath(os.fspath(path))
+        path = os.fspath(path)
+        _check_options(path, map_size, sync, metasync, max_readers)
+        real = os.path.realpath(path)
         if os.path.isdir(real):
             raise StorageError(f"{real} is a directory; the embedded store is a single file")
         parent = os.path.dirname(real) or "."

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _codec
+from ._exceptions import InvalidArgument
 from .files import lease_is_live
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +82,8 @@ def _hash_file(store: Store, file_id: Any) -> tuple[int, str] | str:
         stream = store.files.open_download_stream(file_id)
     except KeyError:
         return f"file {file_id!r} is missing"
+    except InvalidArgument:  # an operator document or an array where an id belongs: no file has it
+        return f"file_id {file_id!r} is not a file id"
     digest = hashlib.sha256()
     length = 0
     try:

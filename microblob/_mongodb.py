@@ -106,15 +106,18 @@ def _mapped(method: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
-def _checkable(value: Any) -> Any:
+def _checkable(value: Any, depth: int = 0) -> Any:
     """A filter with ObjectId values (files GridFSBucket wrote) as str, for microblob's parser: the
-    parser checks the shape, the server evaluates the real filter."""
+    parser checks the shape, the server evaluates the real filter. Below MAX_DEPTH levels the value is
+    passed on as it is (the checks refuse it): recursing into a 10,000-level one raised RecursionError."""
+    if depth > _codec.MAX_DEPTH:
+        return value
     if isinstance(value, bson.ObjectId):
         return str(value)
     if isinstance(value, Mapping):
-        return {k: _checkable(v) for k, v in value.items()}
+        return {k: _checkable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_checkable(v) for v in value]
+        return [_checkable(v, depth + 1) for v in value]
     return value
 
 
@@ -127,8 +130,9 @@ def _check_filter(filter: Filter | None) -> dict[str, Any]:
 
 def _check_window(skip: Any, limit: Any) -> None:
     for name, value in (("skip", skip), ("limit", limit)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
+        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
 
 
 def _check_doc(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,10 +34,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ._codec import utcnow
+from ._codec import MAX_DEPTH, utcnow
 from ._exceptions import InvalidDocument, InvalidQuery
 
 __all__ = [
+    "check_depth",
     "compare_values",
     "compile_filter",
     "compile_projection",
@@ -334,10 +335,23 @@ def _exists(value: Any) -> bool:
     return value is not _MISSING
 
 
+def _check_text(text: str, where: str) -> None:
+    """Lone surrogates cannot be encoded as BSON (or msgpack): MongoDB could never receive the filter."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidQuery(f"{text!r} in {where} is not valid Unicode (lone surrogates)") from None
+
+
 def _check_operand(value: Any, where: str) -> None:
-    """Reject operands MongoDB could not receive (sets, objects, integers beyond 64 bits), so an invalid
-    filter fails the same way on every backend instead of silently matching nothing."""
-    if isinstance(value, bool) or value is None or isinstance(value, (str, float, bytes, _dt.datetime)):
+    """Reject operands MongoDB could not receive (sets, objects, integers beyond 64 bits, lone
+    surrogates), so an invalid filter fails the same way on every backend instead of silently matching
+    nothing."""
+    if isinstance(value, str):
+        _check_text(value, where)
+        return
+    if isinstance(value, bool) or value is None or isinstance(value, (float, bytes, _dt.datetime)):
         return
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
@@ -346,6 +360,7 @@ def _check_operand(value: Any, where: str) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidQuery(f"keys must be str, not {type(key).__name__}, in {where}")
+            _check_text(key, where)
             _check_operand(item, where)
     elif isinstance(value, _ARRAYS):
         for item in value:
@@ -446,6 +461,8 @@ def _regex_options(pattern: re.Pattern) -> str:
 def _compile_regex(pattern: Any, options: Any, where: str) -> re.Pattern:
     if options is not _MISSING and not isinstance(options, str):
         raise InvalidQuery(f"$options has to be a string in {where}")
+    if isinstance(getattr(pattern, "pattern", pattern), str):
+        _check_text(getattr(pattern, "pattern", pattern), where)
     if isinstance(pattern, re.Pattern):
         if not isinstance(pattern.pattern, str):
             raise InvalidQuery(f"a regex must have a str pattern, not bytes, in {where}")
@@ -553,6 +570,24 @@ _LOGICAL = ("$and", "$or", "$nor")
 _PATHLESS = frozenset(("$and", "$or", "$nor", "$comment", "$expr", "$where", "$text", "$jsonSchema"))
 
 
+def check_depth(value: Any, what: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (MongoDB's limit for documents and for query trees) before any
+    recursive code walks it. The walk is iterative: a 10,000-level or cyclic filter raised RecursionError
+    from the parser, the operand checks or the matcher; 100 levels need about 260 frames at most."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, _ARRAYS):
+            children = node
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidQuery(f"{what} nests deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def compile_filter(filter: Mapping[str, Any] | None) -> Callable[[Mapping[str, Any]], bool]:
     """Validate a MongoDB filter and return a predicate over documents. None or {} matches everything.
 
@@ -562,6 +597,7 @@ def compile_filter(filter: Mapping[str, Any] | None) -> Callable[[Mapping[str, A
         return _match_all
     if not isinstance(filter, Mapping):
         raise InvalidQuery(f"a filter must be a dict, not {type(filter).__name__}")
+    check_depth(filter, "a filter")
     return _compile_document(filter)
 
 
@@ -575,6 +611,7 @@ def _compile_document(spec: Mapping) -> Predicate:
     for key, value in spec.items():
         if not isinstance(key, str):
             raise InvalidQuery(f"filter keys must be str, not {type(key).__name__} ({key!r})")
+        _check_text(key, "a filter key")
         if key.startswith("$"):
             if key in _LOGICAL:
                 predicates.append(_compile_logical(key, value))
@@ -849,7 +886,12 @@ def _is_direction(value: Any) -> bool:
 
 
 def _valid_path(path: Any) -> bool:
-    return isinstance(path, str) and all(part and part[0] != "$" for part in path.split("."))
+    if not isinstance(path, str) or not all(part and part[0] != "$" for part in path.split(".")):
+        return False
+    try:
+        return path.isascii() or bool(path.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: no BSON key can name it
+        return False
 
 
 def normalize_sort(sort: Any) -> list[tuple[str, int]]:
@@ -1081,6 +1123,7 @@ def compile_update(update: Mapping[str, Any], *, inserting: bool = False) -> Cal
     a path through a scalar) or an update that would change `_id`."""
     if not isinstance(update, Mapping) or not update:
         raise InvalidQuery("an update must be a non-empty dict of update operators")
+    check_depth(update, "an update")
     keys = list(update)
     operators = [k for k in keys if isinstance(k, str) and k.startswith("$")]
     if len(operators) != len(keys):

@@ -3,6 +3,7 @@ before anything is written, so bad input never leaves a partial state behind."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -13,17 +14,25 @@ from ._exceptions import InvalidArgument, InvalidDocument
 __all__ = [
     "MAX_ID_LENGTH",
     "check_bool",
+    "check_chunk_size",
     "check_content_type",
     "check_id",
     "check_metadata",
     "check_optional_str",
     "check_tags",
     "check_version",
+    "loads_json",
 ]
 
 MAX_ID_LENGTH = 512
-# RFC 6838 type/subtype, optional parameters.
-_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]{0,126}/[A-Za-z0-9][\w!#$&^.+-]{0,126}(\s*;\s*[^;]+)*$")
+# RFC 6838 type/subtype, optional parameters; printable ASCII only, matched whole. A content type becomes an
+# HTTP Content-Type header: `\w` (Unicode-aware), `\s` and `[^;]` let through letters no header can carry,
+# CR/LF (header injection), control characters and lone surrogates, and `$` a trailing newline.
+_MEDIA_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+    r"(?:[ \t]*;[ \t]*[\x20-\x3a\x3c-\x7e]+)*"
+)
+MAX_CONTENT_TYPE_LENGTH = 1024
 
 
 def check_id(value: Any, name: str = "object_id") -> str:
@@ -100,9 +109,25 @@ def check_tags(value: Any) -> list[str] | None:
     return tags
 
 
+def check_chunk_size(value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise InvalidArgument(f"chunk_size must be an int in 1..{limit}, not {value!r}")
+    return value
+
+
 def check_content_type(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _MEDIA_TYPE.match(value):
+    if not isinstance(value, str) or len(value) > MAX_CONTENT_TYPE_LENGTH or not _MEDIA_TYPE.fullmatch(value):
         raise InvalidArgument(f"content_type must be a MIME type like 'image/png', not {value!r}")
     return value
+
+
+def loads_json(raw: str | bytes) -> Any:
+    """`json.loads` that raises ValueError for every text it cannot read: JSON nested deeper than Python's
+    recursion limit (`"[" * 100_000`) raised RecursionError, which callers catching ValueError let through
+    (a 500 from the server's store routes, a traceback from the CLI)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 
 from ._connect import connect, default_uri
 from ._exceptions import MicroblobError, ObjectNotFound, StoreNotFound
+from ._validate import loads_json
 from ._version import __version__
 from .objects import save_stream_atomically
 from .store import Store
@@ -145,8 +146,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _json_value(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return loads_json(text)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
@@ -166,8 +167,8 @@ def _meta_pair(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = loads_json(raw)
+    except ValueError:
         value = raw
     return key, value
 
@@ -711,7 +712,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def _read_config(path: str) -> dict[str, str]:
     try:
         with open(path, encoding="utf-8") as fh:
-            config = json.load(fh)
+            config = loads_json(fh.read())
     except OSError as exc:
         raise MicroblobError(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:

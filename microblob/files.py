@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import threading
 import uuid
@@ -120,13 +121,34 @@ def lease_is_live(token: str) -> bool:
 
 
 def check_file_id(file_id: Any) -> Any:
-    if isinstance(file_id, str) and 0 < len(file_id) <= 128 and "\x00" not in file_id:
+    """The id of a new file: a str (valid Unicode), a 64-bit int or bytes, as every backend can key it."""
+    if isinstance(file_id, str) and 0 < len(file_id) <= 128 and "\x00" not in file_id and _encodable(file_id):
         return file_id
-    if isinstance(file_id, int) and not isinstance(file_id, bool):
+    if isinstance(file_id, int) and not isinstance(file_id, bool) and -(2**63) <= file_id < 2**63:
         return file_id
     if isinstance(file_id, bytes) and 0 < len(file_id) <= 64:
         return file_id
-    raise InvalidArgument(f"a file id is a non-empty str (at most 128 chars), an int or bytes, not {file_id!r}")
+    raise InvalidArgument(
+        f"a file id is a non-empty str (at most 128 chars), a 64-bit int or bytes (at most 64), not {file_id!r}"
+    )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        return text.isascii() or bool(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
+def check_lookup_id(file_id: Any) -> Any:
+    """An id to look a file up by. Files written by other GridFS tools may have any BSON id, so only what
+    can never be one is refused: None, arrays, and operator documents, which matched some other file
+    (files.delete({"$gt": ""}) deleted whichever file came first, an object's bytes included)."""
+    if file_id is None or isinstance(file_id, (list, tuple, set, frozenset, re.Pattern)) or (
+        isinstance(file_id, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in file_id)
+    ):
+        raise InvalidArgument(f"a file id cannot be {type(file_id).__name__} {file_id!r:.100}")
+    return file_id
 
 
 class UploadStream(io.RawIOBase):
@@ -167,7 +189,10 @@ class UploadStream(io.RawIOBase):
     def write(self, data: Any) -> int:
         if self._done:
             raise ValueError("write to a closed upload stream")
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
+        if not view.c_contiguous:  # e.g. memoryview(b)[::2]: cast() refuses it, so copy it once
+            view = memoryview(view.tobytes())
+        view = view.cast("B")
         # Chunks of an immutable bytes object can be views of it (no copy); anything else may be
         # reused by the caller after write() returns, so its chunks are copied.
         keep: Callable[[memoryview], bytes | memoryview] = (lambda v: v) if isinstance(data, bytes) else bytes
@@ -233,11 +258,13 @@ class UploadStream(io.RawIOBase):
         }
         tail, first = self._batch, self._next_chunk
         bucket = self._bucket
+        published: list[bool] = []
 
         def publish() -> Any:
             if tail:
                 bucket._put_chunks(self.file_id, first, tail)
             bucket._files.insert_one(doc)
+            published.append(True)
             result = then(doc) if then is not None else None
             if self._leased:
                 bucket._pending.delete_one({"_id": self.file_id})
@@ -246,6 +273,10 @@ class UploadStream(io.RawIOBase):
         try:
             result = bucket._backend.atomic(publish, size_hint=sum(len(c) for c in tail))
         except BaseException:
+            if published and not bucket._backend.transactional:
+                # Without a transaction the files document stayed when `then` (the object write) failed:
+                # it would name chunks that _discard() removes. (Never someone else's: only ours got here.)
+                bucket._files.delete_one({"_id": self.file_id})
             self._discard()
             raise
         self._batch = []
@@ -478,7 +509,7 @@ class FilesBucket:
     # --- reading -----------------------------------------------------------------------------------
 
     def get_file(self, file_id: Any) -> dict[str, Any]:
-        doc = self._files.find_one({"_id": file_id})
+        doc = self._files.find_one({"_id": check_lookup_id(file_id)})
         if doc is None:
             raise FileNotFound(file_id)
         return doc
@@ -487,6 +518,9 @@ class FilesBucket:
         return DownloadStream(self, self.get_file(file_id))
 
     def download_to_stream(self, file_id: Any, destination: BinaryIO) -> int:
+        if not callable(getattr(destination, "write", None)) or isinstance(destination, io.TextIOBase):
+            raise InvalidArgument(
+                f"destination must be a binary writable file object, not {type(destination).__name__}")
         with self.open_download_stream(file_id) as stream:
             written = 0
             for chunk in stream.chunks():
@@ -498,13 +532,13 @@ class FilesBucket:
         return self._files.find(filter, sort=sort, skip=skip, limit=limit)
 
     def exists(self, file_id: Any) -> bool:
-        return self._files.find_one({"_id": file_id}, projection={"_id": 1}) is not None
+        return self._files.find_one({"_id": check_lookup_id(file_id)}, projection={"_id": 1}) is not None
 
     # --- removing ----------------------------------------------------------------------------------
 
     def delete(self, file_id: Any) -> None:
         """Files document first (the file disappears at once), then its chunks."""
-        if not self._files.delete_one({"_id": file_id}):
+        if not self._files.delete_one({"_id": check_lookup_id(file_id)}):
             raise FileNotFound(file_id)
         self._chunks.delete(file_id)
 
@@ -512,7 +546,7 @@ class FilesBucket:
         """Delete files that exist; return (files deleted, bytes freed). Missing ids are skipped."""
         freed_files = freed_bytes = 0
         for file_id in file_ids:
-            doc = self._files.find_one({"_id": file_id}, projection={"length": 1})
+            doc = self._files.find_one({"_id": check_lookup_id(file_id)}, projection={"length": 1})
             if doc is None:
                 continue
             self._files.delete_one({"_id": file_id})
@@ -522,8 +556,15 @@ class FilesBucket:
         return freed_files, freed_bytes
 
 
+def check_readable(source: Any) -> None:
+    """A closed file object fails on its first read() with a bare ValueError: refuse it up front."""
+    if getattr(source, "closed", False) is True:
+        raise InvalidArgument(f"the {type(source).__name__} to read from is closed")
+
+
 def copy_into(source: Any, destination: Any) -> None:
-    """Stream bytes, a binary file object or an iterable of byte strings into a writable, in 1 MiB reads."""
+    """Stream bytes, a binary file object or an iterable of byte strings into a writable, in 1 MiB reads.
+    An error the source raises itself (a device unplugged mid-read) is the caller's and propagates as it is."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         destination.write(source)
         return
@@ -538,6 +579,7 @@ def copy_into(source: Any, destination: Any) -> None:
         raise InvalidArgument(f"cannot read bytes from a {type(source).__name__}")
     # Read pieces of the destination's chunk size: each read returns a fresh bytes object that
     # becomes a chunk as it is, without another copy.
+    check_readable(source)
     size = getattr(destination, "chunk_size", None) or _COPY_SIZE
     while True:
         piece = read(size)

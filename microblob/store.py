@@ -33,6 +33,7 @@ from ._exceptions import (
 from ._maintenance import GcReport, VerifyReport
 from ._validate import (
     check_bool,
+    check_chunk_size,
     check_content_type,
     check_id,
     check_metadata,
@@ -40,7 +41,7 @@ from ._validate import (
     check_tags,
     check_version,
 )
-from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, copy_into
+from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .objects import BlobObject
 from .workflow import current_workflow_id
 
@@ -97,22 +98,28 @@ class _Source:
         self.stream: Any = None
         blob_type = _blob_type()
         if isinstance(obj, (bytes, bytearray, memoryview)):
-            self.bytes = obj if isinstance(obj, bytes) else memoryview(obj)
+            # What is stored is the buffer: a bytes subclass's own __bytes__ or __len__ would make the
+            # inline copy differ from the chunked one.
+            self.bytes = obj if type(obj) is bytes else memoryview(obj)
         elif blob_type is not None and isinstance(obj, blob_type):
             self.content_type = obj.content_type
             self.stream = self._owned = obj.open()
         elif isinstance(obj, os.PathLike):
             try:
-                self.stream = self._owned = open(obj, "rb")  # noqa: SIM115 - closed in close()
-            except OSError as exc:
-                raise InvalidArgument(f"cannot read {os.fspath(obj)!r}: {exc.strerror}") from None
+                path = os.fspath(obj)
+                self.stream = self._owned = open(path, "rb")  # noqa: SIM115 - closed in close()
+            except TypeError as exc:  # a __fspath__ that returns neither str nor bytes
+                raise InvalidArgument(f"object: {exc}") from None
+            except (OSError, ValueError) as exc:  # missing, a directory, a NUL or a lone surrogate in the name
+                raise InvalidArgument(f"cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
             # A file's name says what it holds (scan.png): worth more than application/octet-stream.
-            self.content_type = mimetypes.guess_type(os.fspath(obj), strict=False)[0]
+            self.content_type = mimetypes.guess_type(os.fsdecode(path), strict=False)[0]
         elif isinstance(obj, str):
             raise InvalidArgument("a str is ambiguous: pass bytes, or a pathlib.Path to save a file's contents")
         elif isinstance(obj, io.TextIOBase):
             raise InvalidArgument("a text file object cannot be saved: open the file in binary mode ('rb')")
         elif callable(getattr(obj, "read", None)):
+            check_readable(obj)
             self.stream = obj
         else:
             raise InvalidArgument(
@@ -148,6 +155,8 @@ class _Limited:
         if self._left <= 0:
             return b""
         piece = self._stream.read(min(n if n >= 0 else self._left, self._left))
+        if piece and not isinstance(piece, (bytes, bytearray, memoryview)):  # len() would raise TypeError
+            raise InvalidArgument(f"source.read() must return bytes, not {type(piece).__name__}")
         self._left -= len(piece or b"")
         return piece
 
@@ -170,9 +179,7 @@ class Store:
         self._backend = backend
         if chunk_size is None:  # each backend knows its sweet spot (LMDB: 1 MiB; GridFS: 255 KiB)
             chunk_size = getattr(backend, "chunk_size", DEFAULT_CHUNK_SIZE)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 0 < chunk_size <= MAX_CHUNK_SIZE:
-            raise InvalidArgument(f"chunk_size must be an int in 1..{MAX_CHUNK_SIZE}, not {chunk_size!r}")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_chunk_size(chunk_size, MAX_CHUNK_SIZE)
         self.files = FilesBucket(backend)
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")
@@ -268,8 +275,8 @@ class Store:
         check_bool(control_version, "control_version")
         source = _Source(object)
         try:
-            if fields["content_type"] is None:
-                fields["content_type"] = source.content_type
+            if fields["content_type"] is None:  # a Blob's own type is checked like an argument
+                fields["content_type"] = check_content_type(source.content_type)
             if save_data_in_collection:
                 data = source.read_all(INLINE_LIMIT)
                 payload = {"storage": "inline", "data": data, "size": len(data),
@@ -511,6 +518,11 @@ class Store:
         self, a: str, b: str, version_a: int | None = None, version_b: int | None = None
     ) -> bool:
         """Same bytes? Compared by sha256, without reading either payload."""
+        # Every argument first: a bad `b` must not hide behind ObjectNotFound for `a`.
+        check_id(a, "a")
+        check_id(b, "b")
+        check_version(version_a, "version_a")
+        check_version(version_b, "version_b")
         return self.get_blob_fingerprint(a, version_a)["sha256"] == self.get_blob_fingerprint(b, version_b)["sha256"]
 
     def count_objects(self, filter: Filter | None = None) -> int:
@@ -621,6 +633,9 @@ def _defaults(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _type_alias(type: Any, object_type: Any) -> Any:
     """Flowcept >= 1.0.1 calls it `object_type`; accept either, refuse a contradiction."""
+    # Checked before they are compared: `!=` between two arbitrary objects (cyclic ones) can recurse forever.
+    type = check_optional_str(type, "type")
+    object_type = check_optional_str(object_type, "object_type")
     if object_type is None:
         return type
     if type is not None and type != object_type:
@@ -629,7 +644,8 @@ def _type_alias(type: Any, object_type: Any) -> Any:
 
 
 def _typed(kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
-    if kwargs.get("type", kind) != kind or kwargs.get("object_type", kind) != kind:
+    # None means "not given", as for every other argument (callers forward type=None).
+    if kwargs.get("type") not in (None, kind) or kwargs.get("object_type") not in (None, kind):
         raise InvalidArgument(f"this helper saves type {kind!r}")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("type", "object_type")}
     return {**kwargs, "type": kind}

@@ -450,6 +450,7 @@ USAGE_ERRORS = [
     (("ls", "--filter", "{bad"), "argument --filter: not valid JSON"),
     (("query", "{'single': 'quotes'}"), "argument JSON: not valid JSON"),
     (("query", "{}", "--projection", "{"), "argument --projection: not valid JSON"),
+    (("query", "[" * 20_000), "argument JSON: not valid JSON: JSON nested too deeply"),  # was a RecursionError
     (("ls", "--limit", "-1"), "argument --limit: must be >= 0, not -1"),
     (("ls", "--limit", "many"), "argument --limit: not an integer"),
     (("ls", "--sort=-"), "argument --sort: empty field name"),

@@ -86,6 +86,11 @@ def test_query_sort_limit_skip(client: Any, store: Any) -> None:
         ("/objects/missing/history", {}, 404),
         ("/objects/o/data", {"version": "7"}, 404),
         ("/objects/o/data", {"version": "x"}, 400),
+        # found while checking tests/test_store_fuzz.py's classes: deep JSON raised RecursionError (a 500)
+        ("/objects/", {"filter": "[" * 5_000}, 400),
+        ("/objects/", {"filter": '{"a":' * 1_500 + "1" + "}" * 1_500}, 400),
+        ("/objects/", {"filter": '{"a":' * 150 + "1" + "}" * 150}, 400),  # parses; deeper than 100 levels
+        ("/objects/", {"sort": "[" * 5_000}, 400),
     ],
 )
 def test_store_errors_are_4xx_json(client: Any, store: Any, path: str, params: dict[str, str], status: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,42 @@ def test_unusable_paths_are_clear_errors(tmp_path: Path) -> None:
         microblob.connect(tmp_path / "x.db", bogus_option=1)
     with pytest.raises(microblob.InvalidArgument):
         microblob.connect(42)  # type: ignore[arg-type]
+
+
+def test_odd_uris_and_options_are_typed_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by tests/test_store_fuzz.py: each of these raised a bare ValueError/TypeError/OverflowError/
+    UnicodeEncodeError, or opened another file than the one named."""
+    monkeypatch.chdir(tmp_path)
+
+    class BadPath(os.PathLike):
+        def __fspath__(self) -> Any:
+            return 5
+
+    bad_uris: list[Any] = [
+        "a\x00b.db", f"lmdb://{tmp_path}/%00.db", str(tmp_path / "\ud800.db"), str(tmp_path / "\udcff.db"),
+        BadPath(), "lmdb://[::1", f"lmdb:///{tmp_path}/%ff.db", "lmdb://host/x.db", "://x.db",
+    ]
+    for uri in bad_uris:
+        with pytest.raises(microblob.InvalidArgument):
+            microblob.connect(uri)
+    assert not Path("/x.db").exists()  # lmdb://host/x.db used to drop the host and open /x.db
+    for options in ({"map_size": "big"}, {"map_size": -1}, {"map_size": 2**70}, {"map_size": True},
+                    {"max_readers": -1}, {"max_readers": 2**70}, {"max_readers": 1.5}, {"sync": "no"},
+                    {"metasync": None}):
+        with pytest.raises(microblob.InvalidArgument):
+            microblob.connect(tmp_path / "opts.db", **options)
+    for chunk_size in (0, 1.5, True, 2**64):  # checked before the file is created (it was created, then refused)
+        with pytest.raises(microblob.InvalidArgument, match="chunk_size"):
+            microblob.connect(tmp_path / "chunks.db", chunk_size=chunk_size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was created on the way
+    with microblob.connect(f"lmdb://localhost{tmp_path}/ok.db", sync=False, max_readers=8) as store:
+        assert store.get_blob_object(store.save_or_update_object(b"x")).data == b"x"
+    class BytesPath(os.PathLike):  # an os.PathLike may return bytes: it was refused as "not bytes"
+        def __fspath__(self) -> bytes:
+            return os.fsencode(tmp_path / "bytes.db")
+
+    with microblob.connect(BytesPath()) as store:
+        assert store.uri == str(tmp_path / "bytes.db")
+    # map_size is the initial size: a tiny one raised a bare lmdb.MapFullError from open_db
+    with microblob.connect(tmp_path / "tiny.db", map_size=6521) as store:
+        assert store.get_blob_object(store.save_or_update_object(os.urandom(3_000_000))).size == 3_000_000

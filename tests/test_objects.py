@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import hashlib
 import io
 import os
@@ -131,6 +132,29 @@ def test_every_source_kind(store: microblob.Store, tmp_path: Path, kind: str) ->
     assert got.size == len(payload)
     assert got.data == payload
     assert got.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+class _LyingBytes(bytes):
+    def __len__(self) -> int:
+        return 0
+
+    def __bytes__(self) -> bytes:
+        return b"a lie"
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["chunked", "inline"])
+def test_unusual_buffers_store_their_contents(store: microblob.Store, inline: bool) -> None:
+    """Found by tests/test_store_fuzz.py: a non-contiguous memoryview raised a bare TypeError (chunked), and
+    a bytes subclass with its own __bytes__ was stored as that (inline) but as its buffer (chunked)."""
+    payload = os.urandom(250_000)
+    interleaved = memoryview(bytes(b for x in payload for b in (x, 0)))[::2]
+    for obj, expected in ((interleaved, payload), (_LyingBytes(payload), payload),
+                          (memoryview(payload[:200_000]).cast("B", (2, 100_000)), payload[:200_000]),
+                          (memoryview(array.array("H", payload[:1000])), payload[:1000])):
+        got = store.get_blob_object(store.save_or_update_object(obj, save_data_in_collection=inline))
+        assert got.data == expected and got.size == len(expected)
+    file_id = store.files.upload_from_stream("f", interleaved)
+    assert store.files.open_download_stream(file_id).read() == payload
 
 
 def test_open_is_seekable_and_save_is_atomic(store: microblob.Store, tmp_path: Path) -> None:
@@ -279,3 +303,26 @@ def test_query_and_typed_helpers(store: microblob.Store) -> None:
         store.save_or_update_ml_model(b"x", type="dataset")
     with pytest.raises(InvalidArgument):
         store.save_or_update_object(b"x", type="a", object_type="b")
+
+
+def test_typed_helpers_take_type_none_as_not_given(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: save_or_update_ml_model(data, type=None) raised InvalidArgument
+    ("this helper saves type 'ml_model'"), though None means "not given" for every other argument."""
+    model = store.save_or_update_ml_model(b"weights", type=None, object_type=None)
+    dataset = store.insert_or_update_dataset(b"rows", type=None)
+    assert store.get_ml_model(model).type == "ml_model" and store.get_dataset(dataset).type == "dataset"
+    with pytest.raises(InvalidArgument, match="ml_model"):
+        store.save_or_update_ml_model(b"weights", type="dataset")
+    with pytest.raises(InvalidArgument, match="dataset"):
+        store.save_or_update_dataset(b"rows", object_type="ml_model")
+
+
+def test_a_bad_content_type_is_refused_before_the_object_is_looked_up(store: microblob.Store) -> None:
+    """Found by tests/test_store_fuzz.py: a content type the MIME check let through (a lone surrogate in a
+    parameter) made update_object_metadata of a missing id answer ObjectNotFound instead of
+    InvalidArgument, and of an existing id fail only in the encoder."""
+    object_id = store.save_or_update_object(b"x", content_type="text/plain; charset=utf-8")
+    for target in ("missing", object_id):
+        with pytest.raises(InvalidArgument, match="content_type"):
+            store.update_object_metadata(target, content_type="text/plain; charset=\ud800")
+    assert store.get_blob_object(object_id).content_type == "text/plain; charset=utf-8"
