@@ -123,11 +123,11 @@ def check_content_type(value: Any) -> str | None:
     return value
 
 
-def loads_json(raw: str | bytes) -> Any:
-    """`json.loads` that raises ValueError for every text it cannot read: JSON nested deeper than Python's
-    recursion limit (`"[" * 100_000`) raised RecursionError, which callers catching ValueError let through
-    (a 500 from the server's store routes, a traceback from the CLI)."""
+def loads_json(raw: str | bytes, **hooks: Any) -> Any:
+    """`json.loads` (with its `hooks`) that raises ValueError for every text it cannot read: JSON nested
+    deeper than Python's recursion limit (`"[" * 100_000`) raised RecursionError, which callers catching
+    ValueError let through (a 500 from the server's store routes, a traceback from the CLI)."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, **hooks)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None

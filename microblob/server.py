@@ -14,7 +14,6 @@ import ctypes
 import hashlib
 import importlib
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvo
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
+from ._validate import loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
 from .thing import Thing
 
@@ -87,11 +87,9 @@ def _finite(text: str) -> float:
 def parse_json(raw: bytes | str, what: str) -> Any:
     """Parse request JSON: 400 (not 500) for anything that is not plain, reasonably shallow JSON."""
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        value = loads_json(raw, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as e:
         raise ApiError(400, f"{what} is not valid JSON: {e}") from None
-    except RecursionError:  # json's C parser recurses per nesting level
-        raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
     if isinstance(value, (dict, list)):
         _check_depth(value, what)
     return value
