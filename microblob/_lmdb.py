@@ -8,7 +8,9 @@ What this module takes care of, so nothing above it has to (facts measured in DE
   `MapResizedError`;
 - growth only while no transaction of this process is open (a reader/writer lock around every txn);
 - stale reader slots of killed processes cleared at open and every minute;
-- pages touched through the map are dropped from this process's RSS every few MiB.
+- pages touched through the map are dropped from this process's RSS every few MiB;
+- glibc's trim threshold kept above a chunk batch (`_malloc.py`), so the page copies LMDB allocates for
+  each commit are reused, not unmapped and faulted in again (2.5x the throughput of 256 MiB saves).
 
 `writemap` stays off: measured here it made 256 MiB saves ~10% faster but 1 MiB saves 2.5x slower
 (msync of the whole map per commit), and LMDB forbids mixing it between processes.
@@ -31,6 +33,7 @@ import lmdb
 
 from ._exceptions import InvalidArgument, StorageError, StoreClosed
 from ._kv import TABLES, KVTxn
+from ._malloc import tune_malloc
 
 __all__ = ["LmdbEngine"]
 
@@ -160,6 +163,7 @@ class _Env:
         # map_size is the initial size (the map grows): below a few pages the tables themselves do not fit
         # and open_db raised a bare lmdb.MapFullError.
         map_size = max(map_size, MIN_MAP)
+        tune_malloc()  # LMDB's per-commit page copies stay on the heap between batches (see _malloc.py)
         try:
             self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **options)
         except lmdb.Error as exc:

@@ -23,7 +23,7 @@ __all__ = ["BlobResponse", "parse_range"]
 
 _RANGE = re.compile(r"bytes=\s*(\d*)\s*-\s*(\d*)\s*")
 # Slices of in-memory bytes are sent CHUNK_SIZE at a time like file reads: bigger slices would each be
-# a fresh mapping (server.MMAP_THRESHOLD), page-faulted in and unmapped again, for no gain.
+# a fresh mapping (_malloc.MMAP_THRESHOLD), page-faulted in and unmapped again, for no gain.
 _MEMORY_CHUNK = CHUNK_SIZE
 
 

@@ -10,7 +10,6 @@ Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import importlib
 import ipaddress
@@ -19,7 +18,6 @@ import math
 import os
 import re
 import secrets
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
@@ -39,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._blob_links import BlobLinks, Link
 from ._exceptions import InvalidArgument, InvalidInput
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
+from ._malloc import tune_malloc
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
@@ -157,44 +156,6 @@ class _TokenAuth:
         await self.app(scope, receive, send)
 
 
-_malloc_tuned = False
-MMAP_THRESHOLD = CHUNK_SIZE + 128 * 1024
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # what glibc's dynamic rule would set for this mmap threshold
-
-
-def _return_freed_blobs_to_the_os() -> None:
-    """Have glibc map each allocation over MMAP_THRESHOLD on its own, so that freeing it unmaps it.
-
-    By default glibc raises its mmap threshold to the size of the first large block freed; from then on,
-    blocks of that size come from its heaps, which rarely shrink. So once a few Blobs had expired, a burst
-    of in-memory Blobs stayed resident after they had expired too: 1,000 expired 1 MiB Blobs left the server
-    700-850 MiB larger for good. With the threshold fixed, in-memory Blob bytes over it go back to the OS
-    when released (tests/test_resource_bounds.py); smaller ones go back to the heap, for reuse. It sits
-    just above the 1 MiB buffers that streaming allocates and frees by the thousand, which stay on the heap:
-    mapping each of those costs page faults (reading 256 MiB in 1 MiB pieces took 4x as long). Fixing it
-    turns off glibc's dynamic trim threshold too, so that is set as the dynamic rule would (twice the mmap
-    threshold): at glibc's fixed default the heap gives back and re-faults those buffers on every chunk (2x
-    as long). Process-wide; left alone where the environment already chose (MALLOC_MMAP_THRESHOLD_,
-    GLIBC_TUNABLES), and a no-op on anything but glibc."""
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ or (
-        "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
-    ):
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-    mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
-
-
 def _load_thing(spec: Any) -> Thing:
     if isinstance(spec, str):
         module, _, attr = spec.partition(":")
@@ -252,7 +213,7 @@ class ThingServer(Starlette):
         upload_dir: str | None = None,
         debug: bool = False,
     ) -> None:
-        _return_freed_blobs_to_the_os()
+        tune_malloc()  # freed Blob bytes go back to the OS; streaming buffers stay on the heap
         if token is None:
             token = os.environ.get("MICROBLOB_TOKEN") or None
         self.token = token

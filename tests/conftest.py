@@ -213,8 +213,14 @@ def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run a Python snippet in a fresh interpreter with this checkout importable."""
     root = str(Path(__file__).resolve().parents[1])
 
-    def run(code: str, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(code: str, *args: str, timeout: float = 300, check: bool = True,
+            env_overrides: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
+        for name, value in (env_overrides or {}).items():  # None removes the variable
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                               timeout=timeout, env=env)

@@ -338,7 +338,7 @@ def _start_put_and_feed(cli: Cli, n_bytes: int) -> subprocess.Popen[bytes]:
 
 def test_killed_put_leaves_nothing_visible_and_gc_reclaims_it(cli: Cli) -> None:
     cli.put(b"existing")
-    proc = _start_put_and_feed(cli, 40 * MiB)  # > 2 batches of 16 MiB: chunks are committed
+    proc = _start_put_and_feed(cli, 40 * MiB)  # several 4 MiB batches: chunks are committed
     proc.kill()
     proc.wait(timeout=60)
     assert len(json_lines(cli.ok("ls", "--json"))) == 1
