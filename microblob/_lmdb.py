@@ -155,6 +155,10 @@ class _Env:
         self.writer: int | None = None  # thread id holding write_lock, to refuse self-deadlock
         self.last_reader_check = 0.0
         self.touched_since_trim = 0
+        # Each set_mapsize maps the file afresh, perhaps elsewhere (even at the same size): it bumps the
+        # generation, and the mappings looked up at an older one are looked up again (note_bytes_touched).
+        self.map_generation = 0
+        self.mapped: tuple[int, list[tuple[int, int]]] = (-1, [])
         try:
             size = os.path.getsize(path)
         except OSError:
@@ -182,7 +186,12 @@ class _Env:
         self.touched_since_trim += n
         if self.touched_since_trim >= _TRIM_EVERY:
             self.touched_since_trim = 0
-            _drop_resident_pages(self.path)
+            # Looked up once per mapping (reading /proc/self/maps each time cost large reads 17%), and again
+            # after a remap: advising an address the file no longer occupies would drop whatever lives there.
+            # Callers hold rw.shared, so no remap happens in between.
+            if self.mapped[0] != self.map_generation:
+                self.mapped = (self.map_generation, _mappings_of(self.path))
+            _drop_resident_pages(self.mapped[1])
 
     def check_readers(self) -> None:
         """Free reader slots of processes that died (a killed reader pins old pages forever)."""
@@ -216,11 +225,13 @@ class _Env:
                     f"{self.path}: the store is full ({current // MiB} MiB, the most this process can map)"
                 )
             self.env.set_mapsize(new)
+            self.map_generation += 1
 
     def adopt_size(self) -> None:
         """Another process grew the map: take its size."""
         with self.rw.exclusive():
             self.env.set_mapsize(0)
+            self.map_generation += 1
 
 
 def _libc_madvise() -> Callable[..., int] | None:
@@ -237,22 +248,33 @@ def _libc_madvise() -> Callable[..., int] | None:
 _MADVISE = _libc_madvise() if sys.platform.startswith("linux") else None
 
 
-def _drop_resident_pages(path: str) -> None:
-    """MADV_DONTNEED over this process's mappings of `path` (Linux; elsewhere a no-op). Safe for a
-    shared file mapping: the data stays in the file and page cache, only our page-table entries go."""
+def _mappings_of(path: str) -> list[tuple[int, int]]:
+    """The (start, length) of each of this process's mappings of `path` (Linux; elsewhere none). Valid
+    until the map is resized: the caller looks them up again after that."""
     if _MADVISE is None:
-        return
+        return []
     try:
         with open("/proc/self/maps", "rb") as maps:
             lines = maps.read().splitlines()
     except OSError:
-        return
+        return []
     target = os.fsencode(path)
+    found = []
     for line in lines:
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5] == target:
             start, end = (int(x, 16) for x in fields[0].split(b"-"))
-            _MADVISE(start, end - start, mmap.MADV_DONTNEED)
+            found.append((start, end - start))
+    return found
+
+
+def _drop_resident_pages(mapped: list[tuple[int, int]]) -> None:
+    """MADV_DONTNEED over the given mappings of the file. Safe for a shared file mapping: the data stays
+    in the file and page cache, only our page-table entries go."""
+    if _MADVISE is None:
+        return
+    for start, length in mapped:
+        _MADVISE(start, length, mmap.MADV_DONTNEED)
 
 
 def _round_up(n: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,45 @@ def test_map_starts_small_and_grows_on_demand(lmdb_path: Path) -> None:
     # a default open never reserves a huge map (32-bit devices cannot)
     with microblob.connect(lmdb_path) as store:
         assert store.backend.engine.map_size() <= os.path.getsize(lmdb_path) + 256 * 1024 * 1024
+
+
+def _resident_bytes_of_map(path: Path) -> int:
+    """Rss of this process's mappings of the data file, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
+            inside = len(fields) == 6 and fields[5] == os.path.realpath(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps (Linux)")
+def test_reading_keeps_the_map_out_of_rss_also_after_the_map_moved(lmdb_path: Path) -> None:
+    """Pages read through the map are dropped from RSS every _TRIM_EVERY bytes, at the addresses the file
+    is mapped at *now*: each growth maps it afresh, perhaps elsewhere."""
+    from microblob import _lmdb
+
+    big = 96 * 1024 * 1024
+    payload = os.urandom(big)
+    with microblob.connect(lmdb_path, map_size=1024 * 1024) as store:
+        shared = store.backend.engine._env()
+        store.save_or_update_object(payload, object_id="big")  # grows (and remaps) the map a few times
+        for remap in (False, True):
+            if remap:  # as a write that needs room would: map the file afresh, maybe elsewhere
+                generation = shared.map_generation
+                shared.grow(2 * shared.env.info()["map_size"])
+                assert shared.map_generation == generation + 1
+            digest = hashlib.sha256()
+            with store.get_blob_object("big").open() as stream:
+                while piece := stream.read(1024 * 1024):
+                    digest.update(piece)
+            assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+            assert shared.mapped[0] == shared.map_generation  # looked up again after each remap
+            assert shared.mapped[1] == _lmdb._mappings_of(shared.path)
+            resident = _resident_bytes_of_map(lmdb_path)
+            assert resident <= _lmdb._TRIM_EVERY + 8 * 1024 * 1024, f"{resident / 2**20:.0f} MiB of the map resident"
 
 
 GROWER = """
