@@ -22,7 +22,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import msgpack
@@ -562,14 +562,12 @@ class KVBackend:
 
     # --- transactions bound to the calling thread ---------------------------------------------------
 
-    @contextmanager
-    def _reading(self) -> Iterator[KVTxn]:
+    def _reading(self) -> AbstractContextManager[KVTxn]:
+        """The calling thread's write transaction if it is inside one, else a new read snapshot."""
         txn = getattr(self._local, "txn", None)
         if txn is not None:
-            yield txn
-        else:
-            with self._engine.read() as txn:
-                yield txn
+            return nullcontext(txn)
+        return self._engine.read()
 
     def _writing(self, fn: Callable[[KVTxn], T], *, size_hint: int = 0, durable: bool = True) -> T:
         txn = getattr(self._local, "txn", None)

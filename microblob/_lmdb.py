@@ -53,33 +53,38 @@ class _SharedExclusiveLock:
     and a waiting resize blocks new transactions so it cannot starve."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._shared = 0
         self._exclusive_waiting = 0
         self._exclusive = False
         self._local = threading.local()
+        self._shared_side = _SharedSide(self)
 
     def holds_shared(self) -> bool:
         return getattr(self._local, "depth", 0) > 0
 
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        depth = getattr(self._local, "depth", 0)
+    def shared(self) -> _SharedSide:
+        """`with lock.shared():` holds the shared side (one object, no generator: it runs on every read)."""
+        return self._shared_side
+
+    def acquire_shared(self) -> None:
+        local = self._local
+        depth = getattr(local, "depth", 0)
         if depth == 0:
             with self._cond:
                 while self._exclusive or self._exclusive_waiting:
                     self._cond.wait()
                 self._shared += 1
-        self._local.depth = depth + 1
-        try:
-            yield
-        finally:
-            self._local.depth = depth
-            if depth == 0:
-                with self._cond:
-                    self._shared -= 1
-                    if self._shared == 0:
-                        self._cond.notify_all()
+        local.depth = depth + 1
+
+    def release_shared(self) -> None:
+        local = self._local
+        local.depth -= 1
+        if local.depth == 0:
+            with self._cond:
+                self._shared -= 1
+                if self._shared == 0:
+                    self._cond.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -97,6 +102,59 @@ class _SharedExclusiveLock:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
+
+
+class _SharedSide:
+    """The context manager `_SharedExclusiveLock.shared()` returns: stateless (depth is per thread), so one
+    object serves every caller."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: _SharedExclusiveLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire_shared()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release_shared()
+
+
+class _ReadScope:
+    """`with engine.read() as txn:`: a read transaction under the shared side of the resize lock, begun
+    again after adopting another process's map growth. A class, not a generator: every read runs it."""
+
+    __slots__ = ("_shared", "_path", "_txn")
+
+    def __init__(self, shared: _Env, path: str) -> None:
+        self._shared = shared
+        self._path = path
+        self._txn: lmdb.Transaction | None = None
+
+    def __enter__(self) -> _Txn:
+        shared = self._shared
+        while True:
+            shared.rw.acquire_shared()
+            try:
+                self._txn = shared.env.begin(write=False, buffers=True)
+                return _Txn(self._txn, shared)
+            except lmdb.MapResizedError:
+                shared.rw.release_shared()
+            except lmdb.Error as exc:
+                shared.rw.release_shared()
+                raise StorageError(f"{self._path}: {exc}") from None
+            except BaseException:
+                shared.rw.release_shared()
+                raise
+            shared.adopt_size()  # outside every transaction of ours: now the map may change size
+
+    def __exit__(self, *exc_info: object) -> None:
+        txn, self._txn = self._txn, None
+        try:
+            if txn is not None:
+                txn.abort()
+        finally:
+            self._shared.rw.release_shared()
 
 
 class _Txn:
@@ -374,24 +432,8 @@ class LmdbEngine:
             raise StorageError("this store was opened before fork(); connect again in the child process")
         return shared
 
-    @contextmanager
-    def read(self) -> Iterator[KVTxn]:
-        shared = self._env()
-        while True:
-            with shared.rw.shared():
-                try:
-                    txn = shared.env.begin(write=False, buffers=True)
-                except lmdb.MapResizedError:
-                    txn = None
-                except lmdb.Error as exc:
-                    raise StorageError(f"{self.path}: {exc}") from None
-                if txn is not None:
-                    try:
-                        yield _Txn(txn, shared)
-                    finally:
-                        txn.abort()
-                    return
-            shared.adopt_size()
+    def read(self) -> _ReadScope:
+        return _ReadScope(self._env(), self.path)
 
     def write(self, fn: Callable[[KVTxn], T], *, size_hint: int = 0, durable: bool = True) -> T:
         shared = self._env()
