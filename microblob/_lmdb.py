@@ -10,7 +10,7 @@ What this module takes care of, so nothing above it has to (facts measured in DE
 - stale reader slots of killed processes cleared at open and every minute;
 - pages touched through the map are dropped from this process's RSS every few MiB;
 - glibc's trim threshold kept above a chunk batch (`_malloc.py`), so the page copies LMDB allocates for
-  each commit are reused, not unmapped and faulted in again (2.5x the throughput of 256 MiB saves).
+  each commit are reused, not unmapped and faulted in again (about twice the throughput of 256 MiB saves).
 
 `writemap` stays off: measured here it made 256 MiB saves ~10% faster but 1 MiB saves 2.5x slower
 (msync of the whole map per commit), and LMDB forbids mixing it between processes.
