@@ -1,6 +1,8 @@
 """Invocations: one run of an action, in a bounded thread pool, kept for a while and then forgotten.
 
-Actions are blocking Python; running them in a pool keeps the event loop free however slow they are.
+Actions run in a pool, so the event loop stays free however slow they are: a plain method as it is, an
+`async def` one on an event loop of its own in the worker thread (so it may await, and is cancelled at its
+next await), never on the server's loop, which a blocking call inside it would freeze.
 A finished invocation holds its output (and so its Blobs) strongly until its Blob links expire, and is
 itself forgotten after the retention time, or earlier when the count cap needs room (oldest finished
 first), or when a client DELETEs it.
@@ -9,11 +11,13 @@ first), or when a client DELETEs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
+import inspect
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +39,7 @@ MAX_LOG = 1000
 
 class TooManyInvocations(MicroblobError):
     """Every retained invocation is still running and the cap is reached."""
+
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Invocation:
     future: Future[None] | None = field(default=None, repr=False)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list, repr=False)
+    stop_async: Callable[[], Any] | None = field(default=None, repr=False)  # cancels a running async action
 
     @property
     def done(self) -> bool:
@@ -169,6 +175,8 @@ class InvocationManager:
         _tls.invocation = inv
         try:
             result = method(**kwargs)
+            if inspect.iscoroutine(result):
+                result = _await_on_own_loop(result, inv)
             tree = to_jsonable(result)
             if inv.cancel_event.is_set():
                 raise InvocationCancelled("the invocation was cancelled")
@@ -219,7 +227,7 @@ class InvocationManager:
 
     def cancel(self, inv: Invocation) -> None:
         """Ask a pending or running invocation to stop (a pending one never starts)."""
-        inv.cancel_event.set()
+        _signal_cancel(inv)
         if inv.future is not None and inv.future.cancel():
             self._finish(inv, "cancelled")
 
@@ -262,9 +270,42 @@ class InvocationManager:
         re-raising the signal, so atexit and weakref finalizers never run: outputs still held here left
         their temp files on disk for good."""
         for inv in self.all():
-            inv.cancel_event.set()
+            _signal_cancel(inv)
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             invocations, self._invocations = list(self._invocations.values()), {}
         for inv in invocations:
             inv.release()
+
+
+def _signal_cancel(inv: Invocation) -> None:
+    """Tell a running action to stop: a plain one sees the event at its next check (raise_if_cancelled,
+    cancellable_sleep); an async one has its task cancelled at its next await."""
+    inv.cancel_event.set()
+    stop = inv.stop_async
+    if stop is not None:
+        with contextlib.suppress(RuntimeError):  # its loop closed: the action has just ended
+            stop()
+
+
+def _await_on_own_loop(coro: Coroutine[Any, Any, Any], inv: Invocation) -> Any:
+    """Run an `async def` action's coroutine to the end on a new event loop in this worker thread. A
+    cancel request (InvocationManager.cancel) cancels its task at the next await."""
+
+    async def main() -> Any:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+        inv.stop_async = lambda: loop.call_soon_threadsafe(task.cancel)
+        try:
+            if inv.cancel_event.is_set():  # set before stop_async was: cancel() did not see it
+                raise InvocationCancelled("the invocation was cancelled")
+            return await coro
+        finally:
+            inv.stop_async = None
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        raise InvocationCancelled("the invocation was cancelled") from None
+    finally:
+        coro.close()  # never awaited if cancelled first: no "was never awaited" warning

@@ -133,6 +133,9 @@ def thing_action(
 ) -> F | Callable[[F], F]:
     """Mark a Thing method as an action. The method is returned unchanged (calling it runs it).
 
+    Plain or `async def`: the server runs either in its thread pool, an async one on an event loop of its
+    own there (it may await; cancelling the invocation cancels it at its next await).
+
     `blob_ttl` overrides the server's link lifetime (seconds) for Blobs this action returns."""
 
     def mark(f: F, localns: dict[str, Any] | None) -> F:
