@@ -63,13 +63,8 @@ def sensor() -> Sensor:
 
 
 @pytest.fixture
-def server(make_server: Any, sensor: Sensor) -> Any:
-    return make_server({"sensor": sensor})
-
-
-@pytest.fixture
-def client(asgi: Any, server: Any) -> Any:
-    return asgi(server)
+def client(make_server: Any, asgi: Any, sensor: Sensor) -> Any:
+    return asgi(make_server({"sensor": sensor}))
 
 
 def test_an_async_action_is_described_validated_and_run(client: Any) -> None:
@@ -122,8 +117,7 @@ def test_an_async_action_error_is_reported(client: Any) -> None:
     assert done["error"] == {"type": "ValueError", "message": "no sensor attached"}
 
 
-def test_closing_the_server_cancels_a_running_async_action(make_server: Any, asgi: Any) -> None:
-    sensor = Sensor()
+def test_closing_the_server_cancels_a_running_async_action(make_server: Any, asgi: Any, sensor: Sensor) -> None:
     server = make_server({"sensor": sensor})
     client = asgi(server)
     client.post("/sensor/forever", json={})
