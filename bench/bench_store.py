@@ -149,8 +149,8 @@ def run_size(label: str, size: int, repeat: int, base: Path, sides: list[type[Si
             directory = base / f"{label}-{side_type.name.replace(' ', '_')}-{r}"
             directory.mkdir()
             side = side_type(directory)
-            # Start every side with nothing dirty in the page cache: the previous side's writeback would
-            # otherwise throttle this one's writes (seen here: the raw side swinging from 600 to 1800 MB/s).
+            # Start every side with nothing dirty in the page cache, so no side pays for the previous one's
+            # writeback. (The single-write raw side still swung 400-1,800 MB/s between runs: the VM's disk.)
             os.sync()
             try:
                 save_s = timed(lambda side=side: [side.save(i, payload) for i in range(n)])

@@ -41,7 +41,6 @@ class TooManyInvocations(MicroblobError):
     """Every retained invocation is still running and the cap is reached."""
 
 
-
 @dataclass
 class OutputBlob:
     """A Blob in an invocation's output with its link; `blob` becomes None when the output is released."""
