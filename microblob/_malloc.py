@@ -25,11 +25,13 @@ import os
 import sys
 import threading
 
+from .files import DEFAULT_BATCH_BYTES
+
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc"]
 
 MiB = 1024 * 1024
 MMAP_THRESHOLD = MiB + 128 * 1024  # just above blob.CHUNK_SIZE (1 MiB)
-TRIM_THRESHOLD = 8 * MiB  # two chunk batches (files.DEFAULT_BATCH_BYTES): a commit's pages stay for the next
+TRIM_THRESHOLD = 2 * DEFAULT_BATCH_BYTES  # 8 MiB: a commit's page copies stay on the heap for the next batch
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 _lock = threading.Lock()

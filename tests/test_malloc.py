@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from microblob.files import DEFAULT_BATCH_BYTES
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tuning is Linux-only")
 
 CHILD = r"""
@@ -33,7 +35,7 @@ print(json.dumps({"tuned": _malloc.tune_malloc(), "faults": faults}))
 """
 
 NO_CHOICE = {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": None, "GLIBC_TUNABLES": None}
-PAGES_OF_A_BATCH = 4 * 1024 * 1024 // 4096
+PAGES_OF_A_BATCH = DEFAULT_BATCH_BYTES // 4096
 
 
 def _run(run_python: Callable, path: Path, env: dict[str, str | None]) -> dict:
@@ -44,7 +46,7 @@ def _run(run_python: Callable, path: Path, env: dict[str, str | None]) -> dict:
 def test_a_large_save_reuses_the_heap_instead_of_faulting_it_in_again(run_python: Callable, tmp_path: Path) -> None:
     tuned = _run(run_python, tmp_path / "tuned.db", NO_CHOICE)
     assert tuned["tuned"] is True
-    # 32 MiB in 4 MiB batches: re-faulting each batch's page copies would be 8 x 1,024 pages.
+    # 32 MiB in batches: re-faulting each batch's page copies would be 8 x PAGES_OF_A_BATCH pages.
     assert tuned["faults"] < PAGES_OF_A_BATCH, tuned
 
 
