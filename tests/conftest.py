@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -351,6 +352,13 @@ def live() -> Iterator[Callable[[Any], str]]:
 
     with ExitStack() as stack:
         yield lambda app: stack.enter_context(live_server(app))
+
+
+def sigint_as_default() -> None:
+    """`preexec_fn` for a child a test interrupts with SIGINT. An ignored signal stays ignored across exec,
+    and pytest may itself run with SIGINT ignored (a background job of a non-interactive shell, some CI
+    runners): the child would then never see the Ctrl-C the test sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def vm_status(pid: int | str = "self") -> dict[str, int]:
