@@ -106,9 +106,10 @@ def test_thousands_of_calls_past_the_cap_leave_the_tables_at_their_caps(served: 
         list(pool.map(batch, [per_thread] * threads))
     assert per_thread * threads >= 5_000 + CAP
     # Nothing expired (the clock stood still): only the cap and the collected Blobs bound the state.
-    assert app.invocations.sizes() == {"invocations": CAP, "finished": CAP}
     assert alive(Invocation) == CAP  # those dropped by the cap are gone, not held by their timers
     assert alive(Blob) <= CAP + 1  # the table's outputs (and the Thing's own still frame)
+    assert len(app.links) <= CAP + 200
+    assert app.invocations.sizes() == {"invocations": CAP, "finished": CAP}
     sizes = app.links.sizes()
     assert sizes["live"] <= CAP  # the links of collected Blobs were buried at once
     assert sizes["tombstones"] == 200  # bounded by count
