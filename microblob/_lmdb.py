@@ -18,8 +18,10 @@ What this module takes care of, so nothing above it has to (facts measured in DE
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
+import itertools
 import mmap
 import os
 import sys
@@ -200,6 +202,46 @@ class _Txn:
                     if not key.startswith(prefix):
                         return
                     yield key, b""
+
+
+    def range(
+        self, table: str, lo: bytes, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            if not reverse:
+                if not cursor.set_range(lo):
+                    return
+                for key, value in cursor.iternext(keys=True, values=True):
+                    key = bytes(key)
+                    if hi is not None and key >= hi:
+                        return
+                    yield key, bytes(value)
+                return
+            if hi is None or not cursor.set_range(hi):
+                if not cursor.last():
+                    return
+            elif not cursor.prev():  # set_range found the first key >= hi: step below it
+                return
+            for key, value in cursor.iterprev(keys=True, values=True):
+                key = bytes(key)
+                if key < lo:
+                    return
+                yield key, bytes(value)
+
+    def count_range(self, table: str, lo: bytes, hi: bytes | None) -> int:
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            if not cursor.set_range(lo):
+                return 0
+            # Every step in C (map, takewhile, zip, deque): ~10x a Python loop over a million entries.
+            keys: Iterator[bytes] = map(bytes, cursor.iternext(keys=True, values=False))
+            if hi is not None:
+                keys = itertools.takewhile(hi.__gt__, keys)
+            counter = itertools.count()
+            collections.deque(zip(keys, counter, strict=False), maxlen=0)
+            return next(counter)
+
+    def entries(self, table: str) -> int | None:
+        return self._txn.stat(self._dbs[table])["entries"]
 
 
 class _Env:

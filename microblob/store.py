@@ -184,7 +184,8 @@ class Store:
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")
         self._workflows = backend.collection("workflows")
-        for field in ("workflow_id", "task_id", "type", "file_id"):
+        # updated_at and created_at are walked in order by the newest-first list and by sorts on them.
+        for field in ("workflow_id", "task_id", "type", "file_id", "updated_at", "created_at"):
             self._objects.create_index([(field, 1)])
         self._history.create_index([("object_id", 1), ("version", 1)])
         self._history.create_index([("file_id", 1)])
@@ -528,6 +529,43 @@ class Store:
     def count_objects(self, filter: Filter | None = None) -> int:
         self._check_open()
         return self._objects.count_documents(_check_filter(filter))
+
+    # --- indexes ------------------------------------------------------------------------------------
+
+    def _queryable(self, collection: Any) -> Any:
+        if collection not in _QUERYABLE:
+            raise InvalidArgument(f"collection must be one of {', '.join(_QUERYABLE)}; not {collection!r}")
+        return self._backend.collection(collection)
+
+    def create_index(
+        self, keys: Any, *, name: str | None = None, unique: bool = False, collection: str = "objects"
+    ) -> str:
+        """An index on a field path ("custom_metadata.exposure_ms"), or a compound one ([("type", 1),
+        ("size", -1)]), kept in the store so every process uses it; built over the existing documents.
+        Returns its name. Queries, sorts and counts use it from then on (see `explain`)."""
+        self._check_open()
+        return self._queryable(collection).create_index(keys, unique=unique, name=name)
+
+    def list_indexes(self, collection: str = "objects") -> list[dict[str, Any]]:
+        """[{"name", "key": [(field, direction), ...], "unique"}, ...]; the `_id` index is implied."""
+        self._check_open()
+        return self._queryable(collection).list_indexes()
+
+    def drop_index(self, name: str, collection: str = "objects") -> None:
+        """Remove an index by name (InvalidArgument if there is none). The store's own indexes come back
+        at the next open."""
+        self._check_open()
+        self._queryable(collection).drop_index(name)
+
+    def explain(
+        self, filter: Filter | None = None, *, sort: Sort = None, skip: int = 0, limit: int = 0,
+        collection: str = "objects",
+    ) -> dict[str, Any]:
+        """Which index `query(filter, sort=..., skip=..., limit=...)` would use and why ("plan": IXSCAN,
+        COLLSCAN or IDHACK; "index"; "sort": "index order" or "in memory"; "reason"), and how a count
+        of the filter is answered ("count")."""
+        self._check_open()
+        return self._queryable(collection).explain(_check_filter(filter), sort=sort, skip=skip, limit=limit)
 
     # --- deleting -----------------------------------------------------------------------------------
 

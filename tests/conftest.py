@@ -238,7 +238,7 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
     from contextlib import contextmanager
 
     def install(store: microblob.Store) -> dict[str, int]:
-        counts = {"get": 0, "scanned": 0}
+        counts = {"get": 0, "scanned": 0, "docs_get": 0, "index_entries": 0}
         engine = store.backend.engine
         original_read = engine.read
 
@@ -248,6 +248,7 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
 
             def get(self, table: str, key: bytes) -> Any:
                 counts["get"] += 1
+                counts["docs_get"] += table == "docs"
                 return self._txn.get(table, key)
 
             def view(self, table: str, key: bytes) -> Any:
@@ -259,6 +260,17 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
                     if table == "docs":
                         counts["scanned"] += 1
                     yield item
+
+            def range(self, table: str, lo: bytes, hi: Any, *, reverse: bool = False) -> Iterator[Any]:
+                for item in self._txn.range(table, lo, hi, reverse=reverse):
+                    counts["scanned" if table == "docs" else "index_entries"] += 1
+                    yield item
+
+            def count_range(self, table: str, lo: bytes, hi: Any) -> int:
+                return self._txn.count_range(table, lo, hi)
+
+            def entries(self, table: str) -> Any:
+                return self._txn.entries(table)
 
         @contextmanager
         def read() -> Iterator[Counting]:
