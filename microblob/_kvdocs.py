@@ -173,10 +173,36 @@ class KVCollection:
             matches = (doc for _, doc in self._matching(txn, filter, predicate, chosen))
             if spec and not chosen.in_sort_order:
                 docs = sort_documents(matches, spec, skip=skip, limit=limit)
+            elif spec and chosen.tiebreak:
+                docs = self._ordered_runs(txn, chosen, predicate, spec, skip, limit)
             else:
                 stop = min(skip + limit, sys.maxsize) if limit else None  # islice stops at sys.maxsize
                 docs = list(itertools.islice(matches, skip, stop))
         return [project(doc) for doc in docs] if projection is not None else docs
+
+    def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
+                      spec: list[tuple[str, int]], skip: int, limit: int) -> list[dict]:
+        """The index gives the order of the sort's leading fields: sort each run of ties on them by the
+        whole sort (stably, so the result is exactly a full sort's), and stop after skip + limit."""
+        window = skip + limit if limit else None
+        out: list[dict] = []
+        run: list[dict] = []
+        run_value: bytes | None = None
+        for value, idk in chosen.keyed_candidates(txn):
+            if value != run_value:
+                out.extend(sort_documents(run, spec) if len(run) > 1 else run)
+                run = []
+                run_value = value
+                if window is not None and len(out) >= window:
+                    break
+            raw = txn.get("docs", self._prefix + idk)
+            if raw is not None:
+                doc = _codec.decode(raw)
+                if predicate(doc):
+                    run.append(doc)
+        else:
+            out.extend(sort_documents(run, spec) if len(run) > 1 else run)
+        return out[skip:window]
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
         found = self.find(filter, projection, sort=sort, limit=1)

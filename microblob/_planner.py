@@ -250,6 +250,7 @@ class Plan:
     ranges: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     reverse: bool = False
     in_sort_order: bool = False  # candidates arrive in the query's sort order (or it has none)
+    tiebreak: bool = False  # ... in the order of its leading fields only: runs of ties are sorted in memory
     exact: bool = False  # the ranges answer the whole filter: counts need no document
     multi: bool = False  # the index has array entries: de-duplicate candidates
     always: bool = False  # the index has documents filed under ALWAYS: they are candidates too
@@ -259,19 +260,24 @@ class Plan:
 
     def candidates(self, txn: Any) -> Iterator[bytes]:
         """Id keys of every document that may match, in plan order, each once."""
+        for _, idk in self.keyed_candidates(txn):
+            yield idk
+
+    def keyed_candidates(self, txn: Any) -> Iterator[tuple[bytes, bytes]]:
+        """(indexed values as key bytes, id key) of every candidate, in plan order, each once."""
         assert self.index is not None
         seen: set[bytes] | None = set() if self.multi else None
         for lo, hi in self.ranges:
-            walk = _walk_reverse(txn, lo, hi) if self.reverse else (v for _, v in txn.range("index", lo, hi))
-            for idk in walk:
+            walk = _walk_reverse(txn, lo, hi) if self.reverse else _walk_forward(txn, lo, hi)
+            for value, idk in walk:
                 if seen is not None:
                     if idk in seen:
                         continue
                     seen.add(idk)
-                yield idk
+                yield value, idk
         if self.always:
             for _, idk in txn.range("index", self.index.prefix + keys.ALWAYS, self.index.prefix + keys.MULTI):
-                yield idk
+                yield keys.ALWAYS, idk
 
     def count_entries(self, txn: Any) -> int:
         """Documents in the ranges, from index keys alone (only for an exact, non-array plan)."""
@@ -288,7 +294,8 @@ class Plan:
             "fields_used": self.used_fields,
             "direction": "backward" if self.reverse else "forward",
             "ranges": len(self.ranges),
-            "sort": "index order" if self.in_sort_order else "in memory",
+            "sort": ("index order, ties sorted in memory" if self.tiebreak else "index order")
+            if self.in_sort_order else "in memory",
             "exact": self.exact,
             "multikey": self.multi,
             "estimate": self.estimate,
@@ -296,7 +303,12 @@ class Plan:
         }
 
 
-def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
+def _walk_forward(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    for key, idk in txn.range("index", lo, hi):
+        yield key[: len(key) - len(idk)], idk
+
+
+def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
     """Id keys in descending value order, ties in ascending id order (as a stable descending sort of a
     scan gives them): runs of equal values are buffered, long ones read forwards."""
     while True:
@@ -306,7 +318,8 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
         for key, idk in txn.range("index", lo, hi, reverse=True):
             value = key[: len(key) - len(idk)]
             if run and value != run_value:
-                yield from reversed(run)
+                for idk_ in reversed(run):
+                    yield run_value, idk_
                 run = []
             if not run:
                 run_value = value
@@ -315,10 +328,11 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[bytes]:
                 restart = run_value
                 break
         else:
-            yield from reversed(run)
+            for idk_ in reversed(run):
+                yield run_value, idk_
             return
         for _, idk in txn.range("index", restart, keys.successor(restart)):
-            yield idk
+            yield restart, idk
         hi = restart
 
 
@@ -373,16 +387,19 @@ def _bounds(index: Index, conds: dict[str, _FieldCond], multi: bool
 
 
 def _sort_direction(index: Index, fixed: int, sort: Sequence[tuple[str, int]],
-                    fixed_fields: Sequence[str]) -> int | None:
-    """1 or -1 if walking this index (after `fixed` equality fields) yields the sort's order with ties
-    in id order; None if it cannot."""
+                    fixed_fields: Sequence[str]) -> tuple[int, bool] | None:
+    """(1 or -1, whether ties need sorting) if walking this index (after `fixed` equality fields) yields
+    the order of the sort's leading fields, with ties in id order; None if it cannot."""
     rest = [(f, d) for f, d in sort if f not in fixed_fields]
-    if [f for f, _ in rest] != index.fields[fixed:]:
-        return None
+    tail = index.fields[fixed:]
     if not rest:
-        return 1  # every sort field is fixed by equality: ties all, in id order
-    directions = {d for _, d in rest}
-    return directions.pop() if len(directions) == 1 else None
+        return (1, False) if not tail else None  # every sort field is fixed: all tie, in id order
+    if not tail or [f for f, _ in rest[: len(tail)]] != tail:
+        return None
+    directions = {d for _, d in rest[: len(tail)]}
+    if len(directions) != 1:
+        return None
+    return directions.pop(), len(rest) > len(tail)
 
 
 def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
@@ -396,12 +413,13 @@ def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
         always, multi = index.markers(txn)
         ranges, used, fixed, exact = _bounds(index, conds, multi)
         exact = exact and whole and set(used) == set(conds)
-        direction = None
+        served = None
         if sort and not always and not multi and len(ranges) == 1:
-            direction = _sort_direction(index, fixed, sort, used[:fixed])
-        if not used and direction is None:
+            served = _sort_direction(index, fixed, sort, used[:fixed])
+        if not used and served is None:
             continue
-        p = Plan(index=index, ranges=ranges, reverse=direction == -1, in_sort_order=not sort or direction is not None,
+        p = Plan(index=index, ranges=ranges, reverse=served is not None and served[0] == -1,
+                 in_sort_order=not sort or served is not None, tiebreak=served is not None and served[1],
                  exact=exact, multi=multi, always=always, used_fields=used)
         if used and not (p.exact and p.in_sort_order and window):
             p.estimate = _estimate(txn, ranges)
