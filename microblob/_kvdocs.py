@@ -417,6 +417,7 @@ class KVCollection:
                         raise InvalidArgument(f"{self.name}: an index named {name!r} exists with other keys "
                                               f"{[tuple(k) for k in existing['keys']]}")
                     return True
+            for existing in mine:
                 if same(existing):
                     raise InvalidArgument(f"{self.name}: the index {existing['name']!r} has these keys already")
             return False

@@ -227,14 +227,15 @@ class MongoCollection:
     def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False,
                      name: str | None = None) -> str:
         fields, name = check_index_spec(keys, name, unique)
-        for existing in self.list_indexes():  # the embedded backends' rules, before the server's errors
-            same = existing["key"] == fields and existing["unique"] == bool(unique)
+        existing_indexes = self.list_indexes()
+        for existing in existing_indexes:  # the embedded backends' rules, before the server's errors
             if existing["name"] == name:
-                if not same:
+                if existing["key"] != fields or existing["unique"] != bool(unique):
                     raise InvalidArgument(f"{self.name}: an index named {name!r} exists with other keys "
                                           f"{existing['key']}")
                 return name
-            if same:
+        for existing in existing_indexes:
+            if existing["key"] == fields and existing["unique"] == bool(unique):
                 raise InvalidArgument(f"{self.name}: the index {existing['name']!r} has these keys already")
         return self._coll.create_index(fields, unique=bool(unique), name=name)
 
