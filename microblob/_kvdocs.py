@@ -172,6 +172,8 @@ class KVCollection:
             chosen = self._plan(txn, filter, spec, min(skip + limit, sys.maxsize) if limit else None)
             matches = (doc for _, doc in self._matching(txn, filter, predicate, chosen))
             if spec and not chosen.in_sort_order:
+                if chosen.index is not None:  # ties keep the scan's order (by id key), as without the index
+                    matches = iter(sorted(matches, key=lambda doc: id_key(doc["_id"])))
                 docs = sort_documents(matches, spec, skip=skip, limit=limit)
             elif spec and chosen.tiebreak:
                 docs = self._ordered_runs(txn, chosen, predicate, spec, skip, limit)
