@@ -31,7 +31,7 @@ import msgpack
 from . import _codec
 from ._backend import Filter, Projection, Sort, checked_chunk
 from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
-from ._index_keys import successor
+from ._index_keys import ALWAYS, successor
 from ._kv import KVEngine, KVTxn
 from ._planner import Index, Plan, check_index_spec, plan
 from ._query import (
@@ -131,7 +131,7 @@ class KVCollection:
         if chosen.index is not None:
             for idk in chosen.candidates(txn):
                 key = self._prefix + idk
-                raw = txn.get("docs", key)
+                raw = txn.view("docs", key)  # decoded before the transaction ends
                 if raw is not None:
                     yield key, raw
             return
@@ -145,6 +145,16 @@ class KVCollection:
             predicate = compile_filter(filter)
         if chosen is None:
             chosen = self._plan(txn, filter, [], None)
+        if chosen.exact and chosen.index is not None and not chosen.multi:
+            # The index answered the filter: only the documents filed under ALWAYS need the matcher.
+            for value, idk in chosen.keyed_candidates(txn):
+                key = self._prefix + idk
+                raw = txn.view("docs", key)
+                if raw is not None:
+                    doc = _codec.decode(raw)
+                    if value != ALWAYS or predicate(doc):
+                        yield key, doc
+            return
         for key, raw in self._candidates(txn, filter or {}, chosen):
             doc = _codec.decode(raw)
             if predicate(doc):
@@ -197,7 +207,7 @@ class KVCollection:
                 run_value = value
                 if window is not None and len(out) >= window:
                     break
-            raw = txn.get("docs", self._prefix + idk)
+            raw = txn.view("docs", self._prefix + idk)
             if raw is not None:
                 doc = _codec.decode(raw)
                 if predicate(doc):

@@ -253,6 +253,7 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
 
             def view(self, table: str, key: bytes) -> Any:
                 counts["get"] += 1
+                counts["docs_get"] += table == "docs"
                 return self._txn.view(table, key)
 
             def scan(self, table: str, prefix: bytes = b"", *, values: bool = True) -> Iterator[Any]:
