@@ -144,3 +144,16 @@ def test_keys_order_and_equal_as_mongodb_compares() -> None:
 def test_values_without_a_key() -> None:
     assert encode({"a": 1}) is None and encode([1]) is None
     assert encode("x" * 500) is None  # too long for an LMDB key: the document is re-checked on every lookup
+
+
+def test_mongita_keeps_index_specs_across_opens(tmp_path: Path) -> None:
+    uri = f"mongita://{tmp_path / 'm'}"
+    with microblob.connect(uri) as store:
+        _seed(store, 6)
+        store.create_index("custom_metadata.exposure_ms")
+    with microblob.connect(uri) as store:
+        assert store.explain({"custom_metadata.exposure_ms": 1})["index"] == "custom_metadata.exposure_ms_1"
+        assert store.count_objects({"custom_metadata.exposure_ms": 1}) == 1
+        store.drop_index("custom_metadata.exposure_ms_1")
+    with microblob.connect(uri) as store:
+        assert "custom_metadata.exposure_ms_1" not in [s["name"] for s in store.list_indexes()]
