@@ -49,8 +49,9 @@ class KVTxn(Protocol):
         an index walk that stops after a page reads only that page."""
         ...
 
-    def count_range(self, table: str, lo: bytes, hi: bytes | None) -> int:
-        """How many keys lie in lo <= key < hi, without handing each to Python where the engine can."""
+    def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
+        """How many keys lie in lo <= key < hi (at most `limit`), without handing each to Python where
+        the engine can."""
         ...
 
     def entries(self, table: str) -> int | None:
@@ -168,10 +169,11 @@ class _MemoryTxn:
                         yield key, value
                 stop = bisect.bisect_left(t.keys, keys[0])
 
-    def count_range(self, table: str, lo: bytes, hi: bytes | None) -> int:
+    def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
         keys = self._tables[table].keys
         stop = len(keys) if hi is None else bisect.bisect_left(keys, hi)
-        return max(0, stop - bisect.bisect_left(keys, lo))
+        n = max(0, stop - bisect.bisect_left(keys, lo))
+        return n if limit is None else min(n, limit)
 
     def entries(self, table: str) -> int | None:
         return len(self._tables[table].keys)

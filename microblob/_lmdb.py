@@ -229,7 +229,7 @@ class _Txn:
                     return
                 yield key, bytes(value)
 
-    def count_range(self, table: str, lo: bytes, hi: bytes | None) -> int:
+    def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
         if self._readonly:
             # Read transactions hand out memoryviews, which do not order: counting in a bytes-handing
             # sibling of the same snapshot (same txn id; LMDB allows several readers per thread) saves
@@ -237,16 +237,17 @@ class _Txn:
             sibling = self._shared.env.begin(write=False, buffers=False)
             try:
                 if sibling.id() == self._txn.id():
-                    return _count_keys(sibling, self._dbs[table], lo, hi, copy=False)
+                    return _count_keys(sibling, self._dbs[table], lo, hi, limit, copy=False)
             finally:
                 sibling.abort()
-        return _count_keys(self._txn, self._dbs[table], lo, hi, copy=self._readonly)
+        return _count_keys(self._txn, self._dbs[table], lo, hi, limit, copy=self._readonly)
 
     def entries(self, table: str) -> int | None:
         return self._txn.stat(self._dbs[table])["entries"]
 
 
-def _count_keys(txn: lmdb.Transaction, db: Any, lo: bytes, hi: bytes | None, *, copy: bool) -> int:
+def _count_keys(txn: lmdb.Transaction, db: Any, lo: bytes, hi: bytes | None, limit: int | None, *,
+                copy: bool) -> int:
     with txn.cursor(db=db) as cursor:
         if not cursor.set_range(lo):
             return 0
@@ -256,6 +257,8 @@ def _count_keys(txn: lmdb.Transaction, db: Any, lo: bytes, hi: bytes | None, *, 
             keys = map(bytes, keys)
         if hi is not None:
             keys = itertools.takewhile(hi.__gt__, keys)
+        if limit is not None:
+            keys = itertools.islice(keys, limit)
         counter = itertools.count()
         collections.deque(zip(keys, counter, strict=False), maxlen=0)
         return next(counter)

@@ -406,7 +406,7 @@ def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
          sort: Sequence[tuple[str, int]], window: int | None) -> Plan:
     """The cheapest way this planner knows to answer (filter, sort, skip+limit = window)."""
     conds, whole = _conditions(filter)
-    options: list[tuple[tuple, Plan]] = []
+    found: list[Plan] = []
     for index in indexes:
         if index.fields[0] not in conds and not (sort and any(f == index.fields[0] for f, _ in sort)):
             continue
@@ -418,11 +418,17 @@ def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
             served = _sort_direction(index, fixed, sort, used[:fixed])
         if not used and served is None:
             continue
-        p = Plan(index=index, ranges=ranges, reverse=served is not None and served[0] == -1,
-                 in_sort_order=not sort or served is not None, tiebreak=served is not None and served[1],
-                 exact=exact, multi=multi, always=always, used_fields=used)
-        if used and not (p.exact and p.in_sort_order and window):
-            p.estimate = _estimate(txn, ranges)
+        found.append(Plan(index=index, ranges=ranges, reverse=served is not None and served[0] == -1,
+                          in_sort_order=not sort or served is not None, tiebreak=served is not None and served[1],
+                          exact=exact, multi=multi, always=always, used_fields=used))
+    if not found:
+        reason = "no index serves the filter or the sort" if (conds or sort) else "no filter: every document"
+        return Plan(in_sort_order=not sort, reason=reason)
+    options: list[tuple[tuple, Plan]] = []
+    for p in found:
+        used = p.used_fields
+        if used and not (p.exact and p.in_sort_order and window) and len(found) > 1:
+            p.estimate = _estimate(txn, p.ranges)  # only a choice needs one
         if not used:  # a walk in sort order, the filter checked on each document
             cost = window if (window and not conds and whole) else (_ESTIMATE_CAP if window else 10**12)
             p.reason = "walks the index in the sort's order and stops after skip+limit matches"
@@ -431,13 +437,12 @@ def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
             p.reason = "the index answers the filter; the walk stops after skip+limit entries"
         else:
             cost = p.estimate or 0
-            p.reason = f"the index narrows the filter to about {p.estimate} candidates"
+            p.reason = "the index narrows the filter" + (f" to about {p.estimate} candidates"
+                                                         if p.estimate is not None else " (the only one that can)")
             if not p.in_sort_order:
                 p.reason += ", sorted in memory"
-        options.append(((cost, not p.in_sort_order, -len(used), index.name), p))
-    if not options:
-        reason = "no index serves the filter or the sort" if (conds or sort) else "no filter: every document"
-        return Plan(in_sort_order=not sort, reason=reason)
+        assert p.index is not None
+        options.append(((cost, not p.in_sort_order, -len(used), p.index.name), p))
     options.sort(key=lambda item: item[0])
     return options[0][1]
 
@@ -445,8 +450,7 @@ def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
 def _estimate(txn: Any, ranges: list[tuple[bytes, bytes | None]]) -> int:
     total = 0
     for lo, hi in ranges:
-        for _ in itertools.islice(txn.range("index", lo, hi), _ESTIMATE_CAP - total):
-            total += 1
+        total += txn.count_range("index", lo, hi, _ESTIMATE_CAP - total)
         if total >= _ESTIMATE_CAP:
             break
     return total

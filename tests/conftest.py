@@ -267,8 +267,8 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
                     counts["scanned" if table == "docs" else "index_entries"] += 1
                     yield item
 
-            def count_range(self, table: str, lo: bytes, hi: Any) -> int:
-                return self._txn.count_range(table, lo, hi)
+            def count_range(self, table: str, lo: bytes, hi: Any, limit: Any = None) -> int:
+                return self._txn.count_range(table, lo, hi, limit)
 
             def entries(self, table: str) -> Any:
                 return self._txn.entries(table)
