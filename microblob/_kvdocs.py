@@ -2,7 +2,7 @@
 
 Layout inside the engine's tables:
 - docs:   pack(collection) + id_key(_id)                   -> msgpack document
-- index:  pack(collection) + pack(index name) + entry      -> id key
+- index:  pack(collection) + pack(index name) + entry      -> len(id key), one byte
           entry = order-preserving component per indexed field + id_key (`_index_keys.py`, `_planner.py`)
 - chunks: pack(file_id) + 4-byte big-endian chunk number    -> raw bytes (no framing, no copy)
 - meta:   b"indexes"                                        -> {collection: [index spec, ...]}
@@ -361,7 +361,7 @@ class KVCollection:
             for entry in after - before:
                 if index.unique:
                     self._check_unique(txn, index, entry, idk)
-                txn.put("index", entry, idk)
+                txn.put("index", entry, _id_length(idk))
         if new is None:
             txn.delete("docs", key)
         else:
@@ -376,8 +376,8 @@ class KVCollection:
         values_part = entry[: len(entry) - len(idk)]
         if len(values_part) <= len(index.prefix) + 1 and values_part[len(index.prefix):] in (b"\x01", b"\x02"):
             return  # a marker entry (ALWAYS, MULTI), not a value
-        for _, other in txn.range("index", values_part, successor(values_part)):
-            if bytes(other) != idk:
+        for other, _ in txn.range("index", values_part, successor(values_part)):
+            if other[len(values_part):] != idk:
                 raise DuplicateKey(f"{self.name}: duplicate key for unique index {index.name}")
 
     def _build(self, txn: KVTxn, index: Index) -> None:
@@ -387,7 +387,7 @@ class KVCollection:
             for entry in index.entries(_codec.decode(raw), idk):
                 if index.unique:
                     self._check_unique(txn, index, entry, idk)
-                txn.put("index", entry, idk)
+                txn.put("index", entry, _id_length(idk))
 
     def _drop_entries(self, txn: KVTxn, prefix: bytes) -> None:
         doomed = [k for k, _ in txn.scan("index", prefix, values=False)]
@@ -476,6 +476,11 @@ class KVCollection:
 
     def index_information(self) -> dict[str, dict]:
         return {spec["name"]: {"key": spec["key"], "unique": spec["unique"]} for spec in self.list_indexes()}
+
+
+def _id_length(idk: bytes) -> bytes:
+    """An index entry's value: how many of its key's last bytes are the id key (at most 160 + 2)."""
+    return bytes((len(idk),))
 
 
 def _exact_id(filter: Filter | None) -> bytes | None:

@@ -1,7 +1,7 @@
 """Ordered indexes of the embedded document layer, and the planner that picks one for a query.
 
-An index entry is `prefix + component per field + id key -> id key` (components: `_index_keys.py`), so
-an index is walked in value order with a cursor, forwards or backwards, and a walk stops after
+An index entry is `prefix + component per field + id key -> len(id key)` (one byte; the components are
+in `_index_keys.py`), so an index is walked in value order with a cursor, forwards or backwards, and a walk stops after
 `skip + limit` matches. The planner reads a filter's plain conjunction (top level and `$and`): equality,
 `$in` and the type-bracketed ranges `$gt/$gte/$lt/$lte` on indexed fields become key ranges; a sort whose
 fields are the index's (after the fields fixed by equality) is served by the walk's own order. Every
@@ -276,8 +276,8 @@ class Plan:
                     seen.add(idk)
                 yield value, idk
         if self.always:
-            for _, idk in txn.range("index", self.index.prefix + keys.ALWAYS, self.index.prefix + keys.MULTI):
-                yield keys.ALWAYS, idk
+            for key, n in txn.range("index", self.index.prefix + keys.ALWAYS, self.index.prefix + keys.MULTI):
+                yield keys.ALWAYS, key[-n[0]:]
 
     def count_entries(self, txn: Any) -> int:
         """Documents in the ranges, from index keys alone (only for an exact, non-array plan)."""
@@ -304,8 +304,9 @@ class Plan:
 
 
 def _walk_forward(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-    for key, idk in txn.range("index", lo, hi):
-        yield key[: len(key) - len(idk)], idk
+    for key, n in txn.range("index", lo, hi):
+        cut = len(key) - n[0]
+        yield key[:cut], key[cut:]
 
 
 def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
@@ -315,8 +316,9 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes
         run: list[bytes] = []
         run_value = b""
         restart: bytes | None = None
-        for key, idk in txn.range("index", lo, hi, reverse=True):
-            value = key[: len(key) - len(idk)]
+        for key, n in txn.range("index", lo, hi, reverse=True):
+            cut = len(key) - n[0]
+            value, idk = key[:cut], key[cut:]
             if run and value != run_value:
                 for idk_ in reversed(run):
                     yield run_value, idk_
@@ -331,8 +333,8 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes
             for idk_ in reversed(run):
                 yield run_value, idk_
             return
-        for _, idk in txn.range("index", restart, keys.successor(restart)):
-            yield restart, idk
+        for key, n in txn.range("index", restart, keys.successor(restart)):
+            yield restart, key[-n[0]:]
         hi = restart
 
 
