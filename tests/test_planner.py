@@ -197,3 +197,22 @@ def test_random_indexes_filters_and_pages_match_a_scan(embedded_store: microblob
             if not skip and not limit:
                 assert sorted(ids) == [d["_id"] for d in matching]
         assert coll.count_documents(flt) == len(matching), flt
+
+
+def test_get_objects_newest_first_walks_the_index(filled: microblob.Store, count_reads: Any, make_server: Any,
+                                                  asgi: Any) -> None:
+    """The browse page's request (GET /objects/?sort=-updated_at,object_id&limit=51, also by type) reads
+    about one page of documents, not the collection."""
+    client = asgi(make_server({}, store=filled))
+    counts = count_reads(filled)
+    listed = client.get("/objects/", params={"sort": "-updated_at,object_id", "limit": "51"})
+    assert listed.status_code == 200 and len(listed.json()) == 51
+    assert counts["scanned"] == 0 and counts["docs_get"] <= 52, counts
+    newest = max(filled.query(None), key=lambda d: d["updated_at"])
+    assert listed.json()[0]["object_id"] == newest["_id"]
+    counts.update({key: 0 for key in counts})
+    typed = client.get("/objects/", params={"sort": "-updated_at,object_id", "limit": "51",
+                                            "filter": '{"type": "scan"}'})
+    assert typed.status_code == 200 and len(typed.json()) == 51
+    assert all(o["type"] == "scan" for o in typed.json())
+    assert counts["scanned"] == 0 and counts["docs_get"] <= N // 3 + 1, counts
