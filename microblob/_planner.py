@@ -187,9 +187,6 @@ class _FieldCond:
     inexact: bool = False  # some condition on the field is left to the matcher
 
 
-_OPS = frozenset(("$eq", "$in", "$gt", "$gte", "$lt", "$lte"))
-
-
 def _keyable(value: Any) -> bool:
     return not isinstance(value, (dict, list, tuple)) and keys.encode(value) is not None
 
