@@ -216,3 +216,18 @@ def test_get_objects_newest_first_walks_the_index(filled: microblob.Store, count
     assert typed.status_code == 200 and len(typed.json()) == 51
     assert all(o["type"] == "scan" for o in typed.json())
     assert counts["scanned"] == 0 and counts["docs_get"] <= N // 3 + 1, counts
+
+
+def test_history_lookups_use_object_id_version(embedded_store: microblob.Store, count_reads: Any) -> None:
+    store = embedded_store
+    oid = store.save_or_update_object(b"v0")
+    for i in range(5):
+        store.save_or_update_object(f"v{i + 1}".encode(), object_id=oid, control_version=True)
+    other = store.save_or_update_object(b"w0")
+    store.save_or_update_object(b"w1", object_id=other, control_version=True)
+    plan = store.explain({"object_id": oid}, sort=[("version", -1)], collection="object_history")
+    assert plan["index"] == "object_id_1_version_1" and plan["sort"] == "index order", plan
+    counts = count_reads(store)
+    got = store.query({"object_id": oid}, sort=[("version", -1)], collection="object_history")
+    assert [d["version"] for d in got] == [4, 3, 2, 1, 0]
+    assert counts["scanned"] == 0 and counts["docs_get"] == 5, counts
