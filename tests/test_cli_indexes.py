@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.test_cli import Cli
+from test_cli import Cli
 
 
 @pytest.fixture
