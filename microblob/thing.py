@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_THING_LOGS = logging.getLogger("microblob.things")
+if _THING_LOGS.level == logging.NOTSET:  # INFO from `self.logger` is what an invocation's log is for
+    _THING_LOGS.setLevel(logging.INFO)
 _cancel_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
     "microblob_cancel_event", default=None
 )
@@ -338,7 +341,7 @@ class Thing:
     @builtins.property
     def logger(self) -> logging.Logger:
         """A logger named after the Thing's class; what it logs during an action lands in that invocation's log."""
-        return logging.getLogger(f"microblob.things.{type(self).__name__}")
+        return _THING_LOGS.getChild(type(self).__name__)
 
     @classmethod
     def thing_actions(cls) -> dict[str, ActionInfo]:
