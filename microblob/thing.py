@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from ._exceptions import InvalidArgument, InvalidInput, InvalidOutput, InvocationCancelled
-from ._schema import BlobResolver, Checker, _jsonable_default, schema_for, single
+from ._schema import BlobResolver, Checker, _jsonable_default
 
 __all__ = [
     "ActionInfo",
@@ -72,6 +72,7 @@ class ActionInfo:
     _params: list[tuple[str, Any, bool, Any]] | None = field(default=None, repr=False)
     _output: Any = field(default=None, repr=False)
     _checker: Checker | None = field(default=None, repr=False)
+    _out_checker: Checker | None = field(default=None, repr=False)
     _extra: bool = field(default=False, repr=False)
 
     def _resolve(self) -> None:
@@ -126,8 +127,14 @@ class ActionInfo:
             schema["additionalProperties"] = False
         return schema
 
+    @property
+    def output_checker(self) -> Checker:
+        if self._out_checker is None:
+            self._out_checker = Checker([("output", self.output_hint, True, None)], name=f"{self.name}_output")
+        return self._out_checker
+
     def output_schema(self) -> dict[str, Any]:
-        return schema_for(self.output_hint)
+        return dict(self.output_checker.schema()["properties"]["output"])
 
     def coerce_input(self, body: Any, resolve_blob: BlobResolver | None = None) -> dict[str, Any]:
         """Validate a JSON object of arguments; raises `InvalidInput` naming the field and constraint."""
@@ -140,7 +147,7 @@ class ActionInfo:
         if hint is Any or hint is object:
             return value
         try:
-            return single(hint).output(value, "output")
+            return self.output_checker.output(value, "output")
         except InvalidInput as e:
             raise InvalidOutput(e.field, f"action {self.name!r} returned a value that does not match its "
                                 f"annotation: {e}") from None
@@ -200,12 +207,19 @@ class _PropertyMixin:
     def read_only(self) -> bool:
         raise NotImplementedError
 
+    def checker(self) -> Checker:
+        """Built once per property (a hint with a `Field` in it may not be hashable, so not cached by hint)."""
+        found = self.__dict__.get("_checker")
+        if found is None:
+            found = self.__dict__["_checker"] = Checker([("value", self.hint, True, None)], name="value")
+        return found
+
     def schema(self) -> dict[str, Any]:
-        return schema_for(self.hint)
+        return dict(self.checker().schema()["properties"]["value"])
 
     def coerce(self, value: Any, path: str = "value", resolve_blob: BlobResolver | None = None) -> Any:
         """A JSON value checked against the property's type and constraints (InvalidInput names `path`)."""
-        return single(self.hint).value(value, path, resolve_blob)
+        return self.checker().value(value, path, resolve_blob)
 
 
 class ThingProperty(_PropertyMixin, builtins.property):

@@ -347,3 +347,49 @@ def test_schema_errors_from_python_name_the_field() -> None:
     with pytest.raises(InvalidInput) as e:
         info.coerce_input({"steps": 99})
     assert e.value.field == "steps" and "le=10" in str(e.value)
+
+
+# -- LabThings' own example Thing, as its users spell it ------------------------------------------------------
+
+import microblob as lt  # noqa: E402 - the spelling under test
+
+
+class ExampleThing(lt.Thing):
+    """Written as LabThings' documentation writes an example Thing (our own restatement)."""
+
+    @lt.action
+    def anaction(
+        self,
+        repeats: Annotated[int, Field(description="how many times to try")],
+        undocumented: int,
+        title: Annotated[str, Field(description="a title")] = "Untitled",
+        attempts: Annotated[list[str] | None, Field(description="names for each attempt")] = None,
+    ) -> dict[str, str]:
+        self.increment_counter()
+        return {"end_result": "finished", "title": title}
+
+    @lt.action
+    def increment_counter(self) -> None:
+        self.counter += 1
+
+    @lt.action
+    def action_with_only_kwargs(self, **kwargs: dict) -> None:
+        pass
+
+    counter: int = lt.property(default=0, readonly=True)
+    foo: str = lt.property(default="Example")
+
+
+def test_labthings_example_thing_is_served(make_server: Any, asgi: Any) -> None:
+    client = asgi(make_server({"example": ExampleThing()}))
+    td = client.get("/example/").json()
+    props = td["actions"]["anaction"]["input"]["properties"]
+    assert props["repeats"]["description"] == "how many times to try" and props["title"]["default"] == "Untitled"
+    assert td["actions"]["anaction"]["input"]["required"] == ["repeats", "undocumented"]
+    done = client.post("/example/anaction", params={"wait": "30"}, json={"repeats": 1, "undocumented": 2}).json()
+    assert done["output"] == {"end_result": "finished", "title": "Untitled"}
+    assert client.get("/example/counter").json() == 1
+    assert client.put("/example/counter", json=5).status_code == 405
+    assert client.put("/example/foo", json="bar").status_code == 204 and client.get("/example/foo").json() == "bar"
+    kw = client.post("/example/action_with_only_kwargs", params={"wait": "30"}, json={"a": {"b": 1}}).json()
+    assert kw["status"] == "completed"
