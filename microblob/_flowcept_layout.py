@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ._query import check_depth
+
 __all__ = ["FLOWCEPT_LAYOUT", "alias_type", "as_flowcept", "as_microblob", "is_flowcept_doc"]
 
 FLOWCEPT_LAYOUT = "flowcept"
@@ -72,11 +74,18 @@ def alias_type(filter: Any) -> Any:
     false) stay right, since each document is tested on one field only."""
     if not isinstance(filter, Mapping):
         return filter
+    check_depth(filter, "a filter")  # before recursing: a 10,000-level or cyclic filter is an InvalidQuery
+    return _alias(filter)
+
+
+def _alias(filter: Any) -> Any:
+    if not isinstance(filter, Mapping):
+        return filter
     plain: dict[str, Any] = {}
     typed: list[Any] = []
     for key, value in filter.items():
         if key in _LOGICAL and isinstance(value, list):
-            plain[key] = [alias_type(v) for v in value]
+            plain[key] = [_alias(v) for v in value]
         elif key in ("type", "object_type"):
             typed.append(value)
         else:

@@ -30,7 +30,7 @@ from ._exceptions import (
     VersionNotFound,
     WriteConflict,
 )
-from ._flowcept_layout import alias_type, as_microblob
+from ._flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from ._maintenance import GcReport, VerifyReport
 from ._validate import (
     check_bool,
@@ -466,7 +466,7 @@ class Store:
         if version is None or _version_of(current) == version:
             return BlobObject(self, current)
         entry = self._history.find_one({"_id": _history_id(object_id, version)})
-        if entry is None:  # Flowcept's DAO keys history entries by an ObjectId, not "id:version"
+        if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId, not "id:version"
             entry = self._history.find_one({"object_id": object_id, "version": version})
         if entry is None or not _same_life(entry, current.get("created_at")):
             raise VersionNotFound(object_id, version)
