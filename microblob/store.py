@@ -30,6 +30,7 @@ from ._exceptions import (
     VersionNotFound,
     WriteConflict,
 )
+from ._flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from ._maintenance import GcReport, VerifyReport
 from ._validate import (
     check_bool,
@@ -359,6 +360,10 @@ class Store:
             now = _codec.utcnow()
             current = self._objects.find_one({"_id": object_id})
             if current is None:
+                if self._objects.find_one({"object_id": object_id}, projection={"_id": 1}) is not None:
+                    raise InvalidArgument(
+                        f"object {object_id!r} is a document Flowcept's own DAO wrote: microblob reads it but "
+                        "writes no versions over it (save under a new object_id)")
                 if payload is None:
                     raise ObjectNotFound(object_id)
                 doc = {"_id": object_id, "object_id": object_id, **_defaults(fields), **payload,
@@ -456,15 +461,25 @@ class Store:
         self._check_open()
         check_id(object_id)
         check_version(version)
-        current = self._objects.find_one({"_id": object_id})
+        current = self._current(object_id)
         if current is None:
             raise ObjectNotFound(object_id)
         if version is None or _version_of(current) == version:
             return BlobObject(self, current)
         entry = self._history.find_one({"_id": _history_id(object_id, version)})
+        if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId, not "id:version"
+            entry = self._history.find_one({"object_id": object_id, "version": version})
         if entry is None or not _same_life(entry, current.get("created_at")):
             raise VersionNotFound(object_id, version)
         return BlobObject(self, entry)
+
+    def _current(self, object_id: str, projection: Projection = None) -> dict[str, Any] | None:
+        """The latest version's document: microblob's (keyed by the id), else one Flowcept's DAO wrote
+        (an ObjectId `_id` and an `object_id` field)."""
+        doc = self._objects.find_one({"_id": object_id}, projection=projection)
+        if doc is None:
+            doc = self._objects.find_one({"object_id": object_id}, projection=projection)
+        return doc
 
     def _inline_data(self, object_id: str, version: int) -> bytes | None:
         doc = self.get_blob_object(object_id, version)
@@ -474,13 +489,14 @@ class Store:
         """Metadata of every stored version, the current one included, newest first; no bytes."""
         self._check_open()
         check_id(object_id)
-        current = self._objects.find_one({"_id": object_id}, projection={"data": 0})
+        current = self._current(object_id, projection={"data": 0})
         if current is None:
             return []
+        current = as_microblob(current)
         entries = {_version_of(current): current}
         for entry in self._history.find({"object_id": object_id}, projection={"data": 0}):
             if _same_life(entry, current.get("created_at")):
-                entries.setdefault(_version_of(entry), entry)
+                entries.setdefault(_version_of(entry), as_microblob(entry))
         return [
             {field: (_version_of(e) if field == "version" else e.get(field)) for field in HISTORY_FIELDS}
             for _, e in sorted(entries.items(), key=lambda item: item[0], reverse=True)
@@ -491,7 +507,8 @@ class Store:
     ) -> list[BlobObject]:
         """Latest versions matching a MongoDB filter; bytes load lazily."""
         self._check_open()
-        docs = self._objects.find(_check_filter(filter), projection={"data": 0}, sort=sort, skip=skip, limit=limit)
+        docs = self._objects.find(alias_type(_check_filter(filter)), projection={"data": 0}, sort=sort, skip=skip,
+                                  limit=limit)
         return [BlobObject(self, doc) for doc in docs]
 
     def query(
@@ -508,7 +525,10 @@ class Store:
         if collection not in _QUERYABLE:
             raise InvalidArgument(f"collection must be one of {', '.join(_QUERYABLE)}; not {collection!r}")
         coll = self._backend.collection(collection)
-        return coll.find(_check_filter(filter), projection=projection, sort=sort, skip=skip, limit=limit)
+        filter = _check_filter(filter)
+        if collection in ("objects", "object_history"):  # `type` and Flowcept's `object_type` are one field
+            filter = alias_type(filter)
+        return coll.find(filter, projection=projection, sort=sort, skip=skip, limit=limit)
 
     def get_blob_fingerprint(self, object_id: str, version: int | None = None) -> dict[str, Any]:
         obj = self.get_blob_object(object_id, version)
@@ -528,7 +548,7 @@ class Store:
 
     def count_objects(self, filter: Filter | None = None) -> int:
         self._check_open()
-        return self._objects.count_documents(_check_filter(filter))
+        return self._objects.count_documents(alias_type(_check_filter(filter)))
 
     # --- indexes ------------------------------------------------------------------------------------
 
@@ -691,7 +711,7 @@ def _typed(kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def _and_type(filter: Filter | None, kind: str) -> dict[str, Any]:
     filter = _check_filter(filter)
-    return {"$and": [filter, {"type": kind}]} if filter else {"type": kind}
+    return alias_type({"$and": [filter, {"type": kind}]} if filter else {"type": kind})
 
 
 def _check_filter(filter: Any) -> Any:

@@ -23,10 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _td_schema import published_errors, watch_thing_descriptions
 
 import microblob
 
 ROOT = Path(__file__).resolve().parents[1]
+watch_thing_descriptions()
+
+
+@pytest.fixture(autouse=True)
+def _thing_descriptions_are_valid() -> Iterator[None]:
+    """Every Thing Description a test's server published must be valid W3C TD 1.1 (tests/_td_schema.py)."""
+    published_errors.clear()
+    yield
+    errors, published_errors[:] = list(published_errors), []
+    assert not errors, "invalid Thing Description:\n" + "\n".join(errors[:20])
+
+
 EMBEDDED_BACKENDS = ["lmdb", "memory"]
 ALL_BACKENDS = ["lmdb", "memory", "mongita", "mongodb"]
 # Small chunks, so payloads of a few hundred KB already cross chunk and batch boundaries in every test.
