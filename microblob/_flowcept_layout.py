@@ -69,9 +69,10 @@ def as_flowcept(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def alias_type(filter: Any) -> Any:
-    """A filter in which a condition on `type` or `object_type` holds for the object's type in either
+    """A filter in which a condition on Flowcept's `object_type` holds for the object's type in either
     layout: on `object_type` where a document has that field, else on `type`. Negations ($ne, $exists:
-    false) stay right, since each document is tested on one field only."""
+    false) stay right, since each document is tested on one field only. A condition on `type` stays as
+    it is, so the planner can answer it from the `type` index."""
     if not isinstance(filter, Mapping):
         return filter
     check_depth(filter, "a filter")  # before recursing: a 10,000-level or cyclic filter is an InvalidQuery
@@ -86,7 +87,7 @@ def _alias(filter: Any) -> Any:
     for key, value in filter.items():
         if key in _LOGICAL and isinstance(value, list):
             plain[key] = [_alias(v) for v in value]
-        elif key in ("type", "object_type"):
+        elif key == "object_type":  # Flowcept's spelling: either layout's field (its DAO's or microblob's)
             typed.append(value)
         else:
             plain[key] = value

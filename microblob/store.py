@@ -711,7 +711,9 @@ def _typed(kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def _and_type(filter: Filter | None, kind: str) -> dict[str, Any]:
     filter = _check_filter(filter)
-    return alias_type({"$and": [filter, {"type": kind}]} if filter else {"type": kind})
+    # The typed queries are Flowcept's API: name the kind as Flowcept does, so documents its DAO wrote
+    # (no `type`) match too. A plain `type` condition in a user's filter stays index-answerable.
+    return alias_type({"$and": [filter, {"object_type": kind}]} if filter else {"object_type": kind})
 
 
 def _check_filter(filter: Any) -> Any:
