@@ -158,7 +158,7 @@ class InvocationManager:
             self._make_room()
             self._invocations[inv.id] = inv
         method = getattr(thing, info.func.__name__)
-        inv.future = self._pool.submit(self._run, inv, method, kwargs)
+        inv.future = self._pool.submit(self._run, inv, method, kwargs, info)
         return inv
 
     def _make_room(self) -> None:
@@ -168,7 +168,7 @@ class InvocationManager:
         if len(self._invocations) >= self.max_invocations:
             raise TooManyInvocations(f"{len(self._invocations)} invocations are still running (the cap)")
 
-    def _run(self, inv: Invocation, method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    def _run(self, inv: Invocation, method: Callable[..., Any], kwargs: dict[str, Any], info: ActionInfo) -> None:
         if inv.cancel_event.is_set():
             self._finish(inv, "cancelled")
             return
@@ -179,9 +179,8 @@ class InvocationManager:
             result = method(**kwargs)
             if inspect.iscoroutine(result):
                 result = _await_on_own_loop(result, inv)
-            tree = to_jsonable(result)
-            if inv.cancel_event.is_set():
-                raise InvocationCancelled("the invocation was cancelled")
+            # An action that saw the cancel and still returned finished its work: that is `completed`.
+            tree = to_jsonable(info.check_output(result))
             inv.output = map_blobs(tree, lambda b: self._link(b, inv.blob_ttl))
             self._finish(inv, "completed")
         except InvocationCancelled:
