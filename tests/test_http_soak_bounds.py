@@ -60,9 +60,26 @@ class Frames(Thing):
         return self.still
 
 
+_EARLIER: dict[int, weakref.ref[Any]] = {}  # by id, since Invocation is unhashable; the ref tells a reused id
+
+
 def alive(kind: type) -> int:
+    """Objects of `kind` alive now that were not alive when this test began: other tests in the same
+    session may still hold Blobs or invocations of their own, and those are not this server's state."""
     gc.collect()
-    return sum(1 for o in gc.get_objects() if type(o) is kind)
+    return sum(1 for o in gc.get_objects() if type(o) is kind and not _was_alive(o))
+
+
+def _was_alive(o: Any) -> bool:
+    ref = _EARLIER.get(id(o))
+    return ref is not None and ref() is o
+
+
+@pytest.fixture(autouse=True)
+def _count_from_here() -> None:
+    _EARLIER.clear()
+    gc.collect()
+    _EARLIER.update((id(o), weakref.ref(o)) for o in gc.get_objects() if type(o) in (Blob, Invocation, Link))
 
 
 @pytest.fixture
