@@ -19,6 +19,7 @@ from ._exceptions import (
     MicroblobError,
     NotFound,
     ObjectNotFound,
+    QueryTimeout,
     RemoteError,
     RemoteInvalidInput,
     StorageError,
@@ -29,6 +30,7 @@ from ._exceptions import (
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
+from ._regex import regex_budget
 from ._remote import RemoteBlob
 from ._version import __version__
 from .blob import Blob
@@ -68,6 +70,7 @@ __all__ = [
     "MicroblobError",
     "NotFound",
     "ObjectNotFound",
+    "QueryTimeout",
     "RemoteBlob",
     "RemoteError",
     "RemoteInvalidInput",
@@ -91,6 +94,7 @@ __all__ = [
     "current_workflow_id",
     "default_uri",
     "raise_if_cancelled",
+    "regex_budget",
     "thing_action",
     "thing_property",
 ]

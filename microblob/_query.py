@@ -18,8 +18,9 @@ Choices where this module is stricter than MongoDB (each one is pinned by a test
 - Operators MongoDB has but this module does not ($type, $mod, $expr, $where, $text, geo and bit
   operators, positional and $slice/$elemMatch projections, computed projections, $push modifiers other
   than $each, array filters) raise InvalidQuery instead of being silently ignored.
-- Regular expressions run on Python's `re`, which agrees with PCRE on common patterns; a pattern `re`
-  cannot compile raises InvalidQuery.
+- Regular expressions run on the `regex` package (`re`'s syntax, plus PCRE's ``\\p{...}``, atomic groups
+  and possessive quantifiers), which agrees with PCRE on common patterns; a pattern it cannot compile
+  raises InvalidQuery. Matching has a time budget per query (`_regex.py`): past it, QueryTimeout.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from . import _regex
 from ._codec import MAX_DEPTH, utcnow
 from ._exceptions import InvalidDocument, InvalidQuery
 
@@ -424,7 +426,7 @@ def _in_test(values: Any, op: str, where: str) -> _Test:
     if not isinstance(values, _ARRAYS):
         raise InvalidQuery(f"{op} needs a list, not {type(values).__name__}, in {where}")
     keys: set[tuple] = set()
-    regexes: list[re.Pattern] = []
+    regexes: list[Callable[[str], bool]] = []
     for item in values:
         if isinstance(item, re.Pattern):
             regexes.append(_compile_regex(item, _MISSING, where))
@@ -446,7 +448,7 @@ def _in_test(values: Any, op: str, where: str) -> _Test:
             rank = _RANKS.get(t)
             if (rank if rank is not None else _rank(v)) in ranks and _key(v) in frozen:  # no key when hopeless
                 return True
-        return bool(regexes) and isinstance(v, str) and any(r.search(v) for r in regexes)
+        return bool(regexes) and isinstance(v, str) and any(search(v) for search in regexes)
 
     return test
 
@@ -458,7 +460,8 @@ def _regex_options(pattern: re.Pattern) -> str:
     return "".join(c for c, flag in _REGEX_FLAGS.items() if flag and pattern.flags & flag)
 
 
-def _compile_regex(pattern: Any, options: Any, where: str) -> re.Pattern:
+def _compile_regex(pattern: Any, options: Any, where: str) -> Callable[[str], bool]:
+    """A budgeted search for a `$regex` (a str with `$options`, or a compiled `re` pattern)."""
     if options is not _MISSING and not isinstance(options, str):
         raise InvalidQuery(f"$options has to be a string in {where}")
     if isinstance(getattr(pattern, "pattern", pattern), str):
@@ -466,11 +469,9 @@ def _compile_regex(pattern: Any, options: Any, where: str) -> re.Pattern:
     if isinstance(pattern, re.Pattern):
         if not isinstance(pattern.pattern, str):
             raise InvalidQuery(f"a regex must have a str pattern, not bytes, in {where}")
-        if options is _MISSING or options == "":
-            return pattern
-        if _regex_options(pattern):
-            raise InvalidQuery(f"options set in both $regex and $options in {where}")
         source, flags = pattern.pattern, pattern.flags
+        if options is not _MISSING and options != "" and _regex_options(pattern):
+            raise InvalidQuery(f"options set in both $regex and $options in {where}")
     elif isinstance(pattern, str):
         source, flags = pattern, 0
     else:
@@ -482,14 +483,13 @@ def _compile_regex(pattern: Any, options: Any, where: str) -> re.Pattern:
     if "\x00" in source:
         raise InvalidQuery(f"a regex cannot contain a NUL character, in {where}")
     try:
-        return re.compile(source, flags)
-    except re.error as exc:
+        return _regex.compile_pattern(source, flags)
+    except _regex.error as exc:
         raise InvalidQuery(f"invalid regex {source!r} in {where}: {exc}") from None
 
 
-def _regex_test(pattern: re.Pattern) -> _Test:
-    search = pattern.search
-    return lambda v: isinstance(v, str) and search(v) is not None
+def _regex_test(search: Callable[[str], bool]) -> _Test:
+    return lambda v: isinstance(v, str) and search(v)
 
 
 def _true_value(value: Any) -> bool:
@@ -598,7 +598,8 @@ def compile_filter(filter: Mapping[str, Any] | None) -> Callable[[Mapping[str, A
     if not isinstance(filter, Mapping):
         raise InvalidQuery(f"a filter must be a dict, not {type(filter).__name__}")
     check_depth(filter, "a filter")
-    return _compile_document(filter)
+    with _regex.filter_budget():  # every $regex of this filter draws on one matching budget
+        return _compile_document(filter)
 
 
 def match(doc: Mapping[str, Any], filter: Mapping[str, Any] | None) -> bool:

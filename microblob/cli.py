@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a Blob link lives after its action completes (default: 300)")
     p.add_argument("--max-upload", type=_size, metavar="BYTES",
                    help="largest upload, e.g. 500M or 2G (default: 4G)")
+    p.add_argument("--regex-budget", type=_seconds, metavar="SECONDS",
+                   help="seconds of $regex matching one GET /objects/ may spend, then 400 QueryTimeout "
+                        "(default: 5; 0: no limit)")
     p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C/SIGTERM, how long requests in flight may take to finish (default: 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -704,7 +707,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # script's own directory is on sys.path instead).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    options = {k: v for k, v in (("blob_ttl", args.blob_ttl), ("max_upload", args.max_upload)) if v is not None}
+    options: dict[str, Any] = {k: v for k, v in (("blob_ttl", args.blob_ttl), ("max_upload", args.max_upload))
+                               if v is not None}
+    if args.regex_budget is not None:
+        options["regex_budget"] = args.regex_budget or None
     with _connect(args, create=True) as store:
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)

@@ -38,6 +38,7 @@ from ._blob_links import BlobLinks, Link
 from ._exceptions import InvalidArgument, InvalidInput
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
+from ._regex import check_budget
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
@@ -196,6 +197,8 @@ class ThingServer(Starlette):
     ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    `regex_budget`: seconds of `$regex` matching one ``GET /objects/`` may spend (then 400 QueryTimeout;
+    None: no limit).
     """
 
     def __init__(
@@ -211,6 +214,7 @@ class ThingServer(Starlette):
         max_workers: int = 32,
         max_wait: float = 300.0,
         upload_dir: str | None = None,
+        regex_budget: float | None = 5.0,
         debug: bool = False,
     ) -> None:
         tune_malloc()  # freed Blob bytes go back to the OS; streaming buffers stay on the heap
@@ -222,6 +226,7 @@ class ThingServer(Starlette):
         self.max_upload = int(max_upload)
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
+        self.regex_budget = check_budget(regex_budget)
         self.things: dict[str, Thing] = {}
         for name, spec in (things or {}).items():
             if not _NAME.fullmatch(name) or name in RESERVED:

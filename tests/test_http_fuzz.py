@@ -606,20 +606,19 @@ SAFE = ["^a+$", "^scan-", "png$", "(jpg|png)$", "[a-f0-9]{32}", "^(ab)+$", "a.*b
 
 
 @pytest.mark.parametrize("pattern", BACKTRACKING)
-def test_backtracking_regex_filters_are_refused(make_server: Any, live: Any, pattern: str) -> None:
-    """Python's `re` holds the GIL while it backtracks: one such filter would freeze the whole server
-    for hours. Over HTTP it is a 400 naming the problem, and the server keeps answering."""
+def test_backtracking_regex_filters_are_answered_or_stopped(make_server: Any, live: Any, pattern: str) -> None:
+    """A backtracking pattern is answered, or stopped by the regex budget with a 400 QueryTimeout; the
+    server keeps answering either way (tests/test_regex_budget.py has the concurrent case)."""
     store = microblob.connect("memory://")
     store.save_or_update_object(b"x", object_id="a" * 40 + "!")
-    base = live(make_server({}, store=store))
-    with httpx.Client(base_url=base, timeout=10) as client:
+    base = live(make_server({}, store=store, regex_budget=1.0))
+    with httpx.Client(base_url=base, timeout=60) as client:
         r = client.get("/objects/", params={"filter": json.dumps({"object_id": {"$regex": pattern}})})
-        assert r.status_code == 400 and r.json()["error"] == "InvalidQuery", r.text
+        assert (r.status_code, r.json()) == (200, []) or (r.status_code, r.json()["error"]) == (400, "QueryTimeout")
         nested = {"$or": [{"type": "x"}, {"custom_metadata.k": {"$not": {"$regex": pattern}}}]}
-        assert client.get("/objects/", params={"filter": json.dumps(nested)}).status_code == 400
+        r = client.get("/objects/", params={"filter": json.dumps(nested)})
+        assert r.status_code == 200 or (r.status_code, r.json()["error"]) == (400, "QueryTimeout")
         assert [o["object_id"] for o in client.get("/objects/").json()] == ["a" * 40 + "!"]
-    # the Python API trusts its caller's filters: the same pattern is a valid query there
-    assert store.query({"object_id": {"$regex": pattern}}, collection="workflows") == []
 
 
 @pytest.mark.parametrize("pattern", SAFE)
