@@ -39,6 +39,7 @@ __all__ = [
     "compile_pattern",
     "error",
     "expansion",
+    "flat_quantifiers",
     "filter_budget",
     "regex_budget",
 ]
@@ -47,6 +48,12 @@ DEFAULT_BUDGET = 10.0  # seconds of matching per query: far above any useful reg
 MAX_EXPANSION = 10_000  # atoms of an unrolled pattern (`regex` spends ~500 bytes on each)
 error = _regex.error  # what compile_pattern raises for a pattern it refuses
 _COUNT = re.compile(r"\{(\d*),?(\d*)\}")
+# `timeout=` costs a clock() system call per match (1.5-8 us, more than most matches), so a pattern
+# without groups, alternation or backreferences, whose worst case over a text is below _FAST_STEPS
+# (length x text length ** (quantifiers + 1)), runs on `re` without one, its time still counted.
+_FAST_STEPS = 20_000
+_NOT_FLAT = frozenset("(|")
+_NOT_FLAT_ESCAPES = frozenset("0123456789gkpPX")
 
 _limit: contextvars.ContextVar[float | None] = contextvars.ContextVar("microblob_regex_budget",
                                                                       default=DEFAULT_BUDGET)
@@ -162,10 +169,63 @@ def expansion(source: str) -> int:
     return sum(totals)
 
 
+def flat_quantifiers(source: str) -> tuple[int, int] | None:
+    """(quantifiers, alternatives) of a pattern of single atoms and unquantified, unnested groups:
+    backtracking is then at most alternatives x text length ** (quantifiers + 1) steps per start.
+    None for anything else (quantified or nested groups, backreferences, conditionals)."""
+    count, alternatives, branches = 0, 1, 1
+    depth = 0
+    i, n = 0, len(source)
+    while i < n:
+        char = source[i]
+        if char == "\\":
+            if i + 1 < n and source[i + 1] in _NOT_FLAT_ESCAPES:
+                return None
+            i += 2
+            continue
+        if char == "[":
+            j = i + 1
+            j += j < n and source[j] == "^"
+            j += j < n and source[j] == "]"
+            while j < n and source[j] != "]":
+                j += 2 if source[j] == "\\" else 1
+            i = j + 1
+            continue
+        if char == "(":
+            if depth or (source.startswith("(?", i) and not source.startswith("(?:", i)):
+                return None
+            depth, branches = 1, 1
+            i += 3 if source.startswith("(?:", i) else 1
+            continue
+        if char == ")":
+            if not depth or (i + 1 < n and source[i + 1] in "*+?{"):
+                return None
+            depth = 0
+            alternatives *= branches
+        elif char == "|":
+            if depth:
+                branches += 1
+            else:
+                alternatives += 1  # top level: the branches are tried one after the other
+        elif char in "*+?{":
+            if depth:
+                return None
+            count += 1
+        i += 1
+    return None if depth else (count, alternatives)
+
+
 def compile_pattern(source: str, flags: int) -> Callable[[str], bool]:
     """A budgeted `search` for `source` with `re` flags; raises `regex.error` for a bad pattern."""
     if expansion(source) > MAX_EXPANSION:
         raise _regex.error(f"its counted repeats unroll to more than {MAX_EXPANSION} atoms")
+    flat = flat_quantifiers(source)
+    fast = None
+    if flat is not None and flat[1] <= _FAST_STEPS // 100:
+        try:
+            fast = re.compile(source, flags).search
+        except re.error:
+            pass  # `regex` knows more escapes (\p{L}), or says what is wrong
     converted = 0
     for re_flag, regex_flag in _FLAGS:
         if flags & re_flag:
@@ -173,5 +233,26 @@ def compile_pattern(source: str, flags: int) -> Callable[[str], bool]:
     compiled = _regex.compile(source, converted)
     budget = _compiling.get() or Budget(_limit.get())
     search = budget.search
-    return lambda text: search(compiled, text)
+    if fast is None or flat is None:
+        return lambda text: search(compiled, text)
+    quantifiers, alternatives = flat
+    # fixed sequences of atoms are linear in the text; otherwise only texts up to `longest` are short
+    longest = -1 if quantifiers == 0 else \
+        int((_FAST_STEPS / max(len(source) * alternatives, 1)) ** (1 / (quantifiers + 1)))
+    monotonic = time.monotonic
+
+    def test(text: str) -> bool:  # Budget.search_fast inlined: this runs once per document
+        if longest >= 0 and len(text) > longest:
+            return search(compiled, text)
+        left = budget.left
+        if left is None:
+            return fast(text) is not None
+        start = monotonic()
+        found = fast(text) is not None
+        budget.left = left = left - (monotonic() - start)
+        if left <= 0:
+            raise QueryTimeout(source, budget.limit or 0.0)
+        return found
+
+    return test
 

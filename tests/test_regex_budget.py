@@ -133,3 +133,20 @@ def test_issue_patterns_are_answered_or_stopped(make_server: Any, live: Any, pat
         assert (r.status_code, r.json()) == (200, []) or (r.status_code == 400 and r.json()["error"] ==
                                                           "QueryTimeout"), r.text
         assert [o["object_id"] for o in client.get("/objects/").json()] == ["long"]
+
+
+@pytest.mark.parametrize("pattern", ["^scan-", "png$", "a.b", r"^\d{4}-\d{2}$", "(jpg|png)$", "x|Y", "^$",
+                                     "(?:ab|cd)e*", "a+b?c*", "[^a-c]+x", r"\bword\b", "(a)(b)", "(a+)+$",
+                                     r"(\w)\1", "(?=a)a", "a{2,3}"])
+@pytest.mark.parametrize("flags", [0, re.IGNORECASE, re.MULTILINE | re.DOTALL])
+def test_both_engines_agree(pattern: str, flags: int) -> None:
+    """Short texts of simple patterns run on `re` (no timeout to pay for), the rest on `regex`: the
+    answers are `re`'s either way."""
+    from microblob._regex import compile_pattern
+
+    texts = ["", "scan-1", "x.png", "a\nb", "2024-06", "abcde", "cdeee", "aab", "xyz x", "a word.", "ab",
+             "ZZx", "aa", "aaa", "Y", "A.B"]
+    texts += [t * 200 for t in texts if t]  # long enough for the `regex` path
+    test = compile_pattern(pattern, flags)
+    for text in texts:
+        assert test(text) == (re.search(pattern, text, flags) is not None), (pattern, text[:20])
