@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regex-budget", type=_seconds, metavar="SECONDS",
                    help="seconds of $regex matching one GET /objects/ may spend, then 400 QueryTimeout "
                         "(default: 5; 0: no limit)")
+    p.add_argument("--max-page-size", type=_count, metavar="N",
+                   help="most objects one GET /objects/ answers; a Link header names the next page "
+                        "(default: 1000)")
     p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C/SIGTERM, how long requests in flight may take to finish (default: 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -711,6 +714,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                if v is not None}
     if args.regex_budget is not None:
         options["regex_budget"] = args.regex_budget or None
+    if args.max_page_size:
+        options["max_page_size"] = args.max_page_size
     with _connect(args, create=True) as store:
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)

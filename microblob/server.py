@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._blob_links import BlobLinks, Link
 from ._exceptions import InvalidArgument, InvalidInput
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
+from ._listing import check_page_size
 from ._malloc import tune_malloc
 from ._regex import check_budget
 from ._responses import BlobResponse
@@ -198,7 +199,7 @@ class ThingServer(Starlette):
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
     `regex_budget`: seconds of `$regex` matching one ``GET /objects/`` may spend (then 400 QueryTimeout;
-    None: no limit).
+    None: no limit). `max_page_size`: most objects one ``GET /objects/`` answers (then a next cursor).
     """
 
     def __init__(
@@ -215,6 +216,7 @@ class ThingServer(Starlette):
         max_wait: float = 300.0,
         upload_dir: str | None = None,
         regex_budget: float | None = 5.0,
+        max_page_size: int = 1000,
         debug: bool = False,
     ) -> None:
         tune_malloc()  # freed Blob bytes go back to the OS; streaming buffers stay on the heap
@@ -227,6 +229,7 @@ class ThingServer(Starlette):
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
         self.regex_budget = check_budget(regex_budget)
+        self.max_page_size = check_page_size(max_page_size)
         self.things: dict[str, Thing] = {}
         for name, spec in (things or {}).items():
             if not _NAME.fullmatch(name) or name in RESERVED:
