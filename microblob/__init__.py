@@ -28,9 +28,8 @@ from ._exceptions import (
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
-from ._remote import RemoteBlob
 from ._version import __version__
-from .blob import Blob
+from .blob import Blob, RemoteBlob
 from .client import ThingClient
 from .files import DownloadStream, FilesBucket, UploadStream
 from .objects import BlobObject

@@ -179,7 +179,7 @@ def store_routes(server: ThingServer) -> list[Route]:
         for attempt in range(_LATEST_ATTEMPTS):
             blob = await _call(Blob.from_object, store, oid, version)
             response = BlobResponse(blob, method=request.method, request_headers=request.headers,
-                                    size=blob.size or 0, sha256=blob._source.sha256 or "",
+                                    size=blob.size or 0, sha256=blob.known_sha256 or "",
                                     extra_headers={"cache-control": "private, max-age=0, must-revalidate"})
             try:
                 # Read the first piece before the status goes out: an update that keeps no history

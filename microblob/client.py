@@ -23,9 +23,8 @@ from ._exceptions import (
     RemoteInvalidInput,
     Unauthorized,
 )
-from ._remote import RemoteBlob, remote_blob
 from ._schema import map_blobs, to_jsonable
-from .blob import CHUNK_SIZE, Blob, blob_class_for
+from .blob import CHUNK_SIZE, Blob, RemoteBlob, blob_class_for, remote_blob
 
 __all__ = ["RemoteBlob", "ThingClient"]
 

@@ -625,10 +625,9 @@ class ThingServer(Starlette):
             raise ApiError(415, f"{ctype!r} is not a media type")
         path, _, sha = await self.receive_to_file(request)
         try:
-            blob = blob_class_for(ctype).from_file(path, ctype, delete=True)
+            blob = blob_class_for(ctype).from_file(path, ctype, delete=True, sha256=sha)
         except InvalidArgument:
-            blob = Blob.from_file(path, ctype, delete=True)
-        blob._sha = sha
+            blob = Blob.from_file(path, ctype, delete=True, sha256=sha)
         link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.blob_ttl, hold=True))
         payload = self.link_json(link, str(request.base_url))
         payload["rel"] = "upload"
