@@ -4,7 +4,6 @@ MongoDB accepts too (and `microblob copy` never fails half way on a document it 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from typing import Any
 
 import msgpack
@@ -152,7 +151,3 @@ def encode(doc: dict[str, Any], *, checked: bool = False) -> bytes:
 
 def decode(raw: bytes | memoryview) -> Any:
     return msgpack.unpackb(raw, raw=False, timestamp=3, strict_map_key=True)
-
-
-def is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)

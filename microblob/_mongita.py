@@ -276,8 +276,3 @@ class MongitaBackend(KVBackend):
                 self._client.close()
             finally:
                 self._release_directory()
-
-    def mongita_collection(self, name: str) -> Any:
-        """The Mongita collection that persists `name` (for tests and tools; read it, do not write)."""
-        return self._db[mongita_name(name)]
-

@@ -381,11 +381,6 @@ class MongoBackend:
         self._check_open()
         return fn()
 
-    def server_info(self) -> dict[str, Any]:
-        """`process` and `version` from serverStatus (mongod, mongos, or a wire-compatible server)."""
-        status = self._client.admin.command("serverStatus")
-        return {"process": status.get("process"), "version": status.get("version")}
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True

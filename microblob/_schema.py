@@ -319,21 +319,6 @@ def to_jsonable(value: Any, path: str = "output") -> Any:
     raise TypeError(f"{path}: a {type(value).__name__} cannot be sent as JSON")
 
 
-def walk_blobs(tree: Any) -> list[Any]:
-    """Every Blob (or blob placeholder) in a tree made by `to_jsonable`, depth first."""
-    found: list[Any] = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-        elif node is not None and not isinstance(node, (bool, int, float, str)):
-            found.append(node)
-    return found
-
-
 def map_blobs(tree: Any, fn: Callable[[Any], Any]) -> Any:
     """A copy of the tree with every Blob (or placeholder) replaced by `fn(blob)`."""
     if isinstance(tree, dict):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from ._exceptions import InvalidArgument, InvocationCancelled
-from ._schema import BlobResolver, _jsonable_default, coerce, coerce_fields, schema_for
+from ._schema import BlobResolver, _jsonable_default, coerce_fields, schema_for
 
 __all__ = [
     "ActionInfo",
@@ -181,10 +181,6 @@ class ThingProperty(property):
 
     def schema(self) -> dict[str, Any]:
         return schema_for(self.hint)
-
-    def coerce(self, value: Any) -> Any:
-        return coerce(value, self.hint, "value")
-
 
 def thing_property(fget: Callable[[Any], Any]) -> ThingProperty:
     """Mark a getter as a Thing property; add a setter with `@name.setter` as with `property`."""
