@@ -32,10 +32,11 @@ if TYPE_CHECKING:
     import httpx
     from typing_extensions import Self  # typing.Self is 3.11+; only type checkers read this
 
-__all__ = ["CHUNK_SIZE", "Blob", "Progress", "RemoteBlob", "blob_class_for", "remote_blob"]
+__all__ = ["CHUNK_SIZE", "GENERIC_CONTENT_TYPE", "Blob", "Progress", "RemoteBlob", "blob_class_for", "remote_blob"]
 
 B = TypeVar("B", bound="Blob")
-_GENERIC = "application/octet-stream"
+GENERIC_CONTENT_TYPE = "application/octet-stream"
+"""The type of bytes nobody described: a Blob's, a stored object's and an upload's default."""
 _registry: dict[str, type[Blob]] = {}
 
 
@@ -77,7 +78,7 @@ class Blob:
     another action (locally or through a client) passes the same bytes, not a copy.
     """
 
-    content_type: ClassVar[str] = _GENERIC
+    content_type: ClassVar[str] = GENERIC_CONTENT_TYPE
     media_type: ClassVar[str] = _MediaTypeAlias()  # type: ignore[assignment]
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
@@ -116,10 +117,10 @@ class Blob:
         cls_type = type(self).content_type
         if content_type is None:
             content_type = cls_type
-        elif not (cls_type == _GENERIC or _matches(content_type, cls_type)):
+        elif not (cls_type == GENERIC_CONTENT_TYPE or _matches(content_type, cls_type)):
             raise InvalidArgument(f"{type(self).__name__} holds {cls_type!r}, not {content_type!r}")
         if "*" in content_type:
-            content_type = _GENERIC
+            content_type = GENERIC_CONTENT_TYPE
         self.content_type = content_type  # type: ignore[misc]
 
     @classmethod
@@ -169,7 +170,7 @@ class Blob:
         """This Blob's bytes viewed as another Blob subclass (shared, not copied)."""
         if isinstance(self, cls):
             return self
-        other = cls._with_source(self._source, None if self.content_type == _GENERIC else self.content_type)
+        other = cls._with_source(self._source, None if self.content_type == GENERIC_CONTENT_TYPE else self.content_type)
         other._sha, other._data = self._sha, self._data
         return other
 

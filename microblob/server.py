@@ -41,8 +41,9 @@ from ._malloc import tune_malloc
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
-from ._validate import loads_json
+from ._validate import check_content_type, loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
+from .blob import GENERIC_CONTENT_TYPE as _GENERIC
 from .thing import Thing
 
 __all__ = ["ApiError", "ThingServer"]
@@ -51,7 +52,6 @@ log = logging.getLogger("microblob.server")
 RESERVED = frozenset({"things", "invocations", "blobs", "objects", "static", "favicon.ico"})
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_JSON = 16 * 1024 * 1024
-_GENERIC = "application/octet-stream"
 
 
 MAX_JSON_DEPTH = 100
@@ -621,8 +621,10 @@ class ThingServer(Starlette):
     async def upload_blob(self, request: Request) -> Response:
         """Stream the body to a temporary file (size-limited, hashed as it arrives) and link it."""
         ctype = request.headers.get("content-type", _GENERIC).strip() or _GENERIC
-        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;.*)?", ctype):
-            raise ApiError(415, f"{ctype!r} is not a media type")
+        try:
+            check_content_type(ctype)  # the store's rule: what becomes a Content-Type header must be safe in one
+        except InvalidArgument:
+            raise ApiError(415, f"{ctype!r} is not a media type") from None
         path, _, sha = await self.receive_to_file(request)
         try:
             blob = blob_class_for(ctype).from_file(path, ctype, delete=True, sha256=sha)

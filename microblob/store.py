@@ -41,6 +41,7 @@ from ._validate import (
     check_tags,
     check_version,
 )
+from .blob import GENERIC_CONTENT_TYPE as _DEFAULT_CONTENT_TYPE
 from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .objects import BlobObject
 from .workflow import current_workflow_id
@@ -68,7 +69,6 @@ _PAYLOAD_FIELDS = ("storage", "data", "file_id", "size", "sha256")
 _INHERITED = ("workflow_id", "task_id", "type", "custom_metadata", "tags", "content_type")
 _QUERYABLE = ("objects", "object_history", "workflows", "fs.files")
 _CAS_ATTEMPTS = 200
-_DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
 def _version_of(doc: Mapping[str, Any]) -> int:
