@@ -16,9 +16,9 @@ from typing import Any, BinaryIO
 import httpx
 
 from ._blob_sources import Progress, _Source, atomic_writer
-from ._exceptions import BlobError, BlobExpired, IntegrityError, RemoteError
+from ._exceptions import BlobError, BlobExpired, IntegrityError, RemoteError, RemoteInvalidInput, Unauthorized
 
-__all__ = ["default_client", "url_source"]
+__all__ = ["default_client", "raise_for_response", "url_source"]
 
 _default_client: httpx.Client | None = None
 _default_lock = threading.Lock()
@@ -33,20 +33,32 @@ def default_client() -> httpx.Client:
         return _default_client
 
 
-def _check(response: httpx.Response, url: str) -> None:
-    if response.status_code < 400:
+def raise_for_response(response: httpx.Response, what: str, *, blob: bool = False) -> None:
+    """Turn a 4xx/5xx answer into a typed error carrying the server's message: the one reading of the
+    server's ``{"error", "detail"}`` body, for the client and for Blob downloads alike. `blob=True` (a
+    download): 410 is `BlobExpired`, 404 a `BlobError`."""
+    status = response.status_code
+    if status < 400:
         return
-    response.read()
+    response.read()  # a streamed download's error body
     try:
         body = response.json()
-        detail = body.get("detail", response.text)
     except ValueError:
-        detail = response.text
-    if response.status_code == 410:
-        raise BlobExpired(f"{url}: {detail}")
-    if response.status_code == 404:
-        raise BlobError(f"{url}: {detail}")
-    raise RemoteError(f"{url}: {detail}", status=response.status_code)
+        body = None
+    if isinstance(body, dict):
+        error, detail = body.get("error"), body.get("detail", response.text)
+    else:
+        error, detail = None, response.text or response.reason_phrase
+    message = f"{what}: {detail}"
+    if blob and status == 410:
+        raise BlobExpired(message)
+    if blob and status == 404:
+        raise BlobError(message)
+    if status == 422:
+        raise RemoteInvalidInput(message, status=status, error=error)
+    if status == 401:
+        raise Unauthorized(message, status=status, error=error)
+    raise RemoteError(message, status=status, error=error)
 
 
 class _RemoteSource(_Source):
@@ -63,7 +75,7 @@ class _RemoteSource(_Source):
     def _chunks(self, progress: Progress | None) -> Iterator[bytes]:
         """Stream the body, verifying length and sha256 at the end."""
         with self._client().stream("GET", self.url) as r:
-            _check(r, self.url)
+            raise_for_response(r, self.url, blob=True)
             self.downloads += 1
             total = int(r.headers["content-length"]) if "content-length" in r.headers else self.size
             # Hashing inline measured faster than a helper thread on 2 cores (the server needs the other).
