@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, Union
 
-from ._exceptions import IntegrityError
+from ._exceptions import IntegrityError, InvalidArgument
 
 __all__ = [
-    "DEFAULT_BATCH_BYTES", "Backend", "ChunkStore", "Collection", "Filter", "Projection", "Sort", "checked_chunk",
+    "DEFAULT_BATCH_BYTES", "Backend", "ChunkStore", "Collection", "Filter", "Projection", "Sort", "check_window",
+    "checked_chunk", "index_keys",
 ]
 
 T = TypeVar("T")
@@ -96,6 +97,26 @@ def checked_chunk(file_id: Any, n: int, data: Any, expected: int) -> Any:
     if len(data) != expected:
         raise IntegrityError(f"file {file_id!r}: chunk {n} has {len(data)} bytes, expected {expected}")
     return data
+
+
+def check_window(skip: Any, limit: Any) -> tuple[int, int]:
+    """`find`'s skip and limit, checked once for every backend so all refuse the same values alike: ints in
+    MongoDB's int64 range, 0..2**63-1 (beyond sys.maxsize `itertools.islice` raises a bare ValueError)."""
+    for name, value in (("skip", skip), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
+    return skip, limit
+
+
+def index_keys(keys: Sequence[tuple[str, int]] | str) -> list[tuple[str, int]]:
+    """`create_index`'s keys, normalised and checked once for every backend: a field name, or a non-empty
+    list of (field, 1 or -1) with no field empty or an operator."""
+    if isinstance(keys, str):
+        keys = [(keys, 1)]
+    out = [(str(field), int(direction)) for field, direction in keys]
+    if not out or any(not field or field.startswith("$") or d not in (1, -1) for field, d in out):
+        raise InvalidArgument(f"bad index keys {out!r}")
+    return out
 
 
 class Backend(Protocol):

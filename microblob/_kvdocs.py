@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import _codec
-from ._backend import Filter, Projection, Sort, checked_chunk
+from ._backend import Filter, Projection, Sort, check_window, checked_chunk, index_keys
 from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
 from ._kv import KVEngine, KVTxn
 from ._query import (
@@ -243,7 +243,7 @@ class KVCollection:
         skip: int = 0,
         limit: int = 0,
     ) -> list[dict]:
-        skip, limit = _check_window(skip, limit)
+        skip, limit = check_window(skip, limit)
         project = compile_projection(projection)
         if sort:
             normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
@@ -380,11 +380,7 @@ class KVCollection:
                 raise DuplicateKey(f"{self.name}: duplicate key for unique index {index.name}")
 
     def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False) -> str:
-        if isinstance(keys, str):
-            keys = [(keys, 1)]
-        keys = [(str(field), int(direction)) for field, direction in keys]
-        if not keys or any(not field or field.startswith("$") or d not in (1, -1) for field, d in keys):
-            raise InvalidArgument(f"bad index keys {keys!r}")
+        keys = index_keys(keys)
         name = _index_name(keys)
         spec = {"name": name, "keys": [list(k) for k in keys], "unique": bool(unique)}
         with self._backend._reading() as txn:  # every Store open asks: answer without a write (and fsync)
@@ -435,14 +431,6 @@ def _same_id(a: Any, b: Any) -> bool:
         return id_key(a) == id_key(b)
     except InvalidArgument:
         return False
-
-
-def _check_window(skip: Any, limit: Any) -> tuple[int, int]:
-    for name, value in (("skip", skip), ("limit", limit)):
-        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
-    return skip, limit
 
 
 class KVChunkStore:

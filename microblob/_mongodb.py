@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import _codec
-from ._backend import Filter, Projection, Sort, checked_chunk
+from ._backend import Filter, Projection, Sort, check_window, checked_chunk, index_keys
 from ._exceptions import (
     DuplicateKey,
     InvalidArgument,
@@ -128,13 +128,6 @@ def _check_filter(filter: Filter | None) -> dict[str, Any]:
     return dict(filter)
 
 
-def _check_window(skip: Any, limit: Any) -> None:
-    for name, value in (("skip", skip), ("limit", limit)):
-        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
-
-
 def _check_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(doc, Mapping):
         raise InvalidDocument(f"a document must be a dict, not {type(doc).__name__}")
@@ -179,7 +172,7 @@ class MongoCollection:
         limit: int = 0,
     ) -> list[dict]:
         flt = _check_filter(filter)
-        _check_window(skip, limit)
+        check_window(skip, limit)
         if projection is not None:
             compile_projection(projection)
             if not isinstance(projection, Mapping):
@@ -224,12 +217,7 @@ class MongoCollection:
 
     @_mapped
     def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False) -> str:
-        if isinstance(keys, str):
-            keys = [(keys, 1)]
-        keys = [(str(field), int(direction)) for field, direction in keys]
-        if not keys or any(not field or field.startswith("$") or d not in (1, -1) for field, d in keys):
-            raise InvalidArgument(f"bad index keys {keys!r}")
-        return self._coll.create_index(keys, unique=bool(unique))
+        return self._coll.create_index(index_keys(keys), unique=bool(unique))
 
     @_mapped
     def index_information(self) -> dict[str, dict]:
