@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import _codec
 from ._blob_links import BlobLinks, Link
 from ._exceptions import InvalidArgument, InvalidInput
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
@@ -53,8 +54,7 @@ RESERVED = frozenset({"things", "invocations", "blobs", "objects", "static", "fa
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_JSON = 16 * 1024 * 1024
 
-
-MAX_JSON_DEPTH = 100
+MAX_JSON_DEPTH = _codec.MAX_DEPTH  # one nesting limit: what a request may carry, the store can keep
 
 
 def _check_depth(value: Any, what: str) -> None:
