@@ -34,11 +34,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import _codec
 from ._blob_links import BlobLinks, Link
-from ._exceptions import InvalidArgument, InvalidInput
+from ._exceptions import InvalidArgument, InvalidInput, InvalidQuery
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
+from ._query import check_depth
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
@@ -54,19 +54,16 @@ RESERVED = frozenset({"things", "invocations", "blobs", "objects", "static", "fa
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_JSON = 16 * 1024 * 1024
 
-MAX_JSON_DEPTH = _codec.MAX_DEPTH  # one nesting limit: what a request may carry, the store can keep
 
 
 def _check_depth(value: Any, what: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH: a tree that deep would be stored (as an invocation's
-    input) and then fail to serialise on every later listing, and recursive code may overflow on it."""
-    level: list[Any] = [value]  # the containers at depth 1, then 2, ...
-    for _ in range(MAX_JSON_DEPTH):
-        level = [v for node in level for v in (node.values() if isinstance(node, dict) else node)
-                 if isinstance(v, (dict, list))]
-        if not level:
-            return
-    raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    """Refuse JSON nested deeper than the store's documents may be (`_codec.MAX_DEPTH`, one rule with the
+    query language's `check_depth`): a tree that deep would be stored (as an invocation's input) and then
+    fail to serialise on every later listing, and recursive code may overflow on it."""
+    try:
+        check_depth(value, what)
+    except InvalidQuery as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _no_constant(name: str) -> Any:
