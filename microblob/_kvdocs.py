@@ -413,8 +413,8 @@ class KVCollection:
 
 def _exact_id(filter: Filter | None) -> bytes | None:
     """The id key when the filter is exactly {"_id": <str or int>}; None otherwise, and for anything
-    the filter compiler must judge first (not a dict, or an id no key can hold: the fast path used to
-    raise a bare AttributeError, OverflowError or UnicodeEncodeError for those)."""
+    the filter compiler must judge first (not a dict, or an id no key can hold, on which the fast path would
+    raise a bare AttributeError, OverflowError or UnicodeEncodeError)."""
     if not isinstance(filter, Mapping) or len(filter) != 1:
         return None
     value = filter.get("_id")

@@ -223,7 +223,7 @@ class _Env:
             size = 0
         map_size = options.pop("map_size", None) or min(MAP_LIMIT, max(INITIAL_MAP, _round_up(size + 64 * MiB)))
         # map_size is the initial size (the map grows): below a few pages the tables themselves do not fit
-        # and open_db raised a bare lmdb.MapFullError.
+        # and open_db would raise a bare lmdb.MapFullError.
         map_size = max(map_size, MIN_MAP)
         tune_malloc()  # LMDB's per-commit page copies stay on the heap between batches (see _malloc.py)
         try:

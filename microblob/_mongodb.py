@@ -109,7 +109,7 @@ def _mapped(method: Callable[..., T]) -> Callable[..., T]:
 def _checkable(value: Any, depth: int = 0) -> Any:
     """A filter with ObjectId values (files GridFSBucket wrote) as str, for microblob's parser: the
     parser checks the shape, the server evaluates the real filter. Below MAX_DEPTH levels the value is
-    passed on as it is (the checks refuse it): recursing into a 10,000-level one raised RecursionError."""
+    passed on as it is (the checks refuse it), so a 10,000-level one cannot exhaust the recursion limit."""
     if depth > _codec.MAX_DEPTH:
         return value
     if isinstance(value, bson.ObjectId):

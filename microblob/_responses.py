@@ -38,7 +38,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     first, last = m.groups()
     if first == "" and last == "":
         return None
-    # int() refuses strings of over 4300 digits (a ValueError, so a 500), and any position of more
+    # int() refuses strings of over 4300 digits (a ValueError), and any position of more
     # than 18 digits is past the end of every blob anyway: read those as "beyond the end".
     first, last = (s if len(s) <= 18 else "9" * 18 for s in (first, last))
     if first == "":  # suffix: the last N bytes

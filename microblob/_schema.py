@@ -194,7 +194,7 @@ def coerce(value: Any, hint: Any, path: str = "", resolve_blob: BlobResolver | N
             raise InvalidInput(_where(path), f"expected number, got {_type_name(value)}")
         try:
             return float(value)
-        except OverflowError:  # a JSON integer of 400 digits is valid JSON but no float: was a 500
+        except OverflowError:  # a JSON integer of 400 digits is valid JSON but no float: the input's fault
             raise InvalidInput(_where(path), f"{value} is out of range for a number") from None
     if hint is str:
         if not isinstance(value, str):
@@ -213,7 +213,7 @@ def coerce(value: Any, hint: Any, path: str = "", resolve_blob: BlobResolver | N
         if origin in (set, frozenset) or hint in (set, frozenset):
             try:
                 return (origin or hint)(items)
-            except TypeError:  # unhashable items (arrays, objects) in a bare `set`: was a 500
+            except TypeError:  # unhashable items (arrays, objects) in a bare `set`: the input's fault
                 raise InvalidInput(_where(path), "expected an array of numbers, strings or booleans") from None
         return tuple(items) if origin is tuple or hint is tuple else items
     if origin in (dict, Mapping) or hint is dict:

@@ -46,7 +46,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         # The store takes NaN and infinities from Python (MongoDB does too), but JSON cannot hold them
-        # and JSONResponse raises on them: one such object made GET /objects/ a 500 for everyone.
+        # and JSONResponse raises on them: one such object would break every listing that holds it.
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value

@@ -69,7 +69,7 @@ def _check_depth(value: Any, what: str) -> None:
 def _no_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259): a property set to NaN, an
     # invocation whose input holds one, or stored metadata with one could never be answered again
-    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, was a 500.
+    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, would fail.
     raise ValueError(f"{name} is not a JSON value")
 
 
@@ -346,7 +346,7 @@ class ThingServer(Starlette):
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-        except ValueError as e:  # e.g. "http://[::1/x" (an unclosed IPv6 bracket) was a 500
+        except ValueError as e:  # e.g. "http://[::1/x" (an unclosed IPv6 bracket)
             raise InvalidInput(field, f"{url!r} is not a valid URL: {e}") from None
         base = urlsplit(str(request.base_url))
         if (parts.scheme or parts.netloc) and (parts.scheme, parts.netloc.lower()) != (
