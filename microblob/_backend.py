@@ -1,4 +1,4 @@
-"""The one small interface the store talks to (DESIGN.md §3.6).
+"""The one small interface the store talks to (docs/ARCHITECTURE.md, "Layers").
 
 A backend offers named collections with the pymongo subset the store needs, a chunk store for file
 bytes, and an atomic scope. Everything above this line — objects, versions, files, workflows, copy — is

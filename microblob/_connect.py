@@ -1,4 +1,4 @@
-"""`connect(uri)`: from a URI (or nothing) to a Store on the right backend (DESIGN.md §3.1)."""
+"""`connect(uri)`: from a URI (or nothing) to a Store on the right backend (docs/ARCHITECTURE.md, "Connecting")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`ThingServer`: a Starlette application serving Things, their invocations, Blob links and a store.
 
-Routes (DESIGN §4.3): ``GET /things/``, ``GET /{thing}/`` (Thing Description), ``POST /{thing}/{action}``
-(``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
+Routes (docs/ARCHITECTURE.md, "HTTP protocol"): ``GET /things/``, ``GET /{thing}/`` (Thing Description),
+``POST /{thing}/{action}`` (``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
 ``GET|DELETE /invocations/{id}``, ``GET /invocations/{id}/output``, ``GET|HEAD /blobs/{id}``,
 ``POST /blobs``, the ``/objects/`` store routes, and ``GET /`` (the browse page, `microblob._browse`).
 Every client mistake answers 4xx with ``{"error": type, "detail": message}``.

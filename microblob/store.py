@@ -1,4 +1,4 @@
-"""`Store`: the object API (DESIGN.md §3.2-3.5) over any backend.
+"""`Store`: the object API (docs/ARCHITECTURE.md, "Objects and versions", "Data flow of a save") over any backend.
 
 Every write of an object is one compare-and-swap on its `version`: inside the backend's atomic scope
 (one LMDB transaction) it cannot lose, and on backends without transactions it is retried. Bytes are
