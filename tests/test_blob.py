@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from thing_fixtures import JPEGBlob, RAWBlob
 
+import microblob
 from microblob import Blob, InvalidArgument
 from microblob.blob import blob_class_for
 
@@ -135,3 +136,33 @@ def test_missing_file_is_a_blob_error(tmp_path: Path) -> None:
 
     with pytest.raises(BlobError):
         Blob.from_file(tmp_path / "nope")
+
+
+def test_read_only_accessors_cost_no_read(tmp_path: Path, microblob_store: microblob.Store) -> None:
+    """What the HTTP layer asks of a Blob, answered without reading the bytes: the in-memory bytes
+    themselves (no copy) or None, and the sha256 only when it is already known."""
+    data = bytearray(b"abc")
+    mem = Blob.from_bytes(data)
+    assert mem.in_memory is data and mem.known_sha256 is None
+    assert mem.sha256 == hashlib.sha256(data).hexdigest() and mem.known_sha256 == mem.sha256
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"file bytes")
+    digest = hashlib.sha256(b"file bytes").hexdigest()
+    on_disk = Blob.from_file(path)
+    assert on_disk.in_memory is None and on_disk.known_sha256 is None
+    hashed = Blob.from_file(path, sha256=digest)  # hashed by whoever wrote it: not read again
+    path.write_bytes(b"changed")  # so a read now would give another hash
+    assert hashed.known_sha256 == digest and hashed.sha256 == digest
+
+    oid = microblob_store.save_or_update_object(b"stored")
+    stored = Blob.from_object(microblob_store, oid)
+    assert stored.in_memory is None
+    assert stored.known_sha256 == hashlib.sha256(b"stored").hexdigest()  # recorded with the object
+
+
+def test_remote_blob_is_a_blob_made_without_the_http_stack() -> None:
+    blob = Blob.from_url("http://127.0.0.1:9/x", content_type="image/jpeg", size=3, sha256="0" * 64)
+    assert isinstance(blob, microblob.RemoteBlob) and isinstance(blob, Blob)
+    assert blob.url == "http://127.0.0.1:9/x" and blob.size == 3 and blob.known_sha256 == "0" * 64
+    assert blob.in_memory is None and blob.downloads == 0
