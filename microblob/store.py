@@ -31,6 +31,7 @@ from ._exceptions import (
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
+from ._store_internals import StoreInternals
 from ._validate import (
     check_bool,
     check_chunk_size,
@@ -196,6 +197,11 @@ class Store:
     @property
     def uri(self) -> str:
         return self._backend.uri
+
+    @property
+    def internals(self) -> StoreInternals:
+        """The interface the store's own helpers (maintenance, copy, workflows) use; not for user code."""
+        return StoreInternals(self)
 
     @property
     def backend(self) -> Backend:
