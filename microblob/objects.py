@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from ._blob_sources import atomic_writer
 from ._exceptions import IntegrityError, InvalidArgument
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,26 +124,10 @@ def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size
     file or the whole new one, never a half-written one."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgument(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    tmp: str | None = None
     written = 0
-    try:
-        # Inside the try, so a signal (Ctrl-C, SIGTERM) right after the temp file exists removes it too.
-        fd, tmp = tempfile.mkstemp(prefix=".microblob-", dir=directory)
-        with os.fdopen(fd, "wb") as out:
-            pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
-            for piece in pieces:
-                out.write(piece)
-                written += len(piece)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        raise
+    with atomic_writer(path) as out:
+        pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
+        for piece in pieces:
+            out.write(piece)
+            written += len(piece)
     return written
