@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
-from ._exceptions import InvalidArgument, InvalidInput
+from ._exceptions import IntegrityError, InvalidArgument, InvalidInput, StorageError, StoreClosed, StoreFull
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
 from ._responses import BlobResponse
@@ -107,6 +107,16 @@ class ApiError(Exception):
 
 def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def storage_error_status(exc: BaseException) -> tuple[int, str, str]:
+    """(status, error, detail) for a failure of the store itself: 507 when it is full, 500 when its
+    bytes are damaged, 503 for anything else the engine reports (closed, read-only, I/O errors)."""
+    if isinstance(exc, StoreFull):
+        return 507, "StoreFull", f"the store is full: {exc}"
+    if isinstance(exc, IntegrityError):
+        return 500, "StoreDamaged", f"the store is damaged: {exc}"
+    return 503, type(exc).__name__, f"the store failed: {exc}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -266,6 +276,9 @@ class ThingServer(Starlette):
                 HTTPException: self._http_error,
                 InvalidInput: self._invalid_input,
                 ClientDisconnect: self._disconnected,
+                IntegrityError: self._storage_error,
+                StorageError: self._storage_error,
+                StoreClosed: self._storage_error,
             },
             lifespan=self._lifespan,
         )
@@ -316,6 +329,12 @@ class ThingServer(Starlette):
         return JSONResponse(
             {"error": "InvalidInput", "detail": str(exc), "field": exc.field}, status_code=422
         )
+
+    async def _storage_error(self, request: Request, exc: Exception) -> Response:
+        """The store failed, not the request: a JSON 5xx naming why, and the server keeps serving."""
+        status, error, detail = storage_error_status(exc)
+        log.error("%s %s: %s", request.method, request.url.path, detail)
+        return error_response(status, error, detail)
 
     async def _disconnected(self, request: Request, exc: Exception) -> Response:
         return Response(status_code=400)  # nobody is there to read it
