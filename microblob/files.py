@@ -441,6 +441,9 @@ class DownloadStream(io.RawIOBase):
         at the end, compare. Large pieces hash on a worker thread (hashlib releases the GIL) while the
         caller uses them; only the last one is waited for."""
         digest = self._digest
+        if start == 0 and self._hashed and digest is not None:  # read again from the top: start over
+            digest = self._digest = _Hasher()
+            self._hashed = 0
         if digest is None or start != self._hashed or not piece:
             return
         self._hashed += len(piece)
