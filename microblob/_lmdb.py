@@ -287,10 +287,9 @@ class _Env:
         """Open the environment and its tables (self.dbs)."""
         env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **self.options)
         try:
-            readonly = self.options.get("readonly", False)
-            with env.begin(write=not readonly) as txn:
-                # A read-only environment can open only tables that exist: a file without one is not a store.
-                self.dbs = {name: env.open_db(name.encode(), txn=txn, create=not readonly) for name in TABLES}
+            # A read-only environment can open only tables that exist: a file without one is not a store.
+            create = not self.options.get("readonly", False)
+            self.dbs = {name: env.open_db(name.encode(), create=create) for name in TABLES}
         except BaseException:
             env.close()  # left open, the path could not be opened again in this process
             raise

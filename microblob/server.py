@@ -10,6 +10,7 @@ Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import ipaddress
@@ -18,7 +19,6 @@ import math
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -41,6 +41,7 @@ from ._malloc import tune_malloc
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
+from ._spools import clean_stale_spools, open_spool
 from ._validate import loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
 from .thing import Thing
@@ -117,6 +118,13 @@ def storage_error_status(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, IntegrityError):
         return 500, "StoreDamaged", f"the store is damaged: {exc}"
     return 503, type(exc).__name__, f"the store failed: {exc}"
+
+
+def _spool_error(exc: OSError) -> ApiError:
+    """The upload could not be spooled to disk: 507 when the disk is full, 503 otherwise."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(507, f"no room to receive the upload: {exc.strerror}", "StoreFull")
+    return ApiError(503, f"cannot spool the upload: {exc.strerror or exc}", "StorageError")
 
 
 def _is_loopback(host: str) -> bool:
@@ -232,6 +240,7 @@ class ThingServer(Starlette):
         self.max_upload = int(max_upload)
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
+        clean_stale_spools(upload_dir)  # what servers killed mid-upload left behind
         self.things: dict[str, Thing] = {}
         for name, spec in (things or {}).items():
             if not _NAME.fullmatch(name) or name in RESERVED:
@@ -666,11 +675,10 @@ class ThingServer(Starlette):
                 raise ApiError(
                     413, f"{n_declared} bytes is over the upload limit of {self.max_upload}", "PayloadTooLarge"
                 )
-        tmp = await anyio.to_thread.run_sync(
-            lambda: tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, or unlinked on failure
-                dir=self.upload_dir, prefix="microblob-upload-", delete=False
-            )
-        )
+        try:
+            tmp = await anyio.to_thread.run_sync(open_spool, self.upload_dir)
+        except OSError as exc:
+            raise _spool_error(exc) from None
         sha = hashlib.sha256()
         size = 0
         pending: list[bytes] = []
@@ -693,8 +701,11 @@ class ThingServer(Starlette):
             if pending:
                 await anyio.to_thread.run_sync(write, b"".join(pending))
             await anyio.to_thread.run_sync(tmp.close)
-        except BaseException:
-            tmp.close()
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+                tmp.close()
             os.unlink(tmp.name)
+            if isinstance(exc, OSError):
+                raise _spool_error(exc) from None
             raise
         return tmp.name, size, sha.hexdigest()
