@@ -18,7 +18,6 @@ import datetime as _dt
 import hashlib
 import itertools
 import math
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,6 +37,7 @@ from ._query import (
     equality_values,
     normalize_sort,
     sort_documents,
+    window,
 )
 
 __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
@@ -256,11 +256,7 @@ class KVCollection:
         predicate = compile_filter(filter)  # validate before touching the engine
         with self._backend._reading() as txn:
             matches = (doc for _, doc in self._matching(txn, filter, predicate))
-            if sort:
-                docs = sort_documents(matches, sort, skip=skip, limit=limit)
-            else:
-                stop = min(skip + limit, sys.maxsize) if limit else None  # islice stops at sys.maxsize
-                docs = list(itertools.islice(matches, skip, stop))
+            docs = sort_documents(matches, sort, skip=skip, limit=limit) if sort else list(window(matches, skip, limit))
         return [project(doc) for doc in docs] if projection is not None else docs
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:

@@ -115,7 +115,7 @@ def test_disk_full_cli_put_is_one_line(small_fs: Tmpfs, tmp_path: Path) -> None:
     big.write_bytes(os.urandom(12 * MiB))
     db = small_fs.path / "store.db"
     err = _one_line(_cli(db, "put", str(big)))
-    assert "full" in err
+    assert "the disk is full" in err
     assert _cli(db, "verify").returncode == 0
 
 
