@@ -4,6 +4,7 @@ errors or a codec's; the server answers a JSON 500 that says the store is damage
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = 4096
 
 
-def _make_store(path: Path) -> int:
-    """50 small objects, each with a marker in its metadata; returns the file offset of o25's marker."""
+def _make_store(path: Path) -> list[int]:
+    """50 small objects, each with a marker in its metadata; returns the file offsets of o25's marker
+    (copy-on-write leaves older copies in free pages: which one is live depends on the run)."""
     with microblob.connect(path) as store:
         for i in range(50):
             store.save_or_update_object(b"x" * 10, object_id=f"o{i}", custom_metadata={"note": f"DAMAGEME-{i:03d}"})
-    return path.read_bytes().index(b"DAMAGEME-025")
+    raw = path.read_bytes()
+    found = [m.start() for m in re.finditer(b"DAMAGEME-025", raw)]
+    assert found
+    return found
 
 
 def _poke(path: Path, at: int, data: bytes) -> None:
@@ -35,15 +40,16 @@ def _poke(path: Path, at: int, data: bytes) -> None:
 @pytest.fixture
 def bad_utf8(lmdb_path: Path) -> Path:
     """o25's document no longer decodes: its marker string holds bytes that are not UTF-8."""
-    _poke(lmdb_path, _make_store(lmdb_path), b"\xff\xfe\xfd")
+    for at in _make_store(lmdb_path):
+        _poke(lmdb_path, at, b"\xff\xfe\xfd")
     return lmdb_path
 
 
 @pytest.fixture
 def bad_page(lmdb_path: Path) -> Path:
     """The B-tree page holding o25 has a garbled header (flags, bounds): LMDB says MDB_CORRUPTED."""
-    at = _make_store(lmdb_path)
-    _poke(lmdb_path, at // PAGE * PAGE + 10, b"\xff" * 6)
+    for at in _make_store(lmdb_path):
+        _poke(lmdb_path, at // PAGE * PAGE + 10, b"\xff" * 6)
     return lmdb_path
 
 
@@ -53,6 +59,7 @@ def test_reads_of_a_damaged_page_raise_integrity_error(damage: str, request: pyt
     # In a child process: a damaged LMDB page must never be able to take the test run down with it.
     code = """
 import sys, microblob
+from microblob import IntegrityError
 store = microblob.connect(sys.argv[1], create=False)
 for name, call in [("get", lambda: store.get_blob_object("o25")), ("query", lambda: store.blob_object_query({})),
                    ("count", lambda: store.files.find({}))]:

@@ -291,3 +291,41 @@ def test_query_windows_beyond_a_machine_word_are_invalid_or_empty(embedded_store
     assert embedded_store.blob_object_query({}, skip=2**62, limit=2**62) == []
     with pytest.raises(microblob.InvalidArgument):
         embedded_store.blob_object_query({}, skip=2**63)
+
+
+# --- the file changed under a running process (what README says) ------------------------------------
+
+_TRUNCATE = r"""
+import os, sys, microblob
+store = microblob.connect(sys.argv[1])
+store.save_or_update_object(os.urandom(3_000_000), object_id="a")
+os.truncate(sys.argv[1], 8192)
+print("truncated", flush=True)
+store.get_blob_object("a").data
+print("read on", flush=True)
+"""
+
+_DELETE = r"""
+import os, sys, microblob
+store = microblob.connect(sys.argv[1])
+store.save_or_update_object(b"before", object_id="a")
+os.unlink(sys.argv[1])
+store.save_or_update_object(b"after", object_id="b")
+print(sorted(o.object_id for o in store.blob_object_query({})), os.path.exists(sys.argv[1]), flush=True)
+"""
+
+
+def test_truncating_the_file_under_a_reader_is_sigbus(lmdb_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE, str(lmdb_path)], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == "truncated\n"
+
+
+def test_deleting_the_file_under_a_writer_loses_its_later_writes(lmdb_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _DELETE, str(lmdb_path)], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "['a', 'b'] False\n"  # it went on, on the deleted file
+    with pytest.raises(microblob.StoreNotFound):
+        microblob.connect(lmdb_path, create=False)  # and all of it is gone with the process
