@@ -185,3 +185,18 @@ def test_http_small_damaged_object_answers_json_500(served: tuple[Any, str]) -> 
         assert response.status_code == 500
         assert response.json()["error"] == "StoreDamaged" and "sha256" in response.json()["detail"]
         assert http.get(f"/objects/{small.object_id}").status_code == 200  # its metadata is intact
+
+
+def test_copy_of_damaged_bytes_reports_them_and_copies_nothing_of_them(store_factory: Any) -> None:
+    src, dst = store_factory("lmdb"), store_factory("memory")
+    obj, _ = _saved(src)
+    good, good_data = _saved(src)
+    _damage_chunk(src, obj.file_id)
+    report = microblob.copy(src, dst)
+    assert [oid for oid, _ in report.problems] == [obj.object_id]
+    assert "sha256" in report.problems[0][1]
+    assert dst.get_blob_object(good.object_id).data == good_data
+    with pytest.raises(microblob.ObjectNotFound):
+        dst.get_blob_object(obj.object_id)
+    freed = dst.gc()
+    assert (freed.freed_files, freed.freed_orphan_chunks) == (0, 0)  # nothing of it was left behind
