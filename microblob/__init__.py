@@ -19,6 +19,7 @@ from ._exceptions import (
     InvalidArgument,
     InvalidDocument,
     InvalidInput,
+    InvalidOutput,
     InvalidQuery,
     InvocationCancelled,
     InvocationTimeout,
@@ -29,6 +30,7 @@ from ._exceptions import (
     RemoteInvalidInput,
     StorageError,
     StoreClosed,
+    StoreFull,
     StoreNotFound,
     Unauthorized,
     VersionNotFound,
@@ -47,6 +49,9 @@ if _typing.TYPE_CHECKING:
     from .server import ThingServer
     from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 
+    action = thing_action
+    property = thing_property  # noqa: A001
+
 __all__ = [
     "ActionError",
     "Blob",
@@ -63,6 +68,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidDocument",
     "InvalidInput",
+    "InvalidOutput",
     "InvalidQuery",
     "InvocationCancelled",
     "InvocationTimeout",
@@ -75,6 +81,7 @@ __all__ = [
     "StorageError",
     "Store",
     "StoreClosed",
+    "StoreFull",
     "StoreNotFound",
     "Thing",
     "ThingClient",
@@ -97,22 +104,26 @@ __all__ = [
 ]
 
 _THING_NAMES = frozenset({"Thing", "cancellable_sleep", "raise_if_cancelled", "thing_action", "thing_property"})
+# LabThings' spellings (`import microblob as lt`; `lt.property(default=0)`, `@lt.action`). Not in
+# __all__: `from microblob import *` must not shadow the builtin `property`.
+_LABTHINGS_ALIASES = {"action": "thing_action", "property": "thing_property"}
 
 
 def __getattr__(name: str) -> _typing.Any:
     """The HTTP half on first use: `microblob.ThingServer`, `from microblob import Thing`, ..."""
-    if name in _THING_NAMES:
+    target = _LABTHINGS_ALIASES.get(name, name)
+    if target in _THING_NAMES:
         from . import thing as module
-    elif name == "ThingServer":
+    elif target == "ThingServer":
         from . import server as module
-    elif name == "ThingClient":
+    elif target == "ThingClient":
         from . import client as module
     else:
         raise AttributeError(f"module 'microblob' has no attribute {name!r}")
-    value = getattr(module, name)
+    value = getattr(module, target)
     globals()[name] = value  # later lookups are plain attribute reads
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_LABTHINGS_ALIASES))

@@ -14,7 +14,7 @@ from ._exceptions import IntegrityError, InvalidArgument
 
 __all__ = [
     "DEFAULT_BATCH_BYTES", "Backend", "ChunkStore", "Collection", "Filter", "Projection", "Sort", "check_window",
-    "checked_chunk", "index_keys",
+    "checked_chunk",
 ]
 
 T = TypeVar("T")
@@ -66,7 +66,22 @@ class Collection(Protocol):
 
     def count_documents(self, filter: Filter | None = None) -> int: ...
 
-    def create_index(self, keys: Sequence[tuple[str, int]], unique: bool = False) -> str: ...
+    def create_index(self, keys: Sequence[tuple[str, int]], unique: bool = False, name: str | None = None) -> str:
+        """Create an index (or find the same one); InvalidArgument for a bad path, or a name or keys
+        that clash with an existing index."""
+        ...
+
+    def list_indexes(self) -> list[dict[str, Any]]:
+        """[{"name", "key": [(field, direction)], "unique"}], without the implied `_id` index."""
+        ...
+
+    def drop_index(self, name: str) -> None:
+        """InvalidArgument if there is no index of that name."""
+        ...
+
+    def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
+        """{"plan", "index", "sort", "reason", ...}: how a find with these arguments is answered."""
+        ...
 
 
 class ChunkStore(Protocol):
@@ -106,17 +121,6 @@ def check_window(skip: Any, limit: Any) -> tuple[int, int]:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
             raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
     return skip, limit
-
-
-def index_keys(keys: Sequence[tuple[str, int]] | str) -> list[tuple[str, int]]:
-    """`create_index`'s keys, normalised and checked once for every backend: a field name, or a non-empty
-    list of (field, 1 or -1) with no field empty or an operator."""
-    if isinstance(keys, str):
-        keys = [(keys, 1)]
-    out = [(str(field), int(direction)) for field, direction in keys]
-    if not out or any(not field or field.startswith("$") or d not in (1, -1) for field, d in out):
-        raise InvalidArgument(f"bad index keys {out!r}")
-    return out
 
 
 class Backend(Protocol):

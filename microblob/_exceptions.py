@@ -5,6 +5,7 @@
     │   ├── InvalidQuery                    a malformed filter, projection or sort
     │   ├── InvalidDocument                 a document that cannot be stored (bad keys, huge ints, ...)
     │   └── InvalidInput                    an action/property input fails its type hints (names the field)
+    ├── InvalidOutput                       an action returned a value its return annotation does not allow
     ├── NotFound (KeyError, ValueError)     something named by the caller does not exist
     │   ├── ObjectNotFound                  no object with that id
     │   ├── VersionNotFound                 the object exists, that version does not
@@ -14,7 +15,8 @@
     ├── WriteConflict                       a compare-and-swap kept losing to other writers
     ├── IntegrityError                      stored bytes do not match their sha256 or length
     ├── StoreClosed                         the store was used after close()
-    ├── StorageError                        the engine failed (disk full, unreadable file, ...)
+    ├── StorageError                        the engine failed (unreadable file, read-only, ...)
+    │   └── StoreFull                       no room: the disk is full, or the map cannot grow
     ├── BlobError                           a Blob could not be read, sent or resolved
     │   └── BlobExpired                     its link has expired
     ├── InvocationCancelled                 an action invocation was cancelled (inside the action or seen by a client)
@@ -42,6 +44,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidDocument",
     "InvalidInput",
+    "InvalidOutput",
     "InvalidQuery",
     "InvocationCancelled",
     "InvocationTimeout",
@@ -52,6 +55,7 @@ __all__ = [
     "RemoteInvalidInput",
     "StorageError",
     "StoreClosed",
+    "StoreFull",
     "StoreNotFound",
     "Unauthorized",
     "VersionNotFound",
@@ -80,6 +84,14 @@ class InvalidInput(InvalidArgument):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class InvalidOutput(MicroblobError):
+    """An action returned a value that does not match its return annotation; `field` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
         self.field = field
 
 
@@ -143,6 +155,11 @@ class StoreClosed(MicroblobError):
 
 class StorageError(MicroblobError):
     """The storage engine failed: disk full, an unreadable file, a server that went away."""
+
+
+class StoreFull(StorageError):
+    """No room for the write: the filesystem is full, or the map cannot grow (its cap, or no contiguous
+    address space). Nothing of the failed write was kept; reads and smaller writes may still work."""
 
 
 class BlobError(MicroblobError):

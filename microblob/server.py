@@ -10,6 +10,7 @@ Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import ipaddress
@@ -18,7 +19,6 @@ import math
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -35,13 +35,22 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
-from ._exceptions import InvalidArgument, InvalidInput, InvalidQuery
+from ._exceptions import (
+    IntegrityError,
+    InvalidArgument,
+    InvalidInput,
+    InvalidQuery,
+    StorageError,
+    StoreClosed,
+    StoreFull,
+)
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
 from ._query import check_depth
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
+from ._spools import clean_stale_spools, open_spool
 from ._validate import check_content_type, loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
 from .blob import GENERIC_CONTENT_TYPE as _GENERIC
@@ -104,6 +113,23 @@ class ApiError(Exception):
 
 def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def storage_error_status(exc: BaseException) -> tuple[int, str, str]:
+    """(status, error, detail) for a failure of the store itself: 507 when it is full, 500 when its
+    bytes are damaged, 503 for anything else the engine reports (closed, read-only, I/O errors)."""
+    if isinstance(exc, StoreFull):
+        return 507, "StoreFull", f"the store is full: {exc}"
+    if isinstance(exc, IntegrityError):
+        return 500, "StoreDamaged", f"the store is damaged: {exc}"
+    return 503, type(exc).__name__, f"the store failed: {exc}"
+
+
+def _spool_error(exc: OSError) -> ApiError:
+    """The upload could not be spooled to disk: 507 when the disk is full, 503 otherwise."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(507, f"no room to receive the upload: {exc.strerror}", "StoreFull")
+    return ApiError(503, f"cannot spool the upload: {exc.strerror or exc}", "StorageError")
 
 
 def _is_loopback(host: str) -> bool:
@@ -219,6 +245,7 @@ class ThingServer(Starlette):
         self.max_upload = int(max_upload)
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
+        clean_stale_spools(upload_dir)  # what servers killed mid-upload left behind
         self.things: dict[str, Thing] = {}
         for name, spec in (things or {}).items():
             if not _NAME.fullmatch(name) or name in RESERVED:
@@ -263,6 +290,9 @@ class ThingServer(Starlette):
                 HTTPException: self._http_error,
                 InvalidInput: self._invalid_input,
                 ClientDisconnect: self._disconnected,
+                IntegrityError: self._storage_error,
+                StorageError: self._storage_error,
+                StoreClosed: self._storage_error,
             },
             lifespan=self._lifespan,
         )
@@ -313,6 +343,12 @@ class ThingServer(Starlette):
         return JSONResponse(
             {"error": "InvalidInput", "detail": str(exc), "field": exc.field}, status_code=422
         )
+
+    async def _storage_error(self, request: Request, exc: Exception) -> Response:
+        """The store failed, not the request: a JSON 5xx naming why, and the server keeps serving."""
+        status, error, detail = storage_error_status(exc)
+        log.error("%s %s: %s", request.method, request.url.path, detail)
+        return error_response(status, error, detail)
 
     async def _disconnected(self, request: Request, exc: Exception) -> Response:
         return Response(status_code=400)  # nobody is there to read it
@@ -545,10 +581,9 @@ class ThingServer(Starlette):
         if prop.read_only:
             raise ApiError(405, f"property {name!r} is read-only", headers={"Allow": "GET"})
         body = await self.read_json(request)
-        from ._schema import coerce
 
         def write() -> None:
-            value = coerce(body, prop.hint, name, lambda url, cls, field: self.resolve_blob(request, url, cls, field))
+            value = prop.coerce(body, name, lambda url, cls, field: self.resolve_blob(request, url, cls, field))
             setattr(thing, name, value)
 
         await run_in_threadpool(write)
@@ -645,11 +680,10 @@ class ThingServer(Starlette):
                 raise ApiError(
                     413, f"{n_declared} bytes is over the upload limit of {self.max_upload}", "PayloadTooLarge"
                 )
-        tmp = await anyio.to_thread.run_sync(
-            lambda: tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, or unlinked on failure
-                dir=self.upload_dir, prefix="microblob-upload-", delete=False
-            )
-        )
+        try:
+            tmp = await anyio.to_thread.run_sync(open_spool, self.upload_dir)
+        except OSError as exc:
+            raise _spool_error(exc) from None
         sha = hashlib.sha256()
         size = 0
         pending: list[bytes] = []
@@ -672,8 +706,11 @@ class ThingServer(Starlette):
             if pending:
                 await anyio.to_thread.run_sync(write, b"".join(pending))
             await anyio.to_thread.run_sync(tmp.close)
-        except BaseException:
-            tmp.close()
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+                tmp.close()
             os.unlink(tmp.name)
+            if isinstance(exc, OSError):
+                raise _spool_error(exc) from None
             raise
         return tmp.name, size, sha.hexdigest()

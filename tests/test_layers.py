@@ -205,6 +205,12 @@ def test_http_names_load_on_first_use() -> None:
             " 'starlette' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["ThingServer", "ThingClient", "Thing", "thing_action", "True"]
+    # LabThings' spellings load the Thing model on first use too, and are the same objects
+    code = ("import sys, microblob as lt\n"
+            "assert 'starlette' not in sys.modules\n"
+            "print(lt.action is lt.thing_action, lt.property is lt.thing_property, 'action' in dir(lt))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "True"]
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
         microblob.NoSuchName  # noqa: B018 - the attribute access is the test
 
