@@ -13,6 +13,7 @@ import io
 import os
 import threading
 import types
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 from ._blob_sources import (
@@ -26,10 +27,11 @@ from ._blob_sources import (
     atomic_writer,
     object_source,
 )
-from ._exceptions import InvalidArgument
+from ._exceptions import InvalidArgument, InvalidInput
 
 if TYPE_CHECKING:
     import httpx
+    from pydantic_core import core_schema
     from typing_extensions import Self  # typing.Self is 3.11+; only type checkers read this
 
 __all__ = ["CHUNK_SIZE", "GENERIC_CONTENT_TYPE", "Blob", "Progress", "RemoteBlob", "blob_class_for", "remote_blob"]
@@ -67,7 +69,6 @@ class _MediaTypeAlias:
 
     def __set__(self, obj: Blob, value: str) -> None:
         obj.content_type = value
-
 
 
 class Blob:
@@ -180,14 +181,10 @@ class Blob:
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
         """A Blob is a pydantic type: a field of a BaseModel, dataclass or TypedDict may be one (a link
         in JSON, resolved by the server that validates it)."""
-        from ._schema import blob_core_schema
-
         return blob_core_schema(cls)
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
-        from ._schema import blob_schema
-
         return blob_schema(cls)
 
     @property
@@ -324,3 +321,79 @@ def remote_blob(
     blob = _remote_class(cls)._with_source(url_source(url, client, size, sha256), content_type)
     blob.expires_at = expires_at  # type: ignore[attr-defined]
     return blob
+
+
+# -- Blob as a pydantic type: pydantic_core loads only when pydantic asks for a Blob's schema --------------
+
+
+def blob_schema(cls: type[Blob]) -> dict[str, Any]:
+    """The JSON form of a Blob link (what servers send and accept), valid as a TD data schema."""
+    string = {"type": "string"}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "title": cls.__name__,
+        "description": f"A link to binary data ({cls.content_type}); download it with GET on url/href.",
+        "properties": {
+            "url": {"type": "string", "format": "uri-reference"},
+            "href": {"type": "string", "format": "uri-reference"},
+            "content_type": dict(string),
+            "media_type": dict(string),
+            "rel": dict(string),
+            "size": {"type": "integer", "minimum": 0},
+            "sha256": dict(string),
+            # A TD data schema's "type" is one string: "may be null" is a oneOf of two schemas.
+            "expires_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+        },
+        "anyOf": [{"required": ["url"]}, {"required": ["href"]}],
+        "contentMediaType": cls.content_type,
+    }
+    if "*" not in cls.content_type and cls.content_type != Blob.content_type:
+        schema["properties"]["content_type"]["const"] = cls.content_type
+    return schema
+
+
+def blob_core_schema(cls: type[Blob]) -> core_schema.CoreSchema:
+    """A pydantic core schema for a Blob subclass: a Blob instance, or a link (``{"url"|"href": ...}`` or
+    a URL string) that the validation context's ``resolve_blob`` turns into one of the server's Blobs."""
+    from pydantic_core import core_schema
+
+    def validate(value: Any, info: core_schema.ValidationInfo) -> Blob:
+        return _to_blob(value, cls, info.context)
+
+    return core_schema.with_info_plain_validator_function(
+        validate,
+        serialization=core_schema.plain_serializer_function_ser_schema(_blob_to_json, when_used="json"),
+    )
+
+
+def _blob_to_json(blob: Blob) -> dict[str, Any]:
+    """Outside a server a Blob dumps as what is known without reading it (a server sends a link)."""
+    return {"url": blob.url, "href": blob.url, "content_type": blob.content_type, "media_type": blob.content_type}
+
+
+def _to_blob(value: Any, cls: type[Blob], context: Any) -> Blob:
+    from pydantic_core import PydanticCustomError
+
+    if isinstance(value, Blob):
+        blob = value
+    else:
+        url = value if isinstance(value, str) else None
+        if isinstance(value, dict):
+            url = value.get("url") or value.get("href")
+        if not isinstance(url, str) or not url:
+            raise PydanticCustomError("blob_link", "expected a Blob link: an object with a 'url' (or 'href') string")
+        resolve = context.get("resolve_blob") if isinstance(context, Mapping) else None
+        if resolve is None:
+            raise PydanticCustomError("blob_link", "Blob links are not accepted here")
+        try:
+            blob = resolve(url, cls, "")
+        except InvalidInput as e:
+            raise PydanticCustomError("blob_link", "{detail}", {"detail": str(e)}) from None
+    if isinstance(blob, cls):
+        return blob
+    generic = Blob.content_type
+    if cls.content_type == generic or blob.content_type == generic or _matches(blob.content_type, cls.content_type):
+        return blob.as_type(cls)
+    raise PydanticCustomError(
+        "blob_type", "expected {want} data, got {got}", {"want": cls.content_type, "got": blob.content_type}
+    )

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("http", ("microblob.http",)),
     # the facade: the package itself, the command line, the pytest plugin and the old public paths
     ("facade", ("microblob", "microblob.__main__", "microblob.cli", "microblob.testing", "microblob.files",
-                "microblob.client", "microblob.torch")),
+                "microblob.client", "microblob.torch", "microblob.flowcept")),
 ]
 HTTP_STACK = ("starlette", "httpx", "uvicorn", "anyio")
 
@@ -228,6 +228,7 @@ def test_old_public_import_paths_keep_working() -> None:
     import microblob.blob
     import microblob.client
     import microblob.files
+    import microblob.flowcept
     import microblob.store
     import microblob.testing
 
@@ -236,3 +237,4 @@ def test_old_public_import_paths_keep_working() -> None:
     assert microblob.files.FilesBucket is microblob.FilesBucket
     assert microblob.client.ThingClient is microblob.ThingClient
     assert callable(microblob.testing.file_store)
+    assert microblob.flowcept.Flowcept.__name__ == "Flowcept"
