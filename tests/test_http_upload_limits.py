@@ -33,7 +33,7 @@ def _address(base: str) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
-def _start_upload(base: str, path: str, length: int, first: bytes = b"x",
+def start_upload(base: str, path: str, length: int, first: bytes = b"x",
                   ctype: str = "application/octet-stream") -> socket.socket:
     """A raw client that sends the request head and the first bytes of a `length`-byte body, then stops."""
     sock = socket.create_connection(_address(base), timeout=GUARD)
@@ -43,7 +43,7 @@ def _start_upload(base: str, path: str, length: int, first: bytes = b"x",
     return sock
 
 
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Read until the server closes the connection; (status, headers, body)."""
     data = b""
     deadline = time.monotonic() + GUARD
@@ -92,10 +92,10 @@ def test_a_body_that_stops_arriving_is_dropped_with_408_and_its_spool_removed(
     base = live(app)
     ctype = "application/json" if path == "/camera/add" else "application/octet-stream"
     first = b'{"a": 1, ' if path == "/camera/add" else b"x" * 100
-    tricklers = [_start_upload(base, path, 10_000, first, ctype) for _ in range(5)]
+    tricklers = [start_upload(base, path, 10_000, first, ctype) for _ in range(5)]
     for sock in tricklers:
         with sock:
-            status, headers, body = _read_response(sock)  # read to the end: the server closed it
+            status, headers, body = read_response(sock)  # read to the end: the server closed it
         assert status == 408, body
         assert _json_error(body) == "RequestTimeout"
         assert headers.get("connection") == "close"
@@ -110,12 +110,12 @@ def test_a_body_that_trickles_past_the_total_timeout_is_dropped(make_server: Any
                                                                 spools: Path) -> None:
     app = make_server({}, upload_dir=str(spools), upload_idle_timeout=30, upload_timeout=1.0)
     base = live(app)
-    with _start_upload(base, "/blobs", 1_000_000) as sock:
+    with start_upload(base, "/blobs", 1_000_000) as sock:
         deadline = time.monotonic() + GUARD
         while not select.select([sock], [], [], 0.05)[0]:  # a byte every 50 ms: never idle for long
             assert time.monotonic() < deadline, "a 1 MB body at 20 bytes/s was still being received"
             sock.sendall(b"x")
-        status, _, body = _read_response(sock)
+        status, _, body = read_response(sock)
     assert status == 408, body
     assert "longer than" in json.loads(body)["detail"]
     assert os.listdir(spools) == []
@@ -125,7 +125,7 @@ def test_uploads_over_the_cap_get_503_with_retry_after_and_the_next_one_succeeds
         make_server: Any, live: Any, lmdb_store: microblob.Store, spools: Path) -> None:
     app = make_server({}, store=lmdb_store, upload_dir=str(spools), max_uploads=3, upload_idle_timeout=120)
     base = live(app)
-    holders = [_start_upload(base, "/blobs", 1_000_000) for _ in range(3)]
+    holders = [start_upload(base, "/blobs", 1_000_000) for _ in range(3)]
     try:
         wait_until(lambda: len(os.listdir(spools)) == 3)  # all three are being received
         with httpx.Client(base_url=base, timeout=GUARD) as http:
