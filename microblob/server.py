@@ -396,11 +396,12 @@ class ThingServer(Starlette):
     async def read_json(self, request: Request, *, empty: Any = ...) -> Any:
         """The request body as JSON (size-limited); `empty` is returned for an empty body."""
         chunks, n = [], 0
-        async for chunk in self.uploads.chunks(request):
-            n += len(chunk)
-            if n > MAX_JSON:
-                raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
-            chunks.append(chunk)
+        async with contextlib.aclosing(self.uploads.chunks(request)) as body:
+            async for chunk in body:
+                n += len(chunk)
+                if n > MAX_JSON:
+                    raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
+                chunks.append(chunk)
         body = b"".join(chunks)
         if not body.strip():
             if empty is ...:
@@ -746,19 +747,20 @@ class ThingServer(Starlette):
         try:
             if reserved:
                 self.uploads.reserve(tmp.name, reserved)  # refused before a byte is written
-            async for chunk in self.uploads.chunks(request):
-                size += len(chunk)
-                if size > self.max_upload:
-                    raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes", "PayloadTooLarge",
-                                   {"Connection": "close"})
-                if size > reserved:  # no Content-Length: counted as it arrives
-                    self.uploads.reserve(tmp.name, size - reserved)
-                    reserved = size
-                pending.append(chunk)
-                buffered += len(chunk)
-                if buffered >= CHUNK_SIZE:
-                    data, pending, buffered = b"".join(pending), [], 0
-                    await anyio.to_thread.run_sync(write, data)
+            async with contextlib.aclosing(self.uploads.chunks(request)) as body:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > self.max_upload:
+                        raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes",
+                                       "PayloadTooLarge", {"Connection": "close"})
+                    if size > reserved:  # no Content-Length: counted as it arrives
+                        self.uploads.reserve(tmp.name, size - reserved)
+                        reserved = size
+                    pending.append(chunk)
+                    buffered += len(chunk)
+                    if buffered >= CHUNK_SIZE:
+                        data, pending, buffered = b"".join(pending), [], 0
+                        await anyio.to_thread.run_sync(write, data)
             if pending:
                 await anyio.to_thread.run_sync(write, b"".join(pending))
             await anyio.to_thread.run_sync(tmp.close)
