@@ -5,8 +5,9 @@ Each upload holds a connection, a spool file and its descriptor while its body a
 on disk until whatever it became is released. Without caps, clients trickling a byte now and then keep
 all of that forever, until the process runs out of descriptors (every other request then fails) or the
 disk fills. So: a body that sends nothing for `idle_timeout` seconds, or is still arriving after
-`max_duration`, is dropped (408); at most `max_uploads` bodies are spooled at once (the next one is a 503
-with Retry-After, before anything is written); and the bytes of all live spools, finished ones
+`max_duration`, is dropped (408); at most `max_uploads` bodies are received at once (every upload, and
+a JSON body that does not come whole in one piece; the next one is a 503 with Retry-After, before
+anything is written); and the bytes of all live spools, finished ones
 included until their file is removed, stay within `spool_budget` (an upload that would go over it is a
 507, its partial spool removed).
 """
@@ -123,26 +124,32 @@ class UploadGate:
             return {"uploads": self._active, "spools": len(self._held), "spooled_bytes": self._used,
                     "max_uploads": self.limits.max_uploads, "spool_budget": self.limits.spool_budget}
 
-    async def chunks(self, request: Any) -> AsyncIterator[bytes]:
+    async def chunks(self, request: Any, *, slot_if_partial: bool = False) -> AsyncIterator[bytes]:
         """The request body, piece by piece (read from the ASGI `receive` as `Request.stream` does, one
         wait per message); a 408 when no piece comes for `idle_timeout` seconds or the body is still
-        arriving after `max_duration`."""
+        arriving after `max_duration`. `slot_if_partial`: a body that does not come whole in its first
+        message takes a `slot` until it is read (a small JSON body comes whole and takes none)."""
         idle, total = self.limits.idle_timeout, self.limits.max_duration
         deadline = time.monotonic() + total
         receive = request.receive
-        while True:
-            left = deadline - time.monotonic()
-            message = None
-            with anyio.move_on_after(min(idle, max(left, 0.0))):
-                message = await receive()  # cancelled while waiting, uvicorn loses nothing
-            if message is None:
-                if left <= idle:
-                    raise UploadRefused(408, "RequestTimeout", f"the body took longer than {total:g} s")
-                raise UploadRefused(408, "RequestTimeout", f"no body bytes for {idle:g} s")
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            body = message.get("body", b"")
-            if body:
-                yield body
-            if not message.get("more_body", False):
-                return
+        with contextlib.ExitStack() as held:
+            while True:
+                left = deadline - time.monotonic()
+                message = None
+                with anyio.move_on_after(min(idle, max(left, 0.0))):
+                    message = await receive()  # cancelled while waiting, uvicorn loses nothing
+                if message is None:
+                    if left <= idle:
+                        raise UploadRefused(408, "RequestTimeout", f"the body took longer than {total:g} s")
+                    raise UploadRefused(408, "RequestTimeout", f"no body bytes for {idle:g} s")
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                more = message.get("more_body", False)
+                if slot_if_partial and more:
+                    held.enter_context(self.slot())
+                    slot_if_partial = False
+                body = message.get("body", b"")
+                if body:
+                    yield body
+                if not more:
+                    return

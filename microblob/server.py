@@ -396,7 +396,7 @@ class ThingServer(Starlette):
     async def read_json(self, request: Request, *, empty: Any = ...) -> Any:
         """The request body as JSON (size-limited); `empty` is returned for an empty body."""
         chunks, n = [], 0
-        async with contextlib.aclosing(self.uploads.chunks(request)) as body:
+        async with contextlib.aclosing(self.uploads.chunks(request, slot_if_partial=True)) as body:
             async for chunk in body:
                 n += len(chunk)
                 if n > MAX_JSON:

@@ -123,23 +123,29 @@ def test_a_body_that_trickles_past_the_total_timeout_is_dropped(make_server: Any
 
 def test_uploads_over_the_cap_get_503_with_retry_after_and_the_next_one_succeeds(
         make_server: Any, live: Any, lmdb_store: microblob.Store, spools: Path) -> None:
-    app = make_server({}, store=lmdb_store, upload_dir=str(spools), max_uploads=3, upload_idle_timeout=120)
+    app = make_server({"camera": Camera()}, store=lmdb_store, upload_dir=str(spools), max_uploads=3,
+                      upload_idle_timeout=120)
     base = live(app)
-    holders = [start_upload(base, "/blobs", 1_000_000) for _ in range(3)]
+    holders = [start_upload(base, "/blobs", 1_000_000) for _ in range(2)]
+    wait_until(lambda: len(os.listdir(spools)) == 2)  # both are being received
+    # A JSON body that trickles takes a place too (one that comes whole, as the call below, takes none).
+    holders.append(start_upload(base, "/camera/add", 1000, b'{"a": 1', "application/json"))
     try:
-        wait_until(lambda: len(os.listdir(spools)) == 3)  # all three are being received
+        wait_until(lambda: app.uploads.stats()["uploads"] == 3)
         with httpx.Client(base_url=base, timeout=GUARD) as http:
             for path in ("/blobs", "/objects/"):
                 refused = http.post(path, content=b"legitimate")
                 assert refused.status_code == 503, refused.text
                 assert refused.json()["error"] == "TooManyUploads"
                 assert int(refused.headers["retry-after"]) >= 1
-            assert len(os.listdir(spools)) == 3  # refused before spooling anything
+            assert len(os.listdir(spools)) == 2  # refused before spooling anything
             assert lmdb_store.blob_object_query({}) == []
+            assert http.post("/camera/add", json={"a": 1}).json()["output"] == 3
     finally:
         for sock in holders:
             sock.close()
     wait_until(lambda: os.listdir(spools) == [])  # the holders went away: their spools with them
+    wait_until(lambda: app.uploads.stats()["uploads"] == 0)  # and their places
     with httpx.Client(base_url=base, timeout=GUARD) as http:
         assert http.post("/blobs", content=b"legitimate").status_code == 201
         assert http.post("/objects/", content=b"legitimate").status_code == 201
