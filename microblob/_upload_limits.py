@@ -45,10 +45,10 @@ class UploadLimits:
     spool_budget: int = 8 * GiB
 
     def __post_init__(self) -> None:
-        for name in ("idle_timeout", "max_duration"):
+        for name, option in (("idle_timeout", "upload_idle_timeout"), ("max_duration", "upload_timeout")):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise InvalidArgument(f"{name} must be a finite number of seconds > 0, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise InvalidArgument(f"{option} must be a finite number of seconds > 0, not {value!r}")
         for name in ("max_uploads", "spool_budget"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

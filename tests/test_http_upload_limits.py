@@ -272,3 +272,11 @@ def test_running_out_of_file_descriptors_on_an_upload_is_json_503(tmp_path: Path
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, log.read_text()[-2000:]
+
+
+@pytest.mark.parametrize("option", [{"max_uploads": 0}, {"spool_budget": -1}, {"spool_budget": 1.5},
+                                    {"upload_idle_timeout": 0}, {"upload_timeout": float("inf")},
+                                    {"upload_ttl": -1}, {"max_uploads": True}])
+def test_upload_limits_must_be_positive(make_server: Any, option: dict[str, Any]) -> None:
+    with pytest.raises(microblob.InvalidArgument, match=f"^{next(iter(option))} must be"):
+        make_server({}, **option)
