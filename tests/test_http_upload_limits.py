@@ -194,13 +194,13 @@ def test_an_expired_upload_gives_its_bytes_back_to_the_budget(make_server: Any, 
 
 
 _FD_SERVER = textwrap.dedent("""
-    import os, resource, socket, sys, threading, time
+    import json, os, resource, socket, sys, threading, time
     import uvicorn
     import microblob
     from microblob.server import ThingServer
 
     store = microblob.connect(sys.argv[1])
-    app = ThingServer({}, store=store, upload_dir=sys.argv[2])
+    app = ThingServer({}, store=store, upload_dir=sys.argv[2], **json.loads(sys.argv[3]))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
@@ -209,7 +209,7 @@ _FD_SERVER = textwrap.dedent("""
     while not server.started:
         time.sleep(0.01)
     open_now = len(os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     fillers = []
     def fill(spare):
         while fillers:
@@ -221,7 +221,7 @@ _FD_SERVER = textwrap.dedent("""
             pass
         for _ in range(spare):
             os.close(fillers.pop())
-    fill(1)  # one descriptor left: the accepted connection takes it
+    fill(int(sys.argv[4]))  # 1: the accepted connection takes the last descriptor
     print(sock.getsockname()[1], flush=True)
     for line in sys.stdin:
         fill(int(line))
@@ -231,47 +231,93 @@ _FD_SERVER = textwrap.dedent("""
 """)
 
 
+class FdServer:
+    """The `_FD_SERVER` script in a subprocess: a ThingServer whose process has `spare` descriptors left.
+    Its log goes to a file: asyncio logs every accept() that finds no descriptor, and a pipe nobody reads
+    would fill and block the server's event loop."""
+
+    def __init__(self, tmp_path: Path, spools: Path, spare: int, **options: Any) -> None:
+        self.log = tmp_path / "server.log"
+        with self.log.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _FD_SERVER, str(tmp_path / "store.db"), str(spools), json.dumps(options),
+                 str(spare)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        line = self.proc.stdout.readline()
+        assert line.strip().isdigit(), self.log.read_text()[-2000:]
+        self.base = f"http://127.0.0.1:{int(line)}"
+
+    def spare(self, n: int) -> None:
+        """Leave the server `n` free descriptors."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok"
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=GUARD)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.returncode == 0, self.log.read_text()[-2000:]
+
+
 def test_running_out_of_file_descriptors_on_an_upload_is_json_503(tmp_path: Path, spools: Path) -> None:
-    # The log goes to a file: asyncio logs every accept() that finds no descriptor, and a pipe nobody
-    # reads would fill and block the server's event loop.
-    log = tmp_path / "server.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _FD_SERVER, str(tmp_path / "store.db"), str(spools)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+    server = FdServer(tmp_path, spools, spare=1)
     try:
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        assert line.strip().isdigit(), log.read_text()[-2000:]
-        base = f"http://127.0.0.1:{int(line)}"
         for path in ("/blobs", "/objects/"):
-            response = httpx.post(base + path, content=b"x" * 1000, timeout=GUARD)
+            response = httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD)
             assert response.status_code == 503, response.text
             assert response.json()["error"] == "TooManyOpenFiles"
             assert int(response.headers["retry-after"]) >= 1
         assert os.listdir(spools) == []
         for spare in (2, 3):  # the spool opens; what runs out later (the store, a module's data file) is a 503 too
-            proc.stdin.write(f"{spare}\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "ok"
+            server.spare(spare)
             for path in ("/blobs", "/objects/"):
-                response = httpx.post(base + path, content=b"x" * 1000, timeout=GUARD)
+                response = httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD)
                 assert response.status_code in (201, 503), response.text
                 if response.status_code == 503:
                     assert response.json()["error"] == "TooManyOpenFiles"
-        proc.stdin.write("64\n")  # descriptors come back: the same uploads go through
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "ok"
+        server.spare(64)  # descriptors come back: the same uploads go through
         for path in ("/blobs", "/objects/"):
-            assert httpx.post(base + path, content=b"x" * 1000, timeout=GUARD).status_code == 201
+            assert httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD).status_code == 201
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=GUARD)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, log.read_text()[-2000:]
+        server.stop()
+
+
+def test_many_trickling_uploads_cannot_starve_a_server_of_descriptors(tmp_path: Path, spools: Path) -> None:
+    """The attack itself: more trickling uploads than the process has descriptors for. The cap keeps
+    all but `max_uploads` of them out at once, so the server keeps answering (503, never a 500 or a
+    hang), and a legitimate upload goes through once the tricklers are gone."""
+    server = FdServer(tmp_path, spools, spare=100, max_uploads=8, upload_idle_timeout=120)
+    tricklers: list[socket.socket] = []
+    try:
+        for _ in range(150):  # 2 descriptors each (socket, spool) if all were let in: 300 > 100
+            tricklers.append(start_upload(server.base + "/", "/blobs", 1_000_000))
+        waiting = set(tricklers)  # the refused are answered and closed; the admitted stay open
+        deadline = time.monotonic() + 4 * GUARD
+        while len(waiting) > 8:
+            assert time.monotonic() < deadline, f"{len(waiting)} uploads neither answered nor refused"
+            for sock in select.select(list(waiting), [], [], 1.0)[0]:
+                status, _, body = read_response(sock)
+                assert status == 503, body
+                assert _json_error(body) in ("TooManyUploads", "TooManyOpenFiles")
+                waiting.discard(sock)
+        assert len(os.listdir(spools)) <= 8
+        legit = httpx.post(server.base + "/blobs", content=b"legitimate", timeout=GUARD)
+        assert legit.status_code == 503 and legit.json()["error"] == "TooManyUploads", legit.text
+    finally:
+        for sock in tricklers:
+            sock.close()
+    try:
+        wait_until(lambda: os.listdir(spools) == [])
+        assert httpx.post(server.base + "/blobs", content=b"legitimate", timeout=GUARD).status_code == 201
+    finally:
+        server.stop()
+
 
 
 @pytest.mark.parametrize("option", [{"max_uploads": 0}, {"spool_budget": -1}, {"spool_budget": 1.5},
