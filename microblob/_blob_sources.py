@@ -94,14 +94,17 @@ class _BytesSource(_Source):
 
 
 class _FileSource(_Source):
-    def __init__(self, path: str | os.PathLike[str], delete: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise BlobError(f"no such file: {self.path!r}")
-        if delete:  # the file belongs to this source: remove it when no Blob uses it any more
-            weakref.finalize(self, _unlink_quietly, self.path)
         self._stamp: tuple[int, int] | None = None
         self._sha: str | None = None
+
+    def own(self, on_delete: Callable[[], Any] | None = None) -> None:
+        """The file belongs to this source from now on: removed when no Blob uses it any more, then
+        `on_delete()`."""
+        weakref.finalize(self, _unlink_quietly, self.path, on_delete)
 
     @property
     def size(self) -> int:  # type: ignore[override]
@@ -111,11 +114,13 @@ class _FileSource(_Source):
         return open(self.path, "rb")
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(path: str, then: Callable[[], Any] | None = None) -> None:
     try:
         os.unlink(path)
     except OSError:
         pass
+    if then is not None:
+        then()
 
 
 class _ProgressReader(io.RawIOBase):

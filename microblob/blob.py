@@ -13,7 +13,7 @@ import io
 import os
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 from ._blob_sources import (
@@ -137,13 +137,20 @@ class Blob:
         *,
         delete: bool = False,
         sha256: str | None = None,
+        on_delete: Callable[[], Any] | None = None,
     ) -> Self:
         """Refer to a file on disk; it is read only when asked. `delete=True` removes the file once no
-        Blob uses it (for temporary files an action creates). `sha256`, when the caller hashed the bytes
-        as it wrote them (a server receiving an upload), saves reading the file again."""
-        source = _FileSource(path, delete=delete)
+        Blob uses it (for temporary files an action creates), then calls `on_delete()` (a server gives
+        the upload's room back). `sha256`, when the caller hashed the bytes as it wrote them (a server
+        receiving an upload), saves reading the file again."""
+        if on_delete is not None and not (delete and callable(on_delete)):
+            raise InvalidArgument("on_delete= is a callable, and only with delete=True")
+        source = _FileSource(path)
         source.sha256 = sha256
-        return cls._with_source(source, content_type)
+        blob = cls._with_source(source, content_type)
+        if delete:  # only once the Blob exists: a refused one leaves the file to the caller
+            source.own(on_delete)
+        return blob
 
     @classmethod
     def from_url(

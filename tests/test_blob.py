@@ -100,6 +100,41 @@ def test_from_file_delete_removes_the_file_with_the_blob(tmp_path: Path) -> None
     assert not path.exists()
 
 
+def test_from_file_on_delete_runs_once_the_file_is_gone(tmp_path: Path) -> None:
+    """What a server uses to give an upload's room back: called after the file is removed, once, and
+    only when the last Blob over that file is gone."""
+    import gc
+
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"abc")
+    seen: list[bool] = []
+    blob = Blob.from_file(path, delete=True, sha256=hashlib.sha256(b"abc").hexdigest(),
+                          on_delete=lambda: seen.append(path.exists()))
+    view = blob.as_type(RAWBlob)
+    del blob
+    gc.collect()
+    assert seen == [] and path.exists()
+    del view
+    gc.collect()
+    assert seen == [False]
+
+
+def test_from_file_refused_leaves_the_file_to_the_caller(tmp_path: Path) -> None:
+    import gc
+
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"abc")
+    seen: list[str] = []
+    with pytest.raises(InvalidArgument, match="JPEGBlob holds"):
+        JPEGBlob.from_file(path, "text/plain", delete=True, on_delete=lambda: seen.append("released"))
+    gc.collect()
+    assert path.read_bytes() == b"abc" and seen == []
+    with pytest.raises(InvalidArgument, match="on_delete"):
+        Blob.from_file(path, on_delete=lambda: None)  # without delete=True nothing is removed to report
+    with pytest.raises(InvalidArgument, match="on_delete"):
+        Blob.from_file(path, delete=True, on_delete="not callable")  # type: ignore[arg-type]
+
+
 def test_save_is_atomic_and_streams(tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(3 << 20))
