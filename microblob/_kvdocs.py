@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import _codec
-from ._backend import Filter, Projection, Sort, checked_chunk
+from ._backend import Filter, Projection, Sort, check_window, checked_chunk
 from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
 from ._index_keys import ALWAYS, successor
 from ._kv import KVEngine, KVTxn
@@ -41,6 +41,7 @@ from ._query import (
     equality_values,
     normalize_sort,
     sort_documents,
+    window,
 )
 
 __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
@@ -168,7 +169,7 @@ class KVCollection:
         skip: int = 0,
         limit: int = 0,
     ) -> list[dict]:
-        skip, limit = _check_window(skip, limit)
+        skip, limit = check_window(skip, limit)
         project = compile_projection(projection)
         spec = normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
         exact = _exact_id(filter)
@@ -190,9 +191,8 @@ class KVCollection:
                 keep = project if projection is not None else None
                 if spec and chosen.tiebreak:
                     return self._ordered_runs(txn, chosen, predicate, spec, skip, limit, keep)
-                stop = min(skip + limit, sys.maxsize) if limit else None  # islice stops at sys.maxsize
-                window = itertools.islice(matches, skip, stop)
-                return [keep(doc) for doc in window] if keep is not None else list(window)
+                found = window(matches, skip, limit)
+                return [keep(doc) for doc in found] if keep is not None else list(found)
         return [project(doc) for doc in docs] if projection is not None else docs
 
     def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
@@ -201,7 +201,7 @@ class KVCollection:
         """The index gives the order of the sort's leading fields: sort each run of ties on them by the
         whole sort (stably, so the result is exactly a full sort's), and stop after skip + limit. Each
         sorted run is projected (`project`) before the next is read."""
-        window = skip + limit if limit else None
+        stop = skip + limit if limit else None
         out: list[dict] = []
         run: list[dict] = []
         run_value: bytes | None = None
@@ -215,7 +215,7 @@ class KVCollection:
                 flush(run)
                 run = []
                 run_value = value
-                if window is not None and len(out) >= window:
+                if stop is not None and len(out) >= stop:
                     break
             raw = txn.view("docs", self._prefix + idk)
             if raw is not None:
@@ -224,7 +224,7 @@ class KVCollection:
                     run.append(doc)
         else:
             flush(run)
-        return out[skip:window]
+        return out[skip:stop]
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
         found = self.find(filter, projection, sort=sort, limit=1)
@@ -251,7 +251,7 @@ class KVCollection:
 
     def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
         """Which index a find (and a count) with these arguments uses, and why."""
-        skip, limit = _check_window(skip, limit)
+        skip, limit = check_window(skip, limit)
         compile_filter(filter)
         spec = normalize_sort(sort)
         with self._backend._reading() as txn:
@@ -495,8 +495,8 @@ def _id_length(idk: bytes) -> bytes:
 
 def _exact_id(filter: Filter | None) -> bytes | None:
     """The id key when the filter is exactly {"_id": <str or int>}; None otherwise, and for anything
-    the filter compiler must judge first (not a dict, or an id no key can hold: the fast path used to
-    raise a bare AttributeError, OverflowError or UnicodeEncodeError for those)."""
+    the filter compiler must judge first (not a dict, or an id no key can hold, on which the fast path would
+    raise a bare AttributeError, OverflowError or UnicodeEncodeError)."""
     if not isinstance(filter, Mapping) or len(filter) != 1:
         return None
     value = filter.get("_id")
@@ -513,14 +513,6 @@ def _same_id(a: Any, b: Any) -> bool:
         return id_key(a) == id_key(b)
     except InvalidArgument:
         return False
-
-
-def _check_window(skip: Any, limit: Any) -> tuple[int, int]:
-    for name, value in (("skip", skip), ("limit", limit)):
-        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
-    return skip, limit
 
 
 class KVChunkStore:

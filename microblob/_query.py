@@ -32,7 +32,8 @@ import itertools
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from . import _regex
@@ -572,8 +573,9 @@ _PATHLESS = frozenset(("$and", "$or", "$nor", "$comment", "$expr", "$where", "$t
 
 def check_depth(value: Any, what: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH (MongoDB's limit for documents and for query trees) before any
-    recursive code walks it. The walk is iterative: a 10,000-level or cyclic filter raised RecursionError
-    from the parser, the operand checks or the matcher; 100 levels need about 260 frames at most."""
+    recursive code walks it. The walk is iterative, so a 10,000-level or cyclic filter is an InvalidQuery,
+    not a RecursionError from the parser, the operand checks or the matcher; 100 levels need about 260
+    frames at most."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -926,6 +928,14 @@ def normalize_sort(sort: Any) -> list[tuple[str, int]]:
     return result
 
 
+def window(items: Iterable[Any], skip: int, limit: int) -> Iterator[Any]:
+    """items[skip:skip + limit] (limit 0: no limit) for any skip and limit up to 2**63. islice refuses
+    bounds beyond sys.maxsize (2**31 - 1 in a 32-bit process: a bare ValueError); nothing iterated
+    here is longer than that, so clamping them changes no result."""
+    stop = min(skip + limit, sys.maxsize) if limit else None
+    return itertools.islice(items, min(skip, sys.maxsize), stop)
+
+
 def sort_documents(docs: Iterable[dict], sort: Any, *, limit: int = 0, skip: int = 0) -> list[dict]:
     """Documents in MongoDB sort order (ties keep their input order), then `skip`, then at most `limit`
     (0 = no limit; a negative limit counts like its absolute value, as in pymongo). With a limit only
@@ -938,7 +948,7 @@ def sort_documents(docs: Iterable[dict], sort: Any, *, limit: int = 0, skip: int
         raise InvalidQuery("skip must be >= 0")
     limit = abs(limit)
     if not spec:
-        return list(itertools.islice(docs, skip, skip + limit if limit else None))
+        return list(window(docs, skip, limit))
     if limit or len({direction for _, direction in spec}) == 1:
         key, reverse = _sort_key_function(spec)
         if not limit:

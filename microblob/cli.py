@@ -1,4 +1,6 @@
-"""The command line: `python -m microblob ...` and the `microblob` console script (DESIGN.md §5).
+"""The command line: `python -m microblob ...` and the `microblob` console script.
+
+See docs/ARCHITECTURE.md, "Command line".
 
 Each subcommand is one small function over the public Python API; the CLI adds argument parsing,
 output formatting and progress bars, never store logic. Exit codes:
@@ -214,6 +216,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds > 0, not 0")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be an integer > 0, not 0")
+    return value
+
+
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -281,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-page-size", type=_count, metavar="N",
                    help="most objects one GET /objects/ answers; a Link header names the next page "
                         "(default: 1000)")
+    p.add_argument("--upload-idle-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="drop an upload (408) whose body sends nothing for this long (default: 30)")
+    p.add_argument("--upload-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="drop an upload (408) still arriving after this long (default: 3600)")
+    p.add_argument("--max-uploads", type=_positive_count, metavar="N",
+                   help="uploads received at once; the next gets 503 + Retry-After (default: 32)")
+    p.add_argument("--spool-budget", type=_size, metavar="BYTES",
+                   help="bytes all upload spools in TMPDIR may hold together, finished ones until taken or "
+                        "expired; over it: 507 (default: 8G)")
+    p.add_argument("--upload-ttl", type=_seconds, metavar="SECONDS",
+                   help="how long a POST /blobs upload lives unless an action takes it "
+                        "(default: 60, or --blob-ttl if shorter)")
     p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C/SIGTERM, how long requests in flight may take to finish (default: 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -710,8 +738,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # script's own directory is on sys.path instead).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    options: dict[str, Any] = {k: v for k, v in (("blob_ttl", args.blob_ttl), ("max_upload", args.max_upload))
-                               if v is not None}
+    chosen = {"blob_ttl": args.blob_ttl, "max_upload": args.max_upload, "upload_idle_timeout": args.upload_idle_timeout,
+              "upload_timeout": args.upload_timeout, "max_uploads": args.max_uploads,
+              "spool_budget": args.spool_budget, "upload_ttl": args.upload_ttl}
+    options: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
     if args.regex_budget is not None:
         options["regex_budget"] = args.regex_budget or None
     if args.max_page_size:

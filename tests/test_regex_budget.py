@@ -90,14 +90,16 @@ def test_a_backtracking_regex_does_not_stop_other_clients(make_server: Any, live
     store.save_or_update_object(b"x", object_id="long", custom_metadata={"note": "a" * 3000})
     store.save_or_update_object(b"y", object_id="plain", type="image")
     entered = threading.Event()
-    query = store.blob_object_query
 
-    def observed(flt: Any = None, **kwargs: Any) -> Any:  # tells the test the hostile query has started
-        if "$regex" in json.dumps(flt):
-            entered.set()
-        return query(flt, **kwargs)
+    def observed(query: Any) -> Any:  # tells the test the hostile query has started
+        def call(flt: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if "$regex" in json.dumps(flt):
+                entered.set()
+            return query(flt, *args, **kwargs)
+        return call
 
-    store.blob_object_query = observed  # type: ignore[method-assign]
+    store.query = observed(store.query)  # type: ignore[method-assign]
+    store.blob_object_query = observed(store.blob_object_query)  # type: ignore[method-assign]
     base = live(make_server({}, store=store, regex_budget=3.0))
     hostile: dict[str, Any] = {}
 
