@@ -118,6 +118,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _bearer_token(header: bytes) -> bytes:
+    """The credentials of an ``Authorization: Bearer ...`` header, or b"". RFC 9110 makes the scheme
+    case-insensitive; the rest is taken exactly as sent (one space, no padding), so anything else
+    (another scheme, no token, extra spaces) yields b"" or bytes no configured token equals."""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return b""
+    return token
+
+
 class _TokenAuth:
     """Bearer-token check for every request except downloading a Blob link (ids are unguessable, and
     browsers and other tools must be able to follow links). The browse page (``GET /``) also accepts the
@@ -125,7 +135,7 @@ class _TokenAuth:
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http":
@@ -138,14 +148,14 @@ class _TokenAuth:
         if scope["method"] in ("GET", "HEAD") and re.fullmatch(r"/blobs/[^/]+", path):
             await self.app(scope, receive, send)
             return
-        got = dict(scope.get("headers", [])).get(b"authorization", b"")
+        got = _bearer_token(dict(scope.get("headers", [])).get(b"authorization", b""))
         page = scope["method"] in ("GET", "HEAD") and path == "/"
         if page and not got:
             # The browse page is opened by a browser, which cannot add a header to a typed-in URL: it
             # alone may carry the token as ?token=...; its JS then sends the header on every request.
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             if "token" in query:
-                got = f"Bearer {query['token']}".encode()
+                got = query["token"].encode()
         if not secrets.compare_digest(got, self.expected):
             detail = "missing bearer token" if not got else "wrong bearer token"
             if page:
