@@ -12,6 +12,7 @@ from ._exceptions import (
     InvalidArgument,
     InvalidDocument,
     InvalidInput,
+    InvalidOutput,
     InvalidQuery,
     InvocationCancelled,
     InvocationTimeout,
@@ -39,6 +40,11 @@ from .store import Store
 from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 from .workflow import Workflow, current_workflow_id
 
+# LabThings' spellings (`import microblob as lt`; `lt.property(default=0)`, `@lt.action`). Not in
+# __all__: `from microblob import *` must not shadow the builtin `property`.
+action = thing_action
+property = thing_property  # noqa: A001
+
 __all__ = [
     "ActionError",
     "Blob",
@@ -55,6 +61,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidDocument",
     "InvalidInput",
+    "InvalidOutput",
     "InvalidQuery",
     "InvocationCancelled",
     "InvocationTimeout",

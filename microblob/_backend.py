@@ -55,7 +55,22 @@ class Collection(Protocol):
 
     def count_documents(self, filter: Filter | None = None) -> int: ...
 
-    def create_index(self, keys: Sequence[tuple[str, int]], unique: bool = False) -> str: ...
+    def create_index(self, keys: Sequence[tuple[str, int]], unique: bool = False, name: str | None = None) -> str:
+        """Create an index (or find the same one); InvalidArgument for a bad path, or a name or keys
+        that clash with an existing index."""
+        ...
+
+    def list_indexes(self) -> list[dict[str, Any]]:
+        """[{"name", "key": [(field, direction)], "unique"}], without the implied `_id` index."""
+        ...
+
+    def drop_index(self, name: str) -> None:
+        """InvalidArgument if there is no index of that name."""
+        ...
+
+    def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
+        """{"plan", "index", "sort", "reason", ...}: how a find with these arguments is answered."""
+        ...
 
 
 class ChunkStore(Protocol):

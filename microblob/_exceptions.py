@@ -5,6 +5,7 @@
     │   ├── InvalidQuery                    a malformed filter, projection or sort
     │   ├── InvalidDocument                 a document that cannot be stored (bad keys, huge ints, ...)
     │   └── InvalidInput                    an action/property input fails its type hints (names the field)
+    ├── InvalidOutput                       an action returned a value its return annotation does not allow
     ├── NotFound (KeyError, ValueError)     something named by the caller does not exist
     │   ├── ObjectNotFound                  no object with that id
     │   ├── VersionNotFound                 the object exists, that version does not
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidDocument",
     "InvalidInput",
+    "InvalidOutput",
     "InvalidQuery",
     "InvocationCancelled",
     "InvocationTimeout",
@@ -80,6 +82,14 @@ class InvalidInput(InvalidArgument):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class InvalidOutput(MicroblobError):
+    """An action returned a value that does not match its return annotation; `field` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
         self.field = field
 
 

@@ -6,6 +6,9 @@ next await), never on the server's loop, which a blocking call inside it would f
 A finished invocation holds its output (and so its Blobs) strongly until its Blob links expire, and is
 itself forgotten after the retention time, or earlier when the count cap needs room (oldest finished
 first), or when a client DELETEs it.
+
+The bookkeeping is O(1) per call and bounded by the cap: finished invocations are kept in finish order
+(the cap forgets the front), and forgetting one cancels its timers, so nothing outlives the table.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import inspect
 import logging
 import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from typing import Any
 from ._blob_links import BlobLinks, Link, iso_utc, new_id
 from ._exceptions import InvocationCancelled, MicroblobError
 from ._remote import RemoteBlob
-from ._scheduler import Scheduler
+from ._scheduler import Scheduler, Timer
 from ._schema import map_blobs, to_jsonable
 from .blob import Blob
 from .thing import ActionInfo, _cancel_event
@@ -142,6 +146,7 @@ class InvocationManager:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="microblob-action")
         self._lock = threading.Lock()
         self._invocations: dict[str, Invocation] = {}
+        self._finished: OrderedDict[str, tuple[Timer, ...]] = OrderedDict()  # finish order -> its timers
         _capture_action_logs()
 
     def submit(
@@ -153,19 +158,17 @@ class InvocationManager:
             self._make_room()
             self._invocations[inv.id] = inv
         method = getattr(thing, info.func.__name__)
-        inv.future = self._pool.submit(self._run, inv, method, kwargs)
+        inv.future = self._pool.submit(self._run, inv, method, kwargs, info)
         return inv
 
     def _make_room(self) -> None:
-        if len(self._invocations) < self.max_invocations:
-            return
-        finished = sorted((i for i in self._invocations.values() if i.done), key=lambda i: i.finished_at or 0)
-        for inv in finished[: len(self._invocations) - self.max_invocations + 1]:
-            self._forget_locked(inv)
+        while len(self._invocations) >= self.max_invocations and self._finished:
+            oldest = next(iter(self._finished))
+            self._forget_locked(self._invocations[oldest])
         if len(self._invocations) >= self.max_invocations:
             raise TooManyInvocations(f"{len(self._invocations)} invocations are still running (the cap)")
 
-    def _run(self, inv: Invocation, method: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    def _run(self, inv: Invocation, method: Callable[..., Any], kwargs: dict[str, Any], info: ActionInfo) -> None:
         if inv.cancel_event.is_set():
             self._finish(inv, "cancelled")
             return
@@ -176,9 +179,8 @@ class InvocationManager:
             result = method(**kwargs)
             if inspect.iscoroutine(result):
                 result = _await_on_own_loop(result, inv)
-            tree = to_jsonable(result)
-            if inv.cancel_event.is_set():
-                raise InvocationCancelled("the invocation was cancelled")
+            # An action that saw the cancel and still returned finished its work: that is `completed`.
+            tree = to_jsonable(info.check_output(result))
             inv.output = map_blobs(tree, lambda b: self._link(b, inv.blob_ttl))
             self._finish(inv, "completed")
         except InvocationCancelled:
@@ -211,10 +213,17 @@ class InvocationManager:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # that loop has closed; nobody waits there any more
                 pass
-        if status == "completed":
-            self.scheduler.call_at(inv.finished_at + inv.blob_ttl, inv.release)
         keep = max(self.retention, inv.blob_ttl if status == "completed" else 0.0)
-        self.scheduler.call_at(inv.finished_at + keep, lambda: self.forget(inv.id, only_if_done=True))
+        inv_id = inv.id
+        with self._lock:
+            if self._invocations.get(inv_id) is not inv or inv_id in self._finished:
+                return  # forgotten already (shutdown), or finished twice
+            forget = self.scheduler.call_at(inv.finished_at + keep, lambda: self.forget(inv_id, only_if_done=True))
+            if status == "completed":
+                release = self.scheduler.call_at(inv.finished_at + inv.blob_ttl, inv.release)
+                self._finished[inv_id] = (forget, release)
+            else:
+                self._finished[inv_id] = (forget,)
 
     def get(self, inv_id: str) -> Invocation | None:
         with self._lock:
@@ -240,7 +249,14 @@ class InvocationManager:
 
     def _forget_locked(self, inv: Invocation) -> None:
         self._invocations.pop(inv.id, None)
+        for timer in self._finished.pop(inv.id, ()):
+            timer.cancel()
         inv.release()
+
+    def sizes(self) -> dict[str, int]:
+        """How many invocations the table holds, and how many of them are finished."""
+        with self._lock:
+            return {"invocations": len(self._invocations), "finished": len(self._finished)}
 
     async def wait(self, inv: Invocation, timeout: float) -> bool:
         """Wait (without blocking the loop) up to `timeout` s for the invocation to end."""
@@ -273,6 +289,10 @@ class InvocationManager:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             invocations, self._invocations = list(self._invocations.values()), {}
+            finished, self._finished = self._finished, OrderedDict()
+        for timers in finished.values():
+            for timer in timers:
+                timer.cancel()
         for inv in invocations:
             inv.release()
 

@@ -42,6 +42,22 @@ class KVTxn(Protocol):
         """Keys (and values, unless `values=False`: then b"") starting with `prefix`, in key order."""
         ...
 
+    def range(
+        self, table: str, lo: bytes, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) for lo <= key < hi (hi None: to the end), ascending or descending, streamed:
+        an index walk that stops after a page reads only that page."""
+        ...
+
+    def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
+        """How many keys lie in lo <= key < hi (at most `limit`), without handing each to Python where
+        the engine can."""
+        ...
+
+    def entries(self, table: str) -> int | None:
+        """How many keys the whole table holds, if the engine knows without counting (else None)."""
+        ...
+
 
 class KVEngine(Protocol):
     """Read snapshots and retryable write transactions over `TABLES`."""
@@ -119,6 +135,48 @@ class _MemoryTxn:
             value = t.items.get(key)
             if value is not None:
                 yield key, (value if values else b"")
+
+    def range(
+        self, table: str, lo: bytes, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        # In batches, each found again by bisection: the caller may write between two items.
+        t = self._tables[table]
+        batch = 64
+        if not reverse:
+            start = bisect.bisect_left(t.keys, lo)
+            while True:
+                keys = t.keys[start : start + batch]
+                if not keys:
+                    return
+                for key in keys:
+                    if hi is not None and key >= hi:
+                        return
+                    value = t.items.get(key)
+                    if value is not None:
+                        yield key, value
+                start = bisect.bisect_right(t.keys, keys[-1])
+        else:
+            stop = len(t.keys) if hi is None else bisect.bisect_left(t.keys, hi)
+            while True:
+                keys = t.keys[max(0, stop - batch) : stop]
+                if not keys:
+                    return
+                for key in reversed(keys):
+                    if key < lo:
+                        return
+                    value = t.items.get(key)
+                    if value is not None:
+                        yield key, value
+                stop = bisect.bisect_left(t.keys, keys[0])
+
+    def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
+        keys = self._tables[table].keys
+        stop = len(keys) if hi is None else bisect.bisect_left(keys, hi)
+        n = max(0, stop - bisect.bisect_left(keys, lo))
+        return n if limit is None else min(n, limit)
+
+    def entries(self, table: str) -> int | None:
+        return len(self._tables[table].keys)
 
     def rollback(self) -> None:
         assert self._undo is not None

@@ -2,10 +2,11 @@
 
 Layout inside the engine's tables:
 - docs:   pack(collection) + id_key(_id)                   -> msgpack document
-- index:  pack(collection) + pack(index name) + entry      -> id key
-          entry = component key per indexed field + id_key  (prefix scans serve equality lookups)
+- index:  pack(collection) + pack(index name) + entry      -> len(id key), one byte
+          entry = order-preserving component per indexed field + id_key (`_index_keys.py`, `_planner.py`)
 - chunks: pack(file_id) + 4-byte big-endian chunk number    -> raw bytes (no framing, no copy)
 - meta:   b"indexes"                                        -> {collection: [index spec, ...]}
+          b"count" + pack(collection)                        -> how many documents it holds
 
 Index specs live in the file, so every process on it maintains the same indexes. An index only narrows
 the candidates; every candidate is re-checked by the full matcher, so an index can never change a
@@ -30,7 +31,9 @@ import msgpack
 from . import _codec
 from ._backend import Filter, Projection, Sort, checked_chunk
 from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
+from ._index_keys import ALWAYS, successor
 from ._kv import KVEngine, KVTxn
+from ._planner import Index, Plan, check_index_spec, plan
 from ._query import (
     compile_filter,
     compile_projection,
@@ -45,12 +48,11 @@ __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
 T = TypeVar("T")
 
 _MAX_ID_KEY = 160  # LMDB keys stop at 511 bytes: collection + index name + two components + id key fit
-_MAX_COMPONENT = 64
 _HASHED = b"\xc1\x01"  # 0xc1 never starts a msgpack value, so these cannot collide with packed keys
-_ALWAYS = b"\xc1\x00"  # "this document's value is not indexable": always a candidate
 _NAN = msgpack.ExtType(1, b"nan")
-_MAX_ENTRIES = 1000
 _INDEXES_KEY = b"indexes"
+_COUNT_KEY = b"count"
+_FORMAT = 2  # index entry format; specs of an older one are rebuilt by the next create_index
 
 
 def _pack(value: Any) -> bytes:
@@ -76,13 +78,6 @@ def _scalar(value: Any) -> tuple[bool, Any]:
     return False, None
 
 
-def _component(value: Any) -> bytes:
-    raw = _pack(value)
-    if len(raw) > _MAX_COMPONENT:
-        return _HASHED + hashlib.sha256(raw).digest()
-    return raw
-
-
 def id_key(_id: Any) -> bytes:
     ok, norm = _scalar(_id)
     if not ok or _id is None:
@@ -94,83 +89,6 @@ def id_key(_id: Any) -> bytes:
     if len(raw) > _MAX_ID_KEY:
         return _HASHED + hashlib.sha256(raw).digest()
     return raw
-
-
-class _Missing:
-    pass
-
-
-_MISSING = _Missing()
-
-
-def _field_keys(doc: Mapping[str, Any], path: str) -> set[bytes] | None:
-    """Component keys a document has for a field; None = not indexable (always a candidate)."""
-    value: Any = doc
-    for part in path.split("."):
-        if isinstance(value, dict):
-            value = value.get(part, _MISSING)
-        elif isinstance(value, (list, tuple)):
-            return None  # array fan-out through the path: let the matcher decide
-        else:
-            value = _MISSING
-        if value is _MISSING:
-            return {_component(None)}
-    if isinstance(value, (list, tuple)):
-        keys = set()
-        for item in value:
-            ok, norm = _scalar(item)
-            if ok:
-                keys.add(_component(norm))
-        return keys
-    ok, norm = _scalar(value)
-    return {_component(norm)} if ok else set()
-
-
-class _Index:
-    __slots__ = ("name", "fields", "unique", "prefix")
-
-    def __init__(self, collection_prefix: bytes, spec: Mapping[str, Any]) -> None:
-        self.name: str = spec["name"]
-        self.fields: list[str] = [field for field, _ in spec["keys"]]
-        self.unique: bool = bool(spec.get("unique"))
-        self.prefix = collection_prefix + _pack(self.name)
-
-    def entries(self, doc: Mapping[str, Any], idk: bytes) -> set[bytes]:
-        per_field = []
-        for field in self.fields:
-            keys = _field_keys(doc, field)
-            if keys is None:
-                return {self.prefix + _ALWAYS + idk}
-            if not keys:  # an empty array or a value no lookup names: leave the decision to the matcher
-                return {self.prefix + _ALWAYS + idk}  # (returning no entry hid the document from a
-            per_field.append(sorted(keys))            # compound index's lookups on its other fields)
-        combos = 1
-        for keys in per_field:
-            combos *= len(keys)
-        if combos > _MAX_ENTRIES:
-            return {self.prefix + _ALWAYS + idk}
-        return {self.prefix + b"".join(combo) + idk for combo in itertools.product(*per_field)}
-
-    def lookup_prefixes(self, filter: Filter) -> list[bytes] | None:
-        """Entry prefixes that cover every document the filter can match, or None if it can't help."""
-        per_field: list[list[bytes]] = []
-        for field in self.fields:
-            values = equality_values(filter, field)
-            if values is None:
-                break
-            per_field.append(sorted({_component(_scalar(v)[1]) for v in values}))
-        if not per_field:
-            return None
-        combos = 1
-        for keys in per_field:
-            combos *= len(keys)
-        if combos > _MAX_ENTRIES:
-            return None
-        return [self.prefix + b"".join(combo) for combo in itertools.product(*per_field)]
-
-
-def _index_name(keys: Sequence[tuple[str, int]]) -> str:
-    return "_".join(f"{field}_{direction}" for field, direction in keys)
 
 
 class KVCollection:
@@ -188,8 +106,13 @@ class KVCollection:
 
     # --- reading -----------------------------------------------------------------------------------
 
-    def _candidates(self, txn: KVTxn, filter: Filter) -> Iterator[tuple[bytes, bytes]]:
-        """(key, raw document) pairs that may match: by _id, by an index, or every document."""
+    def _plan(self, txn: KVTxn, filter: Filter | None, sort: list[tuple[str, int]], window: int | None) -> Plan:
+        if filter and equality_values(filter, "_id") is not None:
+            return Plan(in_sort_order=not sort, reason="the filter names the _id: one lookup per id")
+        return plan(txn, self._backend._indexes(txn, self.name), filter, sort, window)
+
+    def _candidates(self, txn: KVTxn, filter: Filter, chosen: Plan) -> Iterator[tuple[bytes, bytes]]:
+        """(key, raw document) pairs that may match: by _id, by the plan's index walk, or every document."""
         ids = equality_values(filter, "_id") if filter else None
         if ids is not None:
             seen = set()
@@ -205,32 +128,34 @@ class KVCollection:
                 if raw is not None:
                     yield key, raw
             return
-        if filter:
-            best: tuple[_Index, list[bytes]] | None = None
-            for index in self._backend._indexes(txn, self.name):
-                prefixes = index.lookup_prefixes(filter)
-                if prefixes is not None and (best is None or len(prefixes[0]) > len(best[1][0])):
-                    best = index, prefixes
-            if best is not None:
-                index, prefixes = best
-                id_keys: dict[bytes, None] = {}  # ordered and de-duplicated (multikey entries)
-                for prefix in [*prefixes, index.prefix + _ALWAYS]:
-                    for _, idk in txn.scan("index", prefix):
-                        id_keys[bytes(idk)] = None
-                for idk in id_keys:
-                    key = self._prefix + idk
-                    raw = txn.get("docs", key)
-                    if raw is not None:
-                        yield key, raw
-                return
+        if chosen.index is not None:
+            for idk in chosen.candidates(txn):
+                key = self._prefix + idk
+                raw = txn.view("docs", key)  # decoded before the transaction ends
+                if raw is not None:
+                    yield key, raw
+            return
         yield from txn.scan("docs", self._prefix)
 
     def _matching(
-        self, txn: KVTxn, filter: Filter | None, predicate: Callable[[Mapping[str, Any]], bool] | None = None
+        self, txn: KVTxn, filter: Filter | None, predicate: Callable[[Mapping[str, Any]], bool] | None = None,
+        chosen: Plan | None = None,
     ) -> Iterator[tuple[bytes, dict]]:
         if predicate is None:
             predicate = compile_filter(filter)
-        for key, raw in self._candidates(txn, filter or {}):
+        if chosen is None:
+            chosen = self._plan(txn, filter, [], None)
+        if chosen.exact and chosen.index is not None and not chosen.multi:
+            # The index answered the filter: only the documents filed under ALWAYS need the matcher.
+            for value, idk in chosen.keyed_candidates(txn):
+                key = self._prefix + idk
+                raw = txn.view("docs", key)
+                if raw is not None:
+                    doc = _codec.decode(raw)
+                    if value != ALWAYS or predicate(doc):
+                        yield key, doc
+            return
+        for key, raw in self._candidates(txn, filter or {}, chosen):
             doc = _codec.decode(raw)
             if predicate(doc):
                 yield key, doc
@@ -245,8 +170,7 @@ class KVCollection:
     ) -> list[dict]:
         skip, limit = _check_window(skip, limit)
         project = compile_projection(projection)
-        if sort:
-            normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
+        spec = normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
         exact = _exact_id(filter)
         if exact is not None and not skip:  # the hot path: one key, no matcher
             with self._backend._reading() as txn:
@@ -255,21 +179,89 @@ class KVCollection:
             return [project(doc) for doc in docs] if projection is not None else docs
         predicate = compile_filter(filter)  # validate before touching the engine
         with self._backend._reading() as txn:
-            matches = (doc for _, doc in self._matching(txn, filter, predicate))
-            if sort:
-                docs = sort_documents(matches, sort, skip=skip, limit=limit)
+            chosen = self._plan(txn, filter, spec, min(skip + limit, sys.maxsize) if limit else None)
+            matches = (doc for _, doc in self._matching(txn, filter, predicate, chosen))
+            if spec and not chosen.in_sort_order:
+                if chosen.index is not None:  # ties keep the scan's order (by id key), as without the index
+                    matches = iter(sorted(matches, key=lambda doc: id_key(doc["_id"])))
+                docs = sort_documents(matches, spec, skip=skip, limit=limit)
+            elif spec and chosen.tiebreak:
+                docs = self._ordered_runs(txn, chosen, predicate, spec, skip, limit)
             else:
                 stop = min(skip + limit, sys.maxsize) if limit else None  # islice stops at sys.maxsize
                 docs = list(itertools.islice(matches, skip, stop))
         return [project(doc) for doc in docs] if projection is not None else docs
+
+    def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
+                      spec: list[tuple[str, int]], skip: int, limit: int) -> list[dict]:
+        """The index gives the order of the sort's leading fields: sort each run of ties on them by the
+        whole sort (stably, so the result is exactly a full sort's), and stop after skip + limit."""
+        window = skip + limit if limit else None
+        out: list[dict] = []
+        run: list[dict] = []
+        run_value: bytes | None = None
+        for value, idk in chosen.keyed_candidates(txn):
+            if value != run_value:
+                out.extend(sort_documents(run, spec) if len(run) > 1 else run)
+                run = []
+                run_value = value
+                if window is not None and len(out) >= window:
+                    break
+            raw = txn.view("docs", self._prefix + idk)
+            if raw is not None:
+                doc = _codec.decode(raw)
+                if predicate(doc):
+                    run.append(doc)
+        else:
+            out.extend(sort_documents(run, spec) if len(run) > 1 else run)
+        return out[skip:window]
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
         found = self.find(filter, projection, sort=sort, limit=1)
         return found[0] if found else None
 
     def count_documents(self, filter: Filter | None = None) -> int:
+        predicate = compile_filter(filter)
         with self._backend._reading() as txn:
-            return sum(1 for _ in self._matching(txn, filter))
+            if not filter:
+                stored = txn.get("meta", self._count_key)
+                if stored is not None:
+                    return int(msgpack.unpackb(stored))
+            chosen = self._plan(txn, filter, [], None)
+            if chosen.index is not None and chosen.exact and not chosen.multi:
+                # The index answers the filter: count its entries, decode only the ALWAYS documents.
+                n = chosen.count_entries(txn)
+                if chosen.always:
+                    always = Plan(index=chosen.index, always=True)
+                    for idk in always.candidates(txn):
+                        raw = txn.get("docs", self._prefix + idk)
+                        n += raw is not None and predicate(_codec.decode(raw))
+                return n
+            return sum(1 for _ in self._matching(txn, filter, predicate, chosen))
+
+    def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
+        """Which index a find (and a count) with these arguments uses, and why."""
+        skip, limit = _check_window(skip, limit)
+        compile_filter(filter)
+        spec = normalize_sort(sort)
+        with self._backend._reading() as txn:
+            if _exact_id(filter) is not None:
+                out: dict[str, Any] = {"plan": "IDHACK", "index": "_id_", "sort": "none",
+                                       "reason": "the filter is one _id: one lookup"}
+            else:
+                chosen = self._plan(txn, filter, spec, min(skip + limit, sys.maxsize) if limit else None)
+                out = chosen.explain()
+                if chosen.index is None and filter and equality_values(filter, "_id") is not None:
+                    out["plan"] = "IDHACK"
+                    out["index"] = "_id_"
+                counting = self._plan(txn, filter, [], None)
+                if not filter:
+                    out["count"] = "stored counter" if txn.get("meta", self._count_key) is not None else "scan"
+                elif counting.index is not None and counting.exact and not counting.multi:
+                    out["count"] = f"index entries of {counting.index.name}"
+                else:
+                    out["count"] = "documents checked one by one"
+        return {"collection": self.name, **out}
 
     def ids(self, filter: Filter | None = None) -> list[Any]:
         """The `_id` of every match, without projecting whole documents for the caller."""
@@ -353,8 +345,13 @@ class KVCollection:
 
         return self._backend._writing(delete)
 
+    @property
+    def _count_key(self) -> bytes:
+        return _COUNT_KEY + self._prefix
+
     def _write(self, txn: KVTxn, key: bytes, old: dict | None, new: dict | None, raw: bytes | None) -> None:
-        """Put or delete one document and bring every index along, in the caller's transaction."""
+        """Put or delete one document and bring every index (and the count) along, in the caller's
+        transaction."""
         idk = key[len(self._prefix) :]
         for index in self._backend._indexes(txn, self.name):
             before = index.entries(old, idk) if old is not None else set()
@@ -364,55 +361,126 @@ class KVCollection:
             for entry in after - before:
                 if index.unique:
                     self._check_unique(txn, index, entry, idk)
-                txn.put("index", entry, idk)
+                txn.put("index", entry, _id_length(idk))
         if new is None:
             txn.delete("docs", key)
         else:
             assert raw is not None
             txn.put("docs", key, raw)
+        if (old is None) != (new is None):
+            stored = txn.get("meta", self._count_key)
+            if stored is not None:
+                txn.put("meta", self._count_key, _pack(int(msgpack.unpackb(stored)) + (1 if old is None else -1)))
 
-    def _check_unique(self, txn: KVTxn, index: _Index, entry: bytes, idk: bytes) -> None:
+    def _check_unique(self, txn: KVTxn, index: Index, entry: bytes, idk: bytes) -> None:
         values_part = entry[: len(entry) - len(idk)]
-        if values_part.endswith(_ALWAYS):
-            return
-        for _, other in txn.scan("index", values_part):
-            if bytes(other) != idk:
+        if len(values_part) <= len(index.prefix) + 1 and values_part[len(index.prefix):] in (b"\x01", b"\x02"):
+            return  # a marker entry (ALWAYS, MULTI), not a value
+        for other, _ in txn.range("index", values_part, successor(values_part)):
+            if other[len(values_part):] != idk:
                 raise DuplicateKey(f"{self.name}: duplicate key for unique index {index.name}")
 
-    def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False) -> str:
-        if isinstance(keys, str):
-            keys = [(keys, 1)]
-        keys = [(str(field), int(direction)) for field, direction in keys]
-        if not keys or any(not field or field.startswith("$") or d not in (1, -1) for field, d in keys):
-            raise InvalidArgument(f"bad index keys {keys!r}")
-        name = _index_name(keys)
-        spec = {"name": name, "keys": [list(k) for k in keys], "unique": bool(unique)}
+    def _build(self, txn: KVTxn, index: Index) -> None:
+        """File every document under a new index, in the caller's transaction (all or nothing)."""
+        for key, raw in txn.scan("docs", self._prefix):
+            idk = key[len(self._prefix) :]
+            for entry in index.entries(_codec.decode(raw), idk):
+                if index.unique:
+                    self._check_unique(txn, index, entry, idk)
+                txn.put("index", entry, _id_length(idk))
+
+    def _drop_entries(self, txn: KVTxn, prefix: bytes) -> None:
+        doomed = [k for k, _ in txn.scan("index", prefix, values=False)]
+        for k in doomed:
+            txn.delete("index", k)
+
+    def _current(self, txn: KVTxn) -> bool:
+        """Whether this collection's indexes are all of the current format and its count is kept."""
+        specs = self._backend._index_specs(txn).get(self.name, [])
+        return all(spec.get("v") == _FORMAT for spec in specs) and txn.get("meta", self._count_key) is not None
+
+    def _upgrade(self, txn: KVTxn, specs: dict[str, list[dict]]) -> None:
+        """Rebuild indexes written in an older entry format, and start the document count."""
+        for spec in specs.get(self.name, []):
+            if spec.get("v") != _FORMAT:
+                index = Index(self._prefix, spec)
+                self._drop_entries(txn, index.prefix)
+                spec["v"] = _FORMAT
+                self._build(txn, Index(self._prefix, spec))
+        if txn.get("meta", self._count_key) is None:
+            end = successor(self._prefix)
+            txn.put("meta", self._count_key, _pack(txn.count_range("docs", self._prefix, end)))
+
+    def create_index(self, keys: Sequence[tuple[str, int]] | str | Mapping[str, int], unique: bool = False,
+                     name: str | None = None) -> str:
+        """Create (or find) an index; built over the existing documents in one transaction, so a crash
+        mid-build leaves no index at all. The same keys under another name, or another index under
+        this name, is InvalidArgument."""
+        fields, name = check_index_spec(keys, name, unique)
+        spec = {"name": name, "keys": [list(k) for k in fields], "unique": bool(unique), "v": _FORMAT}
+
+        def same(existing: Mapping[str, Any]) -> bool:
+            return [tuple(k) for k in existing["keys"]] == fields and bool(existing.get("unique")) == unique
+
+        def check(mine: list[dict]) -> bool:
+            for existing in mine:
+                if existing["name"] == name:
+                    if not same(existing):
+                        raise InvalidArgument(f"{self.name}: an index named {name!r} exists with other keys "
+                                              f"{[tuple(k) for k in existing['keys']]}")
+                    return True
+            for existing in mine:
+                if same(existing):
+                    raise InvalidArgument(f"{self.name}: the index {existing['name']!r} has these keys already")
+            return False
+
         with self._backend._reading() as txn:  # every Store open asks: answer without a write (and fsync)
-            if any(index.name == name for index in self._backend._indexes(txn, self.name)):
+            if check(self._backend._index_specs(txn).get(self.name, [])) and self._current(txn):
                 return name
 
         def create(txn: KVTxn) -> str:
             specs = self._backend._index_specs(txn)
+            self._upgrade(txn, specs)
             mine = specs.setdefault(self.name, [])
-            if any(existing["name"] == name for existing in mine):
-                return name
-            mine.append(spec)
-            index = _Index(self._prefix, spec)
-            for key, raw in list(txn.scan("docs", self._prefix)):
-                idk = key[len(self._prefix) :]
-                for entry in index.entries(_codec.decode(raw), idk):
-                    if index.unique:
-                        self._check_unique(txn, index, entry, idk)
-                    txn.put("index", entry, idk)
+            if not check(mine):
+                mine.append(spec)
+                self._build(txn, Index(self._prefix, spec))
             txn.put("meta", _INDEXES_KEY, _pack(specs))
             return name
 
         return self._backend._writing(create)
 
-    def index_information(self) -> dict[str, dict]:
+    def drop_index(self, name: str) -> None:
+        """Remove an index and its entries; InvalidArgument if there is none of that name."""
+        if not isinstance(name, str):
+            raise InvalidArgument(f"an index name is a str, not {type(name).__name__}")
+
+        def drop(txn: KVTxn) -> None:
+            specs = self._backend._index_specs(txn)
+            mine = specs.get(self.name, [])
+            found = [spec for spec in mine if spec["name"] == name]
+            if not found:
+                known = ", ".join(spec["name"] for spec in mine) or "none"
+                raise InvalidArgument(f"{self.name}: no index named {name!r} (indexes: {known})")
+            specs[self.name] = [spec for spec in mine if spec["name"] != name]
+            self._drop_entries(txn, Index(self._prefix, found[0]).prefix)
+            txn.put("meta", _INDEXES_KEY, _pack(specs))
+
+        self._backend._writing(drop)
+
+    def list_indexes(self) -> list[dict[str, Any]]:
         with self._backend._reading() as txn:
-            return {i.name: {"key": [(f, 1) for f in i.fields], "unique": i.unique}
-                    for i in self._backend._indexes(txn, self.name)}
+            specs = self._backend._index_specs(txn).get(self.name, [])
+        return [{"name": s["name"], "key": [(f, int(d)) for f, d in s["keys"]], "unique": bool(s.get("unique"))}
+                for s in specs]
+
+    def index_information(self) -> dict[str, dict]:
+        return {spec["name"]: {"key": spec["key"], "unique": spec["unique"]} for spec in self.list_indexes()}
+
+
+def _id_length(idk: bytes) -> bytes:
+    """An index entry's value: how many of its key's last bytes are the id key (at most 160 + 2)."""
+    return bytes((len(idk),))
 
 
 def _exact_id(filter: Filter | None) -> bytes | None:
@@ -534,7 +602,7 @@ class KVBackend:
         self._collections: dict[str, KVCollection] = {}
         self._chunks = KVChunkStore(self)
         # (raw specs as last read from the file, parsed); replaced whole so threads never see a mix
-        self._specs: tuple[bytes | None, dict[str, list[_Index]]] = (None, {})
+        self._specs: tuple[bytes | None, dict[str, list[Index]]] = (None, {})
 
     @property
     def engine(self) -> KVEngine:
@@ -589,12 +657,14 @@ class KVBackend:
         raw = txn.get("meta", _INDEXES_KEY)
         return _codec.decode(raw) if raw is not None else {}
 
-    def _indexes(self, txn: KVTxn, collection: str) -> list[_Index]:
+    def _indexes(self, txn: KVTxn, collection: str) -> list[Index]:
+        """The collection's indexes of the current entry format (an older one is ignored until rebuilt)."""
         raw = txn.get("meta", _INDEXES_KEY)
         raw = bytes(raw) if raw is not None else None
         cached_raw, parsed = self._specs
         if raw != cached_raw:
             specs = _codec.decode(raw) if raw is not None else {}
-            parsed = {name: [_Index(_pack(name), spec) for spec in of] for name, of in specs.items()}
+            parsed = {name: [Index(_pack(name), spec) for spec in of if spec.get("v") == _FORMAT]
+                      for name, of in specs.items()}
             self._specs = (raw, parsed)
         return parsed.get(collection, [])

@@ -13,6 +13,9 @@ filter, sort, projection and compare-and-swap runs there under one process-wide 
 unit's writes are then written through to Mongita in order (bytes, files document, object document).
 Mongita keeps every document in RAM anyway; this keeps a second, msgpack-packed copy.
 
+Index specs (the store's own and `create_index`'s) persist in the Mongita collection `_microblob_indexes`
+(a name `mongita_name` never produces); the indexes themselves are rebuilt in-process at each open.
+
 Limits, said plainly: one process at a time (enforced with an exclusive lock on `dir/microblob.lock`);
 not crash-safe (a crash can lose the last writes or, inside Mongita, a whole collection). Move such data
 onto the embedded default with `microblob.copy("mongita:///dir", "./microblob.db")`.
@@ -42,7 +45,7 @@ import msgpack
 from . import _codec
 from ._exceptions import InvalidArgument, InvalidDocument, StorageError, StoreClosed
 from ._kv import KVTxn, MemoryEngine
-from ._kvdocs import KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key
+from ._kvdocs import _INDEXES_KEY, KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key
 from ._lmdb import LmdbEngine
 
 __all__ = ["MongitaBackend", "collection_name", "mongita_name"]
@@ -142,6 +145,19 @@ class MongitaCollection(KVCollection):
             journal.append((self.name, doc["_id"], new))
 
 
+    def create_index(self, keys: Any, unique: bool = False, name: str | None = None) -> str:
+        created = super().create_index(keys, unique=unique, name=name)
+        self._backend._save_index_specs(self.name)  # type: ignore[attr-defined]
+        return created
+
+    def drop_index(self, name: str) -> None:
+        super().drop_index(name)
+        self._backend._save_index_specs(self.name)  # type: ignore[attr-defined]
+
+
+_SPECS = "_microblob_indexes"  # mongita_name never makes a name with a leading "_": no user collection
+
+
 class MongitaBackend(KVBackend):
     """A Backend: documents persisted in Mongita, evaluated by microblob; bytes in `dir/chunks.db`."""
 
@@ -171,6 +187,7 @@ class MongitaBackend(KVBackend):
             self._chunks = KVChunkStore(self._chunk_backend)
             self._client = MongitaClientDisk(directory)
             self._db = self._client[mongita_name(database)]
+            self._load_index_specs()
         except BaseException:
             self._release_directory()
             raise
@@ -227,6 +244,28 @@ class MongitaBackend(KVBackend):
                 coll._write(txn, coll._prefix + id_key(doc["_id"]), None, doc, _codec.encode(doc))
 
         self._engine.write(load)  # not through _writing: nothing to write back
+
+    def _load_index_specs(self) -> None:
+        """Index specs persist in a Mongita collection of their own; the in-process engine starts with
+        them, so loading a collection's documents builds its indexes."""
+        try:
+            stored = {doc["_id"]: doc["specs"] for doc in self._db[_SPECS].find({})}
+        except Exception as exc:
+            raise StorageError(f"Mongita could not read the index specs: {exc}") from exc
+        self._saved_specs: dict[str, Any] = stored
+        if stored:
+            self._engine.write(lambda txn: txn.put("meta", _INDEXES_KEY, _pack(stored)))
+
+    def _save_index_specs(self, collection: str) -> None:
+        with self._engine.read() as txn:
+            specs = self._index_specs(txn).get(collection, [])
+        if self._saved_specs.get(collection) == specs:
+            return  # every open asks for the store's own indexes: no write when nothing changed
+        try:
+            self._db[_SPECS].replace_one({"_id": collection}, {"_id": collection, "specs": specs}, upsert=True)
+        except Exception as exc:
+            raise StorageError(f"Mongita failed to write the index specs of {collection!r}: {exc}") from exc
+        self._saved_specs[collection] = specs
 
     def _check_open(self) -> None:
         if self.closed:

@@ -34,6 +34,7 @@ from ._exceptions import (
     StorageError,
     StoreClosed,
 )
+from ._planner import check_index_spec
 from ._query import compile_filter, compile_projection, compile_update, normalize_sort
 
 try:
@@ -223,19 +224,75 @@ class MongoCollection:
         return self._coll.delete_many(_check_filter(filter)).deleted_count
 
     @_mapped
-    def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False) -> str:
-        if isinstance(keys, str):
-            keys = [(keys, 1)]
-        keys = [(str(field), int(direction)) for field, direction in keys]
-        if not keys or any(not field or field.startswith("$") or d not in (1, -1) for field, d in keys):
-            raise InvalidArgument(f"bad index keys {keys!r}")
-        return self._coll.create_index(keys, unique=bool(unique))
+    def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False,
+                     name: str | None = None) -> str:
+        fields, name = check_index_spec(keys, name, unique)
+        existing_indexes = self.list_indexes()
+        for existing in existing_indexes:  # the embedded backends' rules, before the server's errors
+            if existing["name"] == name:
+                if existing["key"] != fields or existing["unique"] != bool(unique):
+                    raise InvalidArgument(f"{self.name}: an index named {name!r} exists with other keys "
+                                          f"{existing['key']}")
+                return name
+        for existing in existing_indexes:
+            if existing["key"] == fields and existing["unique"] == bool(unique):
+                raise InvalidArgument(f"{self.name}: the index {existing['name']!r} has these keys already")
+        return self._coll.create_index(fields, unique=bool(unique), name=name)
 
     @_mapped
+    def list_indexes(self) -> list[dict[str, Any]]:
+        return [{"name": spec["name"], "key": [(f, int(d)) for f, d in spec["key"].items()],
+                 "unique": bool(spec.get("unique"))}
+                for spec in self._coll.list_indexes() if spec["name"] != "_id_"]
+
     def index_information(self) -> dict[str, dict]:
-        info = self._coll.index_information()
-        return {name: {"key": [(f, int(d)) for f, d in spec["key"]], "unique": bool(spec.get("unique"))}
-                for name, spec in info.items() if name != "_id_"}
+        return {spec["name"]: {"key": spec["key"], "unique": spec["unique"]} for spec in self.list_indexes()}
+
+    @_mapped
+    def drop_index(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise InvalidArgument(f"an index name is a str, not {type(name).__name__}")
+        known = [spec["name"] for spec in self.list_indexes()]
+        if name not in known:
+            raise InvalidArgument(f"{self.name}: no index named {name!r} (indexes: {', '.join(known) or 'none'})")
+        self._coll.drop_index(name)
+
+    @_mapped
+    def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
+        """The server's winning plan, summarised like the embedded backends' (its raw form under "server")."""
+        flt = _check_filter(filter)
+        _check_window(skip, limit)
+        spec = normalize_sort(sort) or None
+        cursor = self._coll.find(flt, sort=spec, skip=skip, limit=limit)
+        try:
+            raw = cursor.explain()
+        except _errors.OperationFailure as exc:  # a wire-compatible server without explain
+            return {"collection": self.name, "plan": "unknown", "index": None, "reason": f"server: {exc}"}
+        winning = (raw.get("queryPlanner") or {}).get("winningPlan") or {}
+        stages = []
+        node: Any = winning
+        while isinstance(node, Mapping):
+            stages.append(node)
+            node = node.get("inputStage") or (node.get("inputStages") or [None])[0]
+        index = next((st.get("indexName") for st in stages if st.get("indexName")), None)
+        names = [st.get("stage") for st in stages]
+        plan = "IXSCAN" if "IXSCAN" in names else "IDHACK" if any(n in ("IDHACK", "EXPRESS_IXSCAN") for n in names) \
+            else "COLLSCAN" if names else "unknown"
+        return {"collection": self.name, "plan": plan, "index": index,
+                "sort": "in memory" if "SORT" in names else "index order" if spec else "none",
+                "reason": "the MongoDB server's winning plan: " + " <- ".join(str(n) for n in names),
+                "server": _plain(winning)}
+
+
+def _plain(value: Any) -> Any:
+    """A server answer with BSON types made JSON-friendly (for explain's "server" field)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 class MongoChunkStore:

@@ -1018,6 +1018,9 @@ def compile_projection(projection: Any) -> Callable[[Mapping[str, Any]], dict]:
     tree = _projection_tree(paths)
     if inclusion:
         return lambda doc: _include(doc, tree)
+    if all(sub is True for sub in tree.values()):  # top-level fields only ({"data": 0}: every listing)
+        dropped = frozenset(tree)
+        return lambda doc: {key: value for key, value in doc.items() if key not in dropped}
     return lambda doc: _exclude(doc, tree)
 
 

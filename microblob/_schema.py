@@ -1,41 +1,55 @@
 """Type hints → JSON Schema, and JSON input → Python values checked against the same hints.
 
-One walk over the hint serves both jobs, so what the Thing Description promises is exactly what the
-server accepts. Supported: int, float, str, bool, None, list[...], dict[str, ...], Optional/Union,
-Literal, Blob subclasses and dataclasses (nested freely), and Any.
+pydantic v2 is the engine for both, so what the Thing Description promises is exactly what the server
+accepts: every hint pydantic knows (int, float, str, bool, None, list/tuple/set/dict, Optional/Union,
+Literal, enums, datetimes, dataclasses, TypedDicts, BaseModels, ``Annotated[int, Field(ge=0)]`` with its
+constraints and description) plus Blob subclasses (`microblob.blob.Blob.__get_pydantic_core_schema__`).
+The schemas are post-processed into Thing Description form: `$defs` inlined, one string per ``type``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
+import decimal
 import enum
+import json
 import math
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Union, get_args, get_origin
+import pathlib
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, get_args, get_origin
+
+import pydantic
+from pydantic.errors import PydanticInvalidForJsonSchema
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema, to_jsonable_python
 
 from ._exceptions import InvalidInput
 from .blob import Blob
 
-__all__ = ["BlobResolver", "coerce", "schema_for", "to_jsonable"]
+__all__ = [
+    "BlobResolver",
+    "Checker",
+    "blob_schema",
+    "coerce",
+    "map_blobs",
+    "schema_for",
+    "to_jsonable",
+    "walk_blobs",
+]
 
 BlobResolver = Callable[[str, type[Blob], str], Blob]
-"""Turns a Blob reference (a URL) into a Blob of this server, or raises InvalidInput naming the field."""
+"""Turns a Blob reference (a URL) into a Blob of this server, or raises InvalidInput."""
 
 _NONE = type(None)
-
-
-def _is_union(origin: Any) -> bool:
-    return origin is Union or origin is types.UnionType
-
-
-def _is_blob(hint: Any) -> bool:
-    return isinstance(hint, type) and issubclass(hint, Blob)
+_FORBID = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+_MAX_ERRORS = 5
 
 
 def blob_schema(cls: type[Blob]) -> dict[str, Any]:
-    """The JSON form of a Blob link (what servers send and accept)."""
+    """The JSON form of a Blob link (what servers send and accept), valid as a TD data schema."""
     string = {"type": "string"}
     schema: dict[str, Any] = {
         "type": "object",
@@ -49,7 +63,8 @@ def blob_schema(cls: type[Blob]) -> dict[str, Any]:
             "rel": dict(string),
             "size": {"type": "integer", "minimum": 0},
             "sha256": dict(string),
-            "expires_at": {"type": ["string", "null"], "format": "date-time"},
+            # A TD data schema's "type" is one string: "may be null" is a oneOf of two schemas.
+            "expires_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
         },
         "anyOf": [{"required": ["url"]}, {"required": ["href"]}],
         "contentMediaType": cls.content_type,
@@ -59,214 +74,28 @@ def blob_schema(cls: type[Blob]) -> dict[str, Any]:
     return schema
 
 
-def schema_for(hint: Any) -> dict[str, Any]:
-    """JSON Schema for a resolved type hint. Raises TypeError for hints it cannot describe."""
-    if hint is Any or hint is object:
-        return {}
-    if hint is None or hint is _NONE:
-        return {"type": "null"}
-    origin, args = get_origin(hint), get_args(hint)
-    if _is_union(origin):
-        arms = [schema_for(a) for a in args]
-        return {"anyOf": arms}
-    if origin is Literal:
-        schema: dict[str, Any] = {"enum": list(args)}
-        kinds = {_json_type(a) for a in args}
-        if len(kinds) == 1:
-            schema["type"] = kinds.pop()
-        return schema
-    if origin in (list, Sequence, set, frozenset) or hint in (list, set, frozenset):
-        out: dict[str, Any] = {"type": "array"}
-        if args:
-            out["items"] = schema_for(args[0])
-        if origin in (set, frozenset):
-            out["uniqueItems"] = True
-        return out
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return {"type": "array", "items": schema_for(args[0])}
-        items = [schema_for(a) for a in args]
-        return {"type": "array", "prefixItems": items, "minItems": len(items), "maxItems": len(items)}
-    if origin in (dict, Mapping) or hint is dict:
-        out = {"type": "object"}
-        if args:
-            if args[0] is not str:
-                raise TypeError(f"dict keys must be str in JSON, not {args[0]!r}")
-            out["additionalProperties"] = schema_for(args[1])
-        return out
-    if hint is bool:
-        return {"type": "boolean"}
-    if hint is int:
-        return {"type": "integer"}
-    if hint is float:
-        return {"type": "number"}
-    if hint is str:
-        return {"type": "string"}
-    if _is_blob(hint):
-        return blob_schema(hint)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return {"title": hint.__name__, "enum": [m.value for m in hint]}
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        hints = typing.get_type_hints(hint)
-        props, required = {}, []
-        for f in dataclasses.fields(hint):
-            props[f.name] = schema_for(hints.get(f.name, Any))
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                required.append(f.name)
-            elif f.default is not dataclasses.MISSING and _jsonable_default(f.default):
-                props[f.name]["default"] = f.default
-        out = {"type": "object", "title": hint.__name__, "properties": props, "additionalProperties": False}
-        if required:
-            out["required"] = required
-        return out
-    raise TypeError(f"cannot describe type hint {hint!r} in JSON Schema")
+# -- Blob as a pydantic type --------------------------------------------------------------------------
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    return "string"
+def blob_core_schema(cls: type[Blob]) -> core_schema.CoreSchema:
+    """A pydantic core schema for a Blob subclass: a Blob instance, or a link (``{"url"|"href": ...}`` or
+    a URL string) that the validation context's ``resolve_blob`` turns into one of the server's Blobs."""
 
+    def validate(value: Any, info: core_schema.ValidationInfo) -> Blob:
+        return _to_blob(value, cls, info.context)
 
-def _jsonable_default(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, str)) or (
-        isinstance(value, float) and math.isfinite(value)
+    return core_schema.with_info_plain_validator_function(
+        validate,
+        serialization=core_schema.plain_serializer_function_ser_schema(_blob_to_json, when_used="json"),
     )
 
 
-def _where(path: str) -> str:
-    return path or "input"
+def _blob_to_json(blob: Blob) -> dict[str, Any]:
+    """Outside a server a Blob dumps as what is known without reading it (a server sends a link)."""
+    return {"url": blob.url, "href": blob.url, "content_type": blob.content_type, "media_type": blob.content_type}
 
 
-def _type_name(value: Any) -> str:
-    return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
-            list: "array", dict: "object"}.get(type(value), type(value).__name__)
-
-
-def coerce(value: Any, hint: Any, path: str = "", resolve_blob: BlobResolver | None = None) -> Any:
-    """Check a JSON value against a hint and build the Python value (dataclasses, Blobs, ...).
-
-    Raises `InvalidInput` whose `field` names where it went wrong (``"config.gain"``, ``"frames[2]"``)."""
-    if hint is Any or hint is object:
-        return value
-    if hint is None or hint is _NONE:
-        if value is not None:
-            raise InvalidInput(_where(path), f"expected null, got {_type_name(value)}")
-        return None
-    origin, args = get_origin(hint), get_args(hint)
-    if _is_union(origin):
-        if value is None and _NONE in args:
-            return None
-        errors = []
-        for arm in args:
-            if arm is _NONE:
-                continue
-            try:
-                return coerce(value, arm, path, resolve_blob)
-            except InvalidInput as e:
-                errors.append(e)
-        if len(errors) == 1:
-            raise errors[0]
-        raise InvalidInput(_where(path), "matches none of: " + "; ".join(str(e) for e in errors))
-    if origin is Literal:
-        for allowed in args:
-            if value == allowed and type(value) is type(allowed):
-                return value
-        raise InvalidInput(_where(path), f"must be one of {list(args)!r}, got {value!r}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise InvalidInput(_where(path), f"expected boolean, got {_type_name(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise InvalidInput(_where(path), f"expected integer, got {_type_name(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(_where(path), f"expected number, got {_type_name(value)}")
-        try:
-            return float(value)
-        except OverflowError:  # a JSON integer of 400 digits is valid JSON but no float: was a 500
-            raise InvalidInput(_where(path), f"{value} is out of range for a number") from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise InvalidInput(_where(path), f"expected string, got {_type_name(value)}")
-        return value
-    if origin in (list, Sequence, set, frozenset, tuple) or hint in (list, set, frozenset, tuple):
-        if not isinstance(value, list):
-            raise InvalidInput(_where(path), f"expected array, got {_type_name(value)}")
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise InvalidInput(_where(path), f"expected {len(args)} items, got {len(value)}")
-            pairs = enumerate(zip(value, args, strict=True))
-            return tuple(coerce(v, a, f"{path}[{i}]", resolve_blob) for i, (v, a) in pairs)
-        item = args[0] if args else Any
-        items = [coerce(v, item, f"{path}[{i}]", resolve_blob) for i, v in enumerate(value)]
-        if origin in (set, frozenset) or hint in (set, frozenset):
-            try:
-                return (origin or hint)(items)
-            except TypeError:  # unhashable items (arrays, objects) in a bare `set`: was a 500
-                raise InvalidInput(_where(path), "expected an array of numbers, strings or booleans") from None
-        return tuple(items) if origin is tuple or hint is tuple else items
-    if origin in (dict, Mapping) or hint is dict:
-        if not isinstance(value, dict):
-            raise InvalidInput(_where(path), f"expected object, got {_type_name(value)}")
-        vhint = args[1] if args else Any
-        return {k: coerce(v, vhint, f"{path}.{k}" if path else k, resolve_blob) for k, v in value.items()}
-    if _is_blob(hint):
-        return _coerce_blob(value, hint, path, resolve_blob)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            raise InvalidInput(_where(path), f"must be one of {[m.value for m in hint]!r}") from None
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        if not isinstance(value, dict):
-            raise InvalidInput(_where(path), f"expected object, got {_type_name(value)}")
-        return coerce_fields(value, _dataclass_params(hint), path, resolve_blob, hint)
-    raise InvalidInput(_where(path), f"unsupported type {hint!r}")
-
-
-def _dataclass_params(cls: type) -> list[tuple[str, Any, bool]]:
-    hints = typing.get_type_hints(cls)
-    return [
-        (f.name, hints.get(f.name, Any), f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-        for f in dataclasses.fields(cls)
-        if f.init
-    ]
-
-
-def coerce_fields(
-    value: Mapping[str, Any],
-    params: list[tuple[str, Any, bool]],
-    path: str,
-    resolve_blob: BlobResolver | None,
-    build: Callable[..., Any] | None = None,
-) -> Any:
-    """Check an object's fields (name, hint, required) and build `build(**fields)`, or return the dict."""
-    known = {name for name, _, _ in params}
-    for key in value:
-        if key not in known:
-            raise InvalidInput(f"{path}.{key}" if path else key, "unexpected field")
-    out = {}
-    for name, hint, required in params:
-        field = f"{path}.{name}" if path else name
-        if name in value:
-            out[name] = coerce(value[name], hint, field, resolve_blob)
-        elif required:
-            raise InvalidInput(field, "field required")
-    return build(**out) if build is not None else out
-
-
-def _coerce_blob(value: Any, cls: type[Blob], path: str, resolve_blob: BlobResolver | None) -> Blob:
+def _to_blob(value: Any, cls: type[Blob], context: Any) -> Blob:
     if isinstance(value, Blob):
         blob = value
     else:
@@ -274,16 +103,22 @@ def _coerce_blob(value: Any, cls: type[Blob], path: str, resolve_blob: BlobResol
         if isinstance(value, dict):
             url = value.get("url") or value.get("href")
         if not isinstance(url, str) or not url:
-            raise InvalidInput(_where(path), "expected a Blob link: an object with a 'url' (or 'href') string")
-        if resolve_blob is None:
-            raise InvalidInput(_where(path), "Blob links are not accepted here")
-        blob = resolve_blob(url, cls, _where(path))
-    generic = Blob.content_type
+            raise PydanticCustomError("blob_link", "expected a Blob link: an object with a 'url' (or 'href') string")
+        resolve = context.get("resolve_blob") if isinstance(context, Mapping) else None
+        if resolve is None:
+            raise PydanticCustomError("blob_link", "Blob links are not accepted here")
+        try:
+            blob = resolve(url, cls, "")
+        except InvalidInput as e:
+            raise PydanticCustomError("blob_link", "{detail}", {"detail": str(e)}) from None
     if isinstance(blob, cls):
         return blob
+    generic = Blob.content_type
     if cls.content_type == generic or blob.content_type == generic or _same_type(blob.content_type, cls.content_type):
         return blob.as_type(cls)
-    raise InvalidInput(_where(path), f"expected {cls.content_type} data, got {blob.content_type}")
+    raise PydanticCustomError(
+        "blob_type", "expected {want} data, got {got}", {"want": cls.content_type, "got": blob.content_type}
+    )
 
 
 def _same_type(a: str, pattern: str) -> bool:
@@ -292,9 +127,235 @@ def _same_type(a: str, pattern: str) -> bool:
     return _matches(a, pattern)
 
 
+# -- JSON Schema in Thing Description form ------------------------------------------------------------
+
+
+class _TDSchema(GenerateJsonSchema):
+    """pydantic's generator without the titles it makes up for every field ("Gain" for `gain`)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _inline(node: Any, defs: Mapping[str, Any], seen: tuple[str, ...] = ()) -> Any:
+    """Replace every ``$ref`` into `defs` by the definition: TD consumers do not resolve references."""
+    if isinstance(node, list):
+        return [_inline(v, defs, seen) for v in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref[len("#/$defs/") :]
+        if name in seen:
+            raise TypeError(f"the recursive type {name!r} cannot be described in a Thing Description")
+        target = dict(_inline(defs[name], defs, (*seen, name)))
+        target.update({k: _inline(v, defs, seen) for k, v in node.items() if k != "$ref"})
+        return target
+    out = {}
+    for key, value in node.items():
+        if key == "type" and isinstance(value, list):  # a TD "type" is one string
+            arms = [{"type": t} for t in value]
+            out.setdefault("oneOf", arms)
+            continue
+        out[key] = _inline(value, defs, seen)
+    return out
+
+
+def _closed_objects(node: Any) -> None:
+    """Objects with named fields take no others (nested plain dataclasses get ``extra="forbid"`` from
+    the enclosing model, which pydantic's schema does not show); say so where nothing else is said."""
+    if isinstance(node, list):
+        for v in node:
+            _closed_objects(v)
+    elif isinstance(node, dict):
+        if "properties" in node and node.get("type") == "object" and "contentMediaType" not in node:
+            node.setdefault("additionalProperties", False)
+        for v in node.values():
+            _closed_objects(v)
+
+
+def _refuse(hint: Any) -> None:
+    """Hints pydantic accepts but that have no honest JSON form: bytes (send a Blob) and non-str dict keys."""
+    if hint in (bytes, bytearray, memoryview):
+        raise TypeError(f"{hint.__name__} cannot travel as JSON: use a Blob")
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (dict, Mapping) and args and args[0] is not str:
+        raise TypeError(f"dict keys must be str in JSON, not {args[0]!r}")
+    for arg in args:
+        if not isinstance(arg, (str, int, float, bool, type(None), enum.Enum)) and arg is not Ellipsis:
+            _refuse(arg)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "extra_forbidden":
+        return "unexpected field"
+    if err.get("type") == "missing":
+        return "field required"
+    if err.get("type") == "blob_link" and msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    ctx = err.get("ctx") or {}
+    shown = {k: v for k, v in ctx.items() if k in _CONSTRAINTS}
+    if shown:
+        msg += " (" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+    return msg
+
+
+_CONSTRAINTS = frozenset(
+    {"gt", "ge", "lt", "le", "multiple_of", "min_length", "max_length", "pattern", "max_digits", "decimal_places"}
+)
+
+
+def invalid_input(error: pydantic.ValidationError, prefix: str, drop: int = 0) -> InvalidInput:
+    """A pydantic error as `InvalidInput`: `field` names the first failing place (``"config.gain"``),
+    the message says what every failing place needs (``"steps: ... greater than or equal to 0 (ge=0)"``)."""
+    parts: list[str] = []
+    first = ""
+    for i, err in enumerate(error.errors(include_url=False)):
+        loc = tuple(err.get("loc", ()))[drop:]
+        where = _field_path(((prefix,) if prefix else ()) + loc) or "input"
+        if i == 0:
+            first = where
+        if i < _MAX_ERRORS:
+            parts.append(f"{where}: {_message(err)}")
+    count = error.error_count()
+    if count > _MAX_ERRORS:
+        parts.append(f"and {count - _MAX_ERRORS} more")
+    exc = InvalidInput(first, "; ".join(parts))
+    exc.args = ("; ".join(parts),)  # each part already names its field
+    return exc
+
+
+class Checker:
+    """Schema and validation of a JSON object of named values (an action's arguments; one value).
+
+    One pydantic model per use, with the JSON names as aliases (so a parameter may be called `json` or
+    `_raw`) and ``extra="forbid"``, which pydantic also applies to the plain dataclasses nested inside."""
+
+    def __init__(
+        self, fields: list[tuple[str, Any, bool, Any]], *, extra_allowed: bool = False, name: str = "input"
+    ) -> None:
+        self.names = [f[0] for f in fields]
+        spec: dict[str, Any] = {}
+        for i, (key, hint, required, default) in enumerate(fields):
+            _refuse(hint)
+            if isinstance(default, FieldInfo):  # `steps: int = Field(1, ge=0)`
+                hint, default = Annotated[hint, default], default.default
+                required = required or default is PydanticUndefined
+            if required:
+                spec[f"f{i}"] = (hint, pydantic.Field(alias=key))
+            else:
+                spec[f"f{i}"] = (hint, pydantic.Field(default=default, alias=key))
+        # allow_inf_nan=False: JSON has no NaN or Infinity, and a 400-digit integer must not become inf.
+        config = pydantic.ConfigDict(extra="allow" if extra_allowed else "forbid", allow_inf_nan=False)
+        try:
+            self.model: type[pydantic.BaseModel] = pydantic.create_model(name, __config__=config, **spec)
+        except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as e:
+            raise TypeError(str(e).split("\n", 1)[0]) from None
+
+    def schema(self) -> dict[str, Any]:
+        """The object's JSON Schema, in Thing Description form."""
+        try:
+            raw = self.model.model_json_schema(by_alias=True, schema_generator=_TDSchema)
+        except PydanticInvalidForJsonSchema as e:
+            raise TypeError(str(e).split("\n", 1)[0]) from None
+        defs = raw.pop("$defs", {})
+        raw.pop("title", None)
+        out = _inline(raw, defs)
+        _closed_objects(out)
+        for prop in out.get("properties", {}).values():
+            if "default" in prop and not _jsonable_default(prop["default"]):
+                del prop["default"]
+        return out
+
+    def validate_json_value(self, body: Mapping[str, Any], prefix: str = "", drop: int = 0,
+                            resolve_blob: BlobResolver | None = None) -> pydantic.BaseModel:
+        try:
+            text = json.dumps(body, allow_nan=False)
+        except (TypeError, ValueError):  # not JSON (a Python caller): pydantic's lax Python mode then
+            return self._validate_python(body, prefix, drop, resolve_blob, strict=True)
+        try:
+            return self.model.model_validate_json(text, strict=True, context={"resolve_blob": resolve_blob})
+        except pydantic.ValidationError as e:
+            raise invalid_input(e, prefix, drop) from None
+
+    def _validate_python(self, body: Mapping[str, Any], prefix: str, drop: int,
+                         resolve_blob: BlobResolver | None, strict: bool) -> pydantic.BaseModel:
+        try:
+            return self.model.model_validate(body, strict=strict, context={"resolve_blob": resolve_blob})
+        except pydantic.ValidationError as e:
+            raise invalid_input(e, prefix, drop) from None
+
+    def arguments(self, body: Any, resolve_blob: BlobResolver | None = None) -> dict[str, Any]:
+        """Validate a JSON object of arguments into keyword arguments (defaults filled in); raises
+        `InvalidInput` naming the field, and nothing is called."""
+        if not isinstance(body, Mapping):
+            raise InvalidInput("input", "expected a JSON object of named arguments")
+        model = self.validate_json_value(body, resolve_blob=resolve_blob)
+        out = {key: getattr(model, f"f{i}") for i, key in enumerate(self.names)}
+        out.update(model.model_extra or {})
+        return out
+
+    def value(self, value: Any, path: str, resolve_blob: BlobResolver | None = None) -> Any:
+        """Validate one JSON value (this checker has one field)."""
+        model = self.validate_json_value({self.names[0]: value}, path, 1, resolve_blob)
+        return model.f0  # type: ignore[attr-defined]
+
+    def output(self, value: Any, path: str = "output") -> Any:
+        """Check a Python value an action returned (lax: 3 for a float is fine, 4.2 for an int is not)."""
+        try:
+            model = self.model.model_validate({self.names[0]: value})
+        except pydantic.ValidationError as e:
+            raise invalid_input(e, path, 1) from None
+        return model.f0  # type: ignore[attr-defined]
+
+
+_single: dict[Any, Checker] = {}
+
+
+def single(hint: Any) -> Checker:
+    """The (cached) checker of one value of type `hint`."""
+    try:
+        found = _single.get(hint)
+    except TypeError:  # an unhashable hint (Annotated with an unhashable marker): not cached
+        return Checker([("value", hint, True, None)], name="value")
+    if found is None:
+        found = _single[hint] = Checker([("value", hint, True, None)], name="value")
+    return found
+
+
+def schema_for(hint: Any) -> dict[str, Any]:
+    """JSON Schema (TD form) for a type hint. Raises TypeError for hints it cannot describe."""
+    return single(hint).schema()["properties"]["value"]
+
+
+def coerce(value: Any, hint: Any, path: str = "", resolve_blob: BlobResolver | None = None) -> Any:
+    """Check a JSON value against a hint and build the Python value (dataclasses, models, Blobs, ...).
+
+    Raises `InvalidInput` whose `field` names where it went wrong (``"config.gain"``, ``"frames[2]"``)."""
+    return single(hint).value(value, path, resolve_blob)
+
+
+def _jsonable_default(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, str)) or (
+        isinstance(value, float) and math.isfinite(value)
+    )
+
+
 def to_jsonable(value: Any, path: str = "output") -> Any:
-    """An action's return value as a JSON-ready tree; Blobs stay Blob objects (links are made per
-    request, since their URLs depend on the address the client used)."""
+    """A value as a JSON-ready tree; Blobs stay Blob objects (links are made per request, since their
+    URLs depend on the address the client used). Leaves pydantic can serialise (datetimes, UUIDs,
+    Decimals, paths, ...) take its JSON form."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -314,8 +375,19 @@ def to_jsonable(value: Any, path: str = "output") -> Any:
                 raise TypeError(f"{path}: dict keys must be str, not {type(k).__name__}")
             out[k] = to_jsonable(v, f"{path}.{k}")
         return out
+    if isinstance(value, pydantic.BaseModel):
+        fields = type(value).model_fields
+        tree = {
+            (f.serialization_alias or f.alias or name): to_jsonable(getattr(value, name), f"{path}.{name}")
+            for name, f in fields.items()
+        }
+        for k, v in (value.model_extra or {}).items():
+            tree[k] = to_jsonable(v, f"{path}.{k}")
+        return tree
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name), f"{path}.{f.name}") for f in dataclasses.fields(value)}
+    if isinstance(value, (_dt.date, _dt.time, _dt.timedelta, uuid.UUID, decimal.Decimal, pathlib.PurePath)):
+        return to_jsonable_python(value)
     raise TypeError(f"{path}: a {type(value).__name__} cannot be sent as JSON")
 
 

@@ -291,6 +291,20 @@ class Blob:
 
     # -- access ---------------------------------------------------------------------------------
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """A Blob is a pydantic type: a field of a BaseModel, dataclass or TypedDict may be one (a link
+        in JSON, resolved by the server that validates it)."""
+        from ._schema import blob_core_schema
+
+        return blob_core_schema(cls)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
+        from ._schema import blob_schema
+
+        return blob_schema(cls)
+
     @property
     def size(self) -> int | None:
         """Length in bytes, where known without reading (always, except for some remote blobs)."""

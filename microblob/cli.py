@@ -325,6 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", type=_sort_spec, metavar="FIELDS", help="e.g. --sort=-updated_at (- = descending)")
     p.add_argument("--limit", type=_count, default=0, metavar="N")
     p.add_argument("--skip", type=_count, default=0, metavar="N")
+    p.add_argument("--explain", action="store_true",
+                   help="print which index the query uses and why (as JSON), instead of the documents")
+
+    p = command("index", cmd_index_ls, "list, add or remove indexes (they speed up queries, sorts and counts)")
+    p.add_argument("--collection", default="objects", help="objects (default), object_history, workflows or fs.files")
+    index_commands = p.add_subparsers(title="index commands", metavar="ACTION")
+    for action, run, help_ in (("ls", cmd_index_ls, "list the indexes, one JSON object per line"),
+                               ("add", cmd_index_add, "add an index (built over the existing documents); "
+                                                      "prints its name"),
+                               ("rm", cmd_index_rm, "remove an index by name")):
+        sub = index_commands.add_parser(action, help=help_, description=help_, parents=[common])
+        sub.set_defaults(run=run, prog=sub.prog)
+        sub.add_argument("--collection", default=argparse.SUPPRESS,
+                         help="objects (default), object_history, workflows or fs.files")
+        if action == "add":
+            sub.add_argument("keys", type=_sort_spec, metavar="FIELDS",
+                             help="a field path, or several comma-separated; - before one makes it descending: "
+                                  "custom_metadata.exposure_ms, or type,-size")
+            sub.add_argument("--name", help="the index's name (default: from its fields, e.g. type_1_size_-1)")
+            sub.add_argument("--unique", action="store_true", help="refuse two documents with the same values")
+        elif action == "rm":
+            sub.add_argument("name", metavar="NAME", help="as `microblob index ls` shows it")
 
     p = command("rm", cmd_rm, "delete an object: every version and its bytes")
     p.add_argument("object_id", metavar="ID")
@@ -572,9 +594,32 @@ def cmd_query(args: argparse.Namespace) -> int:
     if projection is None and args.collection in ("objects", "object_history"):
         projection = {"data": 0}  # inline bytes are data, not metadata: `get` prints them
     with _connect(args) as store:
+        if args.explain:
+            _print_json_lines([store.explain(args.filter, sort=args.sort, skip=args.skip, limit=args.limit,
+                                             collection=args.collection)])
+            return 0
         docs = store.query(args.filter, collection=args.collection, projection=projection, sort=args.sort,
                            limit=args.limit, skip=args.skip)
         _print_json_lines(docs)
+    return 0
+
+
+def cmd_index_ls(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        _print_json_lines(store.list_indexes(collection=args.collection))
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        print(store.create_index(args.keys, name=args.name, unique=args.unique, collection=args.collection),
+              flush=True)
+    return 0
+
+
+def cmd_index_rm(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        store.drop_index(args.name, collection=args.collection)
     return 0
 
 

@@ -219,9 +219,12 @@ class ThingClient:
 
     def _blob_ref(self, blob: Blob) -> dict[str, Any]:
         url = blob.url
-        if url is not None and url.startswith(self.root):
-            return {"url": url}  # already on that server: send the link, not the bytes
-        return {"url": self.upload(blob)["url"]}
+        if url is None or not url.startswith(self.root):
+            url = self.upload(blob)["url"]  # not on that server yet: send the bytes first
+        # Both spellings: microblob reads `url`; a LabThings server's BlobModel requires `href`,
+        # `media_type` and rel="output" (and ignores the rest).
+        return {"url": url, "href": url, "content_type": blob.content_type, "media_type": blob.content_type,
+                "rel": "output"}
 
     def upload(self, blob: Blob) -> dict[str, Any]:
         """Stream a Blob to the server (``POST /blobs``) and return its link JSON."""

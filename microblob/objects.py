@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ._exceptions import IntegrityError, InvalidArgument
+from ._flowcept_layout import as_microblob
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -46,14 +47,17 @@ class BlobObject(Mapping[str, Any]):
 
     def __init__(self, store: Store, doc: Mapping[str, Any]) -> None:
         self._store = store
+        doc = as_microblob(doc)  # Flowcept's layout (grid_fs_file_id, object_type, ...) reads the same
         self._meta = {field: doc.get(field) for field in FIELDS}
         if self._meta["version"] is None:  # written before versioning existed: reads as version 0
             self._meta["version"] = 0
         inline = doc.get("data")
-        self._inline: bytes | None = bytes(inline) if inline is not None else None
+        self._inline: bytes | None = bytes(inline) if isinstance(inline, (bytes, bytearray, memoryview)) else None
         self._data: bytes | None = None
 
     def __getattr__(self, name: str) -> Any:
+        if name == "object_type":  # Flowcept's name for `type`
+            name = "type"
         try:
             return object.__getattribute__(self, "_meta")[name]
         except KeyError:
@@ -62,6 +66,8 @@ class BlobObject(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         if key == "data":
             return self.data
+        if key == "object_type":
+            key = "type"
         return self._meta[key]
 
     def __iter__(self) -> Iterator[str]:

@@ -558,10 +558,9 @@ class ThingServer(Starlette):
         if prop.read_only:
             raise ApiError(405, f"property {name!r} is read-only", headers={"Allow": "GET"})
         body = await self.read_json(request)
-        from ._schema import coerce
 
         def write() -> None:
-            value = coerce(body, prop.hint, name, lambda url, cls, field: self.resolve_blob(request, url, cls, field))
+            value = prop.coerce(body, name, lambda url, cls, field: self.resolve_blob(request, url, cls, field))
             setattr(thing, name, value)
 
         await run_in_threadpool(write)

@@ -30,6 +30,7 @@ from ._exceptions import (
     VersionNotFound,
     WriteConflict,
 )
+from ._flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from ._maintenance import GcReport, VerifyReport
 from ._validate import (
     check_bool,
@@ -184,7 +185,8 @@ class Store:
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")
         self._workflows = backend.collection("workflows")
-        for field in ("workflow_id", "task_id", "type", "file_id"):
+        # updated_at and created_at are walked in order by the newest-first list and by sorts on them.
+        for field in ("workflow_id", "task_id", "type", "file_id", "updated_at", "created_at"):
             self._objects.create_index([(field, 1)])
         self._history.create_index([("object_id", 1), ("version", 1)])
         self._history.create_index([("file_id", 1)])
@@ -358,6 +360,10 @@ class Store:
             now = _codec.utcnow()
             current = self._objects.find_one({"_id": object_id})
             if current is None:
+                if self._objects.find_one({"object_id": object_id}, projection={"_id": 1}) is not None:
+                    raise InvalidArgument(
+                        f"object {object_id!r} is a document Flowcept's own DAO wrote: microblob reads it but "
+                        "writes no versions over it (save under a new object_id)")
                 if payload is None:
                     raise ObjectNotFound(object_id)
                 doc = {"_id": object_id, "object_id": object_id, **_defaults(fields), **payload,
@@ -455,15 +461,25 @@ class Store:
         self._check_open()
         check_id(object_id)
         check_version(version)
-        current = self._objects.find_one({"_id": object_id})
+        current = self._current(object_id)
         if current is None:
             raise ObjectNotFound(object_id)
         if version is None or _version_of(current) == version:
             return BlobObject(self, current)
         entry = self._history.find_one({"_id": _history_id(object_id, version)})
+        if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId, not "id:version"
+            entry = self._history.find_one({"object_id": object_id, "version": version})
         if entry is None or not _same_life(entry, current.get("created_at")):
             raise VersionNotFound(object_id, version)
         return BlobObject(self, entry)
+
+    def _current(self, object_id: str, projection: Projection = None) -> dict[str, Any] | None:
+        """The latest version's document: microblob's (keyed by the id), else one Flowcept's DAO wrote
+        (an ObjectId `_id` and an `object_id` field)."""
+        doc = self._objects.find_one({"_id": object_id}, projection=projection)
+        if doc is None:
+            doc = self._objects.find_one({"object_id": object_id}, projection=projection)
+        return doc
 
     def _inline_data(self, object_id: str, version: int) -> bytes | None:
         doc = self.get_blob_object(object_id, version)
@@ -473,13 +489,14 @@ class Store:
         """Metadata of every stored version, the current one included, newest first; no bytes."""
         self._check_open()
         check_id(object_id)
-        current = self._objects.find_one({"_id": object_id}, projection={"data": 0})
+        current = self._current(object_id, projection={"data": 0})
         if current is None:
             return []
+        current = as_microblob(current)
         entries = {_version_of(current): current}
         for entry in self._history.find({"object_id": object_id}, projection={"data": 0}):
             if _same_life(entry, current.get("created_at")):
-                entries.setdefault(_version_of(entry), entry)
+                entries.setdefault(_version_of(entry), as_microblob(entry))
         return [
             {field: (_version_of(e) if field == "version" else e.get(field)) for field in HISTORY_FIELDS}
             for _, e in sorted(entries.items(), key=lambda item: item[0], reverse=True)
@@ -490,7 +507,8 @@ class Store:
     ) -> list[BlobObject]:
         """Latest versions matching a MongoDB filter; bytes load lazily."""
         self._check_open()
-        docs = self._objects.find(_check_filter(filter), projection={"data": 0}, sort=sort, skip=skip, limit=limit)
+        docs = self._objects.find(alias_type(_check_filter(filter)), projection={"data": 0}, sort=sort, skip=skip,
+                                  limit=limit)
         return [BlobObject(self, doc) for doc in docs]
 
     def query(
@@ -507,7 +525,10 @@ class Store:
         if collection not in _QUERYABLE:
             raise InvalidArgument(f"collection must be one of {', '.join(_QUERYABLE)}; not {collection!r}")
         coll = self._backend.collection(collection)
-        return coll.find(_check_filter(filter), projection=projection, sort=sort, skip=skip, limit=limit)
+        filter = _check_filter(filter)
+        if collection in ("objects", "object_history"):  # `type` and Flowcept's `object_type` are one field
+            filter = alias_type(filter)
+        return coll.find(filter, projection=projection, sort=sort, skip=skip, limit=limit)
 
     def get_blob_fingerprint(self, object_id: str, version: int | None = None) -> dict[str, Any]:
         obj = self.get_blob_object(object_id, version)
@@ -527,7 +548,44 @@ class Store:
 
     def count_objects(self, filter: Filter | None = None) -> int:
         self._check_open()
-        return self._objects.count_documents(_check_filter(filter))
+        return self._objects.count_documents(alias_type(_check_filter(filter)))
+
+    # --- indexes ------------------------------------------------------------------------------------
+
+    def _queryable(self, collection: Any) -> Any:
+        if collection not in _QUERYABLE:
+            raise InvalidArgument(f"collection must be one of {', '.join(_QUERYABLE)}; not {collection!r}")
+        return self._backend.collection(collection)
+
+    def create_index(
+        self, keys: Any, *, name: str | None = None, unique: bool = False, collection: str = "objects"
+    ) -> str:
+        """An index on a field path ("custom_metadata.exposure_ms"), or a compound one ([("type", 1),
+        ("size", -1)]), kept in the store so every process uses it; built over the existing documents.
+        Returns its name. Queries, sorts and counts use it from then on (see `explain`)."""
+        self._check_open()
+        return self._queryable(collection).create_index(keys, unique=unique, name=name)
+
+    def list_indexes(self, collection: str = "objects") -> list[dict[str, Any]]:
+        """[{"name", "key": [(field, direction), ...], "unique"}, ...]; the `_id` index is implied."""
+        self._check_open()
+        return self._queryable(collection).list_indexes()
+
+    def drop_index(self, name: str, collection: str = "objects") -> None:
+        """Remove an index by name (InvalidArgument if there is none). The store's own indexes come back
+        at the next open."""
+        self._check_open()
+        self._queryable(collection).drop_index(name)
+
+    def explain(
+        self, filter: Filter | None = None, *, sort: Sort = None, skip: int = 0, limit: int = 0,
+        collection: str = "objects",
+    ) -> dict[str, Any]:
+        """Which index `query(filter, sort=..., skip=..., limit=...)` would use and why ("plan": IXSCAN,
+        COLLSCAN or IDHACK; "index"; "sort": "index order" or "in memory"; "reason"), and how a count
+        of the filter is answered ("count")."""
+        self._check_open()
+        return self._queryable(collection).explain(_check_filter(filter), sort=sort, skip=skip, limit=limit)
 
     # --- deleting -----------------------------------------------------------------------------------
 
@@ -653,7 +711,9 @@ def _typed(kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def _and_type(filter: Filter | None, kind: str) -> dict[str, Any]:
     filter = _check_filter(filter)
-    return {"$and": [filter, {"type": kind}]} if filter else {"type": kind}
+    # The typed queries are Flowcept's API: name the kind as Flowcept does, so documents its DAO wrote
+    # (no `type`) match too. A plain `type` condition in a user's filter stays index-answerable.
+    return alias_type({"$and": [filter, {"object_type": kind}]} if filter else {"object_type": kind})
 
 
 def _check_filter(filter: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,10 +24,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _td_schema import published_errors, watch_thing_descriptions
 
 import microblob
 
 ROOT = Path(__file__).resolve().parents[1]
+watch_thing_descriptions()
+
+
+@pytest.fixture(autouse=True)
+def _thing_descriptions_are_valid() -> Iterator[None]:
+    """Every Thing Description a test's server published must be valid W3C TD 1.1 (tests/_td_schema.py)."""
+    published_errors.clear()
+    yield
+    errors, published_errors[:] = list(published_errors), []
+    assert not errors, "invalid Thing Description:\n" + "\n".join(errors[:20])
+
+
 EMBEDDED_BACKENDS = ["lmdb", "memory"]
 ALL_BACKENDS = ["lmdb", "memory", "mongita", "mongodb"]
 # Small chunks, so payloads of a few hundred KB already cross chunk and batch boundaries in every test.
@@ -238,7 +252,7 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
     from contextlib import contextmanager
 
     def install(store: microblob.Store) -> dict[str, int]:
-        counts = {"get": 0, "scanned": 0}
+        counts = {"get": 0, "scanned": 0, "docs_get": 0, "index_entries": 0}
         engine = store.backend.engine
         original_read = engine.read
 
@@ -248,10 +262,12 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
 
             def get(self, table: str, key: bytes) -> Any:
                 counts["get"] += 1
+                counts["docs_get"] += table == "docs"
                 return self._txn.get(table, key)
 
             def view(self, table: str, key: bytes) -> Any:
                 counts["get"] += 1
+                counts["docs_get"] += table == "docs"
                 return self._txn.view(table, key)
 
             def scan(self, table: str, prefix: bytes = b"", *, values: bool = True) -> Iterator[Any]:
@@ -259,6 +275,17 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
                     if table == "docs":
                         counts["scanned"] += 1
                     yield item
+
+            def range(self, table: str, lo: bytes, hi: Any, *, reverse: bool = False) -> Iterator[Any]:
+                for item in self._txn.range(table, lo, hi, reverse=reverse):
+                    counts["scanned" if table == "docs" else "index_entries"] += 1
+                    yield item
+
+            def count_range(self, table: str, lo: bytes, hi: Any, limit: Any = None) -> int:
+                return self._txn.count_range(table, lo, hi, limit)
+
+            def entries(self, table: str) -> Any:
+                return self._txn.entries(table)
 
         @contextmanager
         def read() -> Iterator[Counting]:
@@ -351,6 +378,13 @@ def live() -> Iterator[Callable[[Any], str]]:
 
     with ExitStack() as stack:
         yield lambda app: stack.enter_context(live_server(app))
+
+
+def sigint_as_default() -> None:
+    """`preexec_fn` for a child a test interrupts with SIGINT. An ignored signal stays ignored across exec,
+    and pytest may itself run with SIGINT ignored (a background job of a non-interactive shell, some CI
+    runners): the child would then never see the Ctrl-C the test sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def vm_status(pid: int | str = "self") -> dict[str, int]:

@@ -14,7 +14,12 @@ def test_all_names_exist_and_are_sorted() -> None:
 def test_public_names_are_in_all() -> None:
     public = {n for n in vars(microblob) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(microblob, n)).__name__ == "module"}
-    assert public - modules == set(microblob.__all__) - {"__version__"}
+    # LabThings' spellings (`lt.property`, `lt.action`) are attributes only: in __all__, `from microblob
+    # import *` would shadow the builtin `property` in the importing module.
+    labthings_aliases = {"property", "action"}
+    assert microblob.property is microblob.thing_property and microblob.action is microblob.thing_action
+    assert public - modules - labthings_aliases == set(microblob.__all__) - {"__version__"}
+    assert not labthings_aliases & set(microblob.__all__)
 
 
 def test_public_objects_have_docstrings() -> None:

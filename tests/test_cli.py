@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import sigint_as_default
 
 import microblob
 
@@ -326,7 +327,7 @@ def test_gc_prints_what_it_freed(cli: Cli) -> None:
 def _start_put_and_feed(cli: Cli, n_bytes: int) -> subprocess.Popen[bytes]:
     """A `put -` that has read `n_bytes` from its stdin pipe and is waiting for more."""
     proc = subprocess.Popen(cli.cmd("put", "-"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=cli.cwd, env=cli.env)
+                            stderr=subprocess.PIPE, cwd=cli.cwd, env=cli.env, preexec_fn=sigint_as_default)
     assert proc.stdin is not None
     piece = os.urandom(MiB)
     for _ in range(n_bytes // MiB):

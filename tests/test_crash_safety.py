@@ -632,5 +632,76 @@ def test_sigkilled_writers_leave_no_partial_object(tmp_path: Path, zygote: Zygot
         print(f"  {count:4} kills in {where}")
 
 
+# --- index builds killed mid-way ------------------------------------------------------------------------
+
+_BUILDER = """
+import sys, microblob
+store = microblob.connect(sys.argv[1])
+print("start", flush=True)
+store.create_index("custom_metadata.k")
+print("done", flush=True)
+"""
+INDEXED_DOCS = 20_000
+
+
+def _index_entries(store: microblob.Store, name: str) -> int:
+    from microblob._index_keys import successor
+    from microblob._kvdocs import _pack
+
+    prefix = _pack("objects") + _pack(name)
+    with store.backend.engine.read() as txn:
+        return txn.count_range("index", prefix, successor(prefix))
+
+
+def test_sigkilled_index_build_leaves_no_index_or_a_whole_one(tmp_path: Path) -> None:
+    """create_index over existing documents is one transaction: a writer killed at any moment of the
+    build leaves either no trace of the index or all of it, and the next open plans with what is there."""
+    path = tmp_path / "indexed.db"
+    with microblob.connect(path, sync=False) as store:
+        coll = store.backend.collection("objects")
+
+        def load() -> None:
+            for i in range(INDEXED_DOCS):
+                coll.insert_one({"_id": f"o{i}", "type": "t", "custom_metadata": {"k": i % 97}})
+
+        store.backend.atomic(load)
+    rng = random.Random(os.environ.get("MICROBLOB_CRASH_SEED", "index-build"))
+    outcomes: collections.Counter[str] = collections.Counter()
+    name = "custom_metadata.k_1"
+    # One build left to finish says how long a build takes here: the kills then land all over it.
+    proc = subprocess.Popen([sys.executable, "-c", _BUILDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "start"
+    began = time.monotonic()
+    assert proc.stdout.readline().strip() == "done"
+    build = time.monotonic() - began
+    proc.wait()
+    with microblob.connect(path) as store:
+        store.drop_index(name)
+    for round_ in range(10):
+        proc = subprocess.Popen([sys.executable, "-c", _BUILDER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "start"
+        time.sleep(rng.uniform(0.0, build * 1.1))
+        proc.kill()
+        rest = proc.stdout.read()
+        proc.wait()
+        with microblob.connect(path) as store:
+            present = name in [spec["name"] for spec in store.list_indexes()]
+            entries = _index_entries(store, name)
+            if present:
+                outcomes["complete" if "done" in rest else "complete, killed after commit"] += 1
+                assert entries == INDEXED_DOCS, f"round {round_}: the index has {entries} entries"
+                assert store.explain({"custom_metadata.k": 5})["index"] == name
+                assert store.count_objects({"custom_metadata.k": 5}) == len(range(5, INDEXED_DOCS, 97))
+                store.drop_index(name)
+            else:
+                outcomes["absent"] += 1
+                assert entries == 0, f"round {round_}: {entries} entries of an index that does not exist"
+                assert store.explain({"custom_metadata.k": 5})["plan"] == "COLLSCAN"
+            assert store.count_objects() == INDEXED_DOCS
+            assert len(store.query({"custom_metadata.k": 5})) == len(range(5, INDEXED_DOCS, 97))
+    print(f"index builds ({build:.2f} s each) killed: {dict(outcomes)}")
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--zygote"]:
     _zygote()

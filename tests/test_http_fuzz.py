@@ -117,16 +117,22 @@ class Arena:
         return any(real == str(d) or real.startswith(str(d) + os.sep) for d in (self.store_dir, self.uploads))
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
-        """Every file and directory under tmp_path and beside it, but the store and the temp dir, with its
-        size and mtime (the hypothesis example database is off, so the test itself writes nothing)."""
+        """Every file and directory under tmp_path, but the store and the temp dir, with its size and mtime,
+        and every entry directly beside tmp_path (the hypothesis example database is off, so the test itself
+        writes nothing). Beside tmp_path the walk does not descend: those are earlier tests' directories,
+        where their late finalizers may still delete temp files while this test runs."""
         out: dict[str, tuple[int, int]] = {}
-        for top in (self.root.parent,):
-            for dirpath, dirnames, filenames in os.walk(top):
-                dirnames[:] = [d for d in dirnames if not self.allowed(os.path.join(dirpath, d))]
-                for name in dirnames + filenames:
-                    path = os.path.join(dirpath, name)
-                    st_ = os.lstat(path)
-                    out[path] = (st_.st_size, st_.st_mtime_ns)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not self.allowed(os.path.join(dirpath, d))]
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                st_ = os.lstat(path)
+                out[path] = (st_.st_size, st_.st_mtime_ns)
+        with os.scandir(self.root.parent) as beside:
+            for entry in beside:
+                st_ = entry.stat(follow_symlinks=False)
+                # a directory's own mtime moves when its test's files come and go; its name must not
+                out[entry.path] = (st_.st_size, st_.st_mtime_ns) if not entry.is_dir(follow_symlinks=False) else (0, 0)
         return out
 
 

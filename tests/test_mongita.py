@@ -76,7 +76,8 @@ def test_plain_mongita_sees_microblob_documents(directory: Path) -> None:
     db = MongitaClientDisk(str(directory)).microblob
     assert db.objects.find_one({"_id": object_id})["type"] == "scan"
     assert db["fs--files"].find_one({"_id": file_id})["length"] == 150_000
-    assert sorted(db.list_collection_names()) == ["fs--files", "fs--pending", "objects"]
+    # _microblob_indexes: the index specs (the documents stay in the collections named after them)
+    assert sorted(db.list_collection_names()) == ["_microblob_indexes", "fs--files", "fs--pending", "objects"]
     assert (directory / "chunks.db").exists()
 
 

@@ -114,10 +114,13 @@ class Camera(Thing):
 
     @thing_action
     def wait_for_release(self, seconds: float = 30.0) -> str:
-        """Blocks until the test sets `release` (or `seconds` pass); cancellable."""
-        cancellable_sleep(0)  # raises at once if cancelled before it started
-        if not self.release.wait(seconds):
-            return "timed out"
+        """Blocks until the test sets `release` (or `seconds` pass); a cancel stops it at once."""
+        waited = 0.0
+        while not self.release.is_set():
+            if waited >= seconds:
+                return "timed out"
+            cancellable_sleep(0.01)  # raises InvocationCancelled when a client cancels
+            waited += 0.01
         return "released"
 
     @thing_action
