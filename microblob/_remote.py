@@ -16,7 +16,8 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 
 from ._exceptions import BlobError, BlobExpired, IntegrityError, RemoteError
-from .blob import Blob, Progress, _Source, atomic_writer
+from ._outfile import output_file
+from .blob import Blob, Progress, _Source
 
 __all__ = ["RemoteBlob", "remote_blob"]
 
@@ -95,7 +96,7 @@ class _RemoteSource(_Source):
         return b"".join(self._chunks(None))
 
     def save(self, path: str, progress: Progress | None) -> None:
-        with atomic_writer(path) as out:
+        with output_file(path) as out:
             for chunk in self._chunks(progress):
                 out.write(chunk)
 

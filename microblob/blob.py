@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
 from ._exceptions import BlobError, InvalidArgument
+from ._outfile import output_file
 
 if TYPE_CHECKING:
     import httpx
@@ -368,13 +368,14 @@ class Blob:
         return f
 
     def save(self, path: str | os.PathLike[str], progress: Progress | None = None) -> None:
-        """Write the bytes to `path` atomically (a temp file beside it, then rename), streaming."""
+        """Write the bytes to `path`, streaming: atomically (temp file, then rename) over a regular file or a
+        new path, keeping an existing file's mode; straight into a device or FIFO (see `_outfile`)."""
         path = os.fspath(path)
         save = getattr(self._source, "save", None)
         if save is not None and self._data is None:
             save(path, progress)  # remote: streams and verifies
             return
-        with atomic_writer(path) as out, self.open(progress) as f:
+        with output_file(path) as out, self.open(progress) as f:
             while chunk := f.read(CHUNK_SIZE):
                 out.write(chunk)
 
@@ -391,24 +392,3 @@ def _hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-class atomic_writer:
-    """Context manager: a binary file that appears at `path` only when the block succeeds."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._tmp: Any = None
-
-    def __enter__(self) -> BinaryIO:
-        d, name = os.path.split(os.path.abspath(self.path))
-        self._tmp = tempfile.NamedTemporaryFile(dir=d, prefix=f".{name}.", suffix=".part", delete=False)
-        return self._tmp
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        tmp = self._tmp
-        try:
-            tmp.close()
-            if exc_type is None:
-                os.replace(tmp.name, self.path)
-        finally:
-            if os.path.exists(tmp.name):
-                _unlink_quietly(tmp.name)

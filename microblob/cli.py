@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("get", cmd_get, "write an object's bytes to a file or to stdout")
     p.add_argument("object_id", metavar="ID")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (atomically); - or nothing: stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (a regular file atomically, a device or FIFO "
+                   "directly); - or nothing: stdout")
     p.add_argument("--version", type=_count, metavar="N", help="this version (default: the latest)")
 
     p = command("ls", cmd_ls, "list objects (latest versions): a table, or JSON lines with --json", [json_flag])

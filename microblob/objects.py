@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ._exceptions import IntegrityError, InvalidArgument
 from ._flowcept_layout import as_microblob
+from ._outfile import output_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -111,7 +111,8 @@ class BlobObject(Mapping[str, Any]):
         return self._inline
 
     def save(self, path: str | os.PathLike[str]) -> int:
-        """Write the bytes to `path` atomically (a temp file in the same directory, then rename)."""
+        """Write the bytes to `path`: atomically (temp file, then rename) over a regular file or a new path,
+        straight into a device or FIFO; see `microblob._outfile`."""
         with self.open() as stream:
             return save_stream_atomically(stream, path)
 
@@ -126,30 +127,14 @@ class BlobObject(Mapping[str, Any]):
 
 
 def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size: int = 1024 * 1024) -> int:
-    """Copy a readable stream to `path` via a temp file and `os.replace`: readers of `path` see the old
-    file or the whole new one, never a half-written one."""
+    """Copy a readable stream to `path` through `output_file`: a regular file is replaced atomically
+    (readers see the old file or the whole new one) keeping its mode; a device or FIFO is written into."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgument(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    tmp: str | None = None
     written = 0
-    try:
-        # Inside the try, so a signal (Ctrl-C, SIGTERM) right after the temp file exists removes it too.
-        fd, tmp = tempfile.mkstemp(prefix=".microblob-", dir=directory)
-        with os.fdopen(fd, "wb") as out:
-            pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
-            for piece in pieces:
-                out.write(piece)
-                written += len(piece)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        raise
+    with output_file(path) as out:
+        pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
+        for piece in pieces:
+            out.write(piece)
+            written += len(piece)
     return written
