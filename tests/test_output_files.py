@@ -242,3 +242,17 @@ def test_savers_keep_an_existing_files_mode(saver: Saver, tmp_path: Path, mode: 
         saver(target)
     assert target.read_bytes() == PAYLOAD
     assert stat.S_IMODE(target.stat().st_mode) == mode
+
+
+def test_get_over_another_users_file_keeps_its_owner(cli: Cli, stored: str, tmp_path: Path) -> None:
+    """Run as root (as in the report), a file written over stays its owner's, not root's."""
+    if os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root")
+    target = tmp_path / "theirs.bin"
+    target.write_bytes(b"previous")
+    os.chown(target, 65534, 65534)
+    target.chmod(0o640)
+    assert cli.ok("get", stored, "-o", str(target)) == ""
+    after = target.stat()
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (65534, 65534, 0o640)
+    assert target.read_bytes() == PAYLOAD
