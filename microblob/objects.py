@@ -106,7 +106,7 @@ class BlobObject(Mapping[str, Any]):
     def _load_inline(self) -> bytes:
         """Queries leave inline bytes out of the documents they return; fetch them on first use."""
         if self._inline is None:
-            self._inline = self._store._inline_data(self._meta["object_id"], self._meta["version"])
+            self._inline = self._store.internals.inline_data(self._meta["object_id"], self._meta["version"])
             if self._inline is None:
                 raise IntegrityError(f"object {self.object_id!r} v{self.version}: inline data is missing")
         expected = self._meta["sha256"]
