@@ -271,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default: "
                                                  "$MICROBLOB_TOKEN, which other users cannot see in `ps`)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="accept this name in the Host header besides loopback names, IP addresses and this "
+                        "machine's name, e.g. pi.lab.example or '*.lab.example' (repeatable; '*': any). "
+                        "Other names are refused (421): a web page could rebind them to this server")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of this origin (e.g. http://localhost:8000) call the server from a browser "
+                        "(repeatable); pages of any other origin may not change anything")
     p.add_argument("--blob-ttl", type=_seconds, metavar="SECONDS",
                    help="how long a Blob link lives after its action completes (default: 300)")
     p.add_argument("--max-upload", type=_size, metavar="BYTES",
@@ -713,7 +720,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with sock:
             try:
                 # token="" (not None): the CLI has read $MICROBLOB_TOKEN already, the server must not again
-                app = ThingServer(things=things, store=store, token=token or "", **options)
+                app = ThingServer(things=things, store=store, token=token or "", allowed_hosts=args.allowed_host,
+                                  cors_origins=args.cors_origin, **options)
+                app.allow_host(args.host)
             except (ImportError, AttributeError) as exc:
                 raise MicroblobError(f"cannot load a Thing: {exc}") from None
             host, port = sock.getsockname()[:2]

@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -35,6 +35,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
+from ._browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
 from ._exceptions import InvalidArgument, InvalidInput
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
@@ -196,6 +197,9 @@ class ThingServer(Starlette):
     ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
+    header may carry (``*.lab.example``; ``*``: any). `cors_origins`: pages (``http://host:port``) that
+    may call the server from a browser; every other page is refused (see `microblob._browser_guard`).
     """
 
     def __init__(
@@ -211,12 +215,16 @@ class ThingServer(Starlette):
         max_workers: int = 32,
         max_wait: float = 300.0,
         upload_dir: str | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        cors_origins: Sequence[str] | None = None,
         debug: bool = False,
     ) -> None:
         tune_malloc()  # freed Blob bytes go back to the OS; streaming buffers stay on the heap
         if token is None:
             token = os.environ.get("MICROBLOB_TOKEN") or None
         self.token = token
+        self.allowed_hosts = list(check_allowed_hosts(allowed_hosts))
+        self.cors_origins = list(check_cors_origins(cors_origins))
         self.store = store
         self.blob_ttl = float(blob_ttl)
         self.max_upload = int(max_upload)
@@ -260,7 +268,7 @@ class ThingServer(Starlette):
         super().__init__(
             debug=debug,
             routes=routes,
-            middleware=[Middleware(_TokenAuth, token=token)],
+            middleware=self._middleware(),
             exception_handlers={
                 ApiError: self._api_error,
                 HTTPException: self._http_error,
@@ -294,7 +302,21 @@ class ThingServer(Starlette):
             raise InvalidArgument(
                 f"refusing to serve on {host} without a token: set token= (or MICROBLOB_TOKEN), or insecure=True"
             )
+        self.allow_host(host)
         uvicorn.run(self, host=host, port=port, **uvicorn_options)
+
+    def allow_host(self, host: str) -> None:
+        """Accept `host` in the Host header too (the name the server was told to listen on is one of its
+        names). Before the first request only: the middleware stack is built then."""
+        name = check_allowed_hosts([host])[0]
+        if name in self.allowed_hosts or name in ("0.0.0.0", "::", ""):
+            return
+        self.allowed_hosts.append(name)
+        self.user_middleware = self._middleware()
+        self.middleware_stack = None
+
+    def _middleware(self) -> list[Middleware]:
+        return guard_middleware(self.allowed_hosts, self.cors_origins, [Middleware(_TokenAuth, token=self.token)])
 
     # -- errors -----------------------------------------------------------------------------------
 
