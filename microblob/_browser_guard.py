@@ -229,17 +229,34 @@ class CrossSiteGuard(_Guard):
         return not ctype or ctype in _FORM_TYPES
 
 
+def _json_cors() -> type:
+    """Starlette's CORS middleware, its refused preflights answered in JSON like every other 4xx."""
+    from starlette.datastructures import Headers
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.responses import JSONResponse, Response
+
+    class JSONCORSMiddleware(CORSMiddleware):
+        def preflight_response(self, request_headers: Headers) -> Response:
+            response = super().preflight_response(request_headers)
+            if response.status_code < 400:
+                return response
+            headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+            return JSONResponse({"error": "PreflightRefused", "detail": bytes(response.body).decode(errors="replace")},
+                                status_code=response.status_code, headers=headers)
+
+    return JSONCORSMiddleware
+
+
 def guard_middleware(allowed_hosts: Any, cors_origins: Any, inner: Sequence[Any] = ()) -> list[Any]:
     """Outermost first: the Host check, CORS answers for allowed origins, then `inner` (the token check),
     then the cross-site-write check."""
     from starlette.middleware import Middleware
-    from starlette.middleware.cors import CORSMiddleware
 
     hosts, origins = check_allowed_hosts(allowed_hosts), check_cors_origins(cors_origins)
     stack = [Middleware(HostGuard, allowed_hosts=hosts)]
     if origins:
         allow = ["*"] if "*" in origins else [_as_browser_sends(o) for o in origins]
         exposed = ["ETag", "Content-Length", "Content-Range", "Location", "Accept-Ranges"]
-        stack.append(Middleware(CORSMiddleware, allow_origins=allow, allow_methods=["*"], allow_headers=["*"],
+        stack.append(Middleware(_json_cors(), allow_origins=allow, allow_methods=["*"], allow_headers=["*"],
                                 expose_headers=exposed, max_age=600))
     return [*stack, *inner, Middleware(CrossSiteGuard, cors_origins=origins)]

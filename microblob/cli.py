@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ._connect import connect, default_uri
-from ._exceptions import MicroblobError, ObjectNotFound, StoreNotFound
+from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._validate import loads_json
 from ._version import __version__
 from .objects import save_stream_atomically
@@ -705,6 +705,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not token and not args.insecure and not _is_loopback(args.host):
         raise UsageError(f"refusing to serve on {args.host} without a token: give --token (or set "
                          f"MICROBLOB_TOKEN), or --insecure to serve anyone who can reach it")
+    from ._browser_guard import check_allowed_hosts, check_cors_origins
+
+    try:  # before the store opens and the port is taken
+        check_allowed_hosts(args.allowed_host)
+        check_cors_origins(args.cors_origin)
+    except InvalidArgument as exc:
+        raise UsageError(str(exc)) from None
     things = dict(_read_config(args.config)) if args.config else {}
     things.update(args.thing)
     # `module:Class` names a module of the directory serve runs in, as with `python -m` (the console
