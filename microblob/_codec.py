@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 
-from ._exceptions import InvalidDocument
+from ._exceptions import IntegrityError, InvalidDocument
 
 __all__ = ["MAX_DEPTH", "MAX_DOCUMENT_SIZE", "check_document", "decode", "encode", "utcnow"]
 
@@ -151,7 +151,15 @@ def encode(doc: dict[str, Any], *, checked: bool = False) -> bytes:
 
 
 def decode(raw: bytes | memoryview) -> Any:
-    return msgpack.unpackb(raw, raw=False, timestamp=3, strict_map_key=True)
+    """A stored document (or record) back from msgpack. Bytes that do not decode to a document were
+    damaged on disk: IntegrityError, not msgpack's or the UTF-8 codec's own errors."""
+    try:
+        doc = msgpack.unpackb(raw, raw=False, timestamp=3, strict_map_key=True)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:  # UnicodeDecodeError too
+        raise IntegrityError(f"the store is damaged: a stored document does not decode ({exc})") from None
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"the store is damaged: a stored document decodes to {type(doc).__name__}")
+    return doc
 
 
 def is_nan(value: Any) -> bool:

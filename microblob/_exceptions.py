@@ -15,7 +15,8 @@
     ├── WriteConflict                       a compare-and-swap kept losing to other writers
     ├── IntegrityError                      stored bytes do not match their sha256 or length
     ├── StoreClosed                         the store was used after close()
-    ├── StorageError                        the engine failed (disk full, unreadable file, ...)
+    ├── StorageError                        the engine failed (unreadable file, read-only, ...)
+    │   └── StoreFull                       no room: the disk is full, or the map cannot grow
     ├── BlobError                           a Blob could not be read, sent or resolved
     │   └── BlobExpired                     its link has expired
     ├── InvocationCancelled                 an action invocation was cancelled (inside the action or seen by a client)
@@ -54,6 +55,7 @@ __all__ = [
     "RemoteInvalidInput",
     "StorageError",
     "StoreClosed",
+    "StoreFull",
     "StoreNotFound",
     "Unauthorized",
     "VersionNotFound",
@@ -153,6 +155,11 @@ class StoreClosed(MicroblobError):
 
 class StorageError(MicroblobError):
     """The storage engine failed: disk full, an unreadable file, a server that went away."""
+
+
+class StoreFull(StorageError):
+    """No room for the write: the filesystem is full, or the map cannot grow (its cap, or no contiguous
+    address space). Nothing of the failed write was kept; reads and smaller writes may still work."""
 
 
 class BlobError(MicroblobError):

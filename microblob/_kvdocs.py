@@ -41,6 +41,7 @@ from ._query import (
     equality_values,
     normalize_sort,
     sort_documents,
+    window,
 )
 
 __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
@@ -188,15 +189,14 @@ class KVCollection:
             elif spec and chosen.tiebreak:
                 docs = self._ordered_runs(txn, chosen, predicate, spec, skip, limit)
             else:
-                stop = min(skip + limit, sys.maxsize) if limit else None  # islice stops at sys.maxsize
-                docs = list(itertools.islice(matches, skip, stop))
+                docs = list(window(matches, skip, limit))
         return [project(doc) for doc in docs] if projection is not None else docs
 
     def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
                       spec: list[tuple[str, int]], skip: int, limit: int) -> list[dict]:
         """The index gives the order of the sort's leading fields: sort each run of ties on them by the
         whole sort (stably, so the result is exactly a full sort's), and stop after skip + limit."""
-        window = skip + limit if limit else None
+        stop = skip + limit if limit else None
         out: list[dict] = []
         run: list[dict] = []
         run_value: bytes | None = None
@@ -205,7 +205,7 @@ class KVCollection:
                 out.extend(sort_documents(run, spec) if len(run) > 1 else run)
                 run = []
                 run_value = value
-                if window is not None and len(out) >= window:
+                if stop is not None and len(out) >= stop:
                     break
             raw = txn.view("docs", self._prefix + idk)
             if raw is not None:
@@ -214,7 +214,7 @@ class KVCollection:
                     run.append(doc)
         else:
             out.extend(sort_documents(run, spec) if len(run) > 1 else run)
-        return out[skip:window]
+        return out[skip:stop]
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
         found = self.find(filter, projection, sort=sort, limit=1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import errno
 import itertools
 import mmap
 import os
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from ._exceptions import InvalidArgument, StorageError, StoreClosed
+from ._exceptions import IntegrityError, InvalidArgument, MicroblobError, StorageError, StoreClosed, StoreFull
 from ._kv import TABLES, KVTxn
 from ._malloc import tune_malloc
 
@@ -48,6 +49,36 @@ MIN_MAP = 1 * MiB
 MAP_LIMIT = 1536 * MiB if sys.maxsize < 2**32 else 1 << 44
 _READER_CHECK_EVERY = 60.0
 _TRIM_EVERY = 32 * MiB
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadChecksumError, lmdb.InvalidError,
+           lmdb.VersionMismatchError)
+# LMDB writes pages with pwrite and reports a short write as EIO: with this little room left on the
+# filesystem, an EIO is taken for what it almost surely is, a full disk.
+_FULL_DISK_SLACK = 4 * MiB
+
+
+def engine_error(path: str, exc: lmdb.Error, size_hint: int = 0) -> MicroblobError:
+    """What an lmdb error means, as an error of microblob's tree: damage (IntegrityError), a full
+    disk (StoreFull), or another failure of the engine (StorageError)."""
+    if isinstance(exc, _DAMAGE):
+        return IntegrityError(f"{path}: the store is damaged: {exc}")
+    text = str(exc)
+    if os.strerror(errno.ENOSPC) in text or os.strerror(errno.EDQUOT) in text:
+        return StoreFull(f"{path}: the disk is full ({exc})")
+    if os.strerror(errno.EIO) in text:
+        free = _free_bytes(path)
+        if free is not None and free < size_hint + _FULL_DISK_SLACK:
+            return StoreFull(f"{path}: the disk is full ({free // 1024} KiB free; {exc})")
+    if isinstance(exc, lmdb.ReadonlyError) or os.strerror(errno.EACCES) in text or os.strerror(errno.EROFS) in text:
+        return StorageError(f"{path}: the store is read-only here ({exc})")
+    return StorageError(f"{path}: {exc}")
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class _SharedExclusiveLock:
@@ -144,7 +175,7 @@ class _ReadScope:
                 shared.rw.release_shared()
             except lmdb.Error as exc:
                 shared.rw.release_shared()
-                raise StorageError(f"{self._path}: {exc}") from None
+                raise engine_error(self._path, exc) from None
             except BaseException:
                 shared.rw.release_shared()
                 raise
@@ -175,7 +206,10 @@ class _Txn:
         return bytes(value) if value is not None else None
 
     def view(self, table: str, key: bytes) -> bytes | memoryview | None:
-        value = self._txn.get(key, db=self._dbs[table])
+        try:
+            value = self._txn.get(key, db=self._dbs[table])
+        except lmdb.Error as exc:  # a damaged page: lmdb.CorruptedError and kin
+            raise engine_error(self._shared.path, exc) from None
         if value is not None and table == "chunks":
             self._shared.note_bytes_touched(len(value))
         return value
@@ -187,6 +221,12 @@ class _Txn:
         return self._txn.delete(key, db=self._dbs[table])
 
     def scan(self, table: str, prefix: bytes = b"", *, values: bool = True) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            yield from self._scan(table, prefix, values)
+        except lmdb.Error as exc:
+            raise engine_error(self._shared.path, exc) from None
+
+    def _scan(self, table: str, prefix: bytes, values: bool) -> Iterator[tuple[bytes, bytes]]:
         with self._txn.cursor(db=self._dbs[table]) as cursor:
             if not cursor.set_range(prefix):
                 return
@@ -288,16 +328,42 @@ class _Env:
         # and open_db raised a bare lmdb.MapFullError.
         map_size = max(map_size, MIN_MAP)
         tune_malloc()  # LMDB's per-commit page copies stay on the heap between batches (see _malloc.py)
+        self.options = options
+        self.readonly = False
         try:
-            self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **options)
+            self.env = self._open(map_size)
         except lmdb.Error as exc:
-            raise StorageError(f"cannot open {path}: {exc}") from None
-        try:
-            self.dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
-        except lmdb.Error as exc:
-            self.env.close()  # left open, the path could not be opened again in this process
-            raise StorageError(f"cannot open {path}: {exc}") from None
+            if not _unwritable(path, exc):
+                raise StorageError(f"cannot open {path}: {exc}") from None
+            # A file we may not write (or on a read-only filesystem) is still readable: ls, get and
+            # verify work; writes fail with "the store is read-only here".
+            self.readonly = True
+            self.options = {**options, **_read_only_options(path)}
+            try:
+                self.env = self._open(map_size)
+            except lmdb.Error as exc2:
+                raise StorageError(f"cannot open {path}: {exc2}") from None
         self.check_readers()
+
+    def _open(self, map_size: int) -> lmdb.Environment:
+        """Open the environment and its tables (self.dbs)."""
+        env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **self.options)
+        try:
+            # A read-only environment can open only tables that exist: a file without one is not a store.
+            create = not self.options.get("readonly", False)
+            self.dbs = {name: env.open_db(name.encode(), create=create) for name in TABLES}
+        except BaseException:
+            env.close()  # left open, the path could not be opened again in this process
+            raise
+        return env
+
+    def reopen(self, map_size: int) -> None:
+        """Open the environment afresh at `map_size`: py-lmdb invalidates it when set_mapsize fails.
+        The caller holds rw.exclusive, so no transaction of this process is open."""
+        self.map_generation += 1
+        with contextlib.suppress(lmdb.Error):
+            self.env.close()
+        self.env = self._open(map_size)
 
     def note_bytes_touched(self, n: int) -> None:
         """Reading through the map makes the file's pages resident in *this* process: streaming a
@@ -341,17 +407,61 @@ class _Env:
             wanted = max(current * 2, self.used_bytes() + needed * 2 + 16 * MiB)
             new = min(MAP_LIMIT, _round_up(wanted))
             if new <= current:
-                raise StorageError(
+                raise StoreFull(
                     f"{self.path}: the store is full ({current // MiB} MiB, the most this process can map)"
                 )
-            self.env.set_mapsize(new)
-            self.map_generation += 1
+            self._resize(new, current)
 
     def adopt_size(self) -> None:
         """Another process grew the map: take its size."""
         with self.rw.exclusive():
-            self.env.set_mapsize(0)
+            self._resize(0, self.env.info()["map_size"])
+
+    def _resize(self, new: int, current: int) -> None:
+        """set_mapsize(new) (0: the size in the file). When the address space has no room for the new
+        map (a 32-bit process, a `ulimit -v`), py-lmdb raises MemoryError and invalidates the environment:
+        open it again at the size it had, so the store stays usable, and say why the write failed."""
+        try:
+            self.env.set_mapsize(new)
             self.map_generation += 1
+            return
+        except lmdb.MemoryError:
+            pass
+        try:
+            self.reopen(current)
+        except lmdb.Error as exc:
+            raise StorageError(f"{self.path}: cannot reopen the store at {current // MiB} MiB: {exc}") from None
+        wanted = f"{new // MiB} MiB" if new else "the size another process gave it"
+        raise StoreFull(f"{self.path}: cannot grow the map to {wanted}: not enough contiguous address space")
+
+
+def _unwritable(path: str, exc: lmdb.Error) -> bool:
+    """The open failed because the file, its directory or the filesystem refuses writes."""
+    if isinstance(exc, lmdb.ReadonlyError):
+        return True
+    text = str(exc)
+    if os.strerror(errno.EACCES) not in text and os.strerror(errno.EROFS) not in text \
+            and os.strerror(errno.EPERM) not in text:
+        return False
+    return os.path.exists(path) and os.access(path, os.R_OK)
+
+
+def _read_only_options(path: str) -> dict[str, Any]:
+    """readonly, and without the lock file when none can be made or opened for writing beside the store:
+    then nothing records our readers, so a writer elsewhere could reuse pages we read (see README)."""
+    lock = path + "-lock"
+    usable = os.access(lock, os.R_OK | os.W_OK) if os.path.exists(lock) else os.access(
+        os.path.dirname(path) or ".", os.W_OK)
+    if usable and _statvfs_writable(path):
+        return {"readonly": True}
+    return {"readonly": True, "lock": False}
+
+
+def _statvfs_writable(path: str) -> bool:
+    try:
+        return not os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY
+    except OSError:
+        return False
 
 
 def _libc_madvise() -> Callable[..., int] | None:
@@ -499,6 +609,8 @@ class LmdbEngine:
 
     def write(self, fn: Callable[[KVTxn], T], *, size_hint: int = 0, durable: bool = True) -> T:
         shared = self._env()
+        if shared.readonly:
+            raise StorageError(f"{self.path}: the store is read-only here (opened without write permission)")
         if shared.writer == threading.get_ident():
             raise RuntimeError("nested write transaction on one thread (LMDB would deadlock)")
         with shared.write_lock:
@@ -506,7 +618,10 @@ class LmdbEngine:
             try:
                 result = self._write_locked(shared, fn, size_hint)
                 if durable and self._sync_after_commit:
-                    shared.env.sync(True)
+                    try:
+                        shared.env.sync(True)
+                    except lmdb.Error as exc:
+                        raise engine_error(self.path, exc, size_hint) from None
                 return result
             finally:
                 shared.writer = None
@@ -527,7 +642,7 @@ class LmdbEngine:
                 except lmdb.MapResizedError:
                     resized = True
                 except lmdb.Error as exc:
-                    raise StorageError(f"{self.path}: {exc}") from None
+                    raise engine_error(self.path, exc) from None
                 if not resized:
                     try:
                         result = fn(_Txn(txn, shared))
@@ -540,7 +655,7 @@ class LmdbEngine:
                         resized = True
                     except lmdb.Error as exc:
                         txn.abort()
-                        raise StorageError(f"{self.path}: {exc}") from None
+                        raise engine_error(self.path, exc, size_hint) from None
                     except BaseException:
                         txn.abort()
                         raise

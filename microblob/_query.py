@@ -31,7 +31,8 @@ import itertools
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ._codec import MAX_DEPTH, utcnow
@@ -925,6 +926,14 @@ def normalize_sort(sort: Any) -> list[tuple[str, int]]:
     return result
 
 
+def window(items: Iterable[Any], skip: int, limit: int) -> Iterator[Any]:
+    """items[skip:skip + limit] (limit 0: no limit) for any skip and limit up to 2**63. islice refuses
+    bounds beyond sys.maxsize (2**31 - 1 in a 32-bit process: a bare ValueError); nothing iterated
+    here is longer than that, so clamping them changes no result."""
+    stop = min(skip + limit, sys.maxsize) if limit else None
+    return itertools.islice(items, min(skip, sys.maxsize), stop)
+
+
 def sort_documents(docs: Iterable[dict], sort: Any, *, limit: int = 0, skip: int = 0) -> list[dict]:
     """Documents in MongoDB sort order (ties keep their input order), then `skip`, then at most `limit`
     (0 = no limit; a negative limit counts like its absolute value, as in pymongo). With a limit only
@@ -937,7 +946,7 @@ def sort_documents(docs: Iterable[dict], sort: Any, *, limit: int = 0, skip: int
         raise InvalidQuery("skip must be >= 0")
     limit = abs(limit)
     if not spec:
-        return list(itertools.islice(docs, skip, skip + limit if limit else None))
+        return list(window(docs, skip, limit))
     if limit or len({direction for _, direction in spec}) == 1:
         key, reverse = _sort_key_function(spec)
         if not limit:

@@ -70,12 +70,17 @@ class _RemoteSource(_Source):
             # Hashing inline measured faster than a helper thread on 2 cores (the server needs the other).
             hasher = hashlib.sha256()
             done = 0
-            for chunk in r.iter_raw():
-                hasher.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-                yield chunk
+            try:
+                for chunk in r.iter_raw():
+                    hasher.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+                    yield chunk
+            except httpx.TransportError as exc:
+                # The server drops the connection when it finds the bytes it was sending damaged (or it
+                # died): a failed transfer, never a short file taken for a whole one.
+                raise BlobError(f"{self.url}: the transfer broke off after {done} bytes ({exc})") from None
             digest = hasher.hexdigest()
         if self.size is not None and done != self.size:
             raise IntegrityError(f"{self.url}: got {done} bytes, expected {self.size}")

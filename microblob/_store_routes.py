@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
@@ -160,7 +159,7 @@ def store_routes(server: ThingServer) -> list[Route]:
                 content_type=ctype, tags=tags,
             )
         finally:
-            await run_in_threadpool(os.unlink, path)
+            await run_in_threadpool(server.discard_spool, path)
         payload = _object_json(obj, str(request.base_url))
         return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
 

@@ -214,6 +214,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds > 0, not 0")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be an integer > 0, not 0")
+    return value
+
+
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -282,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a Blob link lives after its action completes (default: 300)")
     p.add_argument("--max-upload", type=_size, metavar="BYTES",
                    help="largest upload, e.g. 500M or 2G (default: 4G)")
+    p.add_argument("--upload-idle-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="drop an upload (408) whose body sends nothing for this long (default: 30)")
+    p.add_argument("--upload-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="drop an upload (408) still arriving after this long (default: 3600)")
+    p.add_argument("--max-uploads", type=_positive_count, metavar="N",
+                   help="uploads received at once; the next gets 503 + Retry-After (default: 32)")
+    p.add_argument("--spool-budget", type=_size, metavar="BYTES",
+                   help="bytes all upload spools in TMPDIR may hold together, finished ones until taken or "
+                        "expired; over it: 507 (default: 8G)")
+    p.add_argument("--upload-ttl", type=_seconds, metavar="SECONDS",
+                   help="how long a POST /blobs upload lives unless an action takes it "
+                        "(default: 60, or --blob-ttl if shorter)")
     p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C/SIGTERM, how long requests in flight may take to finish (default: 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -718,7 +744,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # script's own directory is on sys.path instead).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    options = {k: v for k, v in (("blob_ttl", args.blob_ttl), ("max_upload", args.max_upload)) if v is not None}
+    chosen = {"blob_ttl": args.blob_ttl, "max_upload": args.max_upload, "upload_idle_timeout": args.upload_idle_timeout,
+              "upload_timeout": args.upload_timeout, "max_uploads": args.max_uploads,
+              "spool_budget": args.spool_budget, "upload_ttl": args.upload_ttl}
+    options = {k: v for k, v in chosen.items() if v is not None}
     with _connect(args, create=True) as store:
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)

@@ -35,6 +35,7 @@ DEFAULT_CHUNK_SIZE = 255 * 1024  # GridFS's default: a chunk plus its document s
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 MAX_CHUNK_SIZE = 16 * 1024 * 1024 - 16 * 1024  # a chunk must fit in one MongoDB document
 _COPY_SIZE = 1024 * 1024
+_BACKGROUND_HASH = 256 * 1024  # below this, handing a piece to a worker thread costs more than hashing it
 
 
 _EXECUTOR: ThreadPoolExecutor | None = None
@@ -326,7 +327,13 @@ class UploadStream(io.RawIOBase):
 
 class DownloadStream(io.RawIOBase):
     """A readable, seekable file object over one file's chunks; `read(n)` fetches only the chunks it
-    needs, and at most one chunk is cached."""
+    needs, and at most one chunk is cached.
+
+    Reading the file whole, in order from its first byte (`read()`, `chunks()`, consecutive `read(n)`),
+    hashes it as it goes and raises `IntegrityError` from the read that reaches the end if the bytes do
+    not match the recorded sha256, before that last piece is handed out. Ranged reads (after a `seek`)
+    are checked for chunk presence and length only.
+    """
 
     def __init__(self, bucket: FilesBucket, doc: Mapping[str, Any]) -> None:
         super().__init__()
@@ -342,6 +349,9 @@ class DownloadStream(io.RawIOBase):
         self._pos = 0
         self._cached_n = -1
         self._cached: bytes = b""
+        # Bytes [0, _hashed) went through _digest in order; None once the check cannot apply.
+        self._digest: _Hasher | None = _Hasher() if isinstance(self.sha256, str) and self.length else None
+        self._hashed = 0
         if self.chunk_size <= 0 and self.length:
             raise IntegrityError(f"file {self.file_id!r} has chunkSize {self.chunk_size}")
 
@@ -404,8 +414,10 @@ class DownloadStream(io.RawIOBase):
         if offset + size <= self.chunk_size and size <= self.chunk_size // 4:
             # small reads: keep the chunk, serve the next small reads from it
             chunk = self._chunk(n)
+            piece = chunk[offset : offset + size]
+            self._account(self._pos, piece)
             self._pos += size
-            return chunk[offset : offset + size]
+            return piece
         # large reads: one copy from storage straight into the result, every chunk in one read scope
         parts = []
         pos, end = self._pos, self._pos + size
@@ -420,8 +432,28 @@ class DownloadStream(io.RawIOBase):
         except IntegrityError:
             self._raise_if_deleted()
             raise
+        self._account(self._pos, data)
         self._pos = end
         return data
+
+    def _account(self, start: int, piece: bytes) -> None:
+        """Feed a piece read at `start` to the whole-file hash if it continues the bytes hashed so far;
+        at the end, compare. Large pieces hash on a worker thread (hashlib releases the GIL) while the
+        caller uses them; only the last one is waited for."""
+        digest = self._digest
+        if start == 0 and self._hashed and digest is not None:  # read again from the top: start over
+            digest = self._digest = _Hasher()
+            self._hashed = 0
+        if digest is None or start != self._hashed or not piece:
+            return
+        self._hashed += len(piece)
+        if self._hashed < self.length:
+            digest.update([piece], background=len(piece) >= _BACKGROUND_HASH)
+            return
+        self._digest = None
+        digest.update([piece])
+        if digest.hexdigest() != self.sha256:
+            raise IntegrityError(f"file {self.file_id!r} does not match its own sha256")
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -439,6 +471,7 @@ class DownloadStream(io.RawIOBase):
             n, offset = divmod(self._pos, self.chunk_size)
             chunk = self._chunk(n)
             piece = chunk[offset:] if offset else chunk
+            self._account(self._pos, piece)
             self._pos += len(piece)
             self._cached_n, self._cached = -1, b""  # streaming: do not hold on to it
             yield piece

@@ -6,6 +6,7 @@ The metadata is loaded eagerly (it is small); the bytes are not: `data` reads th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -108,6 +109,9 @@ class BlobObject(Mapping[str, Any]):
             self._inline = self._store._inline_data(self._meta["object_id"], self._meta["version"])
             if self._inline is None:
                 raise IntegrityError(f"object {self.object_id!r} v{self.version}: inline data is missing")
+        expected = self._meta["sha256"]
+        if isinstance(expected, str) and hashlib.sha256(self._inline).hexdigest() != expected:
+            raise IntegrityError(f"object {self.object_id!r} v{self.version}: inline data does not match its sha256")
         return self._inline
 
     def save(self, path: str | os.PathLike[str]) -> int:

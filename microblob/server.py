@@ -10,6 +10,7 @@ Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import ipaddress
@@ -18,7 +19,7 @@ import math
 import os
 import re
 import secrets
-import tempfile
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -36,12 +37,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
 from ._browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
-from ._exceptions import InvalidArgument, InvalidInput
+from ._exceptions import IntegrityError, InvalidArgument, InvalidInput, StorageError, StoreClosed, StoreFull
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
+from ._spools import clean_stale_spools, open_spool
+from ._upload_limits import UploadGate, UploadLimits, UploadRefused, out_of_descriptors
 from ._validate import loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
 from .thing import Thing
@@ -108,6 +111,31 @@ class ApiError(Exception):
 
 def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def storage_error_status(exc: BaseException) -> tuple[int, str, str]:
+    """(status, error, detail) for a failure of the store itself: 507 when it is full, 500 when its
+    bytes are damaged, 503 for anything else the engine reports (closed, read-only, I/O errors)."""
+    if isinstance(exc, StoreFull):
+        return 507, "StoreFull", f"the store is full: {exc}"
+    if isinstance(exc, IntegrityError):
+        return 500, "StoreDamaged", f"the store is damaged: {exc}"
+    return 503, type(exc).__name__, f"the store failed: {exc}"
+
+
+def _spool_error(exc: OSError) -> ApiError:
+    """The upload could not be spooled to disk: 507 when the disk is full, 503 otherwise."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(507, f"no room to receive the upload: {exc.strerror}", "StoreFull")
+    if out_of_descriptors(exc):
+        return _no_descriptors(exc)
+    return ApiError(503, f"cannot spool the upload: {exc.strerror or exc}", "StorageError")
+
+
+def _no_descriptors(exc: OSError) -> ApiError:
+    """A 503 the client may retry: descriptors come back as other requests finish."""
+    return ApiError(503, f"the server is out of file descriptors ({exc.strerror}); retry", "TooManyOpenFiles",
+                    {"Retry-After": "1", "Connection": "close"})
 
 
 def _is_loopback(host: str) -> bool:
@@ -200,6 +228,12 @@ class ThingServer(Starlette):
     `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
     header may carry (``*.lab.example``; ``*``: any). `cors_origins`: pages (``http://host:port``) that
     may call the server from a browser; every other page is refused (see `microblob._browser_guard`).
+
+    Uploads (``POST /blobs``, ``POST /objects/``; `microblob._upload_limits`): a body that sends nothing
+    for `upload_idle_timeout` seconds, or takes longer than `upload_timeout`, is dropped (408; JSON
+    bodies too); at most `max_uploads` are received at once (503 + Retry-After); all live spools hold at
+    most `spool_budget` bytes (507). `upload_ttl`: seconds a ``POST /blobs`` upload lives unless an
+    action takes it (default: `blob_ttl`, at most 60).
     """
 
     def __init__(
@@ -217,6 +251,11 @@ class ThingServer(Starlette):
         upload_dir: str | None = None,
         allowed_hosts: Sequence[str] | None = None,
         cors_origins: Sequence[str] | None = None,
+        upload_idle_timeout: float = UploadLimits.idle_timeout,
+        upload_timeout: float = UploadLimits.max_duration,
+        max_uploads: int = UploadLimits.max_uploads,
+        spool_budget: int = UploadLimits.spool_budget,
+        upload_ttl: float | None = None,
         debug: bool = False,
     ) -> None:
         tune_malloc()  # freed Blob bytes go back to the OS; streaming buffers stay on the heap
@@ -230,6 +269,12 @@ class ThingServer(Starlette):
         self.max_upload = int(max_upload)
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
+        self.uploads = UploadGate(UploadLimits(idle_timeout=upload_idle_timeout, max_duration=upload_timeout,
+                                               max_uploads=max_uploads, spool_budget=spool_budget))
+        self.upload_ttl = min(self.blob_ttl, 60.0) if upload_ttl is None else float(upload_ttl)
+        if not math.isfinite(self.upload_ttl) or self.upload_ttl < 0:
+            raise InvalidArgument(f"upload_ttl must be a finite number of seconds >= 0, not {upload_ttl!r}")
+        clean_stale_spools(upload_dir)  # what servers killed mid-upload left behind
         self.things: dict[str, Thing] = {}
         for name, spec in (things or {}).items():
             if not _NAME.fullmatch(name) or name in RESERVED:
@@ -274,6 +319,11 @@ class ThingServer(Starlette):
                 HTTPException: self._http_error,
                 InvalidInput: self._invalid_input,
                 ClientDisconnect: self._disconnected,
+                UploadRefused: self._api_error,
+                OSError: self._os_error,
+                IntegrityError: self._storage_error,
+                StorageError: self._storage_error,
+                StoreClosed: self._storage_error,
             },
             lifespan=self._lifespan,
         )
@@ -321,8 +371,17 @@ class ThingServer(Starlette):
     # -- errors -----------------------------------------------------------------------------------
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
+        assert isinstance(exc, (ApiError, UploadRefused))
         return error_response(exc.status, exc.error, exc.detail, exc.headers)
+
+    async def _os_error(self, request: Request, exc: Exception) -> Response:
+        """Out of descriptors anywhere in a request (a spool, a store file, a module's data file): a
+        503 to retry; any other OSError is a bug, answered as one."""
+        assert isinstance(exc, OSError)
+        if not out_of_descriptors(exc):
+            raise exc
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return await self._api_error(request, _no_descriptors(exc))
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -339,6 +398,12 @@ class ThingServer(Starlette):
             {"error": "InvalidInput", "detail": str(exc), "field": exc.field}, status_code=422
         )
 
+    async def _storage_error(self, request: Request, exc: Exception) -> Response:
+        """The store failed, not the request: a JSON 5xx naming why, and the server keeps serving."""
+        status, error, detail = storage_error_status(exc)
+        log.error("%s %s: %s", request.method, request.url.path, detail)
+        return error_response(status, error, detail)
+
     async def _disconnected(self, request: Request, exc: Exception) -> Response:
         return Response(status_code=400)  # nobody is there to read it
 
@@ -353,11 +418,12 @@ class ThingServer(Starlette):
     async def read_json(self, request: Request, *, empty: Any = ...) -> Any:
         """The request body as JSON (size-limited); `empty` is returned for an empty body."""
         chunks, n = [], 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > MAX_JSON:
-                raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
-            chunks.append(chunk)
+        async with contextlib.aclosing(self.uploads.chunks(request, slot_if_partial=True)) as body:
+            async for chunk in body:
+                n += len(chunk)
+                if n > MAX_JSON:
+                    raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
+                chunks.append(chunk)
         body = b"".join(chunks)
         if not body.strip():
             if empty is ...:
@@ -646,33 +712,50 @@ class ThingServer(Starlette):
             raise ApiError(415, f"{ctype!r} is not a media type")
         path, _, sha = await self.receive_to_file(request)
         try:
-            blob = blob_class_for(ctype).from_file(path, ctype, delete=True)
-        except InvalidArgument:
-            blob = Blob.from_file(path, ctype, delete=True)
+            try:
+                blob = blob_class_for(ctype).from_file(path, ctype, delete=True)
+            except InvalidArgument:
+                blob = Blob.from_file(path, ctype, delete=True)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.discard_spool, path)
+            raise
+        # The spool counts against the budget until the Blob that owns its file is gone.
+        weakref.finalize(blob._source, self.uploads.release, path)
         blob._sha = sha
-        link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.blob_ttl, hold=True))
+        link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.upload_ttl, hold=True))
         payload = self.link_json(link, str(request.base_url))
         payload["rel"] = "upload"
         return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
 
+    def discard_spool(self, path: str) -> None:
+        """Remove a spool `receive_to_file` made and give its bytes back to the budget."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.uploads.release(path)
+
     async def receive_to_file(self, request: Request) -> tuple[str, int, str]:
         """Stream the request body to a temporary file: bounded memory, `max_upload` enforced (413,
-        and the partial file is removed), sha256 computed as it arrives. Returns (path, size, sha256)."""
+        and the partial file is removed), sha256 computed as it arrives, under the upload limits
+        (`UploadGate`: a slot while it arrives, its bytes counted against the spool budget until the
+        caller calls `discard_spool` or `uploads.release`). Returns (path, size, sha256)."""
         declared = request.headers.get("content-length")
+        n_declared = None
         if declared is not None:
             try:
                 n_declared = int(declared)
             except ValueError:
                 raise ApiError(400, f"bad Content-Length {declared!r}") from None
             if n_declared > self.max_upload:
-                raise ApiError(
-                    413, f"{n_declared} bytes is over the upload limit of {self.max_upload}", "PayloadTooLarge"
-                )
-        tmp = await anyio.to_thread.run_sync(
-            lambda: tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, or unlinked on failure
-                dir=self.upload_dir, prefix="microblob-upload-", delete=False
-            )
-        )
+                raise ApiError(413, f"{n_declared} bytes is over the upload limit of {self.max_upload}",
+                               "PayloadTooLarge", {"Connection": "close"})
+        with self.uploads.slot():
+            return await self._spool_body(request, n_declared)
+
+    async def _spool_body(self, request: Request, declared: int | None) -> tuple[str, int, str]:
+        try:
+            tmp = await anyio.to_thread.run_sync(open_spool, self.upload_dir)
+        except OSError as exc:
+            raise _spool_error(exc) from None
         sha = hashlib.sha256()
         size = 0
         pending: list[bytes] = []
@@ -682,21 +765,32 @@ class ThingServer(Starlette):
             sha.update(data)
             tmp.write(data)
 
+        reserved = declared or 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_upload:
-                    raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes", "PayloadTooLarge")
-                pending.append(chunk)
-                buffered += len(chunk)
-                if buffered >= CHUNK_SIZE:
-                    data, pending, buffered = b"".join(pending), [], 0
-                    await anyio.to_thread.run_sync(write, data)
+            if reserved:
+                self.uploads.reserve(tmp.name, reserved)  # refused before a byte is written
+            async with contextlib.aclosing(self.uploads.chunks(request)) as body:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > self.max_upload:
+                        raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes",
+                                       "PayloadTooLarge", {"Connection": "close"})
+                    if size > reserved:  # no Content-Length: counted as it arrives
+                        self.uploads.reserve(tmp.name, size - reserved)
+                        reserved = size
+                    pending.append(chunk)
+                    buffered += len(chunk)
+                    if buffered >= CHUNK_SIZE:
+                        data, pending, buffered = b"".join(pending), [], 0
+                        await anyio.to_thread.run_sync(write, data)
             if pending:
                 await anyio.to_thread.run_sync(write, b"".join(pending))
             await anyio.to_thread.run_sync(tmp.close)
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+                tmp.close()
+            self.discard_spool(tmp.name)
+            if isinstance(exc, OSError):
+                raise _spool_error(exc) from None
             raise
         return tmp.name, size, sha.hexdigest()
