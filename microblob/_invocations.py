@@ -28,10 +28,9 @@ from typing import Any
 
 from ._blob_links import BlobLinks, Link, iso_utc, new_id
 from ._exceptions import InvocationCancelled, MicroblobError
-from ._remote import RemoteBlob
 from ._scheduler import Scheduler, Timer
 from ._schema import map_blobs, to_jsonable
-from .blob import Blob
+from .blob import Blob, RemoteBlob
 from .thing import ActionInfo, _cancel_event
 
 __all__ = ["Invocation", "InvocationManager", "OutputBlob", "TooManyInvocations"]
@@ -197,8 +196,8 @@ class InvocationManager:
 
     def _link(self, blob: Blob, ttl: float) -> OutputBlob:
         if isinstance(blob, RemoteBlob):
-            src = blob._source
-            meta = {"url": blob.url, "content_type": blob.content_type, "size": src.size, "sha256": src.sha256}
+            meta = {"url": blob.url, "content_type": blob.content_type, "size": blob.size,
+                    "sha256": blob.known_sha256}
             return OutputBlob(None, None, remote=meta)
         return OutputBlob(blob, self.links.register(blob, ttl))
 

@@ -1,4 +1,6 @@
-"""The command line: `python -m microblob ...` and the `microblob` console script (DESIGN.md §5).
+"""The command line: `python -m microblob ...` and the `microblob` console script.
+
+See docs/ARCHITECTURE.md, "Command line".
 
 Each subcommand is one small function over the public Python API; the CLI adds argument parsing,
 output formatting and progress bars, never store logic. Exit codes:

@@ -20,13 +20,10 @@ from ._exceptions import (
     ActionError,
     InvocationCancelled,
     InvocationTimeout,
-    RemoteError,
-    RemoteInvalidInput,
-    Unauthorized,
 )
-from ._remote import RemoteBlob, remote_blob
+from ._remote import raise_for_response
 from ._schema import map_blobs, to_jsonable
-from .blob import CHUNK_SIZE, Blob, blob_class_for
+from .blob import CHUNK_SIZE, Blob, RemoteBlob, blob_class_for, remote_blob
 
 __all__ = ["RemoteBlob", "ThingClient"]
 
@@ -46,24 +43,6 @@ class _Omitted:
 
 
 OMITTED: Any = _Omitted()
-
-
-def raise_for_response(response: httpx.Response, what: str) -> None:
-    """Turn a 4xx/5xx answer into a typed error carrying the server's message."""
-    if response.status_code < 400:
-        return
-    try:
-        body = response.json()
-        error, detail = body.get("error"), body.get("detail", response.text)
-    except ValueError:
-        error, detail = None, response.text or response.reason_phrase
-    message = f"{what}: {detail}"
-    status = response.status_code
-    if status == 422:
-        raise RemoteInvalidInput(message, status=status, error=error)
-    if status == 401:
-        raise Unauthorized(message, status=status, error=error)
-    raise RemoteError(message, status=status, error=error)
 
 
 def _annotation(schema: dict[str, Any]) -> Any:

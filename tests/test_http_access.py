@@ -1,4 +1,5 @@
-"""Who may do what over HTTP, and what a request can never make the server do (issue 5, DESIGN §4.3).
+"""Who may do what over HTTP, and what a request can never make the server do (issue 5; docs/ARCHITECTURE.md, "HTTP
+protocol").
 
 - With a token, every route of the app (read from `app.routes`, so a new route cannot be forgotten; every
   method it allows and every one it does not; the store routes mounted) answers 401 with a JSON body
