@@ -1,7 +1,7 @@
 """`ThingServer`: a Starlette application serving Things, their invocations, Blob links and a store.
 
-Routes (DESIGN §4.3): ``GET /things/``, ``GET /{thing}/`` (Thing Description), ``POST /{thing}/{action}``
-(``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
+Routes (docs/ARCHITECTURE.md, "HTTP protocol"): ``GET /things/``, ``GET /{thing}/`` (Thing Description),
+``POST /{thing}/{action}`` (``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
 ``GET|DELETE /invocations/{id}``, ``GET /invocations/{id}/output``, ``GET|HEAD /blobs/{id}``,
 ``POST /blobs``, the ``/objects/`` store routes, and ``GET /`` (the browse page, `microblob._browse`).
 Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import importlib
 import ipaddress
@@ -19,8 +20,7 @@ import math
 import os
 import re
 import secrets
-import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -36,16 +36,27 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
-from ._exceptions import IntegrityError, InvalidArgument, InvalidInput, StorageError, StoreClosed, StoreFull
+from ._browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
+from ._exceptions import (
+    IntegrityError,
+    InvalidArgument,
+    InvalidInput,
+    InvalidQuery,
+    StorageError,
+    StoreClosed,
+    StoreFull,
+)
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
+from ._query import check_depth
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
 from ._spools import clean_stale_spools, open_spool
 from ._upload_limits import UploadGate, UploadLimits, UploadRefused, out_of_descriptors
-from ._validate import loads_json
+from ._validate import check_content_type, loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
+from .blob import GENERIC_CONTENT_TYPE as _GENERIC
 from .thing import Thing
 
 __all__ = ["ApiError", "ThingServer"]
@@ -54,28 +65,23 @@ log = logging.getLogger("microblob.server")
 RESERVED = frozenset({"things", "invocations", "blobs", "objects", "static", "favicon.ico"})
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_JSON = 16 * 1024 * 1024
-_GENERIC = "application/octet-stream"
 
-
-MAX_JSON_DEPTH = 100
 
 
 def _check_depth(value: Any, what: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH: a tree that deep would be stored (as an invocation's
-    input) and then fail to serialise on every later listing, and recursive code may overflow on it."""
-    level: list[Any] = [value]  # the containers at depth 1, then 2, ...
-    for _ in range(MAX_JSON_DEPTH):
-        level = [v for node in level for v in (node.values() if isinstance(node, dict) else node)
-                 if isinstance(v, (dict, list))]
-        if not level:
-            return
-    raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    """Refuse JSON nested deeper than the store's documents may be (`_codec.MAX_DEPTH`, one rule with the
+    query language's `check_depth`): a tree that deep would be stored (as an invocation's input) and then
+    fail to serialise on every later listing, and recursive code may overflow on it."""
+    try:
+        check_depth(value, what)
+    except InvalidQuery as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _no_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259): a property set to NaN, an
     # invocation whose input holds one, or stored metadata with one could never be answered again
-    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, was a 500.
+    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, would fail.
     raise ValueError(f"{name} is not a JSON value")
 
 
@@ -224,6 +230,9 @@ class ThingServer(Starlette):
     ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
+    header may carry (``*.lab.example``; ``*``: any). `cors_origins`: pages (``http://host:port``) that
+    may call the server from a browser; every other page is refused (see `microblob._browser_guard`).
 
     Uploads (``POST /blobs``, ``POST /objects/``; `microblob._upload_limits`): a body that sends nothing
     for `upload_idle_timeout` seconds, or takes longer than `upload_timeout`, is dropped (408; JSON
@@ -245,6 +254,8 @@ class ThingServer(Starlette):
         max_workers: int = 32,
         max_wait: float = 300.0,
         upload_dir: str | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        cors_origins: Sequence[str] | None = None,
         upload_idle_timeout: float = UploadLimits.idle_timeout,
         upload_timeout: float = UploadLimits.max_duration,
         max_uploads: int = UploadLimits.max_uploads,
@@ -256,6 +267,8 @@ class ThingServer(Starlette):
         if token is None:
             token = os.environ.get("MICROBLOB_TOKEN") or None
         self.token = token
+        self.allowed_hosts = list(check_allowed_hosts(allowed_hosts))
+        self.cors_origins = list(check_cors_origins(cors_origins))
         self.store = store
         self.blob_ttl = float(blob_ttl)
         self.max_upload = int(max_upload)
@@ -305,7 +318,7 @@ class ThingServer(Starlette):
         super().__init__(
             debug=debug,
             routes=routes,
-            middleware=[Middleware(_TokenAuth, token=token)],
+            middleware=self._middleware(),
             exception_handlers={
                 ApiError: self._api_error,
                 HTTPException: self._http_error,
@@ -344,7 +357,21 @@ class ThingServer(Starlette):
             raise InvalidArgument(
                 f"refusing to serve on {host} without a token: set token= (or MICROBLOB_TOKEN), or insecure=True"
             )
+        self.allow_host(host)
         uvicorn.run(self, host=host, port=port, **uvicorn_options)
+
+    def allow_host(self, host: str) -> None:
+        """Accept `host` in the Host header too (the name the server was told to listen on is one of its
+        names). Before the first request only: the middleware stack is built then."""
+        name = check_allowed_hosts([host])[0]
+        if name in self.allowed_hosts or name in ("0.0.0.0", "::", ""):
+            return
+        self.allowed_hosts.append(name)
+        self.user_middleware = self._middleware()
+        self.middleware_stack = None
+
+    def _middleware(self) -> list[Middleware]:
+        return guard_middleware(self.allowed_hosts, self.cors_origins, [Middleware(_TokenAuth, token=self.token)])
 
     # -- errors -----------------------------------------------------------------------------------
 
@@ -415,7 +442,7 @@ class ThingServer(Starlette):
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-        except ValueError as e:  # e.g. "http://[::1/x" (an unclosed IPv6 bracket) was a 500
+        except ValueError as e:  # e.g. "http://[::1/x" (an unclosed IPv6 bracket)
             raise InvalidInput(field, f"{url!r} is not a valid URL: {e}") from None
         base = urlsplit(str(request.base_url))
         if (parts.scheme or parts.netloc) and (parts.scheme, parts.netloc.lower()) != (
@@ -686,20 +713,21 @@ class ThingServer(Starlette):
     async def upload_blob(self, request: Request) -> Response:
         """Stream the body to a temporary file (size-limited, hashed as it arrives) and link it."""
         ctype = request.headers.get("content-type", _GENERIC).strip() or _GENERIC
-        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;.*)?", ctype):
-            raise ApiError(415, f"{ctype!r} is not a media type")
+        try:
+            check_content_type(ctype)  # the store's rule: what becomes a Content-Type header must be safe in one
+        except InvalidArgument:
+            raise ApiError(415, f"{ctype!r} is not a media type") from None
         path, _, sha = await self.receive_to_file(request)
         try:
+            # The spool counts against the budget until the Blob that owns its file is gone.
+            release = functools.partial(self.uploads.release, path)
             try:
-                blob = blob_class_for(ctype).from_file(path, ctype, delete=True)
+                blob = blob_class_for(ctype).from_file(path, ctype, delete=True, sha256=sha, on_delete=release)
             except InvalidArgument:
-                blob = Blob.from_file(path, ctype, delete=True)
+                blob = Blob.from_file(path, ctype, delete=True, sha256=sha, on_delete=release)
         except BaseException:
             await anyio.to_thread.run_sync(self.discard_spool, path)
             raise
-        # The spool counts against the budget until the Blob that owns its file is gone.
-        weakref.finalize(blob._source, self.uploads.release, path)
-        blob._sha = sha
         link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.upload_ttl, hold=True))
         payload = self.link_json(link, str(request.base_url))
         payload["rel"] = "upload"
