@@ -20,7 +20,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -36,6 +36,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
+from ._browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
 from ._exceptions import (
     IntegrityError,
     InvalidArgument,
@@ -239,6 +240,9 @@ class ThingServer(Starlette):
     ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
+    header may carry (``*.lab.example``; ``*``: any). `cors_origins`: pages (``http://host:port``) that
+    may call the server from a browser; every other page is refused (see `microblob._browser_guard`).
 
     Uploads (``POST /blobs``, ``POST /objects/``; `microblob._upload_limits`): a body that sends nothing
     for `upload_idle_timeout` seconds, or takes longer than `upload_timeout`, is dropped (408; JSON
@@ -260,6 +264,8 @@ class ThingServer(Starlette):
         max_workers: int = 32,
         max_wait: float = 300.0,
         upload_dir: str | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        cors_origins: Sequence[str] | None = None,
         upload_idle_timeout: float = UploadLimits.idle_timeout,
         upload_timeout: float = UploadLimits.max_duration,
         max_uploads: int = UploadLimits.max_uploads,
@@ -271,6 +277,8 @@ class ThingServer(Starlette):
         if token is None:
             token = os.environ.get("MICROBLOB_TOKEN") or None
         self.token = token
+        self.allowed_hosts = list(check_allowed_hosts(allowed_hosts))
+        self.cors_origins = list(check_cors_origins(cors_origins))
         self.store = store
         self.blob_ttl = float(blob_ttl)
         self.max_upload = int(max_upload)
@@ -320,7 +328,7 @@ class ThingServer(Starlette):
         super().__init__(
             debug=debug,
             routes=routes,
-            middleware=[Middleware(_TokenAuth, token=token)],
+            middleware=self._middleware(),
             exception_handlers={
                 ApiError: self._api_error,
                 HTTPException: self._http_error,
@@ -359,7 +367,21 @@ class ThingServer(Starlette):
             raise InvalidArgument(
                 f"refusing to serve on {host} without a token: set token= (or MICROBLOB_TOKEN), or insecure=True"
             )
+        self.allow_host(host)
         uvicorn.run(self, host=host, port=port, **uvicorn_options)
+
+    def allow_host(self, host: str) -> None:
+        """Accept `host` in the Host header too (the name the server was told to listen on is one of its
+        names). Before the first request only: the middleware stack is built then."""
+        name = check_allowed_hosts([host])[0]
+        if name in self.allowed_hosts or name in ("0.0.0.0", "::", ""):
+            return
+        self.allowed_hosts.append(name)
+        self.user_middleware = self._middleware()
+        self.middleware_stack = None
+
+    def _middleware(self) -> list[Middleware]:
+        return guard_middleware(self.allowed_hosts, self.cors_origins, [Middleware(_TokenAuth, token=self.token)])
 
     # -- errors -----------------------------------------------------------------------------------
 
