@@ -204,25 +204,24 @@ class InvocationManager:
     def _finish(self, inv: Invocation, status: str) -> None:
         inv.time_completed = _now()
         inv.finished_at = self.scheduler.clock()
-        inv.status = status
+        keep = max(self.retention, inv.blob_ttl if status == "completed" else 0.0)
+        inv_id = inv.id
         with self._lock:
+            inv.status = status
             waiters, inv.waiters = inv.waiters, []
+            # Timers are armed before anyone is told: whoever sees the result sees its expiry scheduled.
+            if self._invocations.get(inv_id) is inv and inv_id not in self._finished:  # else forgotten already
+                forget = self.scheduler.call_at(inv.finished_at + keep, lambda: self.forget(inv_id, only_if_done=True))
+                if status == "completed":
+                    release = self.scheduler.call_at(inv.finished_at + inv.blob_ttl, inv.release)
+                    self._finished[inv_id] = (forget, release)
+                else:
+                    self._finished[inv_id] = (forget,)
         for loop, event in waiters:
             try:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # that loop has closed; nobody waits there any more
                 pass
-        keep = max(self.retention, inv.blob_ttl if status == "completed" else 0.0)
-        inv_id = inv.id
-        with self._lock:
-            if self._invocations.get(inv_id) is not inv or inv_id in self._finished:
-                return  # forgotten already (shutdown), or finished twice
-            forget = self.scheduler.call_at(inv.finished_at + keep, lambda: self.forget(inv_id, only_if_done=True))
-            if status == "completed":
-                release = self.scheduler.call_at(inv.finished_at + inv.blob_ttl, inv.release)
-                self._finished[inv_id] = (forget, release)
-            else:
-                self._finished[inv_id] = (forget,)
 
     def get(self, inv_id: str) -> Invocation | None:
         with self._lock:

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ._connect import connect, default_uri
-from ._exceptions import MicroblobError, ObjectNotFound, StoreNotFound
+from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._validate import loads_json
 from ._version import __version__
 from .objects import save_stream_atomically
@@ -287,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default: "
                                                  "$MICROBLOB_TOKEN, which other users cannot see in `ps`)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="accept this name in the Host header besides loopback names, IP addresses and this "
+                        "machine's name, e.g. pi.lab.example or '*.lab.example' (repeatable; '*': any). "
+                        "Other names are refused (421): a web page could rebind them to this server")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of this origin (e.g. http://localhost:8000) call the server from a browser "
+                        "(repeatable); pages of any other origin may not change anything")
     p.add_argument("--blob-ttl", type=_seconds, metavar="SECONDS",
                    help="how long a Blob link lives after its action completes (default: 300)")
     p.add_argument("--max-upload", type=_size, metavar="BYTES",
@@ -333,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("get", cmd_get, "write an object's bytes to a file or to stdout")
     p.add_argument("object_id", metavar="ID")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (atomically); - or nothing: stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (a regular file atomically, a device or FIFO "
+                   "directly); - or nothing: stdout")
     p.add_argument("--version", type=_count, metavar="N", help="this version (default: the latest)")
 
     p = command("ls", cmd_ls, "list objects (latest versions): a table, or JSON lines with --json", [json_flag])
@@ -732,6 +740,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not token and not args.insecure and not _is_loopback(args.host):
         raise UsageError(f"refusing to serve on {args.host} without a token: give --token (or set "
                          f"MICROBLOB_TOKEN), or --insecure to serve anyone who can reach it")
+    from ._browser_guard import check_allowed_hosts, check_cors_origins
+
+    try:  # before the store opens and the port is taken
+        check_allowed_hosts(args.allowed_host)
+        check_cors_origins(args.cors_origin)
+    except InvalidArgument as exc:
+        raise UsageError(str(exc)) from None
     things = dict(_read_config(args.config)) if args.config else {}
     things.update(args.thing)
     # `module:Class` names a module of the directory serve runs in, as with `python -m` (the console
@@ -754,7 +769,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with sock:
             try:
                 # token="" (not None): the CLI has read $MICROBLOB_TOKEN already, the server must not again
-                app = ThingServer(things=things, store=store, token=token or "", **options)
+                app = ThingServer(things=things, store=store, token=token or "", allowed_hosts=args.allowed_host,
+                                  cors_origins=args.cors_origin, **options)
+                app.allow_host(args.host)
             except (ImportError, AttributeError) as exc:
                 raise MicroblobError(f"cannot load a Thing: {exc}") from None
             host, port = sock.getsockname()[:2]

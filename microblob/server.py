@@ -20,7 +20,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -36,6 +36,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
+from ._browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
 from ._exceptions import (
     IntegrityError,
     InvalidArgument,
@@ -153,6 +154,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _bearer_token(header: bytes) -> bytes:
+    """The credentials of an ``Authorization: Bearer ...`` header, or b"". RFC 9110 makes the scheme
+    case-insensitive; the rest is taken exactly as sent (one space, no padding), so anything else
+    (another scheme, no token, extra spaces) yields b"" or bytes no configured token equals."""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return b""
+    return token
+
+
 class _TokenAuth:
     """Bearer-token check for every request except downloading a Blob link (ids are unguessable, and
     browsers and other tools must be able to follow links). The browse page (``GET /``) also accepts the
@@ -160,7 +171,7 @@ class _TokenAuth:
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http":
@@ -173,14 +184,14 @@ class _TokenAuth:
         if scope["method"] in ("GET", "HEAD") and re.fullmatch(r"/blobs/[^/]+", path):
             await self.app(scope, receive, send)
             return
-        got = dict(scope.get("headers", [])).get(b"authorization", b"")
+        got = _bearer_token(dict(scope.get("headers", [])).get(b"authorization", b""))
         page = scope["method"] in ("GET", "HEAD") and path == "/"
         if page and not got:
             # The browse page is opened by a browser, which cannot add a header to a typed-in URL: it
             # alone may carry the token as ?token=...; its JS then sends the header on every request.
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             if "token" in query:
-                got = f"Bearer {query['token']}".encode()
+                got = query["token"].encode()
         if not secrets.compare_digest(got, self.expected):
             detail = "missing bearer token" if not got else "wrong bearer token"
             if page:
@@ -233,6 +244,9 @@ class ThingServer(Starlette):
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
     `regex_budget`: seconds of `$regex` matching one ``GET /objects/`` may spend (then 400 QueryTimeout;
     None: no limit). `max_page_size`: most objects one ``GET /objects/`` answers (then a next cursor).
+    `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
+    header may carry (``*.lab.example``; ``*``: any). `cors_origins`: pages (``http://host:port``) that
+    may call the server from a browser; every other page is refused (see `microblob._browser_guard`).
 
     Uploads (``POST /blobs``, ``POST /objects/``; `microblob._upload_limits`): a body that sends nothing
     for `upload_idle_timeout` seconds, or takes longer than `upload_timeout`, is dropped (408; JSON
@@ -256,6 +270,8 @@ class ThingServer(Starlette):
         upload_dir: str | None = None,
         regex_budget: float | None = 5.0,
         max_page_size: int = 1000,
+        allowed_hosts: Sequence[str] | None = None,
+        cors_origins: Sequence[str] | None = None,
         upload_idle_timeout: float = UploadLimits.idle_timeout,
         upload_timeout: float = UploadLimits.max_duration,
         max_uploads: int = UploadLimits.max_uploads,
@@ -267,6 +283,8 @@ class ThingServer(Starlette):
         if token is None:
             token = os.environ.get("MICROBLOB_TOKEN") or None
         self.token = token
+        self.allowed_hosts = list(check_allowed_hosts(allowed_hosts))
+        self.cors_origins = list(check_cors_origins(cors_origins))
         self.store = store
         self.blob_ttl = float(blob_ttl)
         self.max_upload = int(max_upload)
@@ -318,7 +336,7 @@ class ThingServer(Starlette):
         super().__init__(
             debug=debug,
             routes=routes,
-            middleware=[Middleware(_TokenAuth, token=token)],
+            middleware=self._middleware(),
             exception_handlers={
                 ApiError: self._api_error,
                 HTTPException: self._http_error,
@@ -357,7 +375,21 @@ class ThingServer(Starlette):
             raise InvalidArgument(
                 f"refusing to serve on {host} without a token: set token= (or MICROBLOB_TOKEN), or insecure=True"
             )
+        self.allow_host(host)
         uvicorn.run(self, host=host, port=port, **uvicorn_options)
+
+    def allow_host(self, host: str) -> None:
+        """Accept `host` in the Host header too (the name the server was told to listen on is one of its
+        names). Before the first request only: the middleware stack is built then."""
+        name = check_allowed_hosts([host])[0]
+        if name in self.allowed_hosts or name in ("0.0.0.0", "::", ""):
+            return
+        self.allowed_hosts.append(name)
+        self.user_middleware = self._middleware()
+        self.middleware_stack = None
+
+    def _middleware(self) -> list[Middleware]:
+        return guard_middleware(self.allowed_hosts, self.cors_origins, [Middleware(_TokenAuth, token=self.token)])
 
     # -- errors -----------------------------------------------------------------------------------
 

@@ -171,7 +171,7 @@ def test_streamed_upload_over_the_limit_is_413_and_leaves_nothing(make_server: A
             yield b"y" * 10_000
 
     with httpx.Client() as c:
-        r = c.post(base + "blobs", content=body())
+        r = c.post(base + "blobs", content=body(), headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     wait_until(lambda: list(tmp_path.iterdir()) == [])
 

@@ -27,6 +27,10 @@ import microblob
 GUARD = 30.0  # seconds a client waits before calling the server hung (never reached when it works)
 
 
+# A script, not a web page: it says so, as the CSRF check asks of an untyped POST body.
+SCRIPT = {"X-Requested-With": "test"}
+
+
 def _address(base: str) -> tuple[str, int]:
     parts = urlsplit(base)
     assert parts.hostname is not None and parts.port is not None
@@ -101,7 +105,7 @@ def test_a_body_that_stops_arriving_is_dropped_with_408_and_its_spool_removed(
         assert headers.get("connection") == "close"
     assert os.listdir(spools) == []
     assert lmdb_store.blob_object_query({}) == []
-    with httpx.Client(base_url=base, timeout=GUARD) as http:  # and the server still serves
+    with httpx.Client(base_url=base, timeout=GUARD, headers=SCRIPT) as http:  # and the server still serves
         assert http.post("/blobs", content=b"fine").status_code == 201
         assert http.post("/camera/add", json={"a": 1}).json()["output"] == 3
 
@@ -132,7 +136,7 @@ def test_uploads_over_the_cap_get_503_with_retry_after_and_the_next_one_succeeds
     holders.append(start_upload(base, "/camera/add", 1000, b'{"a": 1', "application/json"))
     try:
         wait_until(lambda: app.uploads.stats()["uploads"] == 3)
-        with httpx.Client(base_url=base, timeout=GUARD) as http:
+        with httpx.Client(base_url=base, timeout=GUARD, headers=SCRIPT) as http:
             for path in ("/blobs", "/objects/"):
                 refused = http.post(path, content=b"legitimate")
                 assert refused.status_code == 503, refused.text
@@ -146,7 +150,7 @@ def test_uploads_over_the_cap_get_503_with_retry_after_and_the_next_one_succeeds
             sock.close()
     wait_until(lambda: os.listdir(spools) == [])  # the holders went away: their spools with them
     wait_until(lambda: app.uploads.stats()["uploads"] == 0)  # and their places
-    with httpx.Client(base_url=base, timeout=GUARD) as http:
+    with httpx.Client(base_url=base, timeout=GUARD, headers=SCRIPT) as http:
         assert http.post("/blobs", content=b"legitimate").status_code == 201
         assert http.post("/objects/", content=b"legitimate").status_code == 201
 
@@ -161,7 +165,7 @@ def test_the_spool_budget_refuses_an_upload_that_would_exceed_it_and_leaves_noth
         make_server: Any, live: Any, lmdb_store: microblob.Store, spools: Path) -> None:
     app = make_server({}, store=lmdb_store, upload_dir=str(spools), spool_budget=100_000, upload_ttl=600)
     base = live(app)
-    with httpx.Client(base_url=base, timeout=GUARD) as http:
+    with httpx.Client(base_url=base, timeout=GUARD, headers=SCRIPT) as http:
         kept = http.post("/blobs", content=b"k" * 60_000)
         assert kept.status_code == 201
         assert len(os.listdir(spools)) == 1  # a finished upload keeps its spool until it is consumed or expires
@@ -185,7 +189,7 @@ def test_an_expired_upload_gives_its_bytes_back_to_the_budget(make_server: Any, 
                                                               spools: Path) -> None:
     app = make_server({}, upload_dir=str(spools), spool_budget=100_000, upload_ttl=0.3)
     base = live(app)
-    with httpx.Client(base_url=base, timeout=GUARD) as http:
+    with httpx.Client(base_url=base, timeout=GUARD, headers=SCRIPT) as http:
         first = http.post("/blobs", content=b"a" * 90_000)
         assert first.status_code == 201
         wait_until(lambda: gc.collect() is not None and os.listdir(spools) == [])
@@ -269,7 +273,7 @@ def test_running_out_of_file_descriptors_on_an_upload_is_json_503(tmp_path: Path
     server = FdServer(tmp_path, spools, spare=1)
     try:
         for path in ("/blobs", "/objects/"):
-            response = httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD)
+            response = httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD, headers=SCRIPT)
             assert response.status_code == 503, response.text
             assert response.json()["error"] == "TooManyOpenFiles"
             assert int(response.headers["retry-after"]) >= 1
@@ -277,13 +281,13 @@ def test_running_out_of_file_descriptors_on_an_upload_is_json_503(tmp_path: Path
         for spare in (2, 3):  # the spool opens; what runs out later (the store, a module's data file) is a 503 too
             server.spare(spare)
             for path in ("/blobs", "/objects/"):
-                response = httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD)
+                response = httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD, headers=SCRIPT)
                 assert response.status_code in (201, 503), response.text
                 if response.status_code == 503:
                     assert response.json()["error"] == "TooManyOpenFiles"
         server.spare(64)  # descriptors come back: the same uploads go through
         for path in ("/blobs", "/objects/"):
-            assert httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD).status_code == 201
+            assert httpx.post(server.base + path, content=b"x" * 1000, timeout=GUARD, headers=SCRIPT).status_code == 201
     finally:
         server.stop()
 
@@ -307,14 +311,15 @@ def test_many_trickling_uploads_cannot_starve_a_server_of_descriptors(tmp_path: 
                 assert _json_error(body) in ("TooManyUploads", "TooManyOpenFiles")
                 waiting.discard(sock)
         assert len(os.listdir(spools)) <= 8
-        legit = httpx.post(server.base + "/blobs", content=b"legitimate", timeout=GUARD)
+        legit = httpx.post(server.base + "/blobs", content=b"legitimate", timeout=GUARD, headers=SCRIPT)
         assert legit.status_code == 503 and legit.json()["error"] == "TooManyUploads", legit.text
     finally:
         for sock in tricklers:
             sock.close()
     try:
         wait_until(lambda: os.listdir(spools) == [])
-        assert httpx.post(server.base + "/blobs", content=b"legitimate", timeout=GUARD).status_code == 201
+        legit = httpx.post(server.base + "/blobs", content=b"legitimate", timeout=GUARD, headers=SCRIPT)
+        assert legit.status_code == 201
     finally:
         server.stop()
 
