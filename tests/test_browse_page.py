@@ -189,6 +189,28 @@ def test_more_pages_through_the_objects(page: Any, tmp_path: Path, make_server: 
         store.close()
 
 
+def test_more_follows_a_server_page_smaller_than_the_pages(page: Any, tmp_path: Path, make_server: Any,
+                                                          live: Any) -> None:
+    """A server whose max_page_size is below the page's 50 still lists everything: its next link says more
+    objects match."""
+    store = microblob.connect(tmp_path / "store.db")
+    try:
+        for n in range(25):
+            store.save_or_update_object(b"%d" % n, object_id=f"obj-{n:03d}", type="small")
+        load(page, live(make_server({}, store=store, max_page_size=10)))
+        assert len(rows(page)) == 10
+        more = page.find_element("id", "more")
+        for expected in (20, 25):
+            assert more.is_displayed()
+            more.click()
+            wait_for(page, lambda n=expected: len(rows(page)) == n, what=f"{expected} rows")
+        assert not more.is_displayed()
+        assert sorted(rows(page)) == [f"obj-{n:03d}" for n in range(25)]
+        assert errors(page) == []
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------------------------------ the detail view
 
 

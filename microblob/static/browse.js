@@ -42,17 +42,18 @@
     document.documentElement.dataset.pending = String(pending);
   };
 
-  async function api(url) {
+  async function api(url, onResponse) {
     busy(+1);
     try {
-      return await request(url);
+      return await request(url, onResponse);
     } finally {
       busy(-1);
     }
   }
 
-  async function request(url) {
+  async function request(url, onResponse) {
     const response = await fetch(url, { headers: { Accept: "application/json", ...authHeaders() } });
+    if (onResponse) onResponse(response);
     if (!response.ok) {
       let detail = `${response.status} ${response.statusText}`;
       try {
@@ -296,8 +297,11 @@
       skip: String(list.skip) });
     if (Object.keys(flt).length) params.set("filter", JSON.stringify(flt));
     let objects;
+    let nextPage = false; // the server caps pages (max_page_size): its Link header says whether more match
     try {
-      objects = await api(`objects/?${params}`);
+      objects = await api(`objects/?${params}`, (r) => {
+        nextPage = /rel="next"/.test(r.headers.get("Link") || "");
+      });
     } catch (err) {
       if (generation === list.generation) {
         status.textContent = "";
@@ -306,7 +310,7 @@
       return;
     }
     if (generation !== list.generation) return;
-    const hasMore = objects.length > PAGE;
+    const hasMore = objects.length > PAGE || nextPage;
     objects = objects.slice(0, PAGE);
     list.skip += objects.length;
     const body = $("objects").tBodies[0];
