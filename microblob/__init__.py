@@ -1,4 +1,11 @@
-"""microblob: binary objects with provenance and versions in one embedded file, served over HTTP."""
+"""microblob: binary objects with provenance and versions in one embedded file, served over HTTP.
+
+`import microblob` loads the store and the Blob value only; the Thing server, the client and the Thing
+model (Starlette, httpx, uvicorn) load on first use of one of their names, so a script that only stores
+objects never pays for the HTTP stack (docs/ARCHITECTURE.md, "Layers").
+"""
+
+import typing as _typing
 
 from ._connect import connect, default_uri
 from ._copy import CopyReport, copy
@@ -30,21 +37,20 @@ from ._exceptions import (
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
-from ._remote import RemoteBlob
 from ._version import __version__
-from .blob import Blob
-from .client import ThingClient
+from .blob import Blob, RemoteBlob
 from .files import DownloadStream, FilesBucket, UploadStream
 from .objects import BlobObject
-from .server import ThingServer
 from .store import Store
-from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 from .workflow import Workflow, current_workflow_id
 
-# LabThings' spellings (`import microblob as lt`; `lt.property(default=0)`, `@lt.action`). Not in
-# __all__: `from microblob import *` must not shadow the builtin `property`.
-action = thing_action
-property = thing_property  # noqa: A001
+if _typing.TYPE_CHECKING:
+    from .client import ThingClient
+    from .server import ThingServer
+    from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
+
+    action = thing_action
+    property = thing_property  # noqa: A001
 
 __all__ = [
     "ActionError",
@@ -97,3 +103,27 @@ __all__ = [
     "thing_property",
 ]
 
+_THING_NAMES = frozenset({"Thing", "cancellable_sleep", "raise_if_cancelled", "thing_action", "thing_property"})
+# LabThings' spellings (`import microblob as lt`; `lt.property(default=0)`, `@lt.action`). Not in
+# __all__: `from microblob import *` must not shadow the builtin `property`.
+_LABTHINGS_ALIASES = {"action": "thing_action", "property": "thing_property"}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """The HTTP half on first use: `microblob.ThingServer`, `from microblob import Thing`, ..."""
+    target = _LABTHINGS_ALIASES.get(name, name)
+    if target in _THING_NAMES:
+        from . import thing as module
+    elif target == "ThingServer":
+        from . import server as module
+    elif target == "ThingClient":
+        from . import client as module
+    else:
+        raise AttributeError(f"module 'microblob' has no attribute {name!r}")
+    value = getattr(module, target)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LABTHINGS_ALIASES))

@@ -158,10 +158,6 @@ class BlobLinks:
             self._expire(link_id)  # the timer may be a moment late; the clock decides
         return link
 
-    def link_for(self, blob: Blob) -> Link | None:
-        with self._lock:
-            return self._by_blob.get(blob)
-
     def drop_holds(self) -> None:
         with self._lock:
             for link in self._live.values():

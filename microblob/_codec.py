@@ -4,7 +4,6 @@ MongoDB accepts too (and `microblob copy` never fails half way on a document it 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from typing import Any
 
 import msgpack
@@ -160,7 +159,3 @@ def decode(raw: bytes | memoryview) -> Any:
     if not isinstance(doc, dict):
         raise IntegrityError(f"the store is damaged: a stored document decodes to {type(doc).__name__}")
     return doc
-
-
-def is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)

@@ -1,4 +1,4 @@
-"""`connect(uri)`: from a URI (or nothing) to a Store on the right backend (DESIGN.md §3.1)."""
+"""`connect(uri)`: from a URI (or nothing) to a Store on the right backend (docs/ARCHITECTURE.md, "Connecting")."""
 
 from __future__ import annotations
 
@@ -119,9 +119,9 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
 
 
 def _file_path(parts: SplitResult, uri: str) -> str:
-    """The local path of an lmdb:// or file:// URI. A host other than localhost is refused: it used to be
-    dropped silently, so lmdb://dir/x.db opened /x.db. Percent-escapes must decode to UTF-8 (they were
-    replaced by U+FFFD, which opened a file of another name)."""
+    """The local path of an lmdb:// or file:// URI. A host other than localhost is refused, not dropped:
+    dropped, lmdb://dir/x.db would open /x.db. Percent-escapes must decode to UTF-8: replacing bad ones by
+    U+FFFD would open a file of another name."""
     if parts.netloc not in ("", "localhost"):
         raise InvalidArgument(
             f"{uri!r} names host {parts.netloc!r}: the embedded store is a local file (lmdb:///abs/path.db, "

@@ -142,7 +142,7 @@ def copy(
 
 def _open(store: Any, name: str, *, create: bool) -> tuple[Store, bool]:
     if isinstance(store, Store):
-        store._check_open()
+        store.internals.check_open()
         return store, False
     if isinstance(store, (str, os.PathLike)):
         from ._connect import connect
@@ -167,20 +167,21 @@ class _Copier:
 
     def _object_ids(self) -> list[str]:
         flt = {"updated_at": {"$gte": self.since}} if self.since is not None else {}
-        return sorted(d["_id"] for d in self.src._objects.find(flt, projection={"_id": 1}))
+        return sorted(d["_id"] for d in self.src.internals.objects.find(flt, projection={"_id": 1}))
 
     def _user_file_ids(self) -> list[Any]:
         flt: dict[str, Any] = {"metadata.microblob_object_id": {"$exists": False}}
         if self.since is not None:
             flt["uploadDate"] = {"$gte": self.since}
-        return [d["_id"] for d in self.src.files._files.find(flt, projection={"_id": 1})]
+        return [d["_id"] for d in self.src.internals.file_docs.find(flt, projection={"_id": 1})]
 
     def _file_ids_of(self, object_id: str) -> set[Any]:
-        current = self.src._objects.find_one({"_id": object_id}, projection={"file_id": 1, "created_at": 1})
+        current = self.src.internals.objects.find_one({"_id": object_id}, projection={"file_id": 1, "created_at": 1})
         if current is None:
             return set()
         ids = {current.get("file_id")}
-        for entry in self.src._history.find({"object_id": object_id}, projection={"file_id": 1, "created_at": 1}):
+        history = self.src.internals.history
+        for entry in history.find({"object_id": object_id}, projection={"file_id": 1, "created_at": 1}):
             if _same_life(entry, current.get("created_at")):
                 ids.add(entry.get("file_id"))
         ids.discard(None)
@@ -189,10 +190,10 @@ class _Copier:
     def _missing_bytes(self, file_ids: Iterator[Any]) -> int:
         total = 0
         for file_id in file_ids:
-            src_doc = self.src.files._files.find_one({"_id": file_id}, projection={"length": 1, "sha256": 1})
+            src_doc = self.src.internals.file_docs.find_one({"_id": file_id}, projection={"length": 1, "sha256": 1})
             if src_doc is None:
                 continue
-            dst_doc = self.dst.files._files.find_one({"_id": self._dst_id(file_id)},
+            dst_doc = self.dst.internals.file_docs.find_one({"_id": self._dst_id(file_id)},
                                                      projection={"length": 1, "sha256": 1})
             if dst_doc is None:
                 total += int(src_doc.get("length") or 0)
@@ -235,13 +236,13 @@ class _Copier:
 
     def _release_leases(self) -> None:
         for file_id in self.leases:
-            self.dst.files._pending.delete_one({"_id": file_id})
+            self.dst.internals.leases.delete_one({"_id": file_id})
         self.leases = []
 
     # --- workflows ---------------------------------------------------------------------------------------
 
     def _copy_workflows(self) -> None:
-        src, dst = self.src._workflows, self.dst._workflows
+        src, dst = self.src.internals.workflows, self.dst.internals.workflows
         for workflow_id in [d["_id"] for d in src.find({}, projection={"_id": 1})]:
             doc = src.find_one({"_id": workflow_id})
             if doc is None:
@@ -263,11 +264,11 @@ class _Copier:
 
     def _copy_object(self, object_id: str) -> None:
         src, dst = self.src, self.dst
-        current = src._objects.find_one({"_id": object_id}, projection={"data": 0})
+        current = src.internals.objects.find_one({"_id": object_id}, projection={"data": 0})
         if current is None:
             return  # deleted at the source since we listed it
         life = current.get("created_at")
-        there = dst._objects.find_one({"_id": object_id}, projection={"data": 0})
+        there = dst.internals.objects.find_one({"_id": object_id}, projection={"data": 0})
         version = _version(current)
         if there is not None:
             if not _same_life(there, life):
@@ -279,15 +280,15 @@ class _Copier:
                 raise _Skip(f"version {version} differs between source and destination")
         copied_before = self.report.versions_copied
         # 1. the history, oldest first (each entry after its bytes)
-        entries = [e for e in src._history.find({"object_id": object_id},
+        entries = [e for e in src.internals.history.find({"object_id": object_id},
                                                  projection={"_id": 1, "version": 1, "created_at": 1})
                    if _same_life(e, life)]
-        dst_entries = {e["_id"]: e for e in dst._history.find(
+        dst_entries = {e["_id"]: e for e in dst.internals.history.find(
             {"object_id": object_id}, projection={"_id": 1, "created_at": 1, "sha256": 1, "version": 1})}
         if there is not None and _version(there) < version:
             self._check_fast_forward(object_id, there, entries)
         for stub in sorted(entries, key=_version):
-            entry = src._history.find_one({"_id": stub["_id"]})
+            entry = src.internals.history.find_one({"_id": stub["_id"]})
             if entry is None:
                 continue
             existing = dst_entries.get(entry["_id"])
@@ -299,10 +300,11 @@ class _Copier:
                 continue
             entry = self._with_bytes(entry)
             if existing is not None:  # an earlier life's leftover at the destination
-                dst._history.replace_one({"_id": entry["_id"], "created_at": existing.get("created_at")}, entry)
+                dst.internals.history.replace_one(
+                    {"_id": entry["_id"], "created_at": existing.get("created_at")}, entry)
             else:
                 try:
-                    dst._history.insert_one(entry)
+                    dst.internals.history.insert_one(entry)
                 except DuplicateKey:
                     self.report.versions_skipped += 1
                     continue
@@ -312,21 +314,21 @@ class _Copier:
             self._count_present(current)
             self.report.versions_skipped += 1
         else:
-            latest = self._with_bytes(src._objects.find_one({"_id": object_id}) or current)
+            latest = self._with_bytes(src.internals.objects.find_one({"_id": object_id}) or current)
             if _version(latest) != version:
                 raise _Skip("the source changed while copying; run copy again")
             if there is None:
                 try:
-                    dst._objects.insert_one(latest)
+                    dst.internals.objects.insert_one(latest)
                 except DuplicateKey:
                     raise _Skip("the object appeared at the destination while copying; run copy again") from None
             else:
                 swap = {"_id": object_id, "version": there.get("version"), "created_at": there.get("created_at")}
-                if not dst._objects.replace_one(swap, latest):
+                if not dst.internals.objects.replace_one(swap, latest):
                     raise _Skip("the object changed at the destination while copying; run copy again")
                 old_file = there.get("file_id")
                 if old_file is not None and old_file != latest.get("file_id"):
-                    dst._release_file(old_file)  # freed only if no version references it any more
+                    dst.internals.release_file(old_file)  # freed only if no version references it any more
             self.report.versions_copied += 1
         if self.report.versions_copied > copied_before:
             self.report.objects_copied += 1
@@ -338,7 +340,8 @@ class _Copier:
         overwrote without keeping it): otherwise the two have diverged."""
         for stub in entries:
             if _version(stub) == _version(there):
-                entry = self.src._history.find_one({"_id": stub["_id"]}, projection={"sha256": 1, "updated_at": 1})
+                entry = self.src.internals.history.find_one(
+                    {"_id": stub["_id"]}, projection={"sha256": 1, "updated_at": 1})
                 if entry is not None and entry.get("sha256") != there.get("sha256"):
                     raise _Skip(f"version {_version(there)} differs between source and destination")
 
@@ -371,12 +374,12 @@ class _Copier:
     def _ensure_file(self, file_id: Any) -> None:
         if file_id in self.files_seen:
             return  # another version sharing these bytes already brought them over (or found them there)
-        src_files, dst_files = self.src.files, self.dst.files
-        src_doc = src_files._files.find_one({"_id": file_id})
+        src, dst = self.src.internals, self.dst.internals
+        src_doc = src.file_docs.find_one({"_id": file_id})
         if src_doc is None:
             raise _Skip(f"file {file_id!r} is missing at the source (run verify there)")
         dst_id = self._dst_id(file_id)
-        there = dst_files._files.find_one({"_id": dst_id}, projection={"length": 1, "sha256": 1})
+        there = dst.file_docs.find_one({"_id": dst_id}, projection={"length": 1, "sha256": 1})
         length = int(src_doc.get("length") or 0)
         if there is not None:
             same_length = int(there.get("length") or 0) == length
@@ -388,9 +391,9 @@ class _Copier:
             self.report.bytes_skipped += length
             return
         # Leftovers of an interrupted copy (no files document yet): start the file again, under our lease.
-        dst_files._pending.delete_one({"_id": dst_id})
-        dst_files._chunks.delete(dst_id)
-        dst_files._take_lease(dst_id)
+        dst.leases.delete_one({"_id": dst_id})
+        dst.chunks.delete(dst_id)
+        dst.take_lease(dst_id)
         self.leases.append(dst_id)
         digest = hashlib.sha256()
         chunk_size = int(src_doc["chunkSize"])
@@ -399,27 +402,27 @@ class _Copier:
         batch_bytes = first = 0
         for n in range(count):
             expected = min(chunk_size, length - n * chunk_size)
-            data = src_files._chunks.get(file_id, n)
+            data = src.chunks.get(file_id, n)
             if data is None or len(data) != expected:
                 raise _Skip(f"file {file_id!r}: chunk {n} is missing or short at the source (run verify there)")
             digest.update(data)
             batch.append(data)
             batch_bytes += len(data)
             if batch_bytes >= _BATCH_BYTES:
-                dst_files._put_chunks(dst_id, first, batch)
+                dst.put_chunks(dst_id, first, batch)
                 self._tick(batch_bytes)
                 first += len(batch)
                 batch, batch_bytes = [], 0
         if batch:
-            dst_files._put_chunks(dst_id, first, batch)
+            dst.put_chunks(dst_id, first, batch)
             self._tick(batch_bytes)
         sha256 = digest.hexdigest()
         if src_doc.get("sha256") not in (None, sha256):
-            dst_files._chunks.delete(dst_id)
+            dst.chunks.delete(dst_id)
             raise _Skip(f"file {file_id!r} does not match its sha256 at the source (run verify there)")
         doc = {**src_doc, "_id": dst_id, "sha256": sha256}
         try:
-            dst_files._files.insert_one(doc)
+            dst.file_docs.insert_one(doc)
         except DuplicateKey:  # a concurrent copy finished it first
             pass
         self.files_seen.add(file_id)

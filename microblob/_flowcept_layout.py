@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._query import check_depth
+from .blob import GENERIC_CONTENT_TYPE
 
 __all__ = ["FLOWCEPT_LAYOUT", "alias_type", "as_flowcept", "as_microblob", "is_flowcept_doc"]
 
@@ -43,7 +44,7 @@ def as_microblob(doc: Mapping[str, Any]) -> dict[str, Any]:
         out["storage"] = "inline"
         out["size"] = doc.get("object_size_bytes")  # as recorded (a document read without its bytes agrees)
     out["sha256"] = doc.get("data_sha256") if doc.get("data_hash_algo", "sha256") == "sha256" else None
-    out.setdefault("content_type", "application/octet-stream")
+    out.setdefault("content_type", GENERIC_CONTENT_TYPE)
     out["custom_metadata"] = doc.get("custom_metadata") or {}
     out["tags"] = doc.get("tags") or []
     out["layout"] = FLOWCEPT_LAYOUT

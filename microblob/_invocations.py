@@ -28,10 +28,9 @@ from typing import Any
 
 from ._blob_links import BlobLinks, Link, iso_utc, new_id
 from ._exceptions import InvocationCancelled, MicroblobError
-from ._remote import RemoteBlob
 from ._scheduler import Scheduler, Timer
 from ._schema import map_blobs, to_jsonable
-from .blob import Blob
+from .blob import Blob, RemoteBlob
 from .thing import ActionInfo, _cancel_event
 
 __all__ = ["Invocation", "InvocationManager", "OutputBlob", "TooManyInvocations"]
@@ -197,33 +196,32 @@ class InvocationManager:
 
     def _link(self, blob: Blob, ttl: float) -> OutputBlob:
         if isinstance(blob, RemoteBlob):
-            src = blob._source
-            meta = {"url": blob.url, "content_type": blob.content_type, "size": src.size, "sha256": src.sha256}
+            meta = {"url": blob.url, "content_type": blob.content_type, "size": blob.size,
+                    "sha256": blob.known_sha256}
             return OutputBlob(None, None, remote=meta)
         return OutputBlob(blob, self.links.register(blob, ttl))
 
     def _finish(self, inv: Invocation, status: str) -> None:
         inv.time_completed = _now()
         inv.finished_at = self.scheduler.clock()
-        inv.status = status
+        keep = max(self.retention, inv.blob_ttl if status == "completed" else 0.0)
+        inv_id = inv.id
         with self._lock:
+            inv.status = status
             waiters, inv.waiters = inv.waiters, []
+            # Timers are armed before anyone is told: whoever sees the result sees its expiry scheduled.
+            if self._invocations.get(inv_id) is inv and inv_id not in self._finished:  # else forgotten already
+                forget = self.scheduler.call_at(inv.finished_at + keep, lambda: self.forget(inv_id, only_if_done=True))
+                if status == "completed":
+                    release = self.scheduler.call_at(inv.finished_at + inv.blob_ttl, inv.release)
+                    self._finished[inv_id] = (forget, release)
+                else:
+                    self._finished[inv_id] = (forget,)
         for loop, event in waiters:
             try:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # that loop has closed; nobody waits there any more
                 pass
-        keep = max(self.retention, inv.blob_ttl if status == "completed" else 0.0)
-        inv_id = inv.id
-        with self._lock:
-            if self._invocations.get(inv_id) is not inv or inv_id in self._finished:
-                return  # forgotten already (shutdown), or finished twice
-            forget = self.scheduler.call_at(inv.finished_at + keep, lambda: self.forget(inv_id, only_if_done=True))
-            if status == "completed":
-                release = self.scheduler.call_at(inv.finished_at + inv.blob_ttl, inv.release)
-                self._finished[inv_id] = (forget, release)
-            else:
-                self._finished[inv_id] = (forget,)
 
     def get(self, inv_id: str) -> Invocation | None:
         with self._lock:

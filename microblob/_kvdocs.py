@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import _codec
-from ._backend import Filter, Projection, Sort, checked_chunk
+from ._backend import Filter, Projection, Sort, check_window, checked_chunk
 from ._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
 from ._index_keys import ALWAYS, successor
 from ._kv import KVEngine, KVTxn
@@ -169,7 +169,7 @@ class KVCollection:
         skip: int = 0,
         limit: int = 0,
     ) -> list[dict]:
-        skip, limit = _check_window(skip, limit)
+        skip, limit = check_window(skip, limit)
         project = compile_projection(projection)
         spec = normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
         exact = _exact_id(filter)
@@ -241,7 +241,7 @@ class KVCollection:
 
     def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
         """Which index a find (and a count) with these arguments uses, and why."""
-        skip, limit = _check_window(skip, limit)
+        skip, limit = check_window(skip, limit)
         compile_filter(filter)
         spec = normalize_sort(sort)
         with self._backend._reading() as txn:
@@ -511,8 +511,8 @@ def _id_length(idk: bytes) -> bytes:
 
 def _exact_id(filter: Filter | None) -> bytes | None:
     """The id key when the filter is exactly {"_id": <str or int>}; None otherwise, and for anything
-    the filter compiler must judge first (not a dict, or an id no key can hold: the fast path used to
-    raise a bare AttributeError, OverflowError or UnicodeEncodeError for those)."""
+    the filter compiler must judge first (not a dict, or an id no key can hold, on which the fast path would
+    raise a bare AttributeError, OverflowError or UnicodeEncodeError)."""
     if not isinstance(filter, Mapping) or len(filter) != 1:
         return None
     value = filter.get("_id")
@@ -529,14 +529,6 @@ def _same_id(a: Any, b: Any) -> bool:
         return id_key(a) == id_key(b)
     except InvalidArgument:
         return False
-
-
-def _check_window(skip: Any, limit: Any) -> tuple[int, int]:
-    for name, value in (("skip", skip), ("limit", limit)):
-        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
-    return skip, limit
 
 
 class KVChunkStore:

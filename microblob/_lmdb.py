@@ -1,6 +1,6 @@
 """The embedded default: every table in ONE LMDB file (`subdir=False`), safe across threads and processes.
 
-What this module takes care of, so nothing above it has to (facts measured in DESIGN.md §3.7):
+What this module takes care of, so nothing above it has to (facts measured: docs/ARCHITECTURE.md, "Engine facts"):
 - one `lmdb.Environment` per file per process, shared by every Store on that file and re-opened after
   `fork()`;
 - a map that starts small (32-bit devices cannot reserve a large one) and grows when a write needs room,
@@ -325,7 +325,7 @@ class _Env:
             size = 0
         map_size = options.pop("map_size", None) or min(MAP_LIMIT, max(INITIAL_MAP, _round_up(size + 64 * MiB)))
         # map_size is the initial size (the map grows): below a few pages the tables themselves do not fit
-        # and open_db raised a bare lmdb.MapFullError.
+        # and open_db would raise a bare lmdb.MapFullError.
         map_size = max(map_size, MIN_MAP)
         tune_malloc()  # LMDB's per-commit page copies stay on the heap between batches (see _malloc.py)
         self.options = options
@@ -516,8 +516,8 @@ _ENVS_LOCK = threading.Lock()
 
 
 def _forget_inherited_envs() -> None:
-    """In a forked child: close the parent's environments (never use them, DESIGN §3.7) so the child
-    can open the file afresh; py-lmdb refuses a second open of a path that is still open."""
+    """In a forked child: close the parent's environments (never use them: docs/ARCHITECTURE.md, "Engine
+    facts") so the child can open the file afresh; py-lmdb refuses a second open of a path still open."""
     global _ENVS_LOCK
     _ENVS_LOCK = threading.Lock()  # another thread may have held it at fork time
     for shared in list(_ENVS.values()):

@@ -3,8 +3,8 @@
 Two defaults of glibc cost microblob most of its large-object throughput and memory bound, measured here:
 
 - The trim threshold. LMDB allocates a private copy of every page a write transaction touches and frees
-  them all at commit: 4 MiB per chunk batch of a large save (files.DEFAULT_BATCH_BYTES). Below that
-  (glibc's dynamic threshold, or the 2.25 MiB set here before), the heap hands those pages back to the OS
+  them all at commit: 4 MiB per chunk batch of a large save (`_backend.DEFAULT_BATCH_BYTES`). Below that
+  (glibc's dynamic threshold, or 2.25 MiB), the heap hands those pages back to the OS
   at each commit and page-faults them in again for the next batch: 256 MiB saves ran at 565 MB/s, and at
   1,030-1,370 MB/s with the threshold at two batches (interleaved, one run). Each thread's heap may keep
   that much free memory, so it is no higher: at 32 MiB, 20 server threads streaming downloads held 170 MiB.
@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 
-from .files import DEFAULT_BATCH_BYTES
+from ._backend import DEFAULT_BATCH_BYTES
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc"]
 

@@ -1,9 +1,9 @@
 """`mongita:///abs/dir`: documents kept in Mongita, chunk bytes in `dir/chunks.db` (LMDB).
 
 For people who already keep data in Mongita. Mongita 1.2.0 (unmaintained since 2023) was measured here
-(DESIGN.md §3.7): no fsync, a kill -9 during inserts left the collection unreadable in 25 of 30 trials,
-not process-safe, top-level `$or`/`$and` silently match nothing, a filter that names `_id` ignores its
-other conditions (so `replace_one({"_id": x, "version": 3}, ...)` would replace whatever version is
+(docs/ARCHITECTURE.md, "Engine facts"): no fsync, a kill -9 during inserts left the collection unreadable
+in 25 of 30 trials, not process-safe, top-level `$or`/`$and` silently match nothing, a filter that names
+`_id` ignores its other conditions (so `replace_one({"_id": x, "version": 3}, ...)` would replace whatever version is
 there), and only eight filter operators. So Mongita is used for one thing only: to persist documents and
 to fetch them back by `_id`.
 
@@ -315,8 +315,3 @@ class MongitaBackend(KVBackend):
                 self._client.close()
             finally:
                 self._release_directory()
-
-    def mongita_collection(self, name: str) -> Any:
-        """The Mongita collection that persists `name` (for tests and tools; read it, do not write)."""
-        return self._db[mongita_name(name)]
-

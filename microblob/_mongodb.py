@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import _codec
-from ._backend import Filter, Projection, Sort, checked_chunk
+from ._backend import Filter, Projection, Sort, check_window, checked_chunk
 from ._exceptions import (
     DuplicateKey,
     InvalidArgument,
@@ -110,7 +110,7 @@ def _mapped(method: Callable[..., T]) -> Callable[..., T]:
 def _checkable(value: Any, depth: int = 0) -> Any:
     """A filter with ObjectId values (files GridFSBucket wrote) as str, for microblob's parser: the
     parser checks the shape, the server evaluates the real filter. Below MAX_DEPTH levels the value is
-    passed on as it is (the checks refuse it): recursing into a 10,000-level one raised RecursionError."""
+    passed on as it is (the checks refuse it), so a 10,000-level one cannot exhaust the recursion limit."""
     if depth > _codec.MAX_DEPTH:
         return value
     if isinstance(value, bson.ObjectId):
@@ -127,13 +127,6 @@ def _check_filter(filter: Filter | None) -> dict[str, Any]:
         return {}
     compile_filter(_checkable(filter))
     return dict(filter)
-
-
-def _check_window(skip: Any, limit: Any) -> None:
-    for name, value in (("skip", skip), ("limit", limit)):
-        # At most 2**63-1, as MongoDB's int64 (itertools.islice raised a bare ValueError beyond sys.maxsize).
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-            raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
 
 
 def _check_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,7 +173,7 @@ class MongoCollection:
         limit: int = 0,
     ) -> list[dict]:
         flt = _check_filter(filter)
-        _check_window(skip, limit)
+        check_window(skip, limit)
         if projection is not None:
             compile_projection(projection)
             if not isinstance(projection, Mapping):
@@ -242,7 +235,7 @@ class MongoCollection:
         return self._coll.delete_many(_check_filter(filter)).deleted_count
 
     @_mapped
-    def create_index(self, keys: Sequence[tuple[str, int]] | str, unique: bool = False,
+    def create_index(self, keys: Sequence[tuple[str, int]] | str | Mapping[str, int], unique: bool = False,
                      name: str | None = None) -> str:
         fields, name = check_index_spec(keys, name, unique)
         existing_indexes = self.list_indexes()
@@ -279,7 +272,7 @@ class MongoCollection:
     def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
         """The server's winning plan, summarised like the embedded backends' (its raw form under "server")."""
         flt = _check_filter(filter)
-        _check_window(skip, limit)
+        check_window(skip, limit)
         spec = normalize_sort(sort) or None
         cursor = self._coll.find(flt, sort=spec, skip=skip, limit=limit)
         try:
@@ -460,11 +453,6 @@ class MongoBackend:
         """No multi-document transaction on a standalone server: the store orders its writes instead."""
         self._check_open()
         return fn()
-
-    def server_info(self) -> dict[str, Any]:
-        """`process` and `version` from serverStatus (mongod, mongos, or a wire-compatible server)."""
-        status = self._client.admin.command("serverStatus")
-        return {"process": status.get("process"), "version": status.get("version")}
 
     def close(self) -> None:
         if not self._closed:

@@ -573,8 +573,9 @@ _PATHLESS = frozenset(("$and", "$or", "$nor", "$comment", "$expr", "$where", "$t
 
 def check_depth(value: Any, what: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH (MongoDB's limit for documents and for query trees) before any
-    recursive code walks it. The walk is iterative: a 10,000-level or cyclic filter raised RecursionError
-    from the parser, the operand checks or the matcher; 100 levels need about 260 frames at most."""
+    recursive code walks it. The walk is iterative, so a 10,000-level or cyclic filter is an InvalidQuery,
+    not a RecursionError from the parser, the operand checks or the matcher; 100 levels need about 260
+    frames at most."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()

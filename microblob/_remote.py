@@ -1,7 +1,8 @@
-"""Remote Blobs: bytes behind a URL, downloaded lazily, streamed, and checked against their sha256.
+"""The source of a remote Blob: bytes behind a URL, downloaded lazily, streamed, checked against their sha256.
 
-Kept apart from `blob.py` so the Blob value has no HTTP in it; `Blob.from_url` and the client both
-come here.
+Kept apart from `blob.py` so that importing the Blob value does not import httpx: `blob.remote_blob`
+imports this module the first time a Blob needs a URL. It sits below `blob.py` (it imports only the
+sources), so the value layer has no import cycle.
 """
 
 from __future__ import annotations
@@ -9,18 +10,16 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import types
 from collections.abc import Iterator
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
 import httpx
 
-from ._exceptions import BlobError, BlobExpired, IntegrityError, RemoteError
-from .blob import Blob, Progress, _Source, atomic_writer
+from ._blob_sources import Progress, _Source, atomic_writer
+from ._exceptions import BlobError, BlobExpired, IntegrityError, RemoteError, RemoteInvalidInput, Unauthorized
 
-__all__ = ["RemoteBlob", "remote_blob"]
+__all__ = ["default_client", "raise_for_response", "url_source"]
 
-B = TypeVar("B", bound=Blob)
 _default_client: httpx.Client | None = None
 _default_lock = threading.Lock()
 
@@ -34,20 +33,32 @@ def default_client() -> httpx.Client:
         return _default_client
 
 
-def _check(response: httpx.Response, url: str) -> None:
-    if response.status_code < 400:
+def raise_for_response(response: httpx.Response, what: str, *, blob: bool = False) -> None:
+    """Turn a 4xx/5xx answer into a typed error carrying the server's message: the one reading of the
+    server's ``{"error", "detail"}`` body, for the client and for Blob downloads alike. `blob=True` (a
+    download): 410 is `BlobExpired`, 404 a `BlobError`."""
+    status = response.status_code
+    if status < 400:
         return
-    response.read()
+    response.read()  # a streamed download's error body
     try:
         body = response.json()
-        detail = body.get("detail", response.text)
     except ValueError:
-        detail = response.text
-    if response.status_code == 410:
-        raise BlobExpired(f"{url}: {detail}")
-    if response.status_code == 404:
-        raise BlobError(f"{url}: {detail}")
-    raise RemoteError(f"{url}: {detail}", status=response.status_code)
+        body = None
+    if isinstance(body, dict):
+        error, detail = body.get("error"), body.get("detail", response.text)
+    else:
+        error, detail = None, response.text or response.reason_phrase
+    message = f"{what}: {detail}"
+    if blob and status == 410:
+        raise BlobExpired(message)
+    if blob and status == 404:
+        raise BlobError(message)
+    if status == 422:
+        raise RemoteInvalidInput(message, status=status, error=error)
+    if status == 401:
+        raise Unauthorized(message, status=status, error=error)
+    raise RemoteError(message, status=status, error=error)
 
 
 class _RemoteSource(_Source):
@@ -64,7 +75,7 @@ class _RemoteSource(_Source):
     def _chunks(self, progress: Progress | None) -> Iterator[bytes]:
         """Stream the body, verifying length and sha256 at the end."""
         with self._client().stream("GET", self.url) as r:
-            _check(r, self.url)
+            raise_for_response(r, self.url, blob=True)
             self.downloads += 1
             total = int(r.headers["content-length"]) if "content-length" in r.headers else self.size
             # Hashing inline measured faster than a helper thread on 2 cores (the server needs the other).
@@ -132,49 +143,6 @@ class _StreamReader(io.RawIOBase):
         super().close()
 
 
-class RemoteBlob(Blob, register=False):
-    """Mixin for Blobs whose bytes are at a URL: a remote `JPEGBlob` is a `RemoteBlob` *and* a `JPEGBlob`.
-
-    Nothing downloads until `data` (once), `open()` or `save()` (streamed, sha256-checked)."""
-
-    expires_at: str | None = None
-
-    @property
-    def downloads(self) -> int:
-        """How many times the bytes were fetched from the server."""
-        return self._source.downloads  # type: ignore[attr-defined]
-
-    def open(self, progress: Progress | None = None) -> BinaryIO:
-        if self._data is not None:
-            return super().open(progress)
-        return self._source.open_with_progress(progress)  # type: ignore[attr-defined]
-
-
-_remote_classes: dict[type[Blob], type[Blob]] = {}
-
-
-def _remote_class(cls: type[B]) -> type[B]:
-    if issubclass(cls, RemoteBlob):
-        return cls
-    rc = _remote_classes.get(cls)
-    if rc is None:
-        rc = types.new_class(f"Remote{cls.__name__}", (RemoteBlob, cls), {"register": False})
-        rc.__module__ = __name__
-        _remote_classes[cls] = rc
-    return rc  # type: ignore[return-value]
-
-
-def remote_blob(
-    cls: type[B],
-    url: str,
-    *,
-    client: httpx.Client | None = None,
-    content_type: str | None = None,
-    size: int | None = None,
-    sha256: str | None = None,
-    expires_at: str | None = None,
-) -> B:
-    """A lazy Blob of class `cls` (made remote) for the bytes at `url`."""
-    blob = _remote_class(cls)._with_source(_RemoteSource(url, client, size, sha256), content_type)
-    blob.expires_at = expires_at  # type: ignore[attr-defined]
-    return blob
+def url_source(url: str, client: httpx.Client | None, size: int | None, sha256: str | None) -> _Source:
+    """The lazy, verified source of the bytes at `url` (`client` may carry auth headers)."""
+    return _RemoteSource(url, client, size, sha256)

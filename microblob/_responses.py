@@ -15,7 +15,7 @@ import anyio.to_thread
 from starlette.types import Receive, Scope, Send
 
 from ._exceptions import NotFound
-from .blob import CHUNK_SIZE, Blob, _BytesSource
+from .blob import CHUNK_SIZE, Blob
 
 log = logging.getLogger("microblob.server")
 
@@ -38,7 +38,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     first, last = m.groups()
     if first == "" and last == "":
         return None
-    # int() refuses strings of over 4300 digits (a ValueError, so a 500), and any position of more
+    # int() refuses strings of over 4300 digits (a ValueError), and any position of more
     # than 18 digits is past the end of every blob anyway: read those as "beyond the end".
     first, last = (s if len(s) <= 18 else "9" * 18 for s in (first, last))
     if first == "":  # suffix: the last N bytes
@@ -120,7 +120,7 @@ class BlobResponse:
         bytes are gone, say) can still become an error response instead of a body cut short, and a
         body that fits in that piece is read whole from one snapshot. Called by `__call__` if the
         route did not."""
-        if self._file is not None or not self._streams or isinstance(self.blob._source, _BytesSource):
+        if self._file is not None or not self._streams or self.blob.in_memory is not None:
             return
         f = await anyio.to_thread.run_sync(self.blob.open)
         try:
@@ -170,9 +170,9 @@ class BlobResponse:
                 await anyio.to_thread.run_sync(f.close)
 
     async def _stream(self, send: Send) -> None:
-        src = self.blob._source
-        if isinstance(src, _BytesSource):
-            mv = memoryview(src.data).cast("B")
+        data = self.blob.in_memory
+        if data is not None:
+            mv = memoryview(data).cast("B")
             pos = self.start
             while pos < self.end:
                 nxt = min(self.end, pos + _MEMORY_CHUNK)

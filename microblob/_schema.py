@@ -24,7 +24,7 @@ import pydantic
 from pydantic.errors import PydanticInvalidForJsonSchema
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import GenerateJsonSchema
-from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema, to_jsonable_python
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from ._exceptions import InvalidInput
 from .blob import Blob
@@ -32,12 +32,10 @@ from .blob import Blob
 __all__ = [
     "BlobResolver",
     "Checker",
-    "blob_schema",
     "coerce",
     "map_blobs",
     "schema_for",
     "to_jsonable",
-    "walk_blobs",
 ]
 
 BlobResolver = Callable[[str, type[Blob], str], Blob]
@@ -46,85 +44,6 @@ BlobResolver = Callable[[str, type[Blob], str], Blob]
 _NONE = type(None)
 _FORBID = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=False)
 _MAX_ERRORS = 5
-
-
-def blob_schema(cls: type[Blob]) -> dict[str, Any]:
-    """The JSON form of a Blob link (what servers send and accept), valid as a TD data schema."""
-    string = {"type": "string"}
-    schema: dict[str, Any] = {
-        "type": "object",
-        "title": cls.__name__,
-        "description": f"A link to binary data ({cls.content_type}); download it with GET on url/href.",
-        "properties": {
-            "url": {"type": "string", "format": "uri-reference"},
-            "href": {"type": "string", "format": "uri-reference"},
-            "content_type": dict(string),
-            "media_type": dict(string),
-            "rel": dict(string),
-            "size": {"type": "integer", "minimum": 0},
-            "sha256": dict(string),
-            # A TD data schema's "type" is one string: "may be null" is a oneOf of two schemas.
-            "expires_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
-        },
-        "anyOf": [{"required": ["url"]}, {"required": ["href"]}],
-        "contentMediaType": cls.content_type,
-    }
-    if "*" not in cls.content_type and cls.content_type != Blob.content_type:
-        schema["properties"]["content_type"]["const"] = cls.content_type
-    return schema
-
-
-# -- Blob as a pydantic type --------------------------------------------------------------------------
-
-
-def blob_core_schema(cls: type[Blob]) -> core_schema.CoreSchema:
-    """A pydantic core schema for a Blob subclass: a Blob instance, or a link (``{"url"|"href": ...}`` or
-    a URL string) that the validation context's ``resolve_blob`` turns into one of the server's Blobs."""
-
-    def validate(value: Any, info: core_schema.ValidationInfo) -> Blob:
-        return _to_blob(value, cls, info.context)
-
-    return core_schema.with_info_plain_validator_function(
-        validate,
-        serialization=core_schema.plain_serializer_function_ser_schema(_blob_to_json, when_used="json"),
-    )
-
-
-def _blob_to_json(blob: Blob) -> dict[str, Any]:
-    """Outside a server a Blob dumps as what is known without reading it (a server sends a link)."""
-    return {"url": blob.url, "href": blob.url, "content_type": blob.content_type, "media_type": blob.content_type}
-
-
-def _to_blob(value: Any, cls: type[Blob], context: Any) -> Blob:
-    if isinstance(value, Blob):
-        blob = value
-    else:
-        url = value if isinstance(value, str) else None
-        if isinstance(value, dict):
-            url = value.get("url") or value.get("href")
-        if not isinstance(url, str) or not url:
-            raise PydanticCustomError("blob_link", "expected a Blob link: an object with a 'url' (or 'href') string")
-        resolve = context.get("resolve_blob") if isinstance(context, Mapping) else None
-        if resolve is None:
-            raise PydanticCustomError("blob_link", "Blob links are not accepted here")
-        try:
-            blob = resolve(url, cls, "")
-        except InvalidInput as e:
-            raise PydanticCustomError("blob_link", "{detail}", {"detail": str(e)}) from None
-    if isinstance(blob, cls):
-        return blob
-    generic = Blob.content_type
-    if cls.content_type == generic or blob.content_type == generic or _same_type(blob.content_type, cls.content_type):
-        return blob.as_type(cls)
-    raise PydanticCustomError(
-        "blob_type", "expected {want} data, got {got}", {"want": cls.content_type, "got": blob.content_type}
-    )
-
-
-def _same_type(a: str, pattern: str) -> bool:
-    from .blob import _matches
-
-    return _matches(a, pattern)
 
 
 # -- JSON Schema in Thing Description form ------------------------------------------------------------
@@ -389,21 +308,6 @@ def to_jsonable(value: Any, path: str = "output") -> Any:
     if isinstance(value, (_dt.date, _dt.time, _dt.timedelta, uuid.UUID, decimal.Decimal, pathlib.PurePath)):
         return to_jsonable_python(value)
     raise TypeError(f"{path}: a {type(value).__name__} cannot be sent as JSON")
-
-
-def walk_blobs(tree: Any) -> list[Any]:
-    """Every Blob (or blob placeholder) in a tree made by `to_jsonable`, depth first."""
-    found: list[Any] = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-        elif node is not None and not isinstance(node, (bool, int, float, str)):
-            found.append(node)
-    return found
 
 
 def map_blobs(tree: Any, fn: Callable[[Any], Any]) -> Any:

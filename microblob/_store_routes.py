@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
@@ -46,7 +45,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         # The store takes NaN and infinities from Python (MongoDB does too), but JSON cannot hold them
-        # and JSONResponse raises on them: one such object made GET /objects/ a 500 for everyone.
+        # and JSONResponse raises on them: one such object would break every listing that holds it.
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -160,7 +159,7 @@ def store_routes(server: ThingServer) -> list[Route]:
                 content_type=ctype, tags=tags,
             )
         finally:
-            await run_in_threadpool(os.unlink, path)
+            await run_in_threadpool(server.discard_spool, path)
         payload = _object_json(obj, str(request.base_url))
         return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
 
@@ -179,7 +178,7 @@ def store_routes(server: ThingServer) -> list[Route]:
         for attempt in range(_LATEST_ATTEMPTS):
             blob = await _call(Blob.from_object, store, oid, version)
             response = BlobResponse(blob, method=request.method, request_headers=request.headers,
-                                    size=blob.size or 0, sha256=blob._source.sha256 or "",
+                                    size=blob.size or 0, sha256=blob.known_sha256 or "",
                                     extra_headers={"cache-control": "private, max-age=0, must-revalidate"})
             try:
                 # Read the first piece before the status goes out: an update that keeps no history

@@ -124,9 +124,9 @@ def check_content_type(value: Any) -> str | None:
 
 
 def loads_json(raw: str | bytes, **hooks: Any) -> Any:
-    """`json.loads` (with its `hooks`) that raises ValueError for every text it cannot read: JSON nested
-    deeper than Python's recursion limit (`"[" * 100_000`) raised RecursionError, which callers catching
-    ValueError let through (a 500 from the server's store routes, a traceback from the CLI)."""
+    """`json.loads` (with its `hooks`) that raises ValueError for every text it cannot read: for JSON nested
+    deeper than Python's recursion limit (`"[" * 100_000`) `json.loads` raises RecursionError, which
+    callers that catch ValueError (the server's store routes, the CLI) would let through."""
     try:
         return json.loads(raw, **hooks)
     except RecursionError:

@@ -11,28 +11,34 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import threading
-import weakref
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeVar
 
-from ._exceptions import BlobError, InvalidArgument
+from ._blob_sources import (
+    CHUNK_SIZE,
+    Progress,
+    _BytesSource,
+    _FileSource,
+    _hash_file,
+    _ProgressReader,
+    _Source,
+    atomic_writer,
+    object_source,
+)
+from ._exceptions import InvalidArgument, InvalidInput
 
 if TYPE_CHECKING:
     import httpx
+    from pydantic_core import core_schema
     from typing_extensions import Self  # typing.Self is 3.11+; only type checkers read this
 
-__all__ = ["CHUNK_SIZE", "Blob", "Progress", "blob_class_for"]
-
-CHUNK_SIZE = 1 << 20
-"""Bytes read or sent at a time: large enough for throughput, small enough to keep memory flat."""
-
-Progress = Callable[[int, "int | None"], None]
-"""A progress callback: called with (bytes done, total bytes or None) as a transfer advances."""
+__all__ = ["CHUNK_SIZE", "GENERIC_CONTENT_TYPE", "Blob", "Progress", "RemoteBlob", "blob_class_for", "remote_blob"]
 
 B = TypeVar("B", bound="Blob")
-_GENERIC = "application/octet-stream"
+GENERIC_CONTENT_TYPE = "application/octet-stream"
+"""The type of bytes nobody described: a Blob's, a stored object's and an upload's default."""
 _registry: dict[str, type[Blob]] = {}
 
 
@@ -65,130 +71,6 @@ class _MediaTypeAlias:
         obj.content_type = value
 
 
-class _Source:
-    """Where a Blob's bytes live. Shared (not copied) by Blobs that view the same bytes as another type."""
-
-    size: int | None = None
-    sha256: str | None = None  # known without reading the bytes
-
-    def open(self) -> BinaryIO:
-        raise NotImplementedError
-
-    def read_all(self) -> bytes | bytearray | memoryview:
-        with self.open() as f:
-            return f.read()
-
-
-class _BufferReader(io.RawIOBase):
-    """A seekable reader over a bytearray/memoryview that copies only the slices asked for."""
-
-    def __init__(self, data: bytearray | memoryview) -> None:
-        self._mv = memoryview(data).cast("B")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        chunk = self._mv[self._pos : self._pos + len(b)]
-        n = len(chunk)
-        b[:n] = chunk
-        self._pos += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._mv) if size is None or size < 0 else min(len(self._mv), self._pos + size)
-        out = bytes(self._mv[self._pos : end])
-        self._pos = max(self._pos, end)
-        return out
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: len(self._mv)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
-class _BytesSource(_Source):
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise InvalidArgument(f"Blob.from_bytes needs bytes, bytearray or memoryview, not {type(data).__name__}")
-        self.data = data
-        self.size = data.nbytes if isinstance(data, memoryview) else len(data)
-
-    def open(self) -> BinaryIO:
-        if isinstance(self.data, bytes):
-            return io.BytesIO(self.data)  # CPython shares the bytes object until it is written to
-        return _BufferReader(self.data)  # type: ignore[return-value]
-
-    def read_all(self) -> bytes | bytearray | memoryview:
-        return self.data
-
-
-class _FileSource(_Source):
-    def __init__(self, path: str | os.PathLike[str], delete: bool = False) -> None:
-        self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
-            raise BlobError(f"no such file: {self.path!r}")
-        if delete:  # the file belongs to this source: remove it when no Blob uses it any more
-            weakref.finalize(self, _unlink_quietly, self.path)
-        self._stamp: tuple[int, int] | None = None
-        self._sha: str | None = None
-
-    @property
-    def size(self) -> int:  # type: ignore[override]
-        return os.stat(self.path).st_size
-
-    def open(self) -> BinaryIO:
-        return open(self.path, "rb")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-class _ProgressReader(io.RawIOBase):
-    """Wraps a reader to report progress as it is read."""
-
-    def __init__(self, inner: BinaryIO, progress: Progress, total: int | None) -> None:
-        self._inner, self._progress, self._total, self._done = inner, progress, total, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self._inner.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self._count(n)
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        self._count(len(data))
-        return data
-
-    def _count(self, n: int) -> None:
-        if n:
-            self._done += n
-            self._progress(self._done, self._total)
-
-    def close(self) -> None:
-        self._inner.close()
-        super().close()
-
-
 class Blob:
     """Binary data with a MIME type; in memory, in a file, at a URL or in a store, used the same way.
 
@@ -197,7 +79,7 @@ class Blob:
     another action (locally or through a client) passes the same bytes, not a copy.
     """
 
-    content_type: ClassVar[str] = _GENERIC
+    content_type: ClassVar[str] = GENERIC_CONTENT_TYPE
     media_type: ClassVar[str] = _MediaTypeAlias()  # type: ignore[assignment]
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
@@ -236,10 +118,10 @@ class Blob:
         cls_type = type(self).content_type
         if content_type is None:
             content_type = cls_type
-        elif not (cls_type == _GENERIC or _matches(content_type, cls_type)):
+        elif not (cls_type == GENERIC_CONTENT_TYPE or _matches(content_type, cls_type)):
             raise InvalidArgument(f"{type(self).__name__} holds {cls_type!r}, not {content_type!r}")
         if "*" in content_type:
-            content_type = _GENERIC
+            content_type = GENERIC_CONTENT_TYPE
         self.content_type = content_type  # type: ignore[misc]
 
     @classmethod
@@ -249,11 +131,26 @@ class Blob:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike[str], content_type: str | None = None, *, delete: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        content_type: str | None = None,
+        *,
+        delete: bool = False,
+        sha256: str | None = None,
+        on_delete: Callable[[], Any] | None = None,
     ) -> Self:
         """Refer to a file on disk; it is read only when asked. `delete=True` removes the file once no
-        Blob uses it (for temporary files an action creates)."""
-        return cls._with_source(_FileSource(path, delete=delete), content_type)
+        Blob uses it (for temporary files an action creates), then calls `on_delete()` (a server gives
+        the upload's room back). `sha256`, when the caller hashed the bytes as it wrote them (a server
+        receiving an upload), saves reading the file again."""
+        if on_delete is not None and not (delete and callable(on_delete)):
+            raise InvalidArgument("on_delete= is a callable, and only with delete=True")
+        source = _FileSource(path)
+        source.sha256 = sha256
+        blob = cls._with_source(source, content_type)
+        if delete:  # only once the Blob exists: a refused one leaves the file to the caller
+            source.own(on_delete)
+        return blob
 
     @classmethod
     def from_url(
@@ -268,15 +165,11 @@ class Blob:
         """Refer to bytes at a URL; nothing downloads until `data`, `open()` or `save()`.
 
         Given `sha256`, downloads are verified against it. `client` may carry auth headers."""
-        from ._remote import remote_blob
-
         return remote_blob(cls, url, client=client, content_type=content_type, size=size, sha256=sha256)
 
     @classmethod
     def from_object(cls, store: Any, object_id: str, version: int | None = None) -> Self:
         """Wrap a stored object (the version current now, unless one is given); bytes load lazily."""
-        from ._store_source import object_source
-
         source, content_type = object_source(store, object_id, version)
         kind: type[B] = blob_class_for(content_type) if cls is Blob else cls  # type: ignore[assignment]
         return kind._with_source(source, content_type)
@@ -285,7 +178,7 @@ class Blob:
         """This Blob's bytes viewed as another Blob subclass (shared, not copied)."""
         if isinstance(self, cls):
             return self
-        other = cls._with_source(self._source, None if self.content_type == _GENERIC else self.content_type)
+        other = cls._with_source(self._source, None if self.content_type == GENERIC_CONTENT_TYPE else self.content_type)
         other._sha, other._data = self._sha, self._data
         return other
 
@@ -295,14 +188,10 @@ class Blob:
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
         """A Blob is a pydantic type: a field of a BaseModel, dataclass or TypedDict may be one (a link
         in JSON, resolved by the server that validates it)."""
-        from ._schema import blob_core_schema
-
         return blob_core_schema(cls)
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> dict[str, Any]:
-        from ._schema import blob_schema
-
         return blob_schema(cls)
 
     @property
@@ -336,9 +225,17 @@ class Blob:
         return h.hexdigest()
 
     @property
-    def sha256_known(self) -> bool:
-        """True when `sha256` costs nothing (already computed or recorded)."""
-        return self._sha is not None
+    def known_sha256(self) -> str | None:
+        """The sha256 when it costs nothing (computed already, or recorded with the bytes), else None:
+        what a server can put in an ETag or a link without reading a large payload."""
+        return self._sha or self._source.sha256
+
+    @property
+    def in_memory(self) -> bytes | bytearray | memoryview | None:
+        """The bytes when this Blob wraps bytes held in memory (the same object, no copy), else None: a
+        server sends slices of them directly instead of reading through a file object."""
+        src = self._source
+        return src.data if isinstance(src, _BytesSource) else None
 
     @property
     def url(self) -> str | None:
@@ -383,32 +280,127 @@ class Blob:
         return f"<{type(self).__name__} {self.content_type} size={self.size} in {where}>"
 
 
-def _hash_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-    return h.hexdigest()
+class RemoteBlob(Blob, register=False):
+    """Mixin for Blobs whose bytes are at a URL: a remote `JPEGBlob` is a `RemoteBlob` *and* a `JPEGBlob`.
+
+    Nothing downloads until `data` (once), `open()` or `save()` (streamed, sha256-checked)."""
+
+    expires_at: str | None = None
+
+    @property
+    def downloads(self) -> int:
+        """How many times the bytes were fetched from the server."""
+        return self._source.downloads  # type: ignore[attr-defined]
+
+    def open(self, progress: Progress | None = None) -> BinaryIO:
+        if self._data is not None:
+            return super().open(progress)
+        return self._source.open_with_progress(progress)  # type: ignore[attr-defined]
 
 
-class atomic_writer:
-    """Context manager: a binary file that appears at `path` only when the block succeeds."""
+_remote_classes: dict[type[Blob], type[Blob]] = {}
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._tmp: Any = None
 
-    def __enter__(self) -> BinaryIO:
-        d, name = os.path.split(os.path.abspath(self.path))
-        self._tmp = tempfile.NamedTemporaryFile(dir=d, prefix=f".{name}.", suffix=".part", delete=False)
-        return self._tmp
+def _remote_class(cls: type[B]) -> type[B]:
+    if issubclass(cls, RemoteBlob):
+        return cls
+    rc = _remote_classes.get(cls)
+    if rc is None:
+        rc = types.new_class(f"Remote{cls.__name__}", (RemoteBlob, cls), {"register": False})
+        rc.__module__ = __name__
+        _remote_classes[cls] = rc
+    return rc  # type: ignore[return-value]
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        tmp = self._tmp
+
+def remote_blob(
+    cls: type[B],
+    url: str,
+    *,
+    client: httpx.Client | None = None,
+    content_type: str | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
+    expires_at: str | None = None,
+) -> B:
+    """A lazy Blob of class `cls` (made remote) for the bytes at `url`."""
+    from ._remote import url_source  # httpx loads only when a Blob first needs a URL
+
+    blob = _remote_class(cls)._with_source(url_source(url, client, size, sha256), content_type)
+    blob.expires_at = expires_at  # type: ignore[attr-defined]
+    return blob
+
+
+# -- Blob as a pydantic type: pydantic_core loads only when pydantic asks for a Blob's schema --------------
+
+
+def blob_schema(cls: type[Blob]) -> dict[str, Any]:
+    """The JSON form of a Blob link (what servers send and accept), valid as a TD data schema."""
+    string = {"type": "string"}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "title": cls.__name__,
+        "description": f"A link to binary data ({cls.content_type}); download it with GET on url/href.",
+        "properties": {
+            "url": {"type": "string", "format": "uri-reference"},
+            "href": {"type": "string", "format": "uri-reference"},
+            "content_type": dict(string),
+            "media_type": dict(string),
+            "rel": dict(string),
+            "size": {"type": "integer", "minimum": 0},
+            "sha256": dict(string),
+            # A TD data schema's "type" is one string: "may be null" is a oneOf of two schemas.
+            "expires_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+        },
+        "anyOf": [{"required": ["url"]}, {"required": ["href"]}],
+        "contentMediaType": cls.content_type,
+    }
+    if "*" not in cls.content_type and cls.content_type != Blob.content_type:
+        schema["properties"]["content_type"]["const"] = cls.content_type
+    return schema
+
+
+def blob_core_schema(cls: type[Blob]) -> core_schema.CoreSchema:
+    """A pydantic core schema for a Blob subclass: a Blob instance, or a link (``{"url"|"href": ...}`` or
+    a URL string) that the validation context's ``resolve_blob`` turns into one of the server's Blobs."""
+    from pydantic_core import core_schema
+
+    def validate(value: Any, info: core_schema.ValidationInfo) -> Blob:
+        return _to_blob(value, cls, info.context)
+
+    return core_schema.with_info_plain_validator_function(
+        validate,
+        serialization=core_schema.plain_serializer_function_ser_schema(_blob_to_json, when_used="json"),
+    )
+
+
+def _blob_to_json(blob: Blob) -> dict[str, Any]:
+    """Outside a server a Blob dumps as what is known without reading it (a server sends a link)."""
+    return {"url": blob.url, "href": blob.url, "content_type": blob.content_type, "media_type": blob.content_type}
+
+
+def _to_blob(value: Any, cls: type[Blob], context: Any) -> Blob:
+    from pydantic_core import PydanticCustomError
+
+    if isinstance(value, Blob):
+        blob = value
+    else:
+        url = value if isinstance(value, str) else None
+        if isinstance(value, dict):
+            url = value.get("url") or value.get("href")
+        if not isinstance(url, str) or not url:
+            raise PydanticCustomError("blob_link", "expected a Blob link: an object with a 'url' (or 'href') string")
+        resolve = context.get("resolve_blob") if isinstance(context, Mapping) else None
+        if resolve is None:
+            raise PydanticCustomError("blob_link", "Blob links are not accepted here")
         try:
-            tmp.close()
-            if exc_type is None:
-                os.replace(tmp.name, self.path)
-        finally:
-            if os.path.exists(tmp.name):
-                _unlink_quietly(tmp.name)
+            blob = resolve(url, cls, "")
+        except InvalidInput as e:
+            raise PydanticCustomError("blob_link", "{detail}", {"detail": str(e)}) from None
+    if isinstance(blob, cls):
+        return blob
+    generic = Blob.content_type
+    if cls.content_type == generic or blob.content_type == generic or _matches(blob.content_type, cls.content_type):
+        return blob.as_type(cls)
+    raise PydanticCustomError(
+        "blob_type", "expected {want} data, got {got}", {"want": cls.content_type, "got": blob.content_type}
+    )

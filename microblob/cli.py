@@ -1,4 +1,6 @@
-"""The command line: `python -m microblob ...` and the `microblob` console script (DESIGN.md §5).
+"""The command line: `python -m microblob ...` and the `microblob` console script.
+
+See docs/ARCHITECTURE.md, "Command line".
 
 Each subcommand is one small function over the public Python API; the CLI adds argument parsing,
 output formatting and progress bars, never store logic. Exit codes:
@@ -36,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ._connect import connect, default_uri
-from ._exceptions import MicroblobError, ObjectNotFound, StoreNotFound
+from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._validate import loads_json
 from ._version import __version__
 from .objects import save_stream_atomically
@@ -214,6 +216,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds > 0, not 0")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be an integer > 0, not 0")
+    return value
+
+
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -271,10 +287,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default: "
                                                  "$MICROBLOB_TOKEN, which other users cannot see in `ps`)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="accept this name in the Host header besides loopback names, IP addresses and this "
+                        "machine's name, e.g. pi.lab.example or '*.lab.example' (repeatable; '*': any). "
+                        "Other names are refused (421): a web page could rebind them to this server")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of this origin (e.g. http://localhost:8000) call the server from a browser "
+                        "(repeatable); pages of any other origin may not change anything")
     p.add_argument("--blob-ttl", type=_seconds, metavar="SECONDS",
                    help="how long a Blob link lives after its action completes (default: 300)")
     p.add_argument("--max-upload", type=_size, metavar="BYTES",
                    help="largest upload, e.g. 500M or 2G (default: 4G)")
+    p.add_argument("--upload-idle-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="drop an upload (408) whose body sends nothing for this long (default: 30)")
+    p.add_argument("--upload-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="drop an upload (408) still arriving after this long (default: 3600)")
+    p.add_argument("--max-uploads", type=_positive_count, metavar="N",
+                   help="uploads received at once; the next gets 503 + Retry-After (default: 32)")
+    p.add_argument("--spool-budget", type=_size, metavar="BYTES",
+                   help="bytes all upload spools in TMPDIR may hold together, finished ones until taken or "
+                        "expired; over it: 507 (default: 8G)")
+    p.add_argument("--upload-ttl", type=_seconds, metavar="SECONDS",
+                   help="how long a POST /blobs upload lives unless an action takes it "
+                        "(default: 60, or --blob-ttl if shorter)")
     p.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="on Ctrl-C/SIGTERM, how long requests in flight may take to finish (default: 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -698,13 +733,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not token and not args.insecure and not _is_loopback(args.host):
         raise UsageError(f"refusing to serve on {args.host} without a token: give --token (or set "
                          f"MICROBLOB_TOKEN), or --insecure to serve anyone who can reach it")
+    from ._browser_guard import check_allowed_hosts, check_cors_origins
+
+    try:  # before the store opens and the port is taken
+        check_allowed_hosts(args.allowed_host)
+        check_cors_origins(args.cors_origin)
+    except InvalidArgument as exc:
+        raise UsageError(str(exc)) from None
     things = dict(_read_config(args.config)) if args.config else {}
     things.update(args.thing)
     # `module:Class` names a module of the directory serve runs in, as with `python -m` (the console
     # script's own directory is on sys.path instead).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    options = {k: v for k, v in (("blob_ttl", args.blob_ttl), ("max_upload", args.max_upload)) if v is not None}
+    chosen = {"blob_ttl": args.blob_ttl, "max_upload": args.max_upload, "upload_idle_timeout": args.upload_idle_timeout,
+              "upload_timeout": args.upload_timeout, "max_uploads": args.max_uploads,
+              "spool_budget": args.spool_budget, "upload_ttl": args.upload_ttl}
+    options = {k: v for k, v in chosen.items() if v is not None}
     with _connect(args, create=True) as store:
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)
@@ -713,7 +758,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with sock:
             try:
                 # token="" (not None): the CLI has read $MICROBLOB_TOKEN already, the server must not again
-                app = ThingServer(things=things, store=store, token=token or "", **options)
+                app = ThingServer(things=things, store=store, token=token or "", allowed_hosts=args.allowed_host,
+                                  cors_origins=args.cors_origin, **options)
+                app.allow_host(args.host)
             except (ImportError, AttributeError) as exc:
                 raise MicroblobError(f"cannot load a Thing: {exc}") from None
             host, port = sock.getsockname()[:2]

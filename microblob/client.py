@@ -15,17 +15,15 @@ from typing import Any, Literal, Union
 
 import httpx
 
+from ._browser_guard import CSRF_HEADER
 from ._exceptions import (
     ActionError,
     InvocationCancelled,
     InvocationTimeout,
-    RemoteError,
-    RemoteInvalidInput,
-    Unauthorized,
 )
-from ._remote import RemoteBlob, remote_blob
+from ._remote import raise_for_response
 from ._schema import map_blobs, to_jsonable
-from .blob import CHUNK_SIZE, Blob, blob_class_for
+from .blob import CHUNK_SIZE, Blob, RemoteBlob, blob_class_for, remote_blob
 
 __all__ = ["RemoteBlob", "ThingClient"]
 
@@ -45,24 +43,6 @@ class _Omitted:
 
 
 OMITTED: Any = _Omitted()
-
-
-def raise_for_response(response: httpx.Response, what: str) -> None:
-    """Turn a 4xx/5xx answer into a typed error carrying the server's message."""
-    if response.status_code < 400:
-        return
-    try:
-        body = response.json()
-        error, detail = body.get("error"), body.get("detail", response.text)
-    except ValueError:
-        error, detail = None, response.text or response.reason_phrase
-    message = f"{what}: {detail}"
-    status = response.status_code
-    if status == 422:
-        raise RemoteInvalidInput(message, status=status, error=error)
-    if status == 401:
-        raise Unauthorized(message, status=status, error=error)
-    raise RemoteError(message, status=status, error=error)
 
 
 def _annotation(schema: dict[str, Any]) -> Any:
@@ -228,7 +208,8 @@ class ThingClient:
 
     def upload(self, blob: Blob) -> dict[str, Any]:
         """Stream a Blob to the server (``POST /blobs``) and return its link JSON."""
-        headers = {"Content-Type": blob.content_type}
+        # A text/plain upload would look like a page's form post to the server's CSRF check: say it is not.
+        headers = {"Content-Type": blob.content_type, CSRF_HEADER: "microblob"}
         size = blob.size
         if size is not None:
             headers["Content-Length"] = str(size)

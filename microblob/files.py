@@ -23,16 +23,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from . import _codec
-from ._backend import Backend, Filter, Sort, checked_chunk
+from ._backend import DEFAULT_BATCH_BYTES, Backend, Filter, Sort, checked_chunk
 from ._exceptions import FileNotFound, IntegrityError, InvalidArgument, StoreClosed
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "MAX_CHUNK_SIZE", "DownloadStream", "FilesBucket", "UploadStream"]
 
 DEFAULT_CHUNK_SIZE = 255 * 1024  # GridFS's default: a chunk plus its document stays under 256 KiB
-# Bytes committed per transaction on large uploads. Measured on LMDB, 256 MiB saves interleaved in one run
-# with _malloc's trim threshold at twice the batch: 4 MiB batches 1,330-1,370 MB/s, 16 MiB 820-850 MB/s; and
-# a smaller batch holds less memory (the batch, and LMDB's copy of it until the commit).
-DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 MAX_CHUNK_SIZE = 16 * 1024 * 1024 - 16 * 1024  # a chunk must fit in one MongoDB document
 _COPY_SIZE = 1024 * 1024
 _BACKGROUND_HASH = 256 * 1024  # below this, handing a piece to a worker thread costs more than hashing it

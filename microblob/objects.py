@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from ._blob_sources import atomic_writer
 from ._exceptions import IntegrityError, InvalidArgument
 from ._flowcept_layout import as_microblob
 
@@ -106,7 +106,7 @@ class BlobObject(Mapping[str, Any]):
     def _load_inline(self) -> bytes:
         """Queries leave inline bytes out of the documents they return; fetch them on first use."""
         if self._inline is None:
-            self._inline = self._store._inline_data(self._meta["object_id"], self._meta["version"])
+            self._inline = self._store.internals.inline_data(self._meta["object_id"], self._meta["version"])
             if self._inline is None:
                 raise IntegrityError(f"object {self.object_id!r} v{self.version}: inline data is missing")
         expected = self._meta["sha256"]
@@ -134,26 +134,10 @@ def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size
     file or the whole new one, never a half-written one."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgument(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    tmp: str | None = None
     written = 0
-    try:
-        # Inside the try, so a signal (Ctrl-C, SIGTERM) right after the temp file exists removes it too.
-        fd, tmp = tempfile.mkstemp(prefix=".microblob-", dir=directory)
-        with os.fdopen(fd, "wb") as out:
-            pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
-            for piece in pieces:
-                out.write(piece)
-                written += len(piece)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        raise
+    with atomic_writer(path) as out:
+        pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
+        for piece in pieces:
+            out.write(piece)
+            written += len(piece)
     return written

@@ -1,7 +1,7 @@
 """`ThingServer`: a Starlette application serving Things, their invocations, Blob links and a store.
 
-Routes (DESIGN §4.3): ``GET /things/``, ``GET /{thing}/`` (Thing Description), ``POST /{thing}/{action}``
-(``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
+Routes (docs/ARCHITECTURE.md, "HTTP protocol"): ``GET /things/``, ``GET /{thing}/`` (Thing Description),
+``POST /{thing}/{action}`` (``?wait=S`` or ``Prefer: wait=S``), ``GET|PUT /{thing}/{property}``, ``GET /invocations/``,
 ``GET|DELETE /invocations/{id}``, ``GET /invocations/{id}/output``, ``GET|HEAD /blobs/{id}``,
 ``POST /blobs``, the ``/objects/`` store routes, and ``GET /`` (the browse page, `microblob._browse`).
 Every client mistake answers 4xx with ``{"error": type, "detail": message}``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import importlib
 import ipaddress
@@ -19,7 +20,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -35,15 +36,27 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._blob_links import BlobLinks, Link
-from ._exceptions import IntegrityError, InvalidArgument, InvalidInput, StorageError, StoreClosed, StoreFull
+from ._browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
+from ._exceptions import (
+    IntegrityError,
+    InvalidArgument,
+    InvalidInput,
+    InvalidQuery,
+    StorageError,
+    StoreClosed,
+    StoreFull,
+)
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from ._malloc import tune_malloc
+from ._query import check_depth
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
 from ._spools import clean_stale_spools, open_spool
-from ._validate import loads_json
+from ._upload_limits import UploadGate, UploadLimits, UploadRefused, out_of_descriptors
+from ._validate import check_content_type, loads_json
 from .blob import CHUNK_SIZE, Blob, blob_class_for
+from .blob import GENERIC_CONTENT_TYPE as _GENERIC
 from .thing import Thing
 
 __all__ = ["ApiError", "ThingServer"]
@@ -52,28 +65,23 @@ log = logging.getLogger("microblob.server")
 RESERVED = frozenset({"things", "invocations", "blobs", "objects", "static", "favicon.ico"})
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_JSON = 16 * 1024 * 1024
-_GENERIC = "application/octet-stream"
 
-
-MAX_JSON_DEPTH = 100
 
 
 def _check_depth(value: Any, what: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH: a tree that deep would be stored (as an invocation's
-    input) and then fail to serialise on every later listing, and recursive code may overflow on it."""
-    level: list[Any] = [value]  # the containers at depth 1, then 2, ...
-    for _ in range(MAX_JSON_DEPTH):
-        level = [v for node in level for v in (node.values() if isinstance(node, dict) else node)
-                 if isinstance(v, (dict, list))]
-        if not level:
-            return
-    raise ApiError(400, f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    """Refuse JSON nested deeper than the store's documents may be (`_codec.MAX_DEPTH`, one rule with the
+    query language's `check_depth`): a tree that deep would be stored (as an invocation's input) and then
+    fail to serialise on every later listing, and recursive code may overflow on it."""
+    try:
+        check_depth(value, what)
+    except InvalidQuery as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _no_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259): a property set to NaN, an
     # invocation whose input holds one, or stored metadata with one could never be answered again
-    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, was a 500.
+    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, would fail.
     raise ValueError(f"{name} is not a JSON value")
 
 
@@ -124,7 +132,15 @@ def _spool_error(exc: OSError) -> ApiError:
     """The upload could not be spooled to disk: 507 when the disk is full, 503 otherwise."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ApiError(507, f"no room to receive the upload: {exc.strerror}", "StoreFull")
+    if out_of_descriptors(exc):
+        return _no_descriptors(exc)
     return ApiError(503, f"cannot spool the upload: {exc.strerror or exc}", "StorageError")
+
+
+def _no_descriptors(exc: OSError) -> ApiError:
+    """A 503 the client may retry: descriptors come back as other requests finish."""
+    return ApiError(503, f"the server is out of file descriptors ({exc.strerror}); retry", "TooManyOpenFiles",
+                    {"Retry-After": "1", "Connection": "close"})
 
 
 def _is_loopback(host: str) -> bool:
@@ -214,6 +230,15 @@ class ThingServer(Starlette):
     ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
+    header may carry (``*.lab.example``; ``*``: any). `cors_origins`: pages (``http://host:port``) that
+    may call the server from a browser; every other page is refused (see `microblob._browser_guard`).
+
+    Uploads (``POST /blobs``, ``POST /objects/``; `microblob._upload_limits`): a body that sends nothing
+    for `upload_idle_timeout` seconds, or takes longer than `upload_timeout`, is dropped (408; JSON
+    bodies too); at most `max_uploads` are received at once (503 + Retry-After); all live spools hold at
+    most `spool_budget` bytes (507). `upload_ttl`: seconds a ``POST /blobs`` upload lives unless an
+    action takes it (default: `blob_ttl`, at most 60).
     """
 
     def __init__(
@@ -229,17 +254,31 @@ class ThingServer(Starlette):
         max_workers: int = 32,
         max_wait: float = 300.0,
         upload_dir: str | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        cors_origins: Sequence[str] | None = None,
+        upload_idle_timeout: float = UploadLimits.idle_timeout,
+        upload_timeout: float = UploadLimits.max_duration,
+        max_uploads: int = UploadLimits.max_uploads,
+        spool_budget: int = UploadLimits.spool_budget,
+        upload_ttl: float | None = None,
         debug: bool = False,
     ) -> None:
         tune_malloc()  # freed Blob bytes go back to the OS; streaming buffers stay on the heap
         if token is None:
             token = os.environ.get("MICROBLOB_TOKEN") or None
         self.token = token
+        self.allowed_hosts = list(check_allowed_hosts(allowed_hosts))
+        self.cors_origins = list(check_cors_origins(cors_origins))
         self.store = store
         self.blob_ttl = float(blob_ttl)
         self.max_upload = int(max_upload)
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
+        self.uploads = UploadGate(UploadLimits(idle_timeout=upload_idle_timeout, max_duration=upload_timeout,
+                                               max_uploads=max_uploads, spool_budget=spool_budget))
+        self.upload_ttl = min(self.blob_ttl, 60.0) if upload_ttl is None else float(upload_ttl)
+        if not math.isfinite(self.upload_ttl) or self.upload_ttl < 0:
+            raise InvalidArgument(f"upload_ttl must be a finite number of seconds >= 0, not {upload_ttl!r}")
         clean_stale_spools(upload_dir)  # what servers killed mid-upload left behind
         self.things: dict[str, Thing] = {}
         for name, spec in (things or {}).items():
@@ -279,12 +318,14 @@ class ThingServer(Starlette):
         super().__init__(
             debug=debug,
             routes=routes,
-            middleware=[Middleware(_TokenAuth, token=token)],
+            middleware=self._middleware(),
             exception_handlers={
                 ApiError: self._api_error,
                 HTTPException: self._http_error,
                 InvalidInput: self._invalid_input,
                 ClientDisconnect: self._disconnected,
+                UploadRefused: self._api_error,
+                OSError: self._os_error,
                 IntegrityError: self._storage_error,
                 StorageError: self._storage_error,
                 StoreClosed: self._storage_error,
@@ -316,13 +357,36 @@ class ThingServer(Starlette):
             raise InvalidArgument(
                 f"refusing to serve on {host} without a token: set token= (or MICROBLOB_TOKEN), or insecure=True"
             )
+        self.allow_host(host)
         uvicorn.run(self, host=host, port=port, **uvicorn_options)
+
+    def allow_host(self, host: str) -> None:
+        """Accept `host` in the Host header too (the name the server was told to listen on is one of its
+        names). Before the first request only: the middleware stack is built then."""
+        name = check_allowed_hosts([host])[0]
+        if name in self.allowed_hosts or name in ("0.0.0.0", "::", ""):
+            return
+        self.allowed_hosts.append(name)
+        self.user_middleware = self._middleware()
+        self.middleware_stack = None
+
+    def _middleware(self) -> list[Middleware]:
+        return guard_middleware(self.allowed_hosts, self.cors_origins, [Middleware(_TokenAuth, token=self.token)])
 
     # -- errors -----------------------------------------------------------------------------------
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
+        assert isinstance(exc, (ApiError, UploadRefused))
         return error_response(exc.status, exc.error, exc.detail, exc.headers)
+
+    async def _os_error(self, request: Request, exc: Exception) -> Response:
+        """Out of descriptors anywhere in a request (a spool, a store file, a module's data file): a
+        503 to retry; any other OSError is a bug, answered as one."""
+        assert isinstance(exc, OSError)
+        if not out_of_descriptors(exc):
+            raise exc
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return await self._api_error(request, _no_descriptors(exc))
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -359,11 +423,12 @@ class ThingServer(Starlette):
     async def read_json(self, request: Request, *, empty: Any = ...) -> Any:
         """The request body as JSON (size-limited); `empty` is returned for an empty body."""
         chunks, n = [], 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > MAX_JSON:
-                raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
-            chunks.append(chunk)
+        async with contextlib.aclosing(self.uploads.chunks(request, slot_if_partial=True)) as body:
+            async for chunk in body:
+                n += len(chunk)
+                if n > MAX_JSON:
+                    raise ApiError(413, f"JSON bodies are limited to {MAX_JSON} bytes", "PayloadTooLarge")
+                chunks.append(chunk)
         body = b"".join(chunks)
         if not body.strip():
             if empty is ...:
@@ -377,7 +442,7 @@ class ThingServer(Starlette):
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-        except ValueError as e:  # e.g. "http://[::1/x" (an unclosed IPv6 bracket) was a 500
+        except ValueError as e:  # e.g. "http://[::1/x" (an unclosed IPv6 bracket)
             raise InvalidInput(field, f"{url!r} is not a valid URL: {e}") from None
         base = urlsplit(str(request.base_url))
         if (parts.scheme or parts.netloc) and (parts.scheme, parts.netloc.lower()) != (
@@ -648,32 +713,51 @@ class ThingServer(Starlette):
     async def upload_blob(self, request: Request) -> Response:
         """Stream the body to a temporary file (size-limited, hashed as it arrives) and link it."""
         ctype = request.headers.get("content-type", _GENERIC).strip() or _GENERIC
-        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;.*)?", ctype):
-            raise ApiError(415, f"{ctype!r} is not a media type")
+        try:
+            check_content_type(ctype)  # the store's rule: what becomes a Content-Type header must be safe in one
+        except InvalidArgument:
+            raise ApiError(415, f"{ctype!r} is not a media type") from None
         path, _, sha = await self.receive_to_file(request)
         try:
-            blob = blob_class_for(ctype).from_file(path, ctype, delete=True)
-        except InvalidArgument:
-            blob = Blob.from_file(path, ctype, delete=True)
-        blob._sha = sha
-        link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.blob_ttl, hold=True))
+            # The spool counts against the budget until the Blob that owns its file is gone.
+            release = functools.partial(self.uploads.release, path)
+            try:
+                blob = blob_class_for(ctype).from_file(path, ctype, delete=True, sha256=sha, on_delete=release)
+            except InvalidArgument:
+                blob = Blob.from_file(path, ctype, delete=True, sha256=sha, on_delete=release)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.discard_spool, path)
+            raise
+        link = await anyio.to_thread.run_sync(lambda: self.links.register(blob, self.upload_ttl, hold=True))
         payload = self.link_json(link, str(request.base_url))
         payload["rel"] = "upload"
         return JSONResponse(payload, status_code=201, headers={"Location": payload["url"]})
 
+    def discard_spool(self, path: str) -> None:
+        """Remove a spool `receive_to_file` made and give its bytes back to the budget."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.uploads.release(path)
+
     async def receive_to_file(self, request: Request) -> tuple[str, int, str]:
         """Stream the request body to a temporary file: bounded memory, `max_upload` enforced (413,
-        and the partial file is removed), sha256 computed as it arrives. Returns (path, size, sha256)."""
+        and the partial file is removed), sha256 computed as it arrives, under the upload limits
+        (`UploadGate`: a slot while it arrives, its bytes counted against the spool budget until the
+        caller calls `discard_spool` or `uploads.release`). Returns (path, size, sha256)."""
         declared = request.headers.get("content-length")
+        n_declared = None
         if declared is not None:
             try:
                 n_declared = int(declared)
             except ValueError:
                 raise ApiError(400, f"bad Content-Length {declared!r}") from None
             if n_declared > self.max_upload:
-                raise ApiError(
-                    413, f"{n_declared} bytes is over the upload limit of {self.max_upload}", "PayloadTooLarge"
-                )
+                raise ApiError(413, f"{n_declared} bytes is over the upload limit of {self.max_upload}",
+                               "PayloadTooLarge", {"Connection": "close"})
+        with self.uploads.slot():
+            return await self._spool_body(request, n_declared)
+
+    async def _spool_body(self, request: Request, declared: int | None) -> tuple[str, int, str]:
         try:
             tmp = await anyio.to_thread.run_sync(open_spool, self.upload_dir)
         except OSError as exc:
@@ -687,23 +771,31 @@ class ThingServer(Starlette):
             sha.update(data)
             tmp.write(data)
 
+        reserved = declared or 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_upload:
-                    raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes", "PayloadTooLarge")
-                pending.append(chunk)
-                buffered += len(chunk)
-                if buffered >= CHUNK_SIZE:
-                    data, pending, buffered = b"".join(pending), [], 0
-                    await anyio.to_thread.run_sync(write, data)
+            if reserved:
+                self.uploads.reserve(tmp.name, reserved)  # refused before a byte is written
+            async with contextlib.aclosing(self.uploads.chunks(request)) as body:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > self.max_upload:
+                        raise ApiError(413, f"the upload is over the limit of {self.max_upload} bytes",
+                                       "PayloadTooLarge", {"Connection": "close"})
+                    if size > reserved:  # no Content-Length: counted as it arrives
+                        self.uploads.reserve(tmp.name, size - reserved)
+                        reserved = size
+                    pending.append(chunk)
+                    buffered += len(chunk)
+                    if buffered >= CHUNK_SIZE:
+                        data, pending, buffered = b"".join(pending), [], 0
+                        await anyio.to_thread.run_sync(write, data)
             if pending:
                 await anyio.to_thread.run_sync(write, b"".join(pending))
             await anyio.to_thread.run_sync(tmp.close)
         except BaseException as exc:
             with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
                 tmp.close()
-            os.unlink(tmp.name)
+            self.discard_spool(tmp.name)
             if isinstance(exc, OSError):
                 raise _spool_error(exc) from None
             raise

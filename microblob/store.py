@@ -1,4 +1,4 @@
-"""`Store`: the object API (DESIGN.md §3.2-3.5) over any backend.
+"""`Store`: the object API (docs/ARCHITECTURE.md, "Objects and versions", "Data flow of a save") over any backend.
 
 Every write of an object is one compare-and-swap on its `version`: inside the backend's atomic scope
 (one LMDB transaction) it cannot lose, and on backends without transactions it is retried. Bytes are
@@ -32,6 +32,7 @@ from ._exceptions import (
 )
 from ._flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from ._maintenance import GcReport, VerifyReport
+from ._store_internals import StoreInternals
 from ._validate import (
     check_bool,
     check_chunk_size,
@@ -42,6 +43,7 @@ from ._validate import (
     check_tags,
     check_version,
 )
+from .blob import GENERIC_CONTENT_TYPE as _DEFAULT_CONTENT_TYPE
 from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .objects import BlobObject
 from .workflow import current_workflow_id
@@ -69,7 +71,6 @@ _PAYLOAD_FIELDS = ("storage", "data", "file_id", "size", "sha256")
 _INHERITED = ("workflow_id", "task_id", "type", "custom_metadata", "tags", "content_type")
 _QUERYABLE = ("objects", "object_history", "workflows", "fs.files")
 _CAS_ATTEMPTS = 200
-_DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
 def _version_of(doc: Mapping[str, Any]) -> int:
@@ -200,6 +201,11 @@ class Store:
     @property
     def uri(self) -> str:
         return self._backend.uri
+
+    @property
+    def internals(self) -> StoreInternals:
+        """The interface the store's own helpers (maintenance, copy, workflows) use; not for user code."""
+        return StoreInternals(self)
 
     @property
     def backend(self) -> Backend:

@@ -1,4 +1,4 @@
-"""PyTorch models as versioned objects, stored without pickle (DESIGN.md §3.2).
+"""PyTorch models as versioned objects, stored without pickle (docs/ARCHITECTURE.md, "Objects and versions").
 
     from microblob.torch import save_or_update_torch_model, load_torch_model
 

@@ -45,7 +45,7 @@ class Workflow:
         self.name = check_optional_str(name, "name")
         self.workflow_id = check_id(workflow_id, "workflow_id") if workflow_id is not None else uuid.uuid4().hex
         self.custom_metadata = check_metadata(custom_metadata) or {}
-        if store is not None and not hasattr(store, "_record_workflow"):
+        if store is not None and not hasattr(store, "internals"):
             raise InvalidArgument(f"store must be a microblob Store, not {type(store).__name__}")
         self.store = store
         self._tokens: list[contextvars.Token[str | None]] = []
@@ -55,7 +55,7 @@ class Workflow:
 
     def __enter__(self) -> Workflow:
         if self.store is not None:
-            self.store._record_workflow(
+            self.store.internals.record_workflow(
                 self.workflow_id,
                 {"name": self.name, "started_at": _codec.utcnow(), "ended_at": None,
                  "status": "running", "custom_metadata": self.custom_metadata},
@@ -66,7 +66,7 @@ class Workflow:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         _CURRENT.reset(self._tokens.pop())
         if self.store is not None and not self.store.closed:
-            self.store._record_workflow(
+            self.store.internals.record_workflow(
                 self.workflow_id, {"ended_at": _codec.utcnow(), "status": "error" if exc_type else "completed"}
             )
 

@@ -64,9 +64,10 @@ def find_chromium() -> tuple[str, str] | str:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(extra_flags: tuple[str, ...] = ()) -> Iterator[Any]:
     """A headless Chromium under chromedriver with a fresh profile, recording the console log
-    (`driver.get_log("browser")`); quit and its profile removed at the end."""
+    (`driver.get_log("browser")`); quit and its profile removed at the end. `extra_flags`: more
+    command-line switches (e.g. ``--host-resolver-rules=...``)."""
     found = find_chromium()
     if isinstance(found, str):
         raise RuntimeError(found)
@@ -77,7 +78,7 @@ def chromium() -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="microblob-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in FLAGS:
+    for flag in (*FLAGS, *extra_flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

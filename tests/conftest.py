@@ -396,3 +396,21 @@ def vm_status(pid: int | str = "self") -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
     return out
+
+
+REBOUND_NAME = "rebound.test"  # a name the browser below resolves to 127.0.0.1, as DNS rebinding would
+
+
+@pytest.fixture(scope="module")
+def rebinding_browser() -> Iterator[Any]:
+    """A headless Chromium (see tests/_browser.py) that resolves REBOUND_NAME to 127.0.0.1: what a page's
+    DNS rebinding achieves, without a DNS server. Fails in CI without Chromium, skips elsewhere."""
+    from _browser import chromium, find_chromium
+
+    found = find_chromium()
+    if isinstance(found, str):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the browser tests, but {found}", pytrace=False)
+        pytest.skip(found)
+    with chromium((f"--host-resolver-rules=MAP {REBOUND_NAME} 127.0.0.1",)) as driver:
+        yield driver

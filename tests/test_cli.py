@@ -633,7 +633,9 @@ class Served:
         return self.log.read_text(errors="replace")
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}/", timeout=60, **kwargs)
+        # A script, not a page: it says so, as the CSRF check asks of a POST without a binary type.
+        headers = {"X-Requested-With": "test", **kwargs.pop("headers", {})}
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}/", timeout=60, headers=headers, **kwargs)
 
     def stop(self, sig: int = signal.SIGINT) -> int:
         self.proc.send_signal(sig)
@@ -747,6 +749,29 @@ def test_serve_things_from_flags_and_config(cli: Cli, serve: Callable[..., Serve
     assert server.stop() == 0
 
 
+def test_serve_upload_limits_reach_the_server(cli: Cli, serve: Callable[..., Served]) -> None:
+    from test_http_server import wait_until
+    from test_http_upload_limits import read_response, start_upload
+
+    spools = cli.cwd / "spools"
+    spools.mkdir()
+    server = serve("--upload-idle-timeout", "5", "--max-uploads", "1", "--spool-budget", "1K",
+                   env={**cli.env, "TMPDIR": str(spools)})
+    with start_upload(server.url, "/objects/", 500) as trickler, server.client() as http:
+        wait_until(lambda: len(list(spools.iterdir())) == 1)  # it holds the one place
+        refused = http.post("/blobs", content=b"one too many")
+        assert refused.status_code == 503 and refused.json()["error"] == "TooManyUploads", refused.text
+        assert read_response(trickler)[0] == 408  # dropped once idle for 5 s
+        over = http.post("/blobs", content=b"x" * 1025)
+        assert over.status_code == 507 and over.json()["error"] == "SpoolBudgetExceeded", over.text
+        assert http.post("/blobs", content=b"x" * 1024).status_code == 201
+        assert len(list(spools.iterdir())) == 1 and http.get("/objects/").json() == []
+    assert server.stop() == 0
+    for bad in (["--max-uploads", "0"], ["--upload-idle-timeout", "0"], ["--spool-budget", "lots"]):
+        line = cli.fails(2, "serve", "--port", "0", *bad)
+        assert bad[0] in line and ("must be" in line or "not a size" in line), line
+
+
 def test_serve_refuses_a_public_address_without_a_token(cli: Cli, serve: Callable[..., Served]) -> None:
     line = cli.fails(2, "serve", "--host", "0.0.0.0", "--port", "0")
     assert "refusing to serve on 0.0.0.0 without a token" in line and "--insecure" in line
@@ -790,6 +815,21 @@ def test_serve_max_upload(cli: Cli, serve: Callable[..., Served]) -> None:
         assert http.post("/objects/", content=b"x" * 1025).status_code == 413
     assert server.stop() == 0
     assert len(json_lines(cli.ok("ls", "--json"))) == 1
+
+
+def test_serve_allowed_host_and_cors_origin(cli: Cli, serve: Callable[..., Served]) -> None:
+    server = serve("--allowed-host", "pi.lab.example", "--cors-origin", "http://localhost:8000")
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.get("/objects/", headers={"Host": "pi.lab.example"}).status_code == 200
+        assert http.get("/objects/", headers={"Host": "evil.example"}).status_code == 421
+        page = {"Origin": "http://localhost:8000", "Content-Type": "application/octet-stream"}
+        assert http.post("/objects/", content=b"x", headers=page).status_code == 201
+        other = {"Origin": "http://localhost:8001", "Content-Type": "application/octet-stream"}
+        assert http.post("/objects/", content=b"x", headers=other).status_code == 403
+    assert server.stop() == 0
+    assert len(json_lines(cli.ok("ls", "--json"))) == 1
+    for bad in (["--allowed-host", "http://x/"], ["--cors-origin", "localhost:8000"]):
+        assert bad[1] in cli.fails(2, "serve", "--port", "0", *bad)
 
 
 def _slow_upload(server: Served, body: bytes, stop: Callable[[], None]) -> httpx.Response | Exception:

@@ -6,13 +6,13 @@ HTTP clients in this test keep listing and reading objects, histories and bytes 
 client uploads updates of the same shared objects through it (`POST /objects/`). The writers write well
 over the initial 64 MiB map, so the map grows while every process is running.
 
-What it proves (DESIGN.md §3.1, §3.3, §3.7): no writer thread, writer process or the server fails; no
-update is lost (each shared object's versions are exactly 0..N, N+1 being the saves that returned, each
-version holding the bytes and tag of exactly one of those saves, the one the writer read back); the
-history keeps every replaced version readable; every new object exists; `verify()` is clean; every
-response the server gave during the writes was 200/201 and self-consistent (bytes match the sha256 their
-metadata states, versions never go backwards; each 201 describes the upload's own version); and the
-server followed the map's growth while serving.
+What it proves (docs/ARCHITECTURE.md, "Connecting", "Objects and versions", "Engine facts"): no writer thread,
+writer process or the server fails; no update is lost (each shared object's versions are exactly 0..N, N+1
+being the saves that returned, each version holding the bytes and tag of exactly one of those saves, the one
+the writer read back); the history keeps every replaced version readable; every new object exists; `verify()`
+is clean; every response the server gave during the writes was 200/201 and self-consistent (bytes match the
+sha256 their metadata states, versions never go backwards; each 201 describes the upload's own version); and
+the server followed the map's growth while serving.
 
 The other tests pin down what the first one found, each beside concurrent writers: a reader whose bytes
 are freed under it (an update without history, a delete) gets NotFound, never IntegrityError; the server

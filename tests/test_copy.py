@@ -1,4 +1,5 @@
-"""Store-to-store copy (DESIGN.md §5 `copy`): exact, idempotent, resumable, only missing bytes travel."""
+"""Store-to-store copy (docs/ARCHITECTURE.md, "Objects and versions"): exact, idempotent, resumable, only missing
+bytes travel."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Crash safety of the embedded store: writers killed with SIGKILL at random moments (DESIGN.md §3.4).
+"""Crash safety of the embedded store: writers killed with SIGKILL at random moments (docs/ARCHITECTURE.md, "Data
+flow of a save").
 
 What this proves, on a real LMDB file written by real processes: after a writer is killed at any moment
 (mid chunked upload, between commit batches, inside the publishing transaction, while freeing replaced

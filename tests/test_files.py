@@ -1,4 +1,5 @@
-"""The files bucket (DESIGN.md §3.4): GridFS semantics, streaming, batching, crash-safe order."""
+"""The files bucket (docs/ARCHITECTURE.md, "Data flow of a save"): GridFS semantics, streaming, batching, crash-safe
+order."""
 
 from __future__ import annotations
 

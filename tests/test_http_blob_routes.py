@@ -11,6 +11,9 @@ import pytest
 from test_http_server import wait_until
 from thing_fixtures import frame
 
+import microblob
+from microblob._validate import check_content_type
+
 
 @pytest.fixture
 def client(make_server: Any, asgi: Any, camera: Any) -> Any:
@@ -168,7 +171,7 @@ def test_streamed_upload_over_the_limit_is_413_and_leaves_nothing(make_server: A
             yield b"y" * 10_000
 
     with httpx.Client() as c:
-        r = c.post(base + "blobs", content=body())
+        r = c.post(base + "blobs", content=body(), headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     wait_until(lambda: list(tmp_path.iterdir()) == [])
 
@@ -215,3 +218,18 @@ def test_expired_blob_as_input_is_422(make_server: Any, asgi: Any, camera: Any) 
 def test_bad_upload_content_type_is_415(client: Any) -> None:
     r = client.post("/blobs", content=b"x", headers={"Content-Type": "not a type"})
     assert r.status_code == 415
+
+
+@pytest.mark.parametrize("ctype", [b"image/jp\xe9g", b"text/\xb5plain", b"a/b; x=\x7f"])
+def test_upload_content_type_follows_the_store_rule(client: Any, ctype: bytes) -> None:
+    """One media-type rule: a type the store refuses (letters no header can carry, control characters) is
+    refused at upload too, not linked and then served back in a Content-Type header."""
+    with pytest.raises(microblob.InvalidArgument):
+        check_content_type(ctype.decode("latin-1"))
+    r = client.post("/blobs", content=b"x", headers={"Content-Type": ctype})
+    assert r.status_code == 415 and r.json()["error"] == "UnsupportedMediaType"
+
+
+def test_upload_keeps_a_type_with_parameters(client: Any) -> None:
+    r = client.post("/blobs", content=b"x", headers={"Content-Type": "text/plain; charset=utf-8"})
+    assert r.status_code == 201 and r.json()["content_type"] == "text/plain; charset=utf-8"

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from thing_fixtures import JPEGBlob, RAWBlob, frame
 
+import microblob
 from microblob import (
     ActionError,
     Blob,
@@ -258,3 +259,31 @@ def test_abandoned_download_does_not_break_the_server(cam: Any, served: Any) -> 
         assert first
     assert cam.add(1) == 3
     assert hashlib.sha256(raw.data).hexdigest() == raw.sha256
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "blob", "expected"),
+    [
+        (422, {"error": "InvalidInput", "detail": "x: bad"}, False, "RemoteInvalidInput"),
+        (401, {"error": "Unauthorized", "detail": "token"}, False, "Unauthorized"),
+        (404, {"error": "NotFound", "detail": "gone"}, False, "RemoteError"),
+        (404, {"error": "NotFound", "detail": "gone"}, True, "BlobError"),
+        (410, {"error": "Gone", "detail": "expired"}, True, "BlobExpired"),
+        (500, ["not", "an", "object"], False, "RemoteError"),
+        (502, None, True, "RemoteError"),
+    ],
+)
+def test_one_decoder_for_error_answers(status: int, body: Any, blob: bool, expected: str) -> None:
+    """The client and Blob downloads read the server's {"error", "detail"} answers the same way; a body
+    that is not a JSON object (a proxy's page, a list) still gives a typed error with its text."""
+    from microblob._remote import raise_for_response
+
+    response = httpx.Response(status, json=body) if body is not None else httpx.Response(status, text="<html>")
+    with pytest.raises(microblob.MicroblobError) as info:
+        raise_for_response(response, "GET /x", blob=blob)
+    assert type(info.value).__name__ == expected
+    assert str(info.value).startswith("GET /x: ")
+    if isinstance(body, dict):
+        assert str(info.value) == f"GET /x: {body['detail']}"
+        if not blob:
+            assert info.value.status == status and info.value.error == body["error"]

@@ -1,4 +1,5 @@
-"""The object API (DESIGN.md §3.2): the documented scenarios, storage modes, sources and aliases."""
+"""The object API (docs/ARCHITECTURE.md, "Objects and versions"): the documented scenarios, storage modes, sources
+and aliases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Hypothesis fuzz of the public store API with wrong types and odd values (issue 5; DESIGN.md §3, §6).
+"""Hypothesis fuzz of the public store API with wrong types and odd values (issue 5; docs/ARCHITECTURE.md, "Objects
+and versions", "Testing").
 
 What it proves, on both embedded backends (a real LMDB file and memory://):
 

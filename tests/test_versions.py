@@ -1,4 +1,4 @@
-"""Versions (DESIGN.md §3.3): numbering, history, mixed modes, and concurrent writers."""
+"""Versions (docs/ARCHITECTURE.md, "Objects and versions"): numbering, history, mixed modes, and concurrent writers."""
 
 from __future__ import annotations
 

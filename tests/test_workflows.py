@@ -1,4 +1,4 @@
-"""Workflows (DESIGN.md §3.5): the current workflow per thread and per asyncio task."""
+"""Workflows (docs/ARCHITECTURE.md, "Objects and versions"): the current workflow per thread and per asyncio task."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from thing_fixtures import JPEGBlob, RAWBlob
 
+import microblob
 from microblob import Blob, InvalidArgument
 from microblob.blob import blob_class_for
 
@@ -99,6 +100,41 @@ def test_from_file_delete_removes_the_file_with_the_blob(tmp_path: Path) -> None
     assert not path.exists()
 
 
+def test_from_file_on_delete_runs_once_the_file_is_gone(tmp_path: Path) -> None:
+    """What a server uses to give an upload's room back: called after the file is removed, once, and
+    only when the last Blob over that file is gone."""
+    import gc
+
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"abc")
+    seen: list[bool] = []
+    blob = Blob.from_file(path, delete=True, sha256=hashlib.sha256(b"abc").hexdigest(),
+                          on_delete=lambda: seen.append(path.exists()))
+    view = blob.as_type(RAWBlob)
+    del blob
+    gc.collect()
+    assert seen == [] and path.exists()
+    del view
+    gc.collect()
+    assert seen == [False]
+
+
+def test_from_file_refused_leaves_the_file_to_the_caller(tmp_path: Path) -> None:
+    import gc
+
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"abc")
+    seen: list[str] = []
+    with pytest.raises(InvalidArgument, match="JPEGBlob holds"):
+        JPEGBlob.from_file(path, "text/plain", delete=True, on_delete=lambda: seen.append("released"))
+    gc.collect()
+    assert path.read_bytes() == b"abc" and seen == []
+    with pytest.raises(InvalidArgument, match="on_delete"):
+        Blob.from_file(path, on_delete=lambda: None)  # without delete=True nothing is removed to report
+    with pytest.raises(InvalidArgument, match="on_delete"):
+        Blob.from_file(path, delete=True, on_delete="not callable")  # type: ignore[arg-type]
+
+
 def test_save_is_atomic_and_streams(tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(3 << 20))
@@ -135,3 +171,33 @@ def test_missing_file_is_a_blob_error(tmp_path: Path) -> None:
 
     with pytest.raises(BlobError):
         Blob.from_file(tmp_path / "nope")
+
+
+def test_read_only_accessors_cost_no_read(tmp_path: Path, microblob_store: microblob.Store) -> None:
+    """What the HTTP layer asks of a Blob, answered without reading the bytes: the in-memory bytes
+    themselves (no copy) or None, and the sha256 only when it is already known."""
+    data = bytearray(b"abc")
+    mem = Blob.from_bytes(data)
+    assert mem.in_memory is data and mem.known_sha256 is None
+    assert mem.sha256 == hashlib.sha256(data).hexdigest() and mem.known_sha256 == mem.sha256
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"file bytes")
+    digest = hashlib.sha256(b"file bytes").hexdigest()
+    on_disk = Blob.from_file(path)
+    assert on_disk.in_memory is None and on_disk.known_sha256 is None
+    hashed = Blob.from_file(path, sha256=digest)  # hashed by whoever wrote it: not read again
+    path.write_bytes(b"changed")  # so a read now would give another hash
+    assert hashed.known_sha256 == digest and hashed.sha256 == digest
+
+    oid = microblob_store.save_or_update_object(b"stored")
+    stored = Blob.from_object(microblob_store, oid)
+    assert stored.in_memory is None
+    assert stored.known_sha256 == hashlib.sha256(b"stored").hexdigest()  # recorded with the object
+
+
+def test_remote_blob_is_a_blob_made_without_the_http_stack() -> None:
+    blob = Blob.from_url("http://127.0.0.1:9/x", content_type="image/jpeg", size=3, sha256="0" * 64)
+    assert isinstance(blob, microblob.RemoteBlob) and isinstance(blob, Blob)
+    assert blob.url == "http://127.0.0.1:9/x" and blob.size == 3 and blob.known_sha256 == "0" * 64
+    assert blob.in_memory is None and blob.downloads == 0
