@@ -284,6 +284,9 @@ class KVCollection:
                         page.append(project(doc) if projection is not None else doc)
                     if len(page) >= batch:
                         break
+            # An aborted LMDB read transaction keeps its reader slot while anything refers to it: this
+            # frame stays alive between items, so it must not.
+            del txn
             yield from page
             if last is None or len(page) < batch:
                 return
@@ -610,6 +613,7 @@ class KVChunkStore:
                         page.append(fk)
                         if len(page) >= batch:
                             break
+            del txn  # its reader slot, as in KVCollection.iter_documents
             for fk in page:
                 yield msgpack.unpackb(fk, raw=False, timestamp=3)
             if last_key is None or len(page) < batch:
