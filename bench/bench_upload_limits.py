@@ -72,7 +72,7 @@ def main() -> None:
             for run in range(args.runs):
                 for side in (("limited", "bare") if run % 2 == 0 else ("bare", "limited")):
                     app.uploads.chunks = (  # type: ignore[method-assign]
-                        limited if side == "limited" else lambda request: request.stream())
+                        limited if side == "limited" else lambda request, **_: request.stream())
                     upload[side].append(args.mib / _upload(http, args.mib))
                     calls[side].append(_calls(http, args.calls))
         app.close()

@@ -26,6 +26,7 @@ from ._exceptions import (
     MicroblobError,
     NotFound,
     ObjectNotFound,
+    QueryTimeout,
     RemoteError,
     RemoteInvalidInput,
     StorageError,
@@ -37,6 +38,7 @@ from ._exceptions import (
     WriteConflict,
 )
 from ._maintenance import GcReport, VerifyReport
+from ._regex import regex_budget
 from ._version import __version__
 from .blob import Blob, RemoteBlob
 from .files import DownloadStream, FilesBucket, UploadStream
@@ -75,6 +77,7 @@ __all__ = [
     "MicroblobError",
     "NotFound",
     "ObjectNotFound",
+    "QueryTimeout",
     "RemoteBlob",
     "RemoteError",
     "RemoteInvalidInput",
@@ -99,6 +102,7 @@ __all__ = [
     "current_workflow_id",
     "default_uri",
     "raise_if_cancelled",
+    "regex_budget",
     "thing_action",
     "thing_property",
 ]

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import weakref
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from ._exceptions import BlobError, InvalidArgument
 
-__all__ = ["CHUNK_SIZE", "Progress", "atomic_writer", "object_source"]
+__all__ = ["CHUNK_SIZE", "Progress", "object_source"]
 
 CHUNK_SIZE = 1 << 20
 """Bytes read or sent at a time: large enough for throughput, small enough to keep memory flat."""
@@ -160,40 +159,6 @@ def _hash_file(path: str) -> str:
         while chunk := f.read(CHUNK_SIZE):
             h.update(chunk)
     return h.hexdigest()
-
-
-class atomic_writer:
-    """Context manager: a binary file that appears at `path` only when the block succeeds, and then whole
-    and on disk (flushed and fsynced before the rename), so readers of `path` see the old file or the
-    complete new one, even after a crash. The one atomic writer: Blob.save, remote downloads and
-    `BlobObject.save` all write through it."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self._tmp: Any = None
-
-    def __enter__(self) -> BinaryIO:
-        d, name = os.path.split(os.path.abspath(self.path))
-        try:
-            self._tmp = tempfile.NamedTemporaryFile(dir=d, prefix=f".microblob-{name}.", suffix=".part", delete=False)
-            return self._tmp
-        except BaseException:  # a signal (Ctrl-C, SIGTERM) just after the temp file exists removes it too
-            if self._tmp is not None:
-                self.__exit__(BaseException, None, None)
-            raise
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        tmp = self._tmp
-        try:
-            if exc_type is None:
-                tmp.flush()
-                os.fsync(tmp.fileno())  # the bytes reach the disk before the name points at them
-            tmp.close()
-            if exc_type is None:
-                os.replace(tmp.name, self.path)
-        finally:
-            if os.path.exists(tmp.name):
-                _unlink_quietly(tmp.name)
 
 
 class _ObjectSource(_Source):

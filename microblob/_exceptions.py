@@ -3,6 +3,7 @@
     MicroblobError
     ├── InvalidArgument (ValueError)        a public function got a wrong type or value
     │   ├── InvalidQuery                    a malformed filter, projection or sort
+    │   │   └── QueryTimeout (TimeoutError) its $regex matching ran past the query's time budget
     │   ├── InvalidDocument                 a document that cannot be stored (bad keys, huge ints, ...)
     │   └── InvalidInput                    an action/property input fails its type hints (names the field)
     ├── InvalidOutput                       an action returned a value its return annotation does not allow
@@ -51,6 +52,7 @@ __all__ = [
     "MicroblobError",
     "NotFound",
     "ObjectNotFound",
+    "QueryTimeout",
     "RemoteError",
     "RemoteInvalidInput",
     "StorageError",
@@ -73,6 +75,18 @@ class InvalidArgument(MicroblobError, ValueError):
 
 class InvalidQuery(InvalidArgument):
     """A filter, projection or sort is malformed (unknown operator, `$gt` at top level, ...)."""
+
+
+class QueryTimeout(InvalidQuery, TimeoutError):
+    """A query spent its whole `$regex` budget matching (see `microblob.regex_budget`): a pattern that
+    backtracks, like ``a.*a.*a.*b`` over long text, is stopped instead of running for minutes.
+    `budget` is the limit in seconds, `pattern` the regex that was running."""
+
+    def __init__(self, pattern: str, budget: float) -> None:
+        super().__init__(f"$regex {pattern[:100]!r} ran past the query's matching budget of {budget:g} s: "
+                         f"it backtracks over this data; anchor or simplify it, or narrow the filter")
+        self.pattern = pattern
+        self.budget = budget
 
 
 class InvalidDocument(InvalidArgument):

@@ -186,23 +186,33 @@ class KVCollection:
                 if chosen.index is not None:  # ties keep the scan's order (by id key), as without the index
                     matches = iter(sorted(matches, key=lambda doc: id_key(doc["_id"])))
                 docs = sort_documents(matches, spec, skip=skip, limit=limit)
-            elif spec and chosen.tiebreak:
-                docs = self._ordered_runs(txn, chosen, predicate, spec, skip, limit)
             else:
-                docs = list(window(matches, skip, limit))
+                # Projected as they come: a page of ids must not hold every matching document whole.
+                keep = project if projection is not None else None
+                if spec and chosen.tiebreak:
+                    return self._ordered_runs(txn, chosen, predicate, spec, skip, limit, keep)
+                found = window(matches, skip, limit)
+                return [keep(doc) for doc in found] if keep is not None else list(found)
         return [project(doc) for doc in docs] if projection is not None else docs
 
     def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
-                      spec: list[tuple[str, int]], skip: int, limit: int) -> list[dict]:
+                      spec: list[tuple[str, int]], skip: int, limit: int,
+                      project: Callable[[dict], dict] | None = None) -> list[dict]:
         """The index gives the order of the sort's leading fields: sort each run of ties on them by the
-        whole sort (stably, so the result is exactly a full sort's), and stop after skip + limit."""
+        whole sort (stably, so the result is exactly a full sort's), and stop after skip + limit. Each
+        sorted run is projected (`project`) before the next is read."""
         stop = skip + limit if limit else None
         out: list[dict] = []
         run: list[dict] = []
         run_value: bytes | None = None
+
+        def flush(run: list[dict]) -> None:
+            ordered = sort_documents(run, spec) if len(run) > 1 else run
+            out.extend(map(project, ordered) if project is not None else ordered)
+
         for value, idk in chosen.keyed_candidates(txn):
             if value != run_value:
-                out.extend(sort_documents(run, spec) if len(run) > 1 else run)
+                flush(run)
                 run = []
                 run_value = value
                 if stop is not None and len(out) >= stop:
@@ -213,7 +223,7 @@ class KVCollection:
                 if predicate(doc):
                     run.append(doc)
         else:
-            out.extend(sort_documents(run, spec) if len(run) > 1 else run)
+            flush(run)
         return out[skip:stop]
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:

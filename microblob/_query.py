@@ -18,8 +18,9 @@ Choices where this module is stricter than MongoDB (each one is pinned by a test
 - Operators MongoDB has but this module does not ($type, $mod, $expr, $where, $text, geo and bit
   operators, positional and $slice/$elemMatch projections, computed projections, $push modifiers other
   than $each, array filters) raise InvalidQuery instead of being silently ignored.
-- Regular expressions run on Python's `re`, which agrees with PCRE on common patterns; a pattern `re`
-  cannot compile raises InvalidQuery.
+- Regular expressions run on the `regex` package (`re`'s syntax, plus PCRE's ``\\p{...}``, atomic groups
+  and possessive quantifiers), which agrees with PCRE on common patterns; a pattern it cannot compile
+  raises InvalidQuery. Matching has a time budget per query (`_regex.py`): past it, QueryTimeout.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from . import _regex
 from ._codec import MAX_DEPTH, utcnow
 from ._exceptions import InvalidDocument, InvalidQuery
 
@@ -169,14 +171,52 @@ def compare_values(a: Any, b: Any) -> int:
 
 def _split(path: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     parts = tuple(path.split("."))
+    _check_digit_runs(path, parts)
     return parts, tuple(_array_index(p) for p in parts)
+
+
+# The largest array position a path component can name. An array in a 16 MiB document has fewer than
+# 2**24 elements, and MongoDB reads positions as 64-bit integers, so a run of digits above 2**63 - 1 can
+# never select an element: it is only a field name (of a subdocument, where any string is; a 128-bit id
+# written in decimal has 39 digits). Checking the length first keeps int() from seeing more than 19.
+_MAX_POSITION = 2**63 - 1
+_MAX_POSITION_DIGITS = len(str(_MAX_POSITION))
+
+# Longer runs of digits are refused outright. 4,300 is CPython's limit for int(str) (the default of
+# sys.int_max_str_digits, fixed here: the process may change that one). No real field is named by so
+# many digits, while Python-based MongoDB servers (SecantusDB) fail on one with an internal error: one
+# InvalidQuery at compile time gives every backend, and the HTTP API, the same clear 400.
+_MAX_DIGIT_RUN = 4300
+
+
+def _check_digit_runs(path: str, parts: Iterable[str]) -> None:
+    for part in parts:
+        if len(part) > _MAX_DIGIT_RUN and part.isascii() and part.isdigit():
+            shown = path if len(path) <= 60 else f"{path[:40]}…({len(path):,} characters)"
+            raise InvalidQuery(f"a path component of {len(part):,} digits in {shown!r}: over {_MAX_DIGIT_RUN:,} "
+                               "digits it can be no array position, and no field is named so")
+
+
+# How far an update may pad an array to reach the position it sets: MongoDB's limit (kMaxPaddingAllowed
+# in its update code). Without one `{"$set": {"a.100000000": 1}}` would allocate 100 million nulls.
+_MAX_PADDING = 1_500_000
 
 
 def _array_index(part: str) -> int:
     """The array position a path component names, or -1. "01" names none: it never equals "1"."""
-    if part.isascii() and part.isdigit() and (part == "0" or part[0] != "0"):
-        return int(part)
+    if (part.isascii() and part.isdigit() and (part == "0" or part[0] != "0")
+            and len(part) <= _MAX_POSITION_DIGITS):
+        position = int(part)
+        return position if position <= _MAX_POSITION else -1
     return -1
+
+
+def _pad_to(array: list, position: int, path: str) -> None:
+    """Extend `array` with nulls so that `position` exists, as MongoDB does, within its padding limit."""
+    if position - len(array) >= _MAX_PADDING:
+        raise InvalidQuery(f"cannot set position {position} of the array at {path!r}: it has {len(array)} "
+                           f"elements and an update may pad an array by fewer than {_MAX_PADDING:,}")
+    array.extend([None] * (position + 1 - len(array)))
 
 
 def _walk(node: Mapping, parts: tuple, index: tuple, i: int, expand: bool, out: list) -> None:
@@ -425,7 +465,7 @@ def _in_test(values: Any, op: str, where: str) -> _Test:
     if not isinstance(values, _ARRAYS):
         raise InvalidQuery(f"{op} needs a list, not {type(values).__name__}, in {where}")
     keys: set[tuple] = set()
-    regexes: list[re.Pattern] = []
+    regexes: list[Callable[[str], bool]] = []
     for item in values:
         if isinstance(item, re.Pattern):
             regexes.append(_compile_regex(item, _MISSING, where))
@@ -447,7 +487,7 @@ def _in_test(values: Any, op: str, where: str) -> _Test:
             rank = _RANKS.get(t)
             if (rank if rank is not None else _rank(v)) in ranks and _key(v) in frozen:  # no key when hopeless
                 return True
-        return bool(regexes) and isinstance(v, str) and any(r.search(v) for r in regexes)
+        return bool(regexes) and isinstance(v, str) and any(search(v) for search in regexes)
 
     return test
 
@@ -459,7 +499,8 @@ def _regex_options(pattern: re.Pattern) -> str:
     return "".join(c for c, flag in _REGEX_FLAGS.items() if flag and pattern.flags & flag)
 
 
-def _compile_regex(pattern: Any, options: Any, where: str) -> re.Pattern:
+def _compile_regex(pattern: Any, options: Any, where: str) -> Callable[[str], bool]:
+    """A budgeted search for a `$regex` (a str with `$options`, or a compiled `re` pattern)."""
     if options is not _MISSING and not isinstance(options, str):
         raise InvalidQuery(f"$options has to be a string in {where}")
     if isinstance(getattr(pattern, "pattern", pattern), str):
@@ -467,11 +508,9 @@ def _compile_regex(pattern: Any, options: Any, where: str) -> re.Pattern:
     if isinstance(pattern, re.Pattern):
         if not isinstance(pattern.pattern, str):
             raise InvalidQuery(f"a regex must have a str pattern, not bytes, in {where}")
-        if options is _MISSING or options == "":
-            return pattern
-        if _regex_options(pattern):
-            raise InvalidQuery(f"options set in both $regex and $options in {where}")
         source, flags = pattern.pattern, pattern.flags
+        if options is not _MISSING and options != "" and _regex_options(pattern):
+            raise InvalidQuery(f"options set in both $regex and $options in {where}")
     elif isinstance(pattern, str):
         source, flags = pattern, 0
     else:
@@ -483,14 +522,13 @@ def _compile_regex(pattern: Any, options: Any, where: str) -> re.Pattern:
     if "\x00" in source:
         raise InvalidQuery(f"a regex cannot contain a NUL character, in {where}")
     try:
-        return re.compile(source, flags)
-    except re.error as exc:
+        return _regex.compile_pattern(source, flags)
+    except _regex.error as exc:
         raise InvalidQuery(f"invalid regex {source!r} in {where}: {exc}") from None
 
 
-def _regex_test(pattern: re.Pattern) -> _Test:
-    search = pattern.search
-    return lambda v: isinstance(v, str) and search(v) is not None
+def _regex_test(search: Callable[[str], bool]) -> _Test:
+    return lambda v: isinstance(v, str) and search(v)
 
 
 def _true_value(value: Any) -> bool:
@@ -600,7 +638,8 @@ def compile_filter(filter: Mapping[str, Any] | None) -> Callable[[Mapping[str, A
     if not isinstance(filter, Mapping):
         raise InvalidQuery(f"a filter must be a dict, not {type(filter).__name__}")
     check_depth(filter, "a filter")
-    return _compile_document(filter)
+    with _regex.filter_budget():  # every $regex of this filter draws on one matching budget
+        return _compile_document(filter)
 
 
 def match(doc: Mapping[str, Any], filter: Mapping[str, Any] | None) -> bool:
@@ -888,8 +927,10 @@ def _is_direction(value: Any) -> bool:
 
 
 def _valid_path(path: Any) -> bool:
+    """Whether `path` names fields ("a", "a.b.0"); raises InvalidQuery for an overlong run of digits."""
     if not isinstance(path, str) or not all(part and part[0] != "$" for part in path.split(".")):
         return False
+    _check_digit_runs(path, path.split("."))
     try:
         return path.isascii() or bool(path.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate: no BSON key can name it
@@ -1116,9 +1157,15 @@ def _compare_path_parts(a: tuple, b: tuple) -> int:
     for x, y in zip(a, b, strict=False):
         if x != y:
             if x.isdigit() and y.isdigit() and x.isascii() and y.isascii():
-                return -1 if int(x) < int(y) else 1
+                return -1 if _numeric_order(x) < _numeric_order(y) else 1
             return -1 if x < y else 1
     return len(a) - len(b)
+
+
+def _numeric_order(digits: str) -> tuple[int, str]:
+    """Sorts ASCII digit strings by value without int(), which refuses more than 4,300 digits."""
+    significant = digits.lstrip("0")
+    return len(significant), significant
 
 
 _PATH_ORDER = functools.cmp_to_key(_compare_path_parts)
@@ -1254,7 +1301,7 @@ def _container(doc: dict, parts: tuple, create: bool) -> Any:
             if position >= len(node):
                 if not create:
                     return None
-                node.extend([None] * (position + 1 - len(node)))
+                _pad_to(node, position, ".".join(parts[:depth]))
                 node[position] = {}
             child = node[position]
         if not isinstance(child, (dict, list)):
@@ -1286,7 +1333,7 @@ def _setter(parts: tuple, compute: Callable[[Any], Any]) -> Callable[[dict], Non
         if position < 0:
             raise InvalidQuery(f"cannot create field {last!r} in the array at {'.'.join(parts[:-1])!r}")
         if position >= len(container):
-            container.extend([None] * (position + 1 - len(container)))
+            _pad_to(container, position, ".".join(parts[:-1]))
         container[position] = value
 
     return set_value

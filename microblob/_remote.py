@@ -15,8 +15,9 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from ._blob_sources import Progress, _Source, atomic_writer
+from ._blob_sources import Progress, _Source
 from ._exceptions import BlobError, BlobExpired, IntegrityError, RemoteError, RemoteInvalidInput, Unauthorized
+from ._outfile import output_file
 
 __all__ = ["default_client", "raise_for_response", "url_source"]
 
@@ -111,7 +112,7 @@ class _RemoteSource(_Source):
         return b"".join(self._chunks(None))
 
     def save(self, path: str, progress: Progress | None) -> None:
-        with atomic_writer(path) as out:
+        with output_file(path) as out:
             for chunk in self._chunks(progress):
                 out.write(chunk)
 

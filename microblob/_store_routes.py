@@ -2,12 +2,17 @@
 browse page at ``/`` reads them, see `microblob._browse`).
 
 Everything the store does blocks (disk, LMDB, MongoDB), so every store call runs in a worker thread;
-bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary file.
+bytes stream chunk by chunk through `BlobResponse`, uploads through a temporary file. A listing's
+`$regex` matching has the server's `regex_budget` (`microblob._regex`): `regex` releases the GIL while it
+matches, so other clients are served meanwhile, and a pattern that backtracks gets a 400 QueryTimeout.
+A listing is paged and streamed (`microblob._listing`): at most `max_page_size` objects, a
+``Link: rel="next"`` cursor for the rest.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,13 +20,15 @@ from urllib.parse import parse_qs, quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ._exceptions import InvalidArgument, InvalidInput, MicroblobError, NotFound
-from ._regex_guard import check_untrusted_filter
+from ._listing import page_body, query_digest, read_cursor, tiebroken, write_cursor
+from ._regex import regex_budget
 from ._responses import BlobResponse
 from .blob import Blob
+from .objects import BlobObject
 
 if TYPE_CHECKING:
     from .server import ThingServer
@@ -116,6 +123,11 @@ def _store_error(exc: MicroblobError) -> Exception:
     return exc
 
 
+def _budgeted(seconds: float | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    with regex_budget(seconds):  # set in the worker thread, where the filter is compiled
+        return fn(*args, **kwargs)
+
+
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -127,17 +139,43 @@ def store_routes(server: ThingServer) -> list[Route]:
     store = server.store
 
     async def list_objects(request: Request) -> Response:
+        from .server import ApiError
+
         flt = _json_param(request, "filter") or {}
-        try:
-            check_untrusted_filter(flt)  # a backtracking $regex would freeze the whole server
-        except InvalidArgument as exc:
-            raise _store_error(exc) from None
         sort = _parse_sort(request.query_params.get("sort"))
         limit = _int_param(request, "limit", 100)
         skip = _int_param(request, "skip", 0)
-        objs = await _call(store.blob_object_query, flt, sort=sort, limit=limit, skip=skip)
+        page = min(limit or server.max_page_size, server.max_page_size)
+        digest = query_digest(flt, sort)
+        cursor = request.query_params.get("cursor")
+        try:
+            if cursor is not None:
+                if skip:
+                    raise ApiError(400, "give either cursor or skip, not both")
+                skip = read_cursor(cursor, digest)
+            order = tiebroken(sort)
+        except InvalidArgument as exc:
+            raise _store_error(exc) from None
+        # The page's ids first: the filter (and its regex budget) runs before the status goes out.
+        found = await _call(_budgeted, server.regex_budget, store.query, flt, projection={"_id": 1}, sort=order,
+                            skip=skip, limit=page + 1)
+        ids = [doc["_id"] for doc in found[:page]]
+        headers = {}
+        if len(found) > page:
+            following = request.url.remove_query_params(["skip", "cursor"])
+            following = following.include_query_params(cursor=write_cursor(skip + page, digest))
+            headers["link"] = f'<{following}>; rel="next"'
         base = str(request.base_url)
-        return JSONResponse([_object_json(o, base) for o in objs])
+
+        async def fetch(batch: list[Any]) -> list[dict[str, Any]]:
+            return await _call(store.query, {"_id": {"$in": batch}}, projection={"data": 0})
+
+        def render(doc: dict[str, Any]) -> bytes:
+            obj = BlobObject(store, doc)
+            return json.dumps(_object_json(obj, base), ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":")).encode("utf-8")
+
+        return StreamingResponse(page_body(ids, fetch, render), media_type="application/json", headers=headers)
 
     async def create_object(request: Request) -> Response:
         q = request.query_params

@@ -24,10 +24,10 @@ from ._blob_sources import (
     _hash_file,
     _ProgressReader,
     _Source,
-    atomic_writer,
     object_source,
 )
 from ._exceptions import InvalidArgument, InvalidInput
+from ._outfile import output_file
 
 if TYPE_CHECKING:
     import httpx
@@ -265,13 +265,14 @@ class Blob:
         return f
 
     def save(self, path: str | os.PathLike[str], progress: Progress | None = None) -> None:
-        """Write the bytes to `path` atomically (a temp file beside it, then rename), streaming."""
+        """Write the bytes to `path`, streaming: atomically (temp file, then rename) over a regular file or a
+        new path, keeping an existing file's mode; straight into a device or FIFO (see `_outfile`)."""
         path = os.fspath(path)
         save = getattr(self._source, "save", None)
         if save is not None and self._data is None:
             save(path, progress)  # remote: streams and verifies
             return
-        with atomic_writer(path) as out, self.open(progress) as f:
+        with output_file(path) as out, self.open(progress) as f:
             while chunk := f.read(CHUNK_SIZE):
                 out.write(chunk)
 

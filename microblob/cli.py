@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a Blob link lives after its action completes (default: 300)")
     p.add_argument("--max-upload", type=_size, metavar="BYTES",
                    help="largest upload, e.g. 500M or 2G (default: 4G)")
+    p.add_argument("--regex-budget", type=_seconds, metavar="SECONDS",
+                   help="seconds of $regex matching one GET /objects/ may spend, then 400 QueryTimeout "
+                        "(default: 5; 0: no limit)")
+    p.add_argument("--max-page-size", type=_count, metavar="N",
+                   help="most objects one GET /objects/ answers; a Link header names the next page "
+                        "(default: 1000)")
     p.add_argument("--upload-idle-timeout", type=_positive_seconds, metavar="SECONDS",
                    help="drop an upload (408) whose body sends nothing for this long (default: 30)")
     p.add_argument("--upload-timeout", type=_positive_seconds, metavar="SECONDS",
@@ -334,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("get", cmd_get, "write an object's bytes to a file or to stdout")
     p.add_argument("object_id", metavar="ID")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (atomically); - or nothing: stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (a regular file atomically, a device or FIFO "
+                   "directly); - or nothing: stdout")
     p.add_argument("--version", type=_count, metavar="N", help="this version (default: the latest)")
 
     p = command("ls", cmd_ls, "list objects (latest versions): a table, or JSON lines with --json", [json_flag])
@@ -749,7 +756,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     chosen = {"blob_ttl": args.blob_ttl, "max_upload": args.max_upload, "upload_idle_timeout": args.upload_idle_timeout,
               "upload_timeout": args.upload_timeout, "max_uploads": args.max_uploads,
               "spool_budget": args.spool_budget, "upload_ttl": args.upload_ttl}
-    options = {k: v for k, v in chosen.items() if v is not None}
+    options: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
+    if args.regex_budget is not None:
+        options["regex_budget"] = args.regex_budget or None
+    if args.max_page_size:
+        options["max_page_size"] = args.max_page_size
     with _connect(args, create=True) as store:
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)

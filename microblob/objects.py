@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ._blob_sources import atomic_writer
 from ._exceptions import IntegrityError, InvalidArgument
 from ._flowcept_layout import as_microblob
+from ._outfile import output_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -115,7 +115,8 @@ class BlobObject(Mapping[str, Any]):
         return self._inline
 
     def save(self, path: str | os.PathLike[str]) -> int:
-        """Write the bytes to `path` atomically (a temp file in the same directory, then rename)."""
+        """Write the bytes to `path`: atomically (temp file, then rename) over a regular file or a new path,
+        straight into a device or FIFO; see `microblob._outfile`."""
         with self.open() as stream:
             return save_stream_atomically(stream, path)
 
@@ -130,12 +131,12 @@ class BlobObject(Mapping[str, Any]):
 
 
 def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size: int = 1024 * 1024) -> int:
-    """Copy a readable stream to `path` via a temp file and `os.replace`: readers of `path` see the old
-    file or the whole new one, never a half-written one."""
+    """Copy a readable stream to `path` through `output_file`: a regular file is replaced atomically
+    (readers see the old file or the whole new one) keeping its mode; a device or FIFO is written into."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgument(f"path must be a str or os.PathLike, not {type(path).__name__}")
     written = 0
-    with atomic_writer(path) as out:
+    with output_file(path) as out:
         pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
         for piece in pieces:
             out.write(piece)

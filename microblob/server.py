@@ -47,8 +47,10 @@ from ._exceptions import (
     StoreFull,
 )
 from ._invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
+from ._listing import check_page_size
 from ._malloc import tune_malloc
 from ._query import check_depth
+from ._regex import check_budget
 from ._responses import BlobResponse
 from ._scheduler import Scheduler
 from ._schema import map_blobs, to_jsonable
@@ -152,6 +154,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _bearer_token(header: bytes) -> bytes:
+    """The credentials of an ``Authorization: Bearer ...`` header, or b"". RFC 9110 makes the scheme
+    case-insensitive; the rest is taken exactly as sent (one space, no padding), so anything else
+    (another scheme, no token, extra spaces) yields b"" or bytes no configured token equals."""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return b""
+    return token
+
+
 class _TokenAuth:
     """Bearer-token check for every request except downloading a Blob link (ids are unguessable, and
     browsers and other tools must be able to follow links). The browse page (``GET /``) also accepts the
@@ -159,7 +171,7 @@ class _TokenAuth:
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http":
@@ -172,14 +184,14 @@ class _TokenAuth:
         if scope["method"] in ("GET", "HEAD") and re.fullmatch(r"/blobs/[^/]+", path):
             await self.app(scope, receive, send)
             return
-        got = dict(scope.get("headers", [])).get(b"authorization", b"")
+        got = _bearer_token(dict(scope.get("headers", [])).get(b"authorization", b""))
         page = scope["method"] in ("GET", "HEAD") and path == "/"
         if page and not got:
             # The browse page is opened by a browser, which cannot add a header to a typed-in URL: it
             # alone may carry the token as ?token=...; its JS then sends the header on every request.
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             if "token" in query:
-                got = f"Bearer {query['token']}".encode()
+                got = query["token"].encode()
         if not secrets.compare_digest(got, self.expected):
             detail = "missing bearer token" if not got else "wrong bearer token"
             if page:
@@ -230,6 +242,8 @@ class ThingServer(Starlette):
     ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
     `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    `regex_budget`: seconds of `$regex` matching one ``GET /objects/`` may spend (then 400 QueryTimeout;
+    None: no limit). `max_page_size`: most objects one ``GET /objects/`` answers (then a next cursor).
     `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
     header may carry (``*.lab.example``; ``*``: any). `cors_origins`: pages (``http://host:port``) that
     may call the server from a browser; every other page is refused (see `microblob._browser_guard`).
@@ -254,6 +268,8 @@ class ThingServer(Starlette):
         max_workers: int = 32,
         max_wait: float = 300.0,
         upload_dir: str | None = None,
+        regex_budget: float | None = 5.0,
+        max_page_size: int = 1000,
         allowed_hosts: Sequence[str] | None = None,
         cors_origins: Sequence[str] | None = None,
         upload_idle_timeout: float = UploadLimits.idle_timeout,
@@ -274,6 +290,8 @@ class ThingServer(Starlette):
         self.max_upload = int(max_upload)
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
+        self.regex_budget = check_budget(regex_budget)
+        self.max_page_size = check_page_size(max_page_size)
         self.uploads = UploadGate(UploadLimits(idle_timeout=upload_idle_timeout, max_duration=upload_timeout,
                                                max_uploads=max_uploads, spool_budget=spool_budget))
         self.upload_ttl = min(self.blob_ttl, 60.0) if upload_ttl is None else float(upload_ttl)

@@ -24,7 +24,7 @@ not_yet = pytest.mark.xfail(not RELAID_OUT, reason="needs the relayout", strict=
 # modules of its own layer and of the layers before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("microblob._exceptions", "microblob._version")),
-    ("value", ("microblob.blob", "microblob._blob_sources", "microblob._blob_url")),
+    ("value", ("microblob.blob", "microblob._blob_sources", "microblob._blob_url", "microblob._outfile")),
     ("engine", ("microblob.engine",)),
     ("store", ("microblob.store",)),
     ("things", ("microblob.things",)),

@@ -46,7 +46,7 @@ def test_browse_list_walks_updated_at_and_stops(filled: microblob.Store, count_r
         assert plan["sort"].startswith("index order")
         counts = count_reads(filled)
         page = filled.query(None, sort=sort, limit=51)
-        assert counts["scanned"] == 0 and counts["docs_get"] <= 52, counts
+        assert counts["scanned"] == 0 and counts["docs_get"] <= 52 + 51, counts
         everything = filled.query(None)
         assert [d["_id"] for d in page] == [d["_id"] for d in sort_documents(everything, sort, limit=51)]
     newest = filled.query(None, sort=[("updated_at", -1)], limit=1)[0]
@@ -202,12 +202,13 @@ def test_random_indexes_filters_and_pages_match_a_scan(embedded_store: microblob
 def test_get_objects_newest_first_walks_the_index(filled: microblob.Store, count_reads: Any, make_server: Any,
                                                   asgi: Any) -> None:
     """The browse page's request (GET /objects/?sort=-updated_at,object_id&limit=51, also by type) reads
-    about one page of documents, not the collection."""
+    about one page of documents, not the collection: twice (the page's ids, then its documents a few at
+    a time as the body streams, so a page of huge metadata is never held whole)."""
     client = asgi(make_server({}, store=filled))
     counts = count_reads(filled)
     listed = client.get("/objects/", params={"sort": "-updated_at,object_id", "limit": "51"})
     assert listed.status_code == 200 and len(listed.json()) == 51
-    assert counts["scanned"] == 0 and counts["docs_get"] <= 52, counts
+    assert counts["scanned"] == 0 and counts["docs_get"] <= 52 + 51, counts
     newest = max(filled.query(None), key=lambda d: d["updated_at"])
     assert listed.json()[0]["object_id"] == newest["_id"]
     counts.update({key: 0 for key in counts})
@@ -215,7 +216,7 @@ def test_get_objects_newest_first_walks_the_index(filled: microblob.Store, count
                                             "filter": '{"type": "scan"}'})
     assert typed.status_code == 200 and len(typed.json()) == 51
     assert all(o["type"] == "scan" for o in typed.json())
-    assert counts["scanned"] == 0 and counts["docs_get"] <= N // 3 + 1, counts
+    assert counts["scanned"] == 0 and counts["docs_get"] <= N // 3 + 1 + 51, counts
 
 
 def test_history_lookups_use_object_id_version(embedded_store: microblob.Store, count_reads: Any) -> None:
