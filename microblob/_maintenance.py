@@ -193,15 +193,18 @@ def gc(store: Store, progress: Callable[[int], None] | None = None) -> GcReport:
     a few hundred, re-checking each inside (a live writer may have referenced it since). `progress(n)`
     is called as files are looked at."""
     report = GcReport()
-    backend = store._backend
-    if not backend.transactional:
-        _drop_stale_history(store, report)
-    _drop_unreferenced_files(store, report, progress)
-    _drop_orphan_chunks(store, report)
+    # Upload leases, read once: the uploads in flight or interrupted (few). A lease taken later belongs to
+    # a file each pass looks up again before freeing it.
+    leases = {d["_id"]: d for d in store.files._pending.find({})}
+    live = {file_id for file_id, lease in leases.items() if _lease_is_live(lease)}
+    if not store._backend.transactional:
+        _drop_stale_history(store, report, live)
+    _drop_unreferenced_files(store, report, live, progress)
+    _drop_orphan_chunks(store, report, leases)
     return report
 
 
-def _drop_stale_history(store: Store, report: GcReport) -> None:
+def _drop_stale_history(store: Store, report: GcReport, leased: set[Any]) -> None:
     """History entries no version of the object can lead to, all left by writes interrupted between
     their steps on a backend without transactions (MongoDB; with transactions every write is whole):
     - entries whose object is gone, or of an earlier life of its id: a delete_object interrupted after
@@ -211,8 +214,6 @@ def _drop_stale_history(store: Store, report: GcReport) -> None:
     Their bytes are freed by the next pass."""
     from .store import _same_life, _version_of
 
-    pending = store.files._pending
-    leased = {d["_id"] for d in pending.find({}) if _lease_is_live(d)}  # e.g. a copy still running
     known: _Recent = _Recent(256)  # object_id -> (its latest, the versions its life names)
 
     def lineage(object_id: Any) -> tuple[dict[str, Any] | None, set[Any]]:
@@ -265,12 +266,12 @@ def _leased(pending: Any, file_id: Any) -> bool:
     return lease is not None and _lease_is_live(lease)
 
 
-def _drop_unreferenced_files(store: Store, report: GcReport, progress: Callable[[int], None] | None) -> None:
+def _drop_unreferenced_files(store: Store, report: GcReport, live_leases: set[Any],
+                             progress: Callable[[int], None] | None) -> None:
     """Files that belong to objects but that no version references any more."""
     backend = store._backend
     files_coll = store.files._files
     pending = store.files._pending
-    live_leases = {d["_id"] for d in pending.find({}) if _lease_is_live(d)}
     candidates: list[Any] = []
 
     def free(batch: list[Any]) -> None:
@@ -310,14 +311,13 @@ def _drop_unreferenced_files(store: Store, report: GcReport, progress: Callable[
         free(candidates)
 
 
-def _drop_orphan_chunks(store: Store, report: GcReport) -> None:
+def _drop_orphan_chunks(store: Store, report: GcReport, leases: dict[Any, dict[str, Any]]) -> None:
     """Chunks with no files document and no live lease (an upload that was interrupted), then dead
     leases whose upload left no chunks behind."""
     backend = store._backend
     files_coll = store.files._files
     pending = store.files._pending
     chunks = backend.chunks
-    leases = {d["_id"]: d for d in pending.find({})}  # only the uploads in flight or interrupted
     with_chunks: set[Any] = set()
     for file_id in chunks.file_ids():
         lease = leases.get(file_id)
