@@ -53,6 +53,11 @@ class Collection(Protocol):
         limit: int = 0,
     ) -> list[dict]: ...
 
+    def iter_documents(self, filter: Filter | None = None, projection: Projection = None,
+                       batch: int = 1000) -> Iterator[dict]:
+        """Every match, streamed (no list of the whole collection), for batch jobs; not one snapshot."""
+        ...
+
     def replace_one(self, filter: Filter, doc: Mapping[str, Any], upsert: bool = False) -> int:
         """Replace the first match; return how many matched (0 or 1). A compare-and-swap when the filter
         names the old version."""

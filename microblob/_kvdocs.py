@@ -273,6 +273,35 @@ class KVCollection:
                     out["count"] = "documents checked one by one"
         return {"collection": self.name, **out}
 
+    def iter_documents(self, filter: Filter | None = None, projection: Projection = None,
+                       batch: int = 1000) -> Iterator[dict]:
+        """Every match, streamed in batches of `batch` documents, each batch read in its own snapshot: for
+        batch jobs (verify, gc, copy) over collections too big to hold, and safe to write between items.
+        Not one snapshot: a document written meanwhile may or may not be seen, none is seen twice."""
+        predicate = compile_filter(filter)
+        project = compile_projection(projection)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise InvalidArgument(f"batch must be an int >= 1, not {batch!r}")
+        lo, hi = self._prefix, successor(self._prefix)
+        while True:
+            page: list[dict] = []
+            last = None
+            with self._backend._reading() as txn:
+                for key, raw in txn.range("docs", lo, hi):
+                    last = key
+                    doc = _codec.decode(raw)
+                    if predicate(doc):
+                        page.append(project(doc) if projection is not None else doc)
+                    if len(page) >= batch:
+                        break
+            # An aborted LMDB read transaction keeps its reader slot while anything refers to it: this
+            # frame stays alive between items, so it must not.
+            del txn
+            yield from page
+            if last is None or len(page) < batch:
+                return
+            lo = last + b"\x00"  # the next key after `last`
+
     def ids(self, filter: Filter | None = None) -> list[Any]:
         """The `_id` of every match, without projecting whole documents for the caller."""
         with self._backend._reading() as txn:
@@ -577,16 +606,29 @@ class KVChunkStore:
 
         return self._backend._writing(delete_all)
 
-    def file_ids(self) -> Iterator[Any]:
-        with self._backend._reading() as txn:
-            last = None
-            ids = []
-            for key, _ in txn.scan("chunks", b"", values=False):
-                fk = key[:-4]
-                if fk != last:
-                    last = fk
-                    ids.append(msgpack.unpackb(fk, raw=False, timestamp=3))
-        return iter(ids)
+    def file_ids(self, batch: int = 1000) -> Iterator[Any]:
+        """Every file id that has chunks, in key order, streamed: `batch` ids per read snapshot (a store
+        of a million files is not listed in memory), safe to delete chunks between items."""
+        lo = b""
+        last_fk = None
+        while True:
+            page: list[bytes] = []
+            last_key = None
+            with self._backend._reading() as txn:
+                for key, _ in txn.range("chunks", lo, None):
+                    last_key = key
+                    fk = key[:-4]
+                    if fk != last_fk:
+                        last_fk = fk
+                        page.append(fk)
+                        if len(page) >= batch:
+                            break
+            del txn  # its reader slot, as in KVCollection.iter_documents
+            for fk in page:
+                yield msgpack.unpackb(fk, raw=False, timestamp=3)
+            if last_key is None or len(page) < batch:
+                return
+            lo = last_key + b"\x00"
 
 
 class KVBackend:

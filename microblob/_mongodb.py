@@ -189,6 +189,24 @@ class MongoCollection:
     def count_documents(self, filter: Filter | None = None) -> int:
         return self._coll.count_documents(_check_filter(filter))
 
+    def iter_documents(self, filter: Filter | None = None, projection: Projection = None,
+                       batch: int = 1000) -> Iterator[dict]:
+        """Every match, streamed by the server's cursor in batches (see KVCollection.iter_documents)."""
+        self._backend._check_open()
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise InvalidArgument(f"batch must be an int >= 1, not {batch!r}")
+        flt = _check_filter(filter)
+        if projection is not None:
+            compile_projection(projection)
+            if not isinstance(projection, Mapping):
+                projection = list(projection)
+        try:
+            cursor = self._coll.find(flt, projection, batch_size=batch)
+            with cursor:
+                yield from cursor
+        except (_errors.PyMongoError, bson.errors.BSONError) as exc:
+            raise _translate(exc) from exc
+
     @_mapped
     def ids(self, filter: Filter | None = None) -> list[Any]:
         return [d["_id"] for d in self._coll.find(_check_filter(filter), {"_id": 1})]
@@ -357,8 +375,13 @@ class MongoChunkStore:
 
     @_mapped
     def file_ids(self) -> Iterator[Any]:
-        ids = [d["_id"] for d in self._coll.aggregate([{"$group": {"_id": "$files_id"}}])]
-        return iter(ids)
+        """Every file id with chunks, streamed from the server (grouped there, spilling to disk if big)."""
+        try:
+            with self._coll.aggregate([{"$group": {"_id": "$files_id"}}], allowDiskUse=True) as cursor:
+                for doc in cursor:
+                    yield doc["_id"]
+        except (_errors.PyMongoError, bson.errors.BSONError) as exc:
+            raise _translate(exc) from exc
 
 
 class MongoBackend:

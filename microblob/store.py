@@ -186,8 +186,10 @@ class Store:
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")
         self._workflows = backend.collection("workflows")
-        # updated_at and created_at are walked in order by the newest-first list and by sorts on them.
-        for field in ("workflow_id", "task_id", "type", "file_id", "updated_at", "created_at"):
+        # updated_at and created_at are walked in order by the newest-first list and by sorts on them;
+        # object_id finds a Flowcept-written document (its _id is an ObjectId) before a new object is
+        # created under that id: without the index every new object's save scanned the collection.
+        for field in ("workflow_id", "task_id", "type", "file_id", "updated_at", "created_at", "object_id"):
             self._objects.create_index([(field, 1)])
         self._history.create_index([("object_id", 1), ("version", 1)])
         self._history.create_index([("file_id", 1)])
@@ -449,15 +451,35 @@ class Store:
 
     def _release_file(self, file_id: Any) -> None:
         """Free a file's bytes if no version (latest or history) references it any more."""
+        if self._backend.transactional:
+            self._backend.atomic(lambda: self._free_if_unreferenced(file_id))
+            return
 
         def unreferenced() -> bool:
-            if self._objects.find_one({"file_id": file_id}, projection={"_id": 1}) is not None:
-                return False
-            if self._history.find_one({"file_id": file_id}, projection={"_id": 1}) is not None:
-                return False
-            return self.files._files.delete_one({"_id": file_id}) == 1
+            return not self._referenced(file_id) and self.files._files.delete_one({"_id": file_id}) == 1
 
         if self._backend.atomic(unreferenced):
+            self.files._chunks.delete(file_id)
+
+    def _referenced(self, file_id: Any) -> bool:
+        return (self._objects.find_one({"file_id": file_id}, projection={"_id": 1}) is not None
+                or self._history.find_one({"file_id": file_id}, projection={"_id": 1}) is not None)
+
+    def _still_referenced(self, files: set[Any]) -> set[Any]:
+        """Which of `files` some version still references: one $in lookup per collection and thousand
+        files (an object with a thousand versions is freed with a handful of index walks, not 2,000)."""
+        found: set[Any] = set()
+        ids = list(files)
+        for start in range(0, len(ids), 1000):
+            batch = ids[start : start + 1000]
+            for coll in (self._objects, self._history):
+                found.update(d.get("file_id")
+                             for d in coll.find({"file_id": {"$in": batch}}, projection={"file_id": 1}))
+        return found
+
+    def _free_if_unreferenced(self, file_id: Any) -> None:
+        """In the caller's transaction: the files document and the chunks go together."""
+        if not self._referenced(file_id) and self.files._files.delete_one({"_id": file_id}) == 1:
             self.files._chunks.delete(file_id)
 
     # --- reading ------------------------------------------------------------------------------------
@@ -596,9 +618,12 @@ class Store:
     # --- deleting -----------------------------------------------------------------------------------
 
     def delete_object(self, object_id: str) -> None:
-        """Remove the object, its whole history and the bytes of every version."""
+        """Remove the object, its whole history and the bytes of every version: on a transactional
+        backend in one transaction (one fsync however many versions), else the documents first and then
+        each file, so an interruption leaves only bytes that gc frees."""
         self._check_open()
         check_id(object_id)
+        transactional = self._backend.transactional
 
         def delete() -> set[Any]:
             current = self._objects.find_one({"_id": object_id}, projection={"file_id": 1})
@@ -610,6 +635,13 @@ class Store:
             self._objects.delete_one({"_id": object_id})
             self._history.delete_many({"object_id": object_id})
             files.discard(None)
+            if transactional:
+                doomed = list(files - self._still_referenced(files))
+                for start in range(0, len(doomed), 1000):
+                    self.files._files.delete_many({"_id": {"$in": doomed[start : start + 1000]}})
+                for file_id in doomed:
+                    self.files._chunks.delete(file_id)
+                return set()
             return files
 
         for file_id in self._backend.atomic(delete):
