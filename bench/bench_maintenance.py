@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_scale import BATCH, make_doc  # noqa: E402
+from bench_scale import bulk_load  # noqa: E402
 
 import microblob  # noqa: E402
 
@@ -75,16 +75,8 @@ print(json.dumps({"seconds": elapsed, "peak_above_open": status("VmHWM") - base_
 def build(directory: Path, n: int) -> Path:
     path = directory / "maint.db"
     store = microblob.connect(path, sync=False)
-    coll = store.backend.collection("objects")
     rng = random.Random(1)
-    for start in range(0, n, BATCH):
-        docs = [make_doc(i, rng) for i in range(start, min(n, start + BATCH))]
-
-        def load(docs: list[dict] = docs) -> None:
-            for doc in docs:
-                coll.insert_one(doc)
-
-        store.backend.atomic(load)
+    bulk_load(store, n, rng)
     chunked = max(1, n // 20)
     for start in range(0, chunked, 500):
         def save(start: int = start) -> None:

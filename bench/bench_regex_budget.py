@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from microblob._query import compile_filter
+from microblob.engine.query import compile_filter
 
 PATTERNS = {
     "literal prefix": "^run-1",

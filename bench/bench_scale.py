@@ -59,22 +59,26 @@ def make_doc(i: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
+def bulk_load(store: microblob.Store, n: int, rng: random.Random) -> None:
+    """`n` documents of `make_doc` straight into the objects collection, one transaction per BATCH."""
+    coll = store.backend.collection("objects")
+    for start in range(0, n, BATCH):
+        docs = [make_doc(i, rng) for i in range(start, min(n, start + BATCH))]
+
+        def load(docs: list[dict] = docs) -> None:
+            for doc in docs:
+                coll.insert_one(doc)
+
+        store.backend.atomic(load)
+
+
 class MicroblobSide:
     name = "microblob"
 
     def __init__(self, directory: Path, n: int) -> None:
         self.path = directory / "scale.db"
         self.store = microblob.connect(self.path, sync=False)  # bulk loading: unsynced on both sides
-        coll = self.store.backend.collection("objects")
-        rng = random.Random(1)
-        for start in range(0, n, BATCH):
-            docs = [make_doc(i, rng) for i in range(start, min(n, start + BATCH))]
-
-            def load(docs: list[dict] = docs) -> None:
-                for doc in docs:
-                    coll.insert_one(doc)
-
-            self.store.backend.atomic(load)
+        bulk_load(self.store, n, random.Random(1))
         self.store.create_index("custom_metadata.exposure_ms")
         self.store.close()
         self.store = microblob.connect(self.path)  # measured as a user opens it: synced

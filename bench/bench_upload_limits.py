@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _live import live_server  # noqa: E402
 
 from microblob import Thing, thing_action  # noqa: E402
-from microblob.server import ThingServer  # noqa: E402
+from microblob.http.server import ThingServer  # noqa: E402
 
 
 class Adder(Thing):

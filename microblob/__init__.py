@@ -7,8 +7,6 @@ objects never pays for the HTTP stack (docs/ARCHITECTURE.md, "Layers").
 
 import typing as _typing
 
-from ._connect import connect, default_uri
-from ._copy import CopyReport, copy
 from ._exceptions import (
     ActionError,
     BlobError,
@@ -37,19 +35,21 @@ from ._exceptions import (
     VersionNotFound,
     WriteConflict,
 )
-from ._maintenance import GcReport, VerifyReport
-from ._regex import regex_budget
 from ._version import __version__
 from .blob import Blob, RemoteBlob
-from .files import DownloadStream, FilesBucket, UploadStream
-from .objects import BlobObject
-from .store import Store
-from .workflow import Workflow, current_workflow_id
+from .engine.regex import regex_budget
+from .store.connect import connect, default_uri
+from .store.copying import CopyReport, copy
+from .store.core import Store
+from .store.files import DownloadStream, FilesBucket, UploadStream
+from .store.maintenance import GcReport, VerifyReport
+from .store.objects import BlobObject
+from .store.workflows import Workflow, current_workflow_id
 
 if _typing.TYPE_CHECKING:
-    from .client import ThingClient
-    from .server import ThingServer
-    from .thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
+    from .http.client import ThingClient
+    from .http.server import ThingServer
+    from .things.thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 
     action = thing_action
     property = thing_property  # noqa: A001
@@ -117,11 +117,11 @@ def __getattr__(name: str) -> _typing.Any:
     """The HTTP half on first use: `microblob.ThingServer`, `from microblob import Thing`, ..."""
     target = _LABTHINGS_ALIASES.get(name, name)
     if target in _THING_NAMES:
-        from . import thing as module
+        from .things import thing as module
     elif target == "ThingServer":
-        from . import server as module
+        from .http import server as module
     elif target == "ThingClient":
-        from . import client as module
+        from .http import client as module
     else:
         raise AttributeError(f"module 'microblob' has no attribute {name!r}")
     value = getattr(module, target)

@@ -324,7 +324,7 @@ def remote_blob(
     expires_at: str | None = None,
 ) -> B:
     """A lazy Blob of class `cls` (made remote) for the bytes at `url`."""
-    from ._remote import url_source  # httpx loads only when a Blob first needs a URL
+    from ._blob_url import url_source  # httpx loads only when a Blob first needs a URL
 
     blob = _remote_class(cls)._with_source(url_source(url, client, size, sha256), content_type)
     blob.expires_at = expires_at  # type: ignore[attr-defined]

@@ -37,12 +37,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
-from ._connect import connect, default_uri
 from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
-from ._validate import loads_json
 from ._version import __version__
-from .objects import save_stream_atomically
-from .store import Store
+from .store.connect import connect, default_uri
+from .store.core import Store
+from .store.objects import save_stream_atomically
+from .store.validate import loads_json
 
 __all__ = ["main"]
 
@@ -734,13 +734,13 @@ def cmd_copy(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .server import ThingServer, _is_loopback
+    from .http.server import ThingServer, _is_loopback
 
     token = args.token if args.token is not None else os.environ.get("MICROBLOB_TOKEN") or None
     if not token and not args.insecure and not _is_loopback(args.host):
         raise UsageError(f"refusing to serve on {args.host} without a token: give --token (or set "
                          f"MICROBLOB_TOKEN), or --insecure to serve anyone who can reach it")
-    from ._browser_guard import check_allowed_hosts, check_cors_origins
+    from .http.browser_guard import check_allowed_hosts, check_cors_origins
 
     try:  # before the store opens and the port is taken
         check_allowed_hosts(args.allowed_host)

@@ -30,12 +30,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ._connect import connect
 from ._exceptions import InvalidArgument, NotFound
-from ._flowcept_layout import as_flowcept
-from .objects import BlobObject
-from .store import Store
-from .workflow import Workflow
+from .store.connect import connect
+from .store.core import Store
+from .store.flowcept_layout import as_flowcept
+from .store.objects import BlobObject
+from .store.workflows import Workflow
 
 __all__ = ["PICKLE_REFUSED", "Flowcept", "FlowceptDB"]
 

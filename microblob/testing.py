@@ -31,8 +31,8 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._inprocess import InProcessTransport, in_process_client
-    from .store import Store
+    from .http.inprocess import InProcessTransport, in_process_client
+    from .store.core import Store
 
 try:
     import pytest
@@ -54,7 +54,7 @@ TEST_BASE_URL = "http://testserver"
 def __getattr__(name: str) -> Any:
     # The transport pulls in httpx and asyncio machinery: only when asked for.
     if name in ("InProcessTransport", "in_process_client"):
-        from . import _inprocess
+        from .http import inprocess as _inprocess
 
         return getattr(_inprocess, name)
     raise AttributeError(f"module 'microblob.testing' has no attribute {name!r}")
@@ -84,8 +84,8 @@ class InProcessServer:
 
     def __init__(self, things: Mapping[str, Any], *, base_url: str = TEST_BASE_URL, **server_options: Any) -> None:
         try:
-            from .client import ThingClient
-            from .server import ThingServer
+            from .http.client import ThingClient
+            from .http.server import ThingServer
         except ImportError as exc:
             raise ImportError(
                 "serving Things needs microblob's HTTP layer (microblob.server.ThingServer and "
@@ -93,7 +93,7 @@ class InProcessServer:
             ) from exc
         import httpx
 
-        from ._inprocess import in_process_client
+        from .http.inprocess import in_process_client
 
         self.names = list(things)
         self.app = ThingServer(things=dict(things), **server_options)

@@ -36,7 +36,7 @@ published_errors: list[str] = []
 def watch_thing_descriptions() -> None:
     """Wrap `ThingServer.thing_description` so each TD it serves is validated (before any server
     exists: routes bind the method when a server is built)."""
-    from microblob.server import ThingServer
+    from microblob.http.server import ThingServer
 
     original = ThingServer.thing_description
     if getattr(original, "__td_checked__", False):

@@ -338,7 +338,7 @@ def camera() -> Any:
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., Any]]:
     """Build ThingServers that are closed (pool and expiry thread stopped) after the test."""
-    from microblob.server import ThingServer
+    from microblob.http.server import ThingServer
 
     made: list[Any] = []
 
@@ -355,7 +355,7 @@ def make_server() -> Iterator[Callable[..., Any]]:
 @pytest.fixture
 def asgi() -> Iterator[Callable[[Any], Any]]:
     """A sync httpx.Client served by a given app in this process (no socket), closed after the test."""
-    from microblob._inprocess import in_process_client
+    from microblob.http.inprocess import in_process_client
 
     clients: list[Any] = []
 

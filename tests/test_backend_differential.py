@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import microblob
-from microblob._query import compile_filter, compile_projection, sort_documents
+from microblob.engine.query import compile_filter, compile_projection, sort_documents
 
 UTC = dt.timezone.utc  # noqa: UP017 - importable on 3.10
 T1 = dt.datetime(2024, 1, 1, 12, 0, tzinfo=UTC)

@@ -26,7 +26,7 @@ from _browser import chromium, find_chromium, screenshot, wait_settled
 from screenshot import XSS_ID, XSS_TEXT, camera_thing, fill_demo_store, make_png
 
 import microblob
-from microblob._browse import STATIC_FILES
+from microblob.http.browse import STATIC_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 

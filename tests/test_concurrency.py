@@ -43,8 +43,8 @@ import pytest
 from _concurrency_writer import THREADS, payload, plan
 
 import microblob
-from microblob._lmdb import INITIAL_MAP
 from microblob.blob import CHUNK_SIZE
+from microblob.engine.lmdb_kv import INITIAL_MAP
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_concurrency_writer.py")
@@ -491,7 +491,7 @@ def test_map_size_writes_and_syncs_beside_a_thread_adopting_a_resize(tmp_path: P
     threads ask the map's size (`map_size()`), write (asking first how much room is left) and flush
     durable writes to disk. None of it may fail, and a write must not grow the map because the question
     failed."""
-    from microblob._lmdb import LmdbEngine
+    from microblob.engine.lmdb_kv import LmdbEngine
 
     engine = LmdbEngine(tmp_path / "engine.db")
     shared = engine._env()
@@ -530,7 +530,7 @@ def test_map_size_writes_and_syncs_beside_a_thread_adopting_a_resize(tmp_path: P
 
 GROW = """
 import sys
-from microblob._lmdb import LmdbEngine
+from microblob.engine.lmdb_kv import LmdbEngine
 engine = LmdbEngine(sys.argv[1])
 for i in range(80):
     engine.write(lambda txn, i=i: txn.put("chunks", b"c%d" % i, bytes([i]) * (1 << 20)), size_hint=1 << 20)
@@ -541,7 +541,7 @@ engine.close()
 def test_backup_copy_after_another_process_grew_the_map(tmp_path: Path) -> None:
     """`copy_to` (the engine's online backup) in a process whose map another process has outgrown: it
     adopts the growth like any read, and the copy holds everything."""
-    from microblob._lmdb import LmdbEngine
+    from microblob.engine.lmdb_kv import LmdbEngine
 
     path = tmp_path / "engine.db"
     engine = LmdbEngine(path)

@@ -206,7 +206,7 @@ def test_since_copies_only_recent_objects(store_factory: Callable) -> None:
     src, dst = store_factory("memory"), store_factory("memory")
     old = src.save_or_update_object(b"old")
     cutoff = src.get_blob_object(old).updated_at + dt.timedelta(milliseconds=1)
-    while microblob._codec.utcnow() <= cutoff:
+    while microblob.engine.codec.utcnow() <= cutoff:
         pass
     recent = src.save_or_update_object(b"recent")
     report = microblob.copy(src, dst, since=cutoff.replace(tzinfo=None))  # naive means UTC

@@ -186,8 +186,8 @@ def _writer(path: str, run: int, seed: str, map_size: int | None) -> None:
 def _zygote() -> None:
     """Fork a writer per "spawn" command; reap it on "reap" (a zombie would still hold its upload
     leases, and gc rightly leaves a live process's uploads alone). Stdin closed: kill what is left."""
-    import microblob._kvdocs
-    import microblob._lmdb  # noqa: F401 - connect() imports them on first use: once here, not per writer
+    import microblob.engine.kvdocs
+    import microblob.engine.lmdb_kv  # noqa: F401 - connect() imports them on first use: once here, not per writer
 
     children: set[int] = set()
     for raw in sys.stdin.buffer:
@@ -656,8 +656,8 @@ INDEXED_DOCS = 20_000
 
 
 def _index_entries(store: microblob.Store, name: str) -> int:
-    from microblob._index_keys import successor
-    from microblob._kvdocs import _pack
+    from microblob.engine.index_keys import successor
+    from microblob.engine.kvdocs import _pack
 
     prefix = _pack("objects") + _pack(name)
     with store.backend.engine.read() as txn:

@@ -194,7 +194,7 @@ def test_spools_of_a_server_killed_mid_upload_are_removed_at_start_up(tmp_path: 
     left = list(spools.iterdir())
     assert len(left) == 1 and left[0].name.startswith(f"microblob-upload-{server.pid}.")
     # a live process's spool (this one's, named as the server names its own) stays
-    from microblob._spools import open_spool
+    from microblob.http.spools import open_spool
 
     with open_spool(str(spools)) as mine:
         mine.write(b"in use")
@@ -205,7 +205,7 @@ def test_spools_of_a_server_killed_mid_upload_are_removed_at_start_up(tmp_path: 
 def test_spool_owners_are_told_apart(tmp_path: Path, make_server: Any) -> None:
     """Stale: the owner is gone, or its pid now belongs to a process that started later; an old-style
     name once untouched for a day. Kept: a live owner's spools, a fresh old-style one."""
-    from microblob import _spools
+    from microblob.http import spools as _spools
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -278,7 +278,7 @@ def test_map_growth_without_address_space_is_store_full_and_the_store_stays_usab
 def test_the_map_cap_is_json_507(lmdb_path: Path, make_server: Any, asgi: Any,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A 32-bit process caps the map at 1536 MiB; here the cap is the initial 64 MiB map."""
-    from microblob import _lmdb
+    from microblob.engine import lmdb_kv as _lmdb
 
     monkeypatch.setattr(_lmdb, "MAP_LIMIT", 64 * MiB)
     with microblob.connect(lmdb_path, map_size=64 * MiB) as store:

@@ -42,8 +42,8 @@ from thing_fixtures import Camera, RAWBlob, frame
 
 import microblob
 from microblob import Blob, ThingClient, thing_action
-from microblob._inprocess import in_process_client
-from microblob.server import MAX_JSON
+from microblob.http.inprocess import in_process_client
+from microblob.http.server import MAX_JSON
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,7 +12,7 @@ import pytest
 from test_http_server import wait_until
 
 from microblob import Blob, Thing, thing_action
-from microblob.thing import raise_if_cancelled
+from microblob.things.thing import raise_if_cancelled
 
 
 class Sensor(Thing):

@@ -12,7 +12,7 @@ from test_http_server import wait_until
 from thing_fixtures import frame
 
 import microblob
-from microblob._validate import check_content_type
+from microblob.store.validate import check_content_type
 
 
 @pytest.fixture

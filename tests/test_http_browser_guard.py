@@ -28,7 +28,7 @@ from starlette.routing import Route
 import microblob
 from microblob import Blob, Thing, thing_action
 from microblob.client import ThingClient
-from microblob.server import ThingServer
+from microblob.http.server import ThingServer
 
 
 class Counter(Thing):

@@ -276,7 +276,7 @@ def test_abandoned_download_does_not_break_the_server(cam: Any, served: Any) -> 
 def test_one_decoder_for_error_answers(status: int, body: Any, blob: bool, expected: str) -> None:
     """The client and Blob downloads read the server's {"error", "detail"} answers the same way; a body
     that is not a JSON object (a proxy's page, a list) still gives a typed error with its text."""
-    from microblob._remote import raise_for_response
+    from microblob._blob_url import raise_for_response
 
     response = httpx.Response(status, json=body) if body is not None else httpx.Response(status, text="<html>")
     with pytest.raises(microblob.MicroblobError) as info:

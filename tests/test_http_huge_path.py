@@ -24,7 +24,7 @@ from test_cli import Cli
 
 import microblob
 from microblob import InvalidQuery
-from microblob._query import compile_update
+from microblob.engine.query import compile_update
 
 HUGE = "9" * 4301  # one digit more than int() converts by default
 LONG = "9" * 4300  # the most digits a path component may have: a field name

@@ -26,7 +26,7 @@ import socket, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import uvicorn
 from thing_fixtures import Camera
-from microblob.server import ThingServer
+from microblob.http.server import ThingServer
 app = ThingServer({"camera": Camera()}, upload_dir=sys.argv[3])
 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
 sock.bind(("127.0.0.1", 0))

@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from microblob import Blob, Thing, thing_action, thing_property
-from microblob._blob_links import Link
-from microblob._invocations import Invocation
-from microblob._scheduler import Scheduler
+from microblob.http.invocations import Invocation
+from microblob.http.links import Link
+from microblob.http.scheduler import Scheduler
 
 SIZE = 1024
 CAP = 50

@@ -1,5 +1,5 @@
 """Upload limits over real sockets: trickling bodies are dropped, uploads at once are capped, the spool
-budget holds, and running out of file descriptors is a 503 to retry (`microblob._upload_limits`)."""
+budget holds, and running out of file descriptors is a 503 to retry (`microblob.http.upload_limits`)."""
 
 from __future__ import annotations
 

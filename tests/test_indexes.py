@@ -13,8 +13,8 @@ import pytest
 
 import microblob
 from microblob import InvalidArgument
-from microblob._index_keys import encode
-from microblob._query import compare_values
+from microblob.engine.index_keys import encode
+from microblob.engine.query import compare_values
 
 UTC = dt.timezone.utc  # noqa: UP017 - importable on 3.10
 
@@ -87,7 +87,7 @@ def test_indexes_persist_and_are_built_over_existing_documents(lmdb_path: Path) 
 
 def test_an_index_of_the_old_entry_format_is_rebuilt(lmdb_path: Path) -> None:
     """A file whose index specs predate ordered entries (no "v") is upgraded at the next open."""
-    from microblob._kvdocs import _INDEXES_KEY, _pack
+    from microblob.engine.kvdocs import _INDEXES_KEY, _pack
 
     with microblob.connect(lmdb_path) as store:
         _seed(store, 12)

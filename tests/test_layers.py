@@ -17,8 +17,6 @@ import pytest
 import microblob
 
 PACKAGE = Path(microblob.__file__).parent
-RELAID_OUT = (PACKAGE / "engine").is_dir()  # relayout: remove
-not_yet = pytest.mark.xfail(not RELAID_OUT, reason="needs the relayout", strict=True)  # relayout: remove
 
 # Bottom to top. A module belongs to the first entry that is its name or a package above it; it may import
 # modules of its own layer and of the layers before it.
@@ -104,13 +102,11 @@ def imports_in(source: str, module: str, is_package: bool, known: set[str]) -> l
     return [(t, line, tc) for t, line, tc in found if t != module and not module.startswith(t + ".")]
 
 
-@not_yet  # relayout: remove
 def test_every_module_has_a_layer() -> None:
     unplaced = [m for m in MODULES if layer_of(m) is None]
     assert not unplaced, f"modules in no layer (add them to LAYERS, or move them into a layer's package): {unplaced}"
 
 
-@not_yet  # relayout: remove
 def test_imports_only_go_down() -> None:
     upward = []
     for module in MODULES:
@@ -167,7 +163,6 @@ def cycles(graph: dict[str, list[str]]) -> list[list[str]]:
     return components
 
 
-@not_yet  # relayout: remove
 def test_no_import_cycles() -> None:
     assert cycles(runtime_graph()) == []
 

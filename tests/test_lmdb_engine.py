@@ -69,7 +69,7 @@ def _resident_bytes_of_map(path: Path) -> int:
 def test_reading_keeps_the_map_out_of_rss_also_after_the_map_moved(lmdb_path: Path) -> None:
     """Pages read through the map are dropped from RSS every _TRIM_EVERY bytes, at the addresses the file
     is mapped at *now*: each growth maps it afresh, perhaps elsewhere."""
-    from microblob import _lmdb
+    from microblob.engine import lmdb_kv as _lmdb
 
     big = 96 * 1024 * 1024
     payload = os.urandom(big)

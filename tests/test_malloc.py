@@ -1,4 +1,4 @@
-"""glibc's allocator is tuned once per process so large saves reuse LMDB's page copies (microblob/_malloc.py).
+"""glibc's allocator is tuned once per process so large saves reuse LMDB's page copies (microblob/engine/malloc.py).
 
 What is checked is the mechanism, in page faults rather than seconds: a 32 MiB save into a warmed-up store
 faults in almost no new memory when the settings are in effect, and thousands of pages when the environment
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 CHILD = r"""
 import json, os, resource, sys
 import microblob
-from microblob import _malloc
+from microblob.engine import malloc as _malloc
 
 store = microblob.connect(sys.argv[1])
 payload = os.urandom(32 * 1024 * 1024)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import microblob
 from microblob import InvalidDocument, StorageError
-from microblob._mongita import collection_name, mongita_name
+from microblob.engine.mongita_backend import collection_name, mongita_name
 
 
 @pytest.fixture

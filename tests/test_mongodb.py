@@ -131,7 +131,7 @@ def test_uri_needs_a_database_and_unreachable_server_is_a_storage_error() -> Non
 
 
 def test_password_is_not_in_the_uri_we_show() -> None:
-    from microblob._mongodb import redact_uri
+    from microblob.engine.mongodb_backend import redact_uri
 
     assert redact_uri("mongodb://ann:s3cret@h:27017/db") == "mongodb://ann:***@h:27017/db"
     assert redact_uri("mongodb://h/db") == "mongodb://h/db"
@@ -200,7 +200,7 @@ def test_threads_mixing_versioned_and_plain_updates(mstore: microblob.Store) -> 
 CRASH = """
 import os, signal, sys
 import microblob
-from microblob import _mongodb
+from microblob.engine import mongodb_backend as _mongodb
 
 uri, where, object_id = sys.argv[1], sys.argv[2], sys.argv[3]
 store = microblob.connect(uri, chunk_size=100_000)

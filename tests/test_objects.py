@@ -45,7 +45,7 @@ def test_save_with_linkage_inside_workflow_and_read_back(store: microblob.Store)
     assert obj["data"] == b"raw-bytes-v0"
     meta = dict(obj)
     assert meta["object_id"] == object_id and "data" not in meta
-    assert set(meta) == set(microblob.objects.FIELDS)
+    assert set(meta) == set(microblob.store.objects.FIELDS)
     # the workflow was recorded
     record = store.get_workflow(wf.workflow_id)
     assert record["name"] == "blob_demo" and record["ended_at"] is not None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import microblob
-from microblob._query import compile_filter, sort_documents
+from microblob.engine.query import compile_filter, sort_documents
 
 UTC = dt.timezone.utc  # noqa: UP017 - importable on 3.10
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)

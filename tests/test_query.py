@@ -1,4 +1,4 @@
-"""Unit tests of microblob._query: MongoDB semantics of filters, sort, projection and updates.
+"""Unit tests of microblob.engine.query: MongoDB semantics of filters, sort, projection and updates.
 
 Where a test pins behaviour that differs from Python's (or from mongomock's), the comment says where the
 MongoDB behaviour comes from: the server source (src/mongo/db/matcher/path.cpp, expression_leaf.cpp,
@@ -15,7 +15,7 @@ import re
 import pytest
 
 from microblob._exceptions import InvalidArgument, InvalidQuery
-from microblob._query import (
+from microblob.engine.query import (
     compare_values,
     compile_filter,
     compile_projection,
@@ -561,7 +561,7 @@ def test_compare_values(a, b, expected):
 
 
 def test_compare_values_treats_missing_like_null():
-    from microblob._query import _MISSING
+    from microblob.engine.query import _MISSING
 
     assert compare_values(_MISSING, None) == 0
     assert compare_values(_MISSING, 0) == -1

@@ -76,7 +76,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microblob._query import compile_filter, compile_projection, sort_documents
+from microblob.engine.query import compile_filter, compile_projection, sort_documents
 
 Engine = Callable[[list, Any, Any, int, int, Any], list]
 

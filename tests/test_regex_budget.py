@@ -15,7 +15,7 @@ import pytest
 
 import microblob
 from microblob import InvalidArgument, InvalidQuery, QueryTimeout, regex_budget
-from microblob._regex import MAX_EXPANSION, expansion
+from microblob.engine.regex import MAX_EXPANSION, expansion
 
 HOSTILE = "a.*a.*a.*b"  # polynomial: no "bad shape", minutes over a few thousand characters
 
@@ -144,7 +144,7 @@ def test_issue_patterns_are_answered_or_stopped(make_server: Any, live: Any, pat
 def test_both_engines_agree(pattern: str, flags: int) -> None:
     """Short texts of simple patterns run on `re` (no timeout to pay for), the rest on `regex`: the
     answers are `re`'s either way."""
-    from microblob._regex import compile_pattern
+    from microblob.engine.regex import compile_pattern
 
     texts = ["", "scan-1", "x.png", "a\nb", "2024-06", "abcde", "cdeee", "aab", "xyz x", "a word.", "ab",
              "ZZx", "aa", "aaa", "Y", "A.B"]

@@ -12,7 +12,7 @@ through /proc/PID/clear_refs just before the load so it is the peak *of the load
     TTL and a 1 s retention: while they live, the RSS holds their bytes (checked against the live-link count,
     so the measurement is shown to see them); once they expire, the invocation table and the link table are
     empty, every temp file is gone, and the RSS is back within 48 MiB of what it was before the 1,000.
-    (In-memory bytes over `microblob._malloc.MMAP_THRESHOLD`, 1.125 MiB, get their own mapping and go back to
+    (In-memory bytes over `microblob.engine.malloc.MMAP_THRESHOLD`, 1.125 MiB, get their own mapping and go back to
     the OS when released; smaller ones go back to the allocator's heap, which keeps them for reuse.)
 """
 

@@ -71,8 +71,8 @@ from microblob import (
     StoreClosed,
     VersionNotFound,
 )
-from microblob._kv import MemoryEngine
-from microblob._lmdb import LmdbEngine
+from microblob.engine.kv import MemoryEngine
+from microblob.engine.lmdb_kv import LmdbEngine
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 BSON_LIMIT = 16 * 1024 * 1024
@@ -1307,7 +1307,7 @@ BSON_VALUES = st.recursive(
 def test_document_check_measures_bson(doc: dict[str, Any]) -> None:
     """The embedded store's document check computes exactly the size MongoDB measures (`bson.encode`), so
     its 16 MiB limit is MongoDB's; subclasses that misreport their length change nothing."""
-    from microblob import _codec
+    from microblob.engine import codec as _codec
 
     assert _codec._check(doc, 0, None) == len(bson.encode(doc))
 

@@ -23,7 +23,7 @@ import microblob.testing
 from microblob.testing import InProcessTransport, in_process_client
 
 ROOT = Path(__file__).resolve().parents[1]
-HTTP_LAYER = all(importlib.util.find_spec(m) is not None for m in ("microblob.server", "microblob.client"))
+HTTP_LAYER = all(importlib.util.find_spec(m) is not None for m in ("microblob.http.server", "microblob.client"))
 
 
 def _entry_point_installed() -> bool:
@@ -168,7 +168,7 @@ def test_thing_client_names_things_by_class() -> None:
 def test_thing_client_says_clearly_when_the_http_layer_is_missing(
     thing_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "microblob.server", None)  # as in an installation without it
+    monkeypatch.setitem(sys.modules, "microblob.http.server", None)  # as in an installation without it
     with pytest.raises(ImportError, match="HTTP layer"):
         thing_client(object())
     assert thing_client.servers == []
@@ -178,7 +178,7 @@ def test_thing_client_serves_a_thing_in_process(thing_client: Any, microblob_sto
     if not HTTP_LAYER:
         pytest.xfail("microblob.server / microblob.client are not merged yet (branch http)")
     from microblob.blob import Blob
-    from microblob.thing import Thing, thing_action, thing_property
+    from microblob.things.thing import Thing, thing_action, thing_property
 
     class Counter(Thing):
         def __init__(self) -> None:

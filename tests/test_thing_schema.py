@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from thing_fixtures import Camera, RAWBlob, Settings
 
 from microblob import Blob, InvalidInput
-from microblob._schema import coerce, schema_for
+from microblob.things.schema import coerce, schema_for
 
 
 @pytest.mark.parametrize(

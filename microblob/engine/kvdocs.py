@@ -1,0 +1,714 @@
+"""A MongoDB-style document layer over a KVEngine: the embedded backends (LMDB file, memory).
+
+Layout inside the engine's tables:
+- docs:   pack(collection) + id_key(_id)                   -> msgpack document
+- index:  pack(collection) + pack(index name) + entry      -> len(id key), one byte
+          entry = order-preserving component per indexed field + id_key (`_index_keys.py`, `_planner.py`)
+- chunks: pack(file_id) + 4-byte big-endian chunk number    -> raw bytes (no framing, no copy)
+- meta:   b"indexes"                                        -> {collection: [index spec, ...]}
+          b"count" + pack(collection)                        -> how many documents it holds
+
+Index specs live in the file, so every process on it maintains the same indexes. An index only narrows
+the candidates; every candidate is re-checked by the full matcher, so an index can never change a
+result, only its cost.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import math
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
+
+import msgpack
+
+from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
+from . import codec as _codec
+from .backend import Filter, Projection, Sort, check_window, checked_chunk
+from .index_keys import ALWAYS, successor
+from .kv import KVEngine, KVTxn
+from .planner import Index, Plan, check_index_spec, plan
+from .query import (
+    compile_filter,
+    compile_projection,
+    compile_update,
+    equality_values,
+    normalize_sort,
+    sort_documents,
+    window,
+)
+
+__all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
+
+T = TypeVar("T")
+
+_MAX_ID_KEY = 160  # LMDB keys stop at 511 bytes: collection + index name + two components + id key fit
+_HASHED = b"\xc1\x01"  # 0xc1 never starts a msgpack value, so these cannot collide with packed keys
+_NAN = msgpack.ExtType(1, b"nan")
+_INDEXES_KEY = b"indexes"
+_COUNT_KEY = b"count"
+_FORMAT = 2  # index entry format; specs of an older one are rebuilt by the next create_index
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, datetime=True)
+
+
+def _scalar(value: Any) -> tuple[bool, Any]:
+    """(indexable, normalised value) with MongoDB's equality: 1 == 1.0, True != 1, NaN == NaN."""
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return True, value
+    if isinstance(value, int):
+        return True, value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return True, _NAN
+        if value.is_integer() and -(2**63) <= value < 2**63:
+            return True, int(value)
+        return True, value
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return True, value
+    return False, None
+
+
+def id_key(_id: Any) -> bytes:
+    ok, norm = _scalar(_id)
+    if not ok or _id is None:
+        raise InvalidArgument(f"_id must be a str, int, float, bytes or datetime, not {type(_id).__name__}")
+    try:
+        raw = _pack(norm)
+    except (OverflowError, ValueError) as exc:  # beyond 64 bits, or a lone surrogate (UnicodeEncodeError)
+        raise InvalidArgument(f"_id {_id!r} cannot be stored: {exc}") from None
+    if len(raw) > _MAX_ID_KEY:
+        return _HASHED + hashlib.sha256(raw).digest()
+    return raw
+
+
+class KVCollection:
+    """One named collection: the pymongo subset of `_backend.Collection`."""
+
+    def __init__(self, backend: KVBackend, name: str) -> None:
+        if not isinstance(name, str) or not name or len(name.encode()) > 64 or "\x00" in name:
+            raise InvalidArgument(f"collection names are non-empty str of at most 64 bytes, not {name!r}")
+        self._backend = backend
+        self.name = name
+        self._prefix = _pack(name)
+
+    def __repr__(self) -> str:
+        return f"<KVCollection {self.name!r}>"
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def _plan(self, txn: KVTxn, filter: Filter | None, sort: list[tuple[str, int]], window: int | None) -> Plan:
+        if filter and equality_values(filter, "_id") is not None:
+            return Plan(in_sort_order=not sort, reason="the filter names the _id: one lookup per id")
+        return plan(txn, self._backend._indexes(txn, self.name), filter, sort, window)
+
+    def _candidates(self, txn: KVTxn, filter: Filter, chosen: Plan) -> Iterator[tuple[bytes, bytes]]:
+        """(key, raw document) pairs that may match: by _id, by the plan's index walk, or every document."""
+        ids = equality_values(filter, "_id") if filter else None
+        if ids is not None:
+            seen = set()
+            for value in ids:
+                try:
+                    key = self._prefix + id_key(value)
+                except InvalidArgument:
+                    continue
+                if key in seen:
+                    continue
+                seen.add(key)
+                raw = txn.get("docs", key)
+                if raw is not None:
+                    yield key, raw
+            return
+        if chosen.index is not None:
+            for idk in chosen.candidates(txn):
+                key = self._prefix + idk
+                raw = txn.view("docs", key)  # decoded before the transaction ends
+                if raw is not None:
+                    yield key, raw
+            return
+        yield from txn.scan("docs", self._prefix)
+
+    def _matching(
+        self, txn: KVTxn, filter: Filter | None, predicate: Callable[[Mapping[str, Any]], bool] | None = None,
+        chosen: Plan | None = None,
+    ) -> Iterator[tuple[bytes, dict]]:
+        if predicate is None:
+            predicate = compile_filter(filter)
+        if chosen is None:
+            chosen = self._plan(txn, filter, [], None)
+        if chosen.exact and chosen.index is not None and not chosen.multi:
+            # The index answered the filter: only the documents filed under ALWAYS need the matcher.
+            for value, idk in chosen.keyed_candidates(txn):
+                key = self._prefix + idk
+                raw = txn.view("docs", key)
+                if raw is not None:
+                    doc = _codec.decode(raw)
+                    if value != ALWAYS or predicate(doc):
+                        yield key, doc
+            return
+        for key, raw in self._candidates(txn, filter or {}, chosen):
+            doc = _codec.decode(raw)
+            if predicate(doc):
+                yield key, doc
+
+    def find(
+        self,
+        filter: Filter | None = None,
+        projection: Projection = None,
+        sort: Sort = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict]:
+        skip, limit = check_window(skip, limit)
+        project = compile_projection(projection)
+        spec = normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
+        exact = _exact_id(filter)
+        if exact is not None and not skip:  # the hot path: one key, no matcher
+            with self._backend._reading() as txn:
+                raw = txn.view("docs", self._prefix + exact)
+                docs = [_codec.decode(raw)] if raw is not None else []
+            return [project(doc) for doc in docs] if projection is not None else docs
+        predicate = compile_filter(filter)  # validate before touching the engine
+        with self._backend._reading() as txn:
+            chosen = self._plan(txn, filter, spec, min(skip + limit, sys.maxsize) if limit else None)
+            matches = (doc for _, doc in self._matching(txn, filter, predicate, chosen))
+            if spec and not chosen.in_sort_order:
+                if chosen.index is not None:  # ties keep the scan's order (by id key), as without the index
+                    matches = iter(sorted(matches, key=lambda doc: id_key(doc["_id"])))
+                docs = sort_documents(matches, spec, skip=skip, limit=limit)
+            else:
+                # Projected as they come: a page of ids must not hold every matching document whole.
+                keep = project if projection is not None else None
+                if spec and chosen.tiebreak:
+                    return self._ordered_runs(txn, chosen, predicate, spec, skip, limit, keep)
+                found = window(matches, skip, limit)
+                return [keep(doc) for doc in found] if keep is not None else list(found)
+        return [project(doc) for doc in docs] if projection is not None else docs
+
+    def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
+                      spec: list[tuple[str, int]], skip: int, limit: int,
+                      project: Callable[[dict], dict] | None = None) -> list[dict]:
+        """The index gives the order of the sort's leading fields: sort each run of ties on them by the
+        whole sort (stably, so the result is exactly a full sort's), and stop after skip + limit. Each
+        sorted run is projected (`project`) before the next is read."""
+        stop = skip + limit if limit else None
+        out: list[dict] = []
+        run: list[dict] = []
+        run_value: bytes | None = None
+
+        def flush(run: list[dict]) -> None:
+            ordered = sort_documents(run, spec) if len(run) > 1 else run
+            out.extend(map(project, ordered) if project is not None else ordered)
+
+        for value, idk in chosen.keyed_candidates(txn):
+            if value != run_value:
+                flush(run)
+                run = []
+                run_value = value
+                if stop is not None and len(out) >= stop:
+                    break
+            raw = txn.view("docs", self._prefix + idk)
+            if raw is not None:
+                doc = _codec.decode(raw)
+                if predicate(doc):
+                    run.append(doc)
+        else:
+            flush(run)
+        return out[skip:stop]
+
+    def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
+        found = self.find(filter, projection, sort=sort, limit=1)
+        return found[0] if found else None
+
+    def count_documents(self, filter: Filter | None = None) -> int:
+        predicate = compile_filter(filter)
+        with self._backend._reading() as txn:
+            if not filter:
+                stored = txn.get("meta", self._count_key)
+                if stored is not None:
+                    return int(msgpack.unpackb(stored))
+            chosen = self._plan(txn, filter, [], None)
+            if chosen.index is not None and chosen.exact and not chosen.multi:
+                # The index answers the filter: count its entries, decode only the ALWAYS documents.
+                n = chosen.count_entries(txn)
+                if chosen.always:
+                    always = Plan(index=chosen.index, always=True)
+                    for idk in always.candidates(txn):
+                        raw = txn.get("docs", self._prefix + idk)
+                        n += raw is not None and predicate(_codec.decode(raw))
+                return n
+            return sum(1 for _ in self._matching(txn, filter, predicate, chosen))
+
+    def explain(self, filter: Filter | None = None, sort: Sort = None, skip: int = 0, limit: int = 0) -> dict:
+        """Which index a find (and a count) with these arguments uses, and why."""
+        skip, limit = check_window(skip, limit)
+        compile_filter(filter)
+        spec = normalize_sort(sort)
+        with self._backend._reading() as txn:
+            if _exact_id(filter) is not None:
+                out: dict[str, Any] = {"plan": "IDHACK", "index": "_id_", "sort": "none",
+                                       "reason": "the filter is one _id: one lookup"}
+            else:
+                chosen = self._plan(txn, filter, spec, min(skip + limit, sys.maxsize) if limit else None)
+                out = chosen.explain()
+                if chosen.index is None and filter and equality_values(filter, "_id") is not None:
+                    out["plan"] = "IDHACK"
+                    out["index"] = "_id_"
+                counting = self._plan(txn, filter, [], None)
+                if not filter:
+                    out["count"] = "stored counter" if txn.get("meta", self._count_key) is not None else "scan"
+                elif counting.index is not None and counting.exact and not counting.multi:
+                    out["count"] = f"index entries of {counting.index.name}"
+                else:
+                    out["count"] = "documents checked one by one"
+        return {"collection": self.name, **out}
+
+    def iter_documents(self, filter: Filter | None = None, projection: Projection = None,
+                       batch: int = 1000) -> Iterator[dict]:
+        """Every match, streamed in batches of `batch` documents, each batch read in its own snapshot: for
+        batch jobs (verify, gc, copy) over collections too big to hold, and safe to write between items.
+        Not one snapshot: a document written meanwhile may or may not be seen, none is seen twice."""
+        predicate = compile_filter(filter)
+        project = compile_projection(projection)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise InvalidArgument(f"batch must be an int >= 1, not {batch!r}")
+        lo, hi = self._prefix, successor(self._prefix)
+        while True:
+            page: list[dict] = []
+            last = None
+            with self._backend._reading() as txn:
+                for key, raw in txn.range("docs", lo, hi):
+                    last = key
+                    doc = _codec.decode(raw)
+                    if predicate(doc):
+                        page.append(project(doc) if projection is not None else doc)
+                    if len(page) >= batch:
+                        break
+            # An aborted LMDB read transaction keeps its reader slot while anything refers to it: this
+            # frame stays alive between items, so it must not.
+            del txn
+            yield from page
+            if last is None or len(page) < batch:
+                return
+            lo = last + b"\x00"  # the next key after `last`
+
+    def ids(self, filter: Filter | None = None) -> list[Any]:
+        """The `_id` of every match, without projecting whole documents for the caller."""
+        with self._backend._reading() as txn:
+            return [doc["_id"] for _, doc in self._matching(txn, filter)]
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def insert_one(self, doc: Mapping[str, Any]) -> Any:
+        doc = dict(doc)
+        if "_id" not in doc:
+            doc["_id"] = uuid.uuid4().hex
+        raw = _codec.encode(doc)
+        key = self._prefix + id_key(doc["_id"])
+
+        def insert(txn: KVTxn) -> Any:
+            if txn.get("docs", key) is not None:
+                raise DuplicateKey(f"{self.name}: _id {doc['_id']!r} already exists")
+            self._write(txn, key, None, doc, raw)
+            return doc["_id"]
+
+        return self._backend._writing(insert)
+
+    def replace_one(self, filter: Filter, doc: Mapping[str, Any], upsert: bool = False) -> int:
+        compile_filter(filter)
+        new = dict(doc)
+        _codec.check_document(new)
+
+        def replace(txn: KVTxn) -> int:
+            for key, old in self._matching(txn, filter):
+                if "_id" in new and not _same_id(new["_id"], old["_id"]):
+                    raise InvalidQuery("replace_one cannot change a document's _id")
+                new["_id"] = old["_id"]
+                self._write(txn, key, old, new, _codec.encode(new, checked=True))
+                return 1
+            if upsert:
+                self._upsert(txn, filter, new)
+            return 0
+
+        return self._backend._writing(replace)
+
+    def update_one(self, filter: Filter, update: Mapping[str, Any], upsert: bool = False) -> int:
+        compile_filter(filter)
+        apply = compile_update(update)
+
+        def do_update(txn: KVTxn) -> int:
+            for key, old in self._matching(txn, filter):
+                new = apply(old)
+                self._write(txn, key, old, new, _codec.encode(new))
+                return 1
+            if upsert:
+                seed = {k: v for k, v in filter.items() if not k.startswith("$") and not isinstance(v, Mapping)}
+                self._upsert(txn, filter, apply(seed))
+            return 0
+
+        return self._backend._writing(do_update)
+
+    def _upsert(self, txn: KVTxn, filter: Filter, doc: dict) -> None:
+        if "_id" not in doc:
+            ids = equality_values(filter, "_id")
+            doc["_id"] = ids[0] if ids and len(ids) == 1 else uuid.uuid4().hex
+        key = self._prefix + id_key(doc["_id"])
+        if txn.get("docs", key) is not None:
+            raise DuplicateKey(f"{self.name}: _id {doc['_id']!r} already exists")
+        self._write(txn, key, None, doc, _codec.encode(doc))
+
+    def delete_one(self, filter: Filter) -> int:
+        return self._delete(filter, 1)
+
+    def delete_many(self, filter: Filter) -> int:
+        return self._delete(filter, 0)
+
+    def _delete(self, filter: Filter, limit: int) -> int:
+        compile_filter(filter)
+
+        def delete(txn: KVTxn) -> int:
+            found = list(itertools.islice(self._matching(txn, filter), limit or None))
+            for key, old in found:
+                self._write(txn, key, old, None, None)
+            return len(found)
+
+        return self._backend._writing(delete)
+
+    @property
+    def _count_key(self) -> bytes:
+        return _COUNT_KEY + self._prefix
+
+    def _write(self, txn: KVTxn, key: bytes, old: dict | None, new: dict | None, raw: bytes | None) -> None:
+        """Put or delete one document and bring every index (and the count) along, in the caller's
+        transaction."""
+        idk = key[len(self._prefix) :]
+        for index in self._backend._indexes(txn, self.name):
+            before = index.entries(old, idk) if old is not None else set()
+            after = index.entries(new, idk) if new is not None else set()
+            for entry in before - after:
+                txn.delete("index", entry)
+            for entry in after - before:
+                if index.unique:
+                    self._check_unique(txn, index, entry, idk)
+                txn.put("index", entry, _id_length(idk))
+        if new is None:
+            txn.delete("docs", key)
+        else:
+            assert raw is not None
+            txn.put("docs", key, raw)
+        if (old is None) != (new is None):
+            stored = txn.get("meta", self._count_key)
+            if stored is not None:
+                txn.put("meta", self._count_key, _pack(int(msgpack.unpackb(stored)) + (1 if old is None else -1)))
+
+    def _check_unique(self, txn: KVTxn, index: Index, entry: bytes, idk: bytes) -> None:
+        values_part = entry[: len(entry) - len(idk)]
+        if len(values_part) <= len(index.prefix) + 1 and values_part[len(index.prefix):] in (b"\x01", b"\x02"):
+            return  # a marker entry (ALWAYS, MULTI), not a value
+        for other, _ in txn.range("index", values_part, successor(values_part)):
+            if other[len(values_part):] != idk:
+                raise DuplicateKey(f"{self.name}: duplicate key for unique index {index.name}")
+
+    def _build(self, txn: KVTxn, index: Index) -> None:
+        """File every document under a new index, in the caller's transaction (all or nothing)."""
+        for key, raw in txn.scan("docs", self._prefix):
+            idk = key[len(self._prefix) :]
+            for entry in index.entries(_codec.decode(raw), idk):
+                if index.unique:
+                    self._check_unique(txn, index, entry, idk)
+                txn.put("index", entry, _id_length(idk))
+
+    def _drop_entries(self, txn: KVTxn, prefix: bytes) -> None:
+        doomed = [k for k, _ in txn.scan("index", prefix, values=False)]
+        for k in doomed:
+            txn.delete("index", k)
+
+    def _current(self, txn: KVTxn) -> bool:
+        """Whether this collection's indexes are all of the current format and its count is kept."""
+        specs = self._backend._index_specs(txn).get(self.name, [])
+        return all(spec.get("v") == _FORMAT for spec in specs) and txn.get("meta", self._count_key) is not None
+
+    def _upgrade(self, txn: KVTxn, specs: dict[str, list[dict]]) -> None:
+        """Rebuild indexes written in an older entry format, and start the document count."""
+        for spec in specs.get(self.name, []):
+            if spec.get("v") != _FORMAT:
+                index = Index(self._prefix, spec)
+                self._drop_entries(txn, index.prefix)
+                spec["v"] = _FORMAT
+                self._build(txn, Index(self._prefix, spec))
+        if txn.get("meta", self._count_key) is None:
+            end = successor(self._prefix)
+            txn.put("meta", self._count_key, _pack(txn.count_range("docs", self._prefix, end)))
+
+    def create_index(self, keys: Sequence[tuple[str, int]] | str | Mapping[str, int], unique: bool = False,
+                     name: str | None = None) -> str:
+        """Create (or find) an index; built over the existing documents in one transaction, so a crash
+        mid-build leaves no index at all. The same keys under another name, or another index under
+        this name, is InvalidArgument."""
+        fields, name = check_index_spec(keys, name, unique)
+        spec = {"name": name, "keys": [list(k) for k in fields], "unique": bool(unique), "v": _FORMAT}
+
+        def same(existing: Mapping[str, Any]) -> bool:
+            return [tuple(k) for k in existing["keys"]] == fields and bool(existing.get("unique")) == unique
+
+        def check(mine: list[dict]) -> bool:
+            for existing in mine:
+                if existing["name"] == name:
+                    if not same(existing):
+                        raise InvalidArgument(f"{self.name}: an index named {name!r} exists with other keys "
+                                              f"{[tuple(k) for k in existing['keys']]}")
+                    return True
+            for existing in mine:
+                if same(existing):
+                    raise InvalidArgument(f"{self.name}: the index {existing['name']!r} has these keys already")
+            return False
+
+        with self._backend._reading() as txn:  # every Store open asks: answer without a write (and fsync)
+            if check(self._backend._index_specs(txn).get(self.name, [])) and self._current(txn):
+                return name
+
+        def create(txn: KVTxn) -> str:
+            specs = self._backend._index_specs(txn)
+            self._upgrade(txn, specs)
+            mine = specs.setdefault(self.name, [])
+            if not check(mine):
+                mine.append(spec)
+                self._build(txn, Index(self._prefix, spec))
+            txn.put("meta", _INDEXES_KEY, _pack(specs))
+            return name
+
+        return self._backend._writing(create)
+
+    def drop_index(self, name: str) -> None:
+        """Remove an index and its entries; InvalidArgument if there is none of that name."""
+        if not isinstance(name, str):
+            raise InvalidArgument(f"an index name is a str, not {type(name).__name__}")
+
+        def drop(txn: KVTxn) -> None:
+            specs = self._backend._index_specs(txn)
+            mine = specs.get(self.name, [])
+            found = [spec for spec in mine if spec["name"] == name]
+            if not found:
+                known = ", ".join(spec["name"] for spec in mine) or "none"
+                raise InvalidArgument(f"{self.name}: no index named {name!r} (indexes: {known})")
+            specs[self.name] = [spec for spec in mine if spec["name"] != name]
+            self._drop_entries(txn, Index(self._prefix, found[0]).prefix)
+            txn.put("meta", _INDEXES_KEY, _pack(specs))
+
+        self._backend._writing(drop)
+
+    def list_indexes(self) -> list[dict[str, Any]]:
+        with self._backend._reading() as txn:
+            specs = self._backend._index_specs(txn).get(self.name, [])
+        return [{"name": s["name"], "key": [(f, int(d)) for f, d in s["keys"]], "unique": bool(s.get("unique"))}
+                for s in specs]
+
+    def index_information(self) -> dict[str, dict]:
+        return {spec["name"]: {"key": spec["key"], "unique": spec["unique"]} for spec in self.list_indexes()}
+
+
+def _id_length(idk: bytes) -> bytes:
+    """An index entry's value: how many of its key's last bytes are the id key (at most 160 + 2)."""
+    return bytes((len(idk),))
+
+
+def _exact_id(filter: Filter | None) -> bytes | None:
+    """The id key when the filter is exactly {"_id": <str or int>}; None otherwise, and for anything
+    the filter compiler must judge first (not a dict, or an id no key can hold, on which the fast path would
+    raise a bare AttributeError, OverflowError or UnicodeEncodeError)."""
+    if not isinstance(filter, Mapping) or len(filter) != 1:
+        return None
+    value = filter.get("_id")
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        try:
+            return id_key(value)
+        except InvalidArgument:
+            return None
+    return None
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    try:
+        return id_key(a) == id_key(b)
+    except InvalidArgument:
+        return False
+
+
+class KVChunkStore:
+    """File chunks under pack(file_id) + chunk number, so one file's chunks are one key range."""
+
+    def __init__(self, backend: KVBackend) -> None:
+        self._backend = backend
+
+    @staticmethod
+    def _file_key(file_id: Any) -> bytes:
+        try:
+            raw = _pack(file_id)
+        except (OverflowError, ValueError, TypeError) as exc:  # > 64 bits, a lone surrogate, a set...
+            raise InvalidArgument(f"file id {file_id!r:.100} cannot be stored: {exc}") from None
+        if len(raw) > _MAX_ID_KEY:
+            raise InvalidArgument("file ids are at most 160 bytes when packed")
+        return raw
+
+    def put(self, file_id: Any, n: int, data: bytes | memoryview) -> None:
+        key = self._file_key(file_id) + n.to_bytes(4, "big")
+        self._backend._writing(lambda txn: txn.put("chunks", key, data), size_hint=len(data))
+
+    def put_many(self, file_id: Any, first: int, chunks: Sequence[bytes | memoryview]) -> None:
+        """Several chunks in one transaction: one commit (and fsync) per batch, not per chunk."""
+        fk = self._file_key(file_id)
+
+        def put_all(txn: KVTxn) -> None:
+            for i, data in enumerate(chunks, first):
+                txn.put("chunks", fk + i.to_bytes(4, "big"), data)
+
+        # Not yet referenced by any document: losing this commit in an OS crash loses nothing visible.
+        self._backend._writing(put_all, size_hint=sum(len(c) for c in chunks), durable=False)
+
+    def get(self, file_id: Any, n: int) -> bytes | None:
+        key = self._file_key(file_id) + n.to_bytes(4, "big")
+        with self._backend._reading() as txn:
+            return txn.get("chunks", key)
+
+    def read_joined(self, file_id: Any, parts: list[tuple[int, int, int, int]]) -> bytes:
+        """Slices of several chunks joined straight from storage: one copy, one read transaction."""
+        fk = self._file_key(file_id)
+        with self._backend._reading() as txn:
+            pieces = []
+            for n, start, stop, expected in parts:
+                data = checked_chunk(file_id, n, txn.view("chunks", fk + n.to_bytes(4, "big")), expected)
+                pieces.append(memoryview(data)[start:stop])
+            return b"".join(pieces)
+
+    def count(self, file_id: Any) -> int:
+        fk = self._file_key(file_id)
+        with self._backend._reading() as txn:
+            return sum(1 for key, _ in txn.scan("chunks", fk, values=False) if len(key) == len(fk) + 4)
+
+    def delete(self, file_id: Any) -> int:
+        fk = self._file_key(file_id)
+
+        def delete_all(txn: KVTxn) -> int:
+            keys = [key for key, _ in txn.scan("chunks", fk, values=False) if len(key) == len(fk) + 4]
+            for key in keys:
+                txn.delete("chunks", key)
+            return len(keys)
+
+        return self._backend._writing(delete_all)
+
+    def file_ids(self, batch: int = 1000) -> Iterator[Any]:
+        """Every file id that has chunks, in key order, streamed: `batch` ids per read snapshot (a store
+        of a million files is not listed in memory), safe to delete chunks between items."""
+        lo = b""
+        last_fk = None
+        while True:
+            page: list[bytes] = []
+            last_key = None
+            with self._backend._reading() as txn:
+                for key, _ in txn.range("chunks", lo, None):
+                    last_key = key
+                    fk = key[:-4]
+                    if fk != last_fk:
+                        last_fk = fk
+                        page.append(fk)
+                        if len(page) >= batch:
+                            break
+            del txn  # its reader slot, as in KVCollection.iter_documents
+            for fk in page:
+                yield msgpack.unpackb(fk, raw=False, timestamp=3)
+            if last_key is None or len(page) < batch:
+                return
+            lo = last_key + b"\x00"
+
+
+class KVBackend:
+    """A Backend over a KVEngine. Writes inside `atomic()` join its transaction (per thread)."""
+
+    transactional = True
+    # Measured on LMDB: 1 MiB chunks save 256 MiB ~8% faster than GridFS's 255 KiB, at equal speed
+    # for 1 MiB objects (fewer, larger overflow-page runs).
+    chunk_size = 1024 * 1024
+
+    def __init__(self, engine: KVEngine, uri: str) -> None:
+        self._engine = engine
+        self.uri = uri
+        self._local = threading.local()
+        self._collections: dict[str, KVCollection] = {}
+        self._chunks = KVChunkStore(self)
+        # (raw specs as last read from the file, parsed); replaced whole so threads never see a mix
+        self._specs: tuple[bytes | None, dict[str, list[Index]]] = (None, {})
+
+    @property
+    def engine(self) -> KVEngine:
+        return self._engine
+
+    @property
+    def closed(self) -> bool:
+        return self._engine.closed
+
+    def collection(self, name: str) -> KVCollection:
+        coll = self._collections.get(name)
+        if coll is None:
+            coll = self._collections[name] = KVCollection(self, name)
+        return coll
+
+    @property
+    def chunks(self) -> KVChunkStore:
+        return self._chunks
+
+    def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
+        return self._writing(lambda txn: fn(), size_hint=size_hint)
+
+    def close(self) -> None:
+        self._engine.close()
+
+    # --- transactions bound to the calling thread ---------------------------------------------------
+
+    def _reading(self) -> AbstractContextManager[KVTxn]:
+        """The calling thread's write transaction if it is inside one, else a new read snapshot."""
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            return nullcontext(txn)
+        return self._engine.read()
+
+    def _writing(self, fn: Callable[[KVTxn], T], *, size_hint: int = 0, durable: bool = True) -> T:
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            return fn(txn)
+
+        def bound(txn: KVTxn) -> T:
+            self._local.txn = txn
+            try:
+                return fn(txn)
+            finally:
+                self._local.txn = None
+
+        return self._engine.write(bound, size_hint=size_hint, durable=durable)
+
+    # --- index specs, shared through the file -------------------------------------------------------
+
+    def _index_specs(self, txn: KVTxn) -> dict[str, list[dict]]:
+        raw = txn.get("meta", _INDEXES_KEY)
+        return _codec.decode(raw) if raw is not None else {}
+
+    def _indexes(self, txn: KVTxn, collection: str) -> list[Index]:
+        """The collection's indexes of the current entry format (an older one is ignored until rebuilt)."""
+        raw = txn.get("meta", _INDEXES_KEY)
+        raw = bytes(raw) if raw is not None else None
+        cached_raw, parsed = self._specs
+        if raw != cached_raw:
+            specs = _codec.decode(raw) if raw is not None else {}
+            parsed = {name: [Index(_pack(name), spec) for spec in of if spec.get("v") == _FORMAT]
+                      for name, of in specs.items()}
+            self._specs = (raw, parsed)
+        return parsed.get(collection, [])

@@ -1,0 +1,701 @@
+"""The embedded default: every table in ONE LMDB file (`subdir=False`), safe across threads and processes.
+
+What this module takes care of, so nothing above it has to (facts measured: docs/ARCHITECTURE.md, "Engine facts"):
+- one `lmdb.Environment` per file per process, shared by every Store on that file and re-opened after
+  `fork()`;
+- a map that starts small (32-bit devices cannot reserve a large one) and grows when a write needs room,
+  re-running the write transaction after `MapFullError`, and adopting another process's growth after
+  `MapResizedError`;
+- growth only while no transaction of this process is open (a reader/writer lock around every txn);
+- stale reader slots of killed processes cleared at open and every minute;
+- pages touched through the map are dropped from this process's RSS every few MiB;
+- glibc's trim threshold kept above a chunk batch (`_malloc.py`), so the page copies LMDB allocates for
+  each commit are reused, not unmapped and faulted in again (about twice the throughput of 256 MiB saves).
+
+`writemap` stays off: measured here it made 256 MiB saves ~10% faster but 1 MiB saves 2.5x slower
+(msync of the whole map per commit), and LMDB forbids mixing it between processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import errno
+import itertools
+import mmap
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import lmdb
+
+from .._exceptions import IntegrityError, InvalidArgument, MicroblobError, StorageError, StoreClosed, StoreFull
+from .kv import TABLES, KVTxn
+from .malloc import tune_malloc
+
+__all__ = ["LmdbEngine"]
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+INITIAL_MAP = 64 * MiB
+MIN_MAP = 1 * MiB
+# A 32-bit process has ~2-3 GiB of address space in all; LMDB must share it with everything else.
+MAP_LIMIT = 1536 * MiB if sys.maxsize < 2**32 else 1 << 44
+_READER_CHECK_EVERY = 60.0
+_TRIM_EVERY = 32 * MiB
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadChecksumError, lmdb.InvalidError,
+           lmdb.VersionMismatchError)
+# LMDB writes pages with pwrite and reports a short write as EIO: with this little room left on the
+# filesystem, an EIO is taken for what it almost surely is, a full disk.
+_FULL_DISK_SLACK = 4 * MiB
+
+
+def engine_error(path: str, exc: lmdb.Error, size_hint: int = 0) -> MicroblobError:
+    """What an lmdb error means, as an error of microblob's tree: damage (IntegrityError), a full
+    disk (StoreFull), or another failure of the engine (StorageError)."""
+    if isinstance(exc, _DAMAGE):
+        return IntegrityError(f"{path}: the store is damaged: {exc}")
+    text = str(exc)
+    if os.strerror(errno.ENOSPC) in text or os.strerror(errno.EDQUOT) in text:
+        return StoreFull(f"{path}: the disk is full ({exc})")
+    if os.strerror(errno.EIO) in text:
+        free = _free_bytes(path)
+        if free is not None and free < size_hint + _FULL_DISK_SLACK:
+            return StoreFull(f"{path}: the disk is full ({free // 1024} KiB free; {exc})")
+    if isinstance(exc, lmdb.ReadonlyError) or os.strerror(errno.EACCES) in text or os.strerror(errno.EROFS) in text:
+        return StorageError(f"{path}: the store is read-only here ({exc})")
+    return StorageError(f"{path}: {exc}")
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class _SharedExclusiveLock:
+    """Many transactions at once, or one map resize alone. Re-entrant for holders of the shared side,
+    and a waiting resize blocks new transactions so it cannot starve."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive_waiting = 0
+        self._exclusive = False
+        self._local = threading.local()
+        self._shared_side = _SharedSide(self)
+
+    def holds_shared(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    def shared(self) -> _SharedSide:
+        """`with lock.shared():` holds the shared side (one object, no generator: it runs on every read)."""
+        return self._shared_side
+
+    def acquire_shared(self) -> None:
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                while self._exclusive or self._exclusive_waiting:
+                    self._cond.wait()
+                self._shared += 1
+        local.depth = depth + 1
+
+    def release_shared(self) -> None:
+        local = self._local
+        local.depth -= 1
+        if local.depth == 0:
+            with self._cond:
+                self._shared -= 1
+                if self._shared == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if self.holds_shared():
+            raise RuntimeError("cannot resize the LMDB map from inside a transaction")
+        with self._cond:
+            self._exclusive_waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive_waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class _SharedSide:
+    """The context manager `_SharedExclusiveLock.shared()` returns: stateless (depth is per thread), so one
+    object serves every caller."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: _SharedExclusiveLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire_shared()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release_shared()
+
+
+class _ReadScope:
+    """`with engine.read() as txn:`: a read transaction under the shared side of the resize lock, begun
+    again after adopting another process's map growth. A class, not a generator: every read runs it."""
+
+    __slots__ = ("_shared", "_path", "_txn")
+
+    def __init__(self, shared: _Env, path: str) -> None:
+        self._shared = shared
+        self._path = path
+        self._txn: lmdb.Transaction | None = None
+
+    def __enter__(self) -> _Txn:
+        shared = self._shared
+        while True:
+            shared.rw.acquire_shared()
+            try:
+                self._txn = shared.env.begin(write=False, buffers=True)
+                return _Txn(self._txn, shared, readonly=True)
+            except lmdb.MapResizedError:
+                shared.rw.release_shared()
+            except lmdb.Error as exc:
+                shared.rw.release_shared()
+                raise engine_error(self._path, exc) from None
+            except BaseException:
+                shared.rw.release_shared()
+                raise
+            shared.adopt_size()  # outside every transaction of ours: now the map may change size
+
+    def __exit__(self, *exc_info: object) -> None:
+        txn, self._txn = self._txn, None
+        try:
+            if txn is not None:
+                txn.abort()
+        finally:
+            self._shared.rw.release_shared()
+
+
+class _Txn:
+    """KVTxn over an lmdb.Transaction and the table handles."""
+
+    __slots__ = ("_txn", "_dbs", "_shared", "_readonly")
+
+    def __init__(self, txn: lmdb.Transaction, shared: _Env, readonly: bool = False) -> None:
+        self._txn = txn
+        self._dbs = shared.dbs
+        self._shared = shared
+        self._readonly = readonly
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        value = self.view(table, key)
+        return bytes(value) if value is not None else None
+
+    def view(self, table: str, key: bytes) -> bytes | memoryview | None:
+        try:
+            value = self._txn.get(key, db=self._dbs[table])
+        except lmdb.Error as exc:  # a damaged page: lmdb.CorruptedError and kin
+            raise engine_error(self._shared.path, exc) from None
+        if value is not None and table == "chunks":
+            self._shared.note_bytes_touched(len(value))
+        return value
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._dbs[table])
+
+    def scan(self, table: str, prefix: bytes = b"", *, values: bool = True) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            yield from self._scan(table, prefix, values)
+        except lmdb.Error as exc:
+            raise engine_error(self._shared.path, exc) from None
+
+    def _scan(self, table: str, prefix: bytes, values: bool) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            if not cursor.set_range(prefix):
+                return
+            # Read transactions hand out buffers into the map; scans copy (they outlive the cursor).
+            if values:
+                for key, value in cursor.iternext(keys=True, values=True):
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        return
+                    yield key, bytes(value)
+            else:  # keys only: does not touch the overflow pages of large values
+                for key in cursor.iternext(keys=True, values=False):
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        return
+                    yield key, b""
+
+
+    def range(
+        self, table: str, lo: bytes, hi: bytes | None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            if not reverse:
+                if not cursor.set_range(lo):
+                    return
+                for key, value in cursor.iternext(keys=True, values=True):
+                    key = bytes(key)
+                    if hi is not None and key >= hi:
+                        return
+                    yield key, bytes(value)
+                return
+            if hi is None or not cursor.set_range(hi):
+                if not cursor.last():
+                    return
+            elif not cursor.prev():  # set_range found the first key >= hi: step below it
+                return
+            for key, value in cursor.iterprev(keys=True, values=True):
+                key = bytes(key)
+                if key < lo:
+                    return
+                yield key, bytes(value)
+
+    def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
+        if self._readonly:
+            # Read transactions hand out memoryviews, which do not order: counting in a bytes-handing
+            # sibling of the same snapshot (same txn id; LMDB allows several readers per thread) saves
+            # a copy per key, about half the time.
+            sibling = self._shared.env.begin(write=False, buffers=False)
+            try:
+                if sibling.id() == self._txn.id():
+                    return _count_keys(sibling, self._dbs[table], lo, hi, limit, copy=False)
+            finally:
+                sibling.abort()
+        return _count_keys(self._txn, self._dbs[table], lo, hi, limit, copy=self._readonly)
+
+    def entries(self, table: str) -> int | None:
+        return self._txn.stat(self._dbs[table])["entries"]
+
+
+def _count_keys(txn: lmdb.Transaction, db: Any, lo: bytes, hi: bytes | None, limit: int | None, *,
+                copy: bool) -> int:
+    with txn.cursor(db=db) as cursor:
+        if not cursor.set_range(lo):
+            return 0
+        # Every step in C (map, takewhile, zip, deque): ~10x a Python loop over a million entries.
+        keys: Iterator[Any] = cursor.iternext(keys=True, values=False)
+        if copy:
+            keys = map(bytes, keys)
+        if hi is not None:
+            keys = itertools.takewhile(hi.__gt__, keys)
+        if limit is not None:
+            keys = itertools.islice(keys, limit)
+        counter = itertools.count()
+        collections.deque(zip(keys, counter, strict=False), maxlen=0)
+        return next(counter)
+
+
+class _Env:
+    """One open environment per (process, file), shared by every LmdbEngine on it."""
+
+    def __init__(self, path: str, options: dict[str, Any]) -> None:
+        self.path = path
+        self.refs = 0
+        self.rw = _SharedExclusiveLock()
+        self.write_lock = threading.Lock()
+        self.writer: int | None = None  # thread id holding write_lock, to refuse self-deadlock
+        self.last_reader_check = 0.0
+        self.touched_since_trim = 0
+        # Each set_mapsize maps the file afresh, perhaps elsewhere (even at the same size): it bumps the
+        # generation, and the mappings looked up at an older one are looked up again (note_bytes_touched).
+        self.map_generation = 0
+        self.mapped: tuple[int, list[tuple[int, int]]] = (-1, [])
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        map_size = options.pop("map_size", None) or min(MAP_LIMIT, max(INITIAL_MAP, _round_up(size + 64 * MiB)))
+        # map_size is the initial size (the map grows): below a few pages the tables themselves do not fit
+        # and open_db would raise a bare lmdb.MapFullError.
+        map_size = max(map_size, MIN_MAP)
+        tune_malloc()  # LMDB's per-commit page copies stay on the heap between batches (see _malloc.py)
+        self.options = options
+        self.readonly = False
+        try:
+            self.env = self._open(map_size)
+        except lmdb.Error as exc:
+            if not _unwritable(path, exc):
+                raise StorageError(f"cannot open {path}: {exc}") from None
+            # A file we may not write (or on a read-only filesystem) is still readable: ls, get and
+            # verify work; writes fail with "the store is read-only here".
+            self.readonly = True
+            self.options = {**options, **_read_only_options(path)}
+            try:
+                self.env = self._open(map_size)
+            except lmdb.Error as exc2:
+                raise StorageError(f"cannot open {path}: {exc2}") from None
+        self.check_readers()
+
+    def _open(self, map_size: int) -> lmdb.Environment:
+        """Open the environment and its tables (self.dbs)."""
+        env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=len(TABLES) + 2, **self.options)
+        try:
+            # A read-only environment can open only tables that exist: a file without one is not a store.
+            create = not self.options.get("readonly", False)
+            self.dbs = {name: env.open_db(name.encode(), create=create) for name in TABLES}
+        except BaseException:
+            env.close()  # left open, the path could not be opened again in this process
+            raise
+        return env
+
+    def reopen(self, map_size: int) -> None:
+        """Open the environment afresh at `map_size`: py-lmdb invalidates it when set_mapsize fails.
+        The caller holds rw.exclusive, so no transaction of this process is open."""
+        self.map_generation += 1
+        with contextlib.suppress(lmdb.Error):
+            self.env.close()
+        self.env = self._open(map_size)
+
+    def note_bytes_touched(self, n: int) -> None:
+        """Reading through the map makes the file's pages resident in *this* process: streaming a
+        1 GiB object would grow RSS by 1 GiB. Every few MiB, drop our mapping of them (they stay in
+        the page cache; the next read maps them again)."""
+        self.touched_since_trim += n
+        if self.touched_since_trim >= _TRIM_EVERY:
+            self.touched_since_trim = 0
+            # Looked up once per mapping (reading /proc/self/maps each time cost large reads 17%), and again
+            # after a remap: advising an address the file no longer occupies would drop whatever lives there.
+            # Callers hold rw.shared, so no remap happens in between.
+            if self.mapped[0] != self.map_generation:
+                self.mapped = (self.map_generation, _mappings_of(self.path))
+            _drop_resident_pages(self.mapped[1])
+
+    def check_readers(self) -> None:
+        """Free reader slots of processes that died (a killed reader pins old pages forever)."""
+        self.last_reader_check = time.monotonic()
+        try:
+            self.env.reader_check()
+        except lmdb.Error:
+            pass
+
+    def used_bytes(self) -> int:
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def headroom(self) -> int | None:
+        """Bytes left in the map, or None if LMDB cannot say. info() and stat() read the meta pages
+        through the map, which another thread's resize replaces: asked meanwhile, LMDB answers EINVAL.
+        That answer once counted as 'no room', and each one doubled the map, up to 'the store is full'.
+        So ask under the lock that keeps resizes out."""
+        with self.rw.shared():
+            try:
+                return self.env.info()["map_size"] - self.used_bytes()
+            except lmdb.Error:
+                return None
+
+    def grow(self, needed: int) -> None:
+        with self.rw.exclusive():
+            current = self.env.info()["map_size"]
+            wanted = max(current * 2, self.used_bytes() + needed * 2 + 16 * MiB)
+            new = min(MAP_LIMIT, _round_up(wanted))
+            if new <= current:
+                raise StoreFull(
+                    f"{self.path}: the store is full ({current // MiB} MiB, the most this process can map)"
+                )
+            self._resize(new, current)
+
+    def adopt_size(self) -> None:
+        """Another process grew the map: take its size."""
+        with self.rw.exclusive():
+            self._resize(0, self.env.info()["map_size"])
+
+    def _resize(self, new: int, current: int) -> None:
+        """set_mapsize(new) (0: the size in the file). When the address space has no room for the new
+        map (a 32-bit process, a `ulimit -v`), py-lmdb raises MemoryError and invalidates the environment:
+        open it again at the size it had, so the store stays usable, and say why the write failed."""
+        try:
+            self.env.set_mapsize(new)
+            self.map_generation += 1
+            return
+        except lmdb.MemoryError:
+            pass
+        try:
+            self.reopen(current)
+        except lmdb.Error as exc:
+            raise StorageError(f"{self.path}: cannot reopen the store at {current // MiB} MiB: {exc}") from None
+        wanted = f"{new // MiB} MiB" if new else "the size another process gave it"
+        raise StoreFull(f"{self.path}: cannot grow the map to {wanted}: not enough contiguous address space")
+
+
+def _unwritable(path: str, exc: lmdb.Error) -> bool:
+    """The open failed because the file, its directory or the filesystem refuses writes."""
+    if isinstance(exc, lmdb.ReadonlyError):
+        return True
+    text = str(exc)
+    if os.strerror(errno.EACCES) not in text and os.strerror(errno.EROFS) not in text \
+            and os.strerror(errno.EPERM) not in text:
+        return False
+    return os.path.exists(path) and os.access(path, os.R_OK)
+
+
+def _read_only_options(path: str) -> dict[str, Any]:
+    """readonly, and without the lock file when none can be made or opened for writing beside the store:
+    then nothing records our readers, so a writer elsewhere could reuse pages we read (see README)."""
+    lock = path + "-lock"
+    usable = os.access(lock, os.R_OK | os.W_OK) if os.path.exists(lock) else os.access(
+        os.path.dirname(path) or ".", os.W_OK)
+    if usable and _statvfs_writable(path):
+        return {"readonly": True}
+    return {"readonly": True, "lock": False}
+
+
+def _statvfs_writable(path: str) -> bool:
+    try:
+        return not os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY
+    except OSError:
+        return False
+
+
+def _libc_madvise() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _libc_madvise() if sys.platform.startswith("linux") else None
+
+
+def _mappings_of(path: str) -> list[tuple[int, int]]:
+    """The (start, length) of each of this process's mappings of `path` (Linux; elsewhere none). Valid
+    until the map is resized: the caller looks them up again after that."""
+    if _MADVISE is None:
+        return []
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return []
+    target = os.fsencode(path)
+    found = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            start, end = (int(x, 16) for x in fields[0].split(b"-"))
+            found.append((start, end - start))
+    return found
+
+
+def _drop_resident_pages(mapped: list[tuple[int, int]]) -> None:
+    """MADV_DONTNEED over the given mappings of the file. Safe for a shared file mapping: the data stays
+    in the file and page cache, only our page-table entries go."""
+    if _MADVISE is None:
+        return
+    for start, length in mapped:
+        _MADVISE(start, length, mmap.MADV_DONTNEED)
+
+
+def _round_up(n: int) -> int:
+    return (n + MiB - 1) // MiB * MiB
+
+
+_ENVS: dict[tuple[int, str], _Env] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _forget_inherited_envs() -> None:
+    """In a forked child: close the parent's environments (never use them: docs/ARCHITECTURE.md, "Engine
+    facts") so the child can open the file afresh; py-lmdb refuses a second open of a path still open."""
+    global _ENVS_LOCK
+    _ENVS_LOCK = threading.Lock()  # another thread may have held it at fork time
+    for shared in list(_ENVS.values()):
+        try:
+            shared.env.close()
+        except lmdb.Error:
+            pass
+    _ENVS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_envs)
+
+
+MAX_READERS = 1 << 16  # each reader slot is a line of the -lock file: 65,536 make it 4 MiB
+
+
+def _check_options(path: Any, map_size: Any, sync: Any, metasync: Any, max_readers: Any) -> None:
+    """Refuse what py-lmdb would turn into a bare TypeError/OverflowError/ValueError/UnicodeEncodeError, or
+    silently misread (sync="no" is truthy)."""
+    if not isinstance(path, str):
+        raise InvalidArgument(f"the LMDB path must be a str, not {type(path).__name__}")
+    if "\x00" in path:
+        raise InvalidArgument(f"the LMDB path {path!r} contains a NUL character")
+    try:
+        path.encode("utf-8")  # py-lmdb passes the path to LMDB as strict UTF-8
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"the LMDB path {path!r} is not valid UTF-8 (lone surrogates)") from None
+    if map_size is not None and (isinstance(map_size, bool) or not isinstance(map_size, int)
+                                 or not 0 < map_size <= MAP_LIMIT):
+        raise InvalidArgument(f"map_size must be an int in 1..{MAP_LIMIT} or None, not {map_size!r}")
+    for name, flag in (("sync", sync), ("metasync", metasync)):
+        if not isinstance(flag, bool):
+            raise InvalidArgument(f"{name} must be True or False, not {flag!r}")
+    if isinstance(max_readers, bool) or not isinstance(max_readers, int) or not 0 < max_readers <= MAX_READERS:
+        raise InvalidArgument(f"max_readers must be an int in 1..{MAX_READERS}, not {max_readers!r}")
+
+
+class LmdbEngine:
+    """A KVEngine on one LMDB file. Cheap to create: engines on the same file share one environment."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int | None = None,
+        sync: bool = True,
+        metasync: bool = True,
+        max_readers: int = 126,
+    ) -> None:
+        path = os.fspath(path)
+        _check_options(path, map_size, sync, metasync, max_readers)
+        real = os.path.realpath(path)
+        if os.path.isdir(real):
+            raise StorageError(f"{real} is a directory; the embedded store is a single file")
+        parent = os.path.dirname(real) or "."
+        if not os.path.isdir(parent):
+            raise StorageError(f"directory {parent} does not exist")
+        self.path = real
+        key = (os.getpid(), real)
+        # Full durability (sync and metasync) is done as metasync=False plus an explicit sync after each
+        # durable commit: the same two flushes for a save, but one for the chunk batches of a large
+        # upload, whose loss in an OS crash would only leave orphan chunks (never corruption).
+        self._sync_after_commit = sync and metasync
+        options = {"sync": sync, "metasync": metasync and not sync, "max_readers": max_readers,
+                   "map_size": map_size}
+        with _ENVS_LOCK:
+            shared = _ENVS.get(key)
+            if shared is None:
+                shared = _ENVS[key] = _Env(real, options)
+            shared.refs += 1
+        self._shared: _Env | None = shared
+        self._pid = os.getpid()
+
+    @property
+    def closed(self) -> bool:
+        return self._shared is None
+
+    def _env(self) -> _Env:
+        shared = self._shared
+        if shared is None:
+            raise StoreClosed("the store is closed")
+        if self._pid != os.getpid():
+            raise StorageError("this store was opened before fork(); connect again in the child process")
+        return shared
+
+    def read(self) -> _ReadScope:
+        return _ReadScope(self._env(), self.path)
+
+    def write(self, fn: Callable[[KVTxn], T], *, size_hint: int = 0, durable: bool = True) -> T:
+        shared = self._env()
+        if shared.readonly:
+            raise StorageError(f"{self.path}: the store is read-only here (opened without write permission)")
+        if shared.writer == threading.get_ident():
+            raise RuntimeError("nested write transaction on one thread (LMDB would deadlock)")
+        with shared.write_lock:
+            shared.writer = threading.get_ident()
+            try:
+                result = self._write_locked(shared, fn, size_hint)
+                if durable and self._sync_after_commit:
+                    try:
+                        shared.env.sync(True)
+                    except lmdb.Error as exc:
+                        raise engine_error(self.path, exc, size_hint) from None
+                return result
+            finally:
+                shared.writer = None
+
+    def _write_locked(self, shared: _Env, fn: Callable[[KVTxn], T], size_hint: int) -> T:
+        if time.monotonic() - shared.last_reader_check > _READER_CHECK_EVERY:
+            shared.check_readers()
+        if size_hint:
+            headroom = shared.headroom()
+            # Making room up front only saves a retry: if LMDB cannot tell, a full map will say so.
+            if headroom is not None and headroom < size_hint * 5 // 4 + 4 * MiB:
+                shared.grow(size_hint)
+        while True:
+            resized = False
+            with shared.rw.shared():
+                try:
+                    txn = shared.env.begin(write=True)
+                except lmdb.MapResizedError:
+                    resized = True
+                except lmdb.Error as exc:
+                    raise engine_error(self.path, exc) from None
+                if not resized:
+                    try:
+                        result = fn(_Txn(txn, shared))
+                        txn.commit()
+                        return result
+                    except lmdb.MapFullError:
+                        txn.abort()
+                    except lmdb.MapResizedError:
+                        txn.abort()
+                        resized = True
+                    except lmdb.Error as exc:
+                        txn.abort()
+                        raise engine_error(self.path, exc, size_hint) from None
+                    except BaseException:
+                        txn.abort()
+                        raise
+            # Outside every transaction of ours: now the map may change size.
+            if resized:
+                shared.adopt_size()
+            else:
+                shared.grow(size_hint)
+
+    def map_size(self) -> int:
+        shared = self._env()
+        with shared.rw.shared():  # not while another thread resizes the map (see _Env.headroom)
+            return shared.env.info()["map_size"]
+
+    def copy_to(self, dest: str, *, compact: bool = True) -> None:
+        """A consistent (and compacted) copy of the file, safe while others write: the way to back up."""
+        shared = self._env()
+        while True:
+            # The copy reads through its own snapshot of the map: like any read, it must keep this
+            # process's resizes out, and adopt another process's growth (MapResizedError) and retry.
+            with shared.rw.shared():
+                try:
+                    shared.env.copy(dest, compact=compact)
+                    return
+                except lmdb.MapResizedError:
+                    # LMDB creates `dest` exclusively (an existing one fails with EEXIST instead), so
+                    # the file left behind is this attempt's: remove it for the next one.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(dest)
+                except lmdb.Error as exc:
+                    raise StorageError(f"{self.path}: cannot copy to {dest}: {exc}") from None
+            shared.adopt_size()
+
+    def close(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is None or self._pid != os.getpid():
+            return
+        with _ENVS_LOCK:
+            shared.refs -= 1
+            if shared.refs == 0:
+                _ENVS.pop((self._pid, shared.path), None)
+                with shared.write_lock, shared.rw.exclusive():
+                    shared.env.close()

@@ -1,0 +1,66 @@
+"""The HTTP error answered as JSON and the request-JSON rule, shared by the server and its store
+routes (below both, so neither imports the other back)."""
+
+from __future__ import annotations
+
+import math
+from http import HTTPStatus
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from .._exceptions import InvalidQuery
+from ..engine.query import check_depth
+from ..store.validate import loads_json
+
+__all__ = ["ApiError", "error_response", "parse_json"]
+
+
+def _check_depth(value: Any, what: str) -> None:
+    """Refuse JSON nested deeper than the store's documents may be (`_codec.MAX_DEPTH`, one rule with the
+    query language's `check_depth`): a tree that deep would be stored (as an invocation's input) and then
+    fail to serialise on every later listing, and recursive code may overflow on it."""
+    try:
+        check_depth(value, what)
+    except InvalidQuery as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259): a property set to NaN, an
+    # invocation whose input holds one, or stored metadata with one could never be answered again
+    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, would fail.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf: the same trouble as a literal Infinity
+        raise ValueError(f"{text} is out of range for a float")
+    return value
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """Parse request JSON: 400 (not 500) for anything that is not plain, reasonably shallow JSON."""
+    try:
+        value = loads_json(raw, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as e:
+        raise ApiError(400, f"{what} is not valid JSON: {e}") from None
+    if isinstance(value, (dict, list)):
+        _check_depth(value, what)
+    return value
+
+
+class ApiError(Exception):
+    """An HTTP error answered as ``{"error": error, "detail": detail}``."""
+
+    def __init__(self, status: int, detail: str, error: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.error = error or HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+        self.headers = headers
+
+
+def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)

@@ -1,0 +1,144 @@
+"""`BlobObject`: one version of a stored object, as a record with attribute and mapping access.
+
+The metadata is loaded eagerly (it is small); the bytes are not: `data` reads them on first access,
+`open()` streams them, `save(path)` copies them to a file without holding them in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .._exceptions import IntegrityError, InvalidArgument
+from .._outfile import output_file
+from .flowcept_layout import as_microblob
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Store
+
+__all__ = ["FIELDS", "BlobObject", "save_stream_atomically"]
+
+FIELDS = (
+    "object_id",
+    "workflow_id",
+    "task_id",
+    "type",
+    "custom_metadata",
+    "tags",
+    "version",
+    "prev_version",
+    "content_type",
+    "size",
+    "sha256",
+    "storage",
+    "file_id",
+    "created_at",
+    "updated_at",
+)
+
+
+class BlobObject(Mapping[str, Any]):
+    """One version of an object: `obj.version`, `obj["workflow_id"]`, `dict(obj)` (metadata only),
+    and the bytes through `data`, `open()`, `save(path)`."""
+
+    __slots__ = ("_store", "_meta", "_inline", "_data")
+
+    def __init__(self, store: Store, doc: Mapping[str, Any]) -> None:
+        self._store = store
+        doc = as_microblob(doc)  # Flowcept's layout (grid_fs_file_id, object_type, ...) reads the same
+        self._meta = {field: doc.get(field) for field in FIELDS}
+        if self._meta["version"] is None:  # written before versioning existed: reads as version 0
+            self._meta["version"] = 0
+        inline = doc.get("data")
+        self._inline: bytes | None = bytes(inline) if isinstance(inline, (bytes, bytearray, memoryview)) else None
+        self._data: bytes | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "object_type":  # Flowcept's name for `type`
+            name = "type"
+        try:
+            return object.__getattribute__(self, "_meta")[name]
+        except KeyError:
+            raise AttributeError(f"BlobObject has no attribute {name!r}") from None
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "data":
+            return self.data
+        if key == "object_type":
+            key = "type"
+        return self._meta[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._meta)
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def __repr__(self) -> str:
+        m = self._meta
+        return (
+            f"BlobObject(object_id={m['object_id']!r}, version={m['version']}, type={m['type']!r}, "
+            f"size={m['size']}, storage={m['storage']!r})"
+        )
+
+    @property
+    def data(self) -> bytes:
+        """The bytes, read once and kept. Use `open()` or `save()` for large objects."""
+        if self._data is None:
+            if self._meta["storage"] == "inline" or self._inline is not None:
+                self._data = self._load_inline()
+            else:
+                with self.open() as stream:
+                    self._data = stream.read()
+        return self._data
+
+    def open(self) -> BinaryIO:
+        """A seekable binary file object over the bytes, streaming chunk by chunk."""
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        if self._meta["storage"] == "inline" or self._inline is not None:
+            return io.BytesIO(self._load_inline())
+        return self._store.files.open_download_stream(self._meta["file_id"])  # type: ignore[return-value]
+
+    def _load_inline(self) -> bytes:
+        """Queries leave inline bytes out of the documents they return; fetch them on first use."""
+        if self._inline is None:
+            self._inline = self._store.internals.inline_data(self._meta["object_id"], self._meta["version"])
+            if self._inline is None:
+                raise IntegrityError(f"object {self.object_id!r} v{self.version}: inline data is missing")
+        expected = self._meta["sha256"]
+        if isinstance(expected, str) and hashlib.sha256(self._inline).hexdigest() != expected:
+            raise IntegrityError(f"object {self.object_id!r} v{self.version}: inline data does not match its sha256")
+        return self._inline
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the bytes to `path`: atomically (temp file, then rename) over a regular file or a new path,
+        straight into a device or FIFO; see `microblob._outfile`."""
+        with self.open() as stream:
+            return save_stream_atomically(stream, path)
+
+    def as_blob(self) -> Any:
+        """This version as a `Blob` (lazy: nothing is read until the Blob is)."""
+        from ..blob import Blob
+
+        return Blob.from_object(self._store, self._meta["object_id"], self._meta["version"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+
+def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size: int = 1024 * 1024) -> int:
+    """Copy a readable stream to `path` through `output_file`: a regular file is replaced atomically
+    (readers see the old file or the whole new one) keeping its mode; a device or FIFO is written into."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    written = 0
+    with output_file(path) as out:
+        pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")
+        for piece in pieces:
+            out.write(piece)
+            written += len(piece)
+    return written

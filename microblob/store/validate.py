@@ -1,0 +1,133 @@
+"""Argument checks shared by the public functions: each raises InvalidArgument naming the argument,
+before anything is written, so bad input never leaves a partial state behind."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .._exceptions import InvalidArgument, InvalidDocument
+from ..engine import codec as _codec
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "check_bool",
+    "check_chunk_size",
+    "check_content_type",
+    "check_id",
+    "check_metadata",
+    "check_optional_str",
+    "check_tags",
+    "check_version",
+    "loads_json",
+]
+
+MAX_ID_LENGTH = 512
+# RFC 6838 type/subtype, optional parameters; printable ASCII only, matched whole. A content type becomes an
+# HTTP Content-Type header: `\w` (Unicode-aware), `\s` and `[^;]` let through letters no header can carry,
+# CR/LF (header injection), control characters and lone surrogates, and `$` a trailing newline.
+_MEDIA_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+    r"(?:[ \t]*;[ \t]*[\x20-\x3a\x3c-\x7e]+)*"
+)
+MAX_CONTENT_TYPE_LENGTH = 1024
+
+
+def check_id(value: Any, name: str = "object_id") -> str:
+    """Ids are non-empty str of printable-safe text: they end up in URLs, file names and LMDB keys."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidArgument(f"{name} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{name} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+    if "\x00" in value or "/" in value or value in (".", ".."):
+        raise InvalidArgument(f"{name} {value!r} contains '/', NUL or is a dot path")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{name} {value!r} is not valid Unicode (lone surrogates)") from None
+    return value
+
+
+def check_optional_str(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a str or None, not {type(value).__name__}")
+    if len(value) > 4096:
+        raise InvalidArgument(f"{name} is longer than 4096 characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{name} {value!r} is not valid Unicode (lone surrogates)") from None
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def check_version(value: Any, name: str = "version") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an int or None, not {type(value).__name__}")
+    if value < 0:
+        raise InvalidArgument(f"{name} must be >= 0, not {value}")
+    return value
+
+
+def check_metadata(value: Any, name: str = "custom_metadata") -> dict[str, Any] | None:
+    """Metadata is stored literally: `$`-keys and dotted keys are data, never operators."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"{name} must be a dict or None, not {type(value).__name__}")
+    value = dict(value)
+    try:
+        _codec.check_document(value)
+    except InvalidDocument as exc:
+        raise InvalidArgument(f"{name}: {exc}") from None
+    return value
+
+
+def check_tags(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise InvalidArgument(f"tags must be a list of str, not {type(value).__name__}")
+    tags = list(value)
+    for tag in tags:
+        check_optional_str(tag, "each tag")
+        if tag is None:
+            raise InvalidArgument("tags must not contain None")
+    return tags
+
+
+def check_chunk_size(value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise InvalidArgument(f"chunk_size must be an int in 1..{limit}, not {value!r}")
+    return value
+
+
+def check_content_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_CONTENT_TYPE_LENGTH or not _MEDIA_TYPE.fullmatch(value):
+        raise InvalidArgument(f"content_type must be a MIME type like 'image/png', not {value!r}")
+    return value
+
+
+def loads_json(raw: str | bytes, **hooks: Any) -> Any:
+    """`json.loads` (with its `hooks`) that raises ValueError for every text it cannot read: for JSON nested
+    deeper than Python's recursion limit (`"[" * 100_000`) `json.loads` raises RecursionError, which
+    callers that catch ValueError (the server's store routes, the CLI) would let through."""
+    try:
+        return json.loads(raw, **hooks)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
