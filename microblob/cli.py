@@ -415,15 +415,17 @@ def _connect(args: argparse.Namespace, *, create: bool = False) -> Store:
     return connect(args.db, create=create)
 
 
-def _progress(total: int | None, desc: str) -> Any:
-    """A byte-counting tqdm bar on stderr when stderr is a terminal; a silent no-op bar otherwise."""
+def _progress(total: int | None, desc: str, unit: str = "B") -> Any:
+    """A tqdm bar on stderr when stderr is a terminal (counting bytes, or `unit`s); a silent no-op bar
+    otherwise."""
     from tqdm import tqdm
 
     shown = _isatty(sys.stderr)
     # A terminal that reports a 0x0 size (a serial console, some `docker exec -t`) makes tqdm hide
     # the bar; give it the classic 80x24 there, and follow the real size everywhere else.
     sized = shown and _has_size(sys.stderr)
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+    scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+    return tqdm(total=total, desc=desc, unit=unit, **scaled, file=sys.stderr,
                 disable=not shown, leave=True, dynamic_ncols=sized,
                 ncols=None if sized else 80, nrows=None if sized else 24)
 
@@ -673,7 +675,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with _connect(args) as store:
-        report = store.verify()
+        bar = _progress(store.count_versions() if _isatty(sys.stderr) else None, "verify", unit=" versions")
+        with bar:
+            report = store.verify(progress=bar.update)
     if args.json:
         damaged = [{"object_id": o, "version": v, "reason": r} for o, v, r in report.damaged]
         _print_json_lines([{"ok": report.ok, "checked": report.checked, "damaged": damaged}])
@@ -692,7 +696,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     with _connect(args) as store:
-        report = store.gc()
+        total = store.backend.collection("fs.files").count_documents({}) if _isatty(sys.stderr) else None
+        with _progress(total, "gc", unit=" files") as bar:
+            report = store.gc(progress=bar.update)
     if args.json:
         _print_json_lines([dataclasses.asdict(report)])
     else:

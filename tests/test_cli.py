@@ -1015,3 +1015,29 @@ def test_copy_to_mongodb_and_use_it_with_db(cli: Cli, request: pytest.FixtureReq
         assert "not found" in cli.fails(1, "show", other, "--db", uri)
     finally:
         server.drop(uri)
+
+
+def test_verify_and_gc_show_progress_on_a_terminal(cli: Cli) -> None:
+    for i in range(12):
+        cli.put(os.urandom(300_000 + i), "--id", f"o{i}")
+    code, out, tty = run_with_tty(cli.cmd("verify"), cwd=cli.cwd, env=cli.env)
+    text = tty.decode(errors="replace")
+    assert code == 0 and b"checked 12 versions: ok" in out and "verify" in text and "12/12" in text, text
+    code, out, tty = run_with_tty(cli.cmd("gc"), cwd=cli.cwd, env=cli.env)
+    text = tty.decode(errors="replace")
+    assert code == 0 and out.startswith(b"freed 0 files") and "gc" in text and "12/12" in text, text
+    assert cli.ok("verify").startswith("checked 12 versions")  # in a pipe: no bar, stderr empty
+
+
+def test_verify_and_gc_progress_callbacks(tmp_path: Path) -> None:
+    with microblob.connect(tmp_path / "p.db") as store:
+        for i in range(5):
+            store.save_or_update_object(os.urandom(200_000), object_id=f"o{i}")
+        store.save_or_update_object(b"v1", object_id="o0", control_version=True)
+        seen: list[int] = []
+        assert store.verify(progress=seen.append).checked == 6 == sum(seen) == store.count_versions()
+        seen.clear()
+        store.files.upload_from_stream("user.bin", b"mine")
+        assert store.gc(progress=seen.append).freed_files == 0 and sum(seen) == 7  # every files document
+        with pytest.raises(microblob.InvalidArgument):
+            store.verify(progress="yes")

@@ -15,7 +15,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._exceptions import (
@@ -654,15 +654,22 @@ class Store:
 
     # --- maintenance --------------------------------------------------------------------------------
 
-    def verify(self) -> VerifyReport:
-        """Re-hash every version's bytes and check every reference. See `VerifyReport`."""
+    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Re-hash every version's bytes and check every reference. See `VerifyReport`. `progress(n)`
+        is called as versions are checked (for a progress bar: `count_versions()` is the total)."""
         self._check_open()
-        return _maintenance.verify(self)
+        return _maintenance.verify(self, _check_progress(progress))
 
-    def gc(self) -> GcReport:
-        """Free files no version references and chunks no file owns (what interrupted writes leave)."""
+    def gc(self, progress: Callable[[int], None] | None = None) -> GcReport:
+        """Free files no version references and chunks no file owns (what interrupted writes leave).
+        `progress(n)` is called as object files are looked at."""
         self._check_open()
-        return _maintenance.gc(self)
+        return _maintenance.gc(self, _check_progress(progress))
+
+    def count_versions(self) -> int:
+        """Every stored version, latest and history: what `verify()` checks."""
+        self._check_open()
+        return self._objects.count_documents({}) + self._history.count_documents({})
 
     # --- Flowcept-compatible aliases ----------------------------------------------------------------
 
@@ -743,3 +750,9 @@ def _check_filter(filter: Any) -> Any:
     if filter is not None and not isinstance(filter, Mapping):
         raise InvalidQuery(f"a filter must be a dict, not {type(filter).__name__}")
     return filter
+
+
+def _check_progress(progress: Any) -> Callable[[int], None] | None:
+    if progress is not None and not callable(progress):
+        raise InvalidArgument(f"progress must be a callable taking a count, or None, not {type(progress).__name__}")
+    return progress

@@ -300,11 +300,15 @@ def _drop_unreferenced_files(store: Store, report: GcReport, live_leases: set[An
             report.freed_files += 1
             report.freed_bytes += length
 
-    query = {"metadata.microblob_object_id": {"$exists": True}}
-    for doc in files_coll.iter_documents(query, projection={"_id": 1}, batch=_BATCH):
+    # Every files document is looked at (and counted for `progress`: its total is the files count);
+    # only those of objects are candidates, files a user stored through the bucket are theirs.
+    for doc in files_coll.iter_documents(projection={"_id": 1, "metadata.microblob_object_id": 1}, batch=_BATCH):
         file_id = doc["_id"]
         if progress is not None:
             progress(1)
+        metadata = doc.get("metadata")
+        if not isinstance(metadata, dict) or "microblob_object_id" not in metadata:
+            continue
         # The stream may reach files published after it began: their upload's lease is looked up now.
         if file_id in live_leases or _referenced(store, file_id) or _leased(pending, file_id):
             continue
