@@ -166,7 +166,7 @@ def test_spools_of_a_server_killed_mid_upload_are_removed_at_start_up(tmp_path: 
     spools = tmp_path / "spools"
     spools.mkdir()
     port = _free_port()
-    code = ("import sys; from microblob.server import ThingServer; "
+    code = ("import sys; from microblob import ThingServer; "
             f"ThingServer({{}}, upload_dir={str(spools)!r}).serve(port={port})")
     server = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)

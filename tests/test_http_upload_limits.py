@@ -201,7 +201,7 @@ _FD_SERVER = textwrap.dedent("""
     import json, os, resource, socket, sys, threading, time
     import uvicorn
     import microblob
-    from microblob.server import ThingServer
+    from microblob import ThingServer
 
     store = microblob.connect(sys.argv[1])
     app = ThingServer({}, store=store, upload_dir=sys.argv[2], **json.loads(sys.argv[3]))
