@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import InvalidArgument
+from .._exceptions import InvalidArgument, InvalidQuery
 from ..engine import codec as _codec
 from .files import lease_is_live
 from .flowcept_layout import FLOWCEPT_LAYOUT, as_microblob
@@ -222,8 +222,11 @@ def _drop_stale_history(store: Store, report: GcReport, leased: set[Any]) -> Non
     def lineage(object_id: Any) -> tuple[dict[str, Any] | None, set[Any]]:
         # Read the latest before the history: a version a later write archives is in this read, and one
         # written later cannot name a version below the latest read, so nothing named is missed.
-        current = parts.objects.find_one({"_id": object_id}, projection={"created_at": 1, "version": 1,
-                                                                           "prev_version": 1})
+        try:
+            current = parts.objects.find_one({"_id": object_id}, projection={"created_at": 1, "version": 1,
+                                                                               "prev_version": 1})
+        except (InvalidArgument, InvalidQuery):  # a value no _id can be: no object has it
+            return None, set()
         if current is None:
             return None, set()
         life = current.get("created_at")
@@ -246,14 +249,14 @@ def _drop_stale_history(store: Store, report: GcReport, leased: set[Any]) -> Non
             continue
         object_id = entry.get("object_id")
         try:
-            current, named = known[object_id] if object_id in known else known.remember(object_id, lineage(object_id))
-        except TypeError:  # an unhashable object_id: no object has it, the entry leads nowhere
+            hash(object_id)
+        except TypeError:  # an unhashable object_id (an array, a document): no object has it
             current, named = None, set()
-        if not stale(entry, current, named):
-            continue
-        current, named = lineage(object_id) if isinstance(object_id, (str, int)) else (None, set())  # fresh
-        if object_id in known:
-            known.remember(object_id, (current, named))
+        else:
+            cached = known.get(object_id)
+            current, named = cached if cached is not None else known.remember(object_id, lineage(object_id))
+            if stale(entry, current, named):  # decide on a fresh read, not on the cache
+                current, named = known.remember(object_id, lineage(object_id))
         if stale(entry, current, named) and parts.history.delete_one(
                 {"_id": entry["_id"], "created_at": entry.get("created_at")}):
             report.freed_history_entries += 1
