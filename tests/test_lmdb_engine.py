@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -204,3 +206,36 @@ def test_odd_uris_and_options_are_typed_errors(tmp_path: Path, monkeypatch: pyte
     # map_size is the initial size: a tiny one raised a bare lmdb.MapFullError from open_db
     with microblob.connect(tmp_path / "tiny.db", map_size=6521) as store:
         assert store.get_blob_object(store.save_or_update_object(os.urandom(3_000_000))).size == 3_000_000
+
+
+def _store_written_with_a_page_header_of(tmp_path: Path, header: int) -> Path:
+    """A real store file whose two meta pages are rewritten with a `header`-byte page header, as LMDB
+    lays them out on a machine of the other word size (12 bytes on 32-bit, 16 on 64-bit)."""
+    path = tmp_path / "moved.db"
+    with microblob.connect(path) as store:
+        store.save_or_update_object(b"from the field", object_id="kept")
+    raw = bytearray(path.read_bytes())
+    page = os.sysconf("SC_PAGE_SIZE") if len(raw) % os.sysconf("SC_PAGE_SIZE") == 0 else 4096
+    for start in (0, page):
+        meta = raw[start + 16 : start + page]  # what follows this machine's 16-byte header
+        raw[start + header : start + page] = meta[: page - header]
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.skipif(sys.maxsize <= 2**32, reason="a 64-bit process reads the 32-bit layout here")
+def test_a_store_of_the_other_word_size_says_so(tmp_path: Path) -> None:
+    path = _store_written_with_a_page_header_of(tmp_path, 12)
+    with pytest.raises(StorageError, match=r"written on a 32-bit machine.*not damaged"):
+        microblob.connect(path)
+    proc = subprocess.run([sys.executable, "-m", "microblob", "--db", str(path), "ls"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "32-bit machine" in proc.stderr, proc.stderr
+
+
+def test_a_file_that_is_no_store_is_not_called_another_word_size(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(os.urandom(8192))
+    with pytest.raises(StorageError) as info:
+        microblob.connect(junk)
+    assert "bit machine" not in str(info.value)

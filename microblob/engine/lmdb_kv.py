@@ -73,6 +73,28 @@ def engine_error(path: str, exc: lmdb.Error, size_hint: int = 0) -> MicroblobErr
     return StorageError(f"{path}: {exc}")
 
 
+_META_MAGIC = 0xBEEFC0DE  # LMDB's meta page magic, after the page header
+
+
+def _other_word_size(path: str) -> int | None:
+    """32 or 64 when `path` is an LMDB file of the other word size than this process's (the page header
+    before the first meta page is 12 bytes on 32-bit machines, 16 on 64-bit ones), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError:
+        return None
+    if len(head) < 20:
+        return None
+    at = {offset: int.from_bytes(head[offset : offset + 4], sys.byteorder) == _META_MAGIC for offset in (12, 16)}
+    ours = 64 if sys.maxsize > 2**32 else 32
+    if ours == 64 and at[12] and not at[16]:
+        return 32
+    if ours == 32 and at[16] and not at[12]:
+        return 64
+    return None
+
+
 def _free_bytes(path: str) -> int | None:
     try:
         st = os.statvfs(os.path.dirname(path) or ".")
@@ -333,6 +355,13 @@ class _Env:
         try:
             self.env = self._open(map_size)
         except lmdb.Error as exc:
+            other = _other_word_size(path) if isinstance(exc, lmdb.InvalidError) else None
+            if other is not None:
+                raise StorageError(
+                    f"cannot open {path}: it is an LMDB file written on a {other}-bit machine, and LMDB's file "
+                    f"format depends on the word size (this Python is {64 if sys.maxsize > 2**32 else 32}-bit). "
+                    f"The file is not damaged: open it on a {other}-bit machine, or copy its objects from there "
+                    "(`microblob copy`) to a MongoDB server or a store on this machine") from None
             if not _unwritable(path, exc):
                 raise StorageError(f"cannot open {path}: {exc}") from None
             # A file we may not write (or on a read-only filesystem) is still readable: ls, get and
