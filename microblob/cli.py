@@ -605,6 +605,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             _print_json_lines(obj.to_dict() for obj in objects)
             return 0
         if not objects:
+            if _isatty(sys.stdout):  # a person looking: nothing printed would read as a hang or a fault
+                what = "no object matches" if filter or args.skip else "the store has no objects"
+                sys.stdout.write(f"({what})\n")
             return 0
         header = ["object_id", "version", "type", "size", "content_type", "updated_at", "workflow/task"]
         rows = [

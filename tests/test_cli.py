@@ -1041,3 +1041,13 @@ def test_verify_and_gc_progress_callbacks(tmp_path: Path) -> None:
         assert store.gc(progress=seen.append).freed_files == 0 and sum(seen) == 7  # every files document
         with pytest.raises(microblob.InvalidArgument):
             store.verify(progress="yes")
+
+
+def test_ls_with_nothing_to_list_says_so_on_a_terminal(cli: Cli) -> None:
+    object_id = cli.put(b"one", "--type", "scan")
+    code, _, tty = run_with_tty(cli.cmd("ls", "--type", "image"), cwd=cli.cwd, env=cli.env, tty="stdout")
+    assert code == 0 and b"(no object matches)" in tty, tty
+    assert cli.ok("ls", "--type", "image") == ""  # in a pipe: nothing, for scripts
+    cli.ok("rm", object_id)
+    code, _, tty = run_with_tty(cli.cmd("ls"), cwd=cli.cwd, env=cli.env, tty="stdout")
+    assert code == 0 and b"(the store has no objects)" in tty, tty
