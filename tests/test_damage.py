@@ -45,12 +45,35 @@ def bad_utf8(lmdb_path: Path) -> Path:
     return lmdb_path
 
 
+_PROBE = """
+import sys, microblob
+store = microblob.connect(sys.argv[1], create=False)
+try:
+    store.get_blob_object("o25")
+except microblob.IntegrityError:
+    print("live")
+"""
+
+
 @pytest.fixture
 def bad_page(lmdb_path: Path) -> Path:
-    """The B-tree page holding o25 has a garbled header (flags, bounds): LMDB says MDB_CORRUPTED."""
-    for at in _make_store(lmdb_path):
-        _poke(lmdb_path, at // PAGE * PAGE + 10, b"\xff" * 6)
-    return lmdb_path
+    """The B-tree page holding o25 has a garbled header (flags, bounds): LMDB says MDB_CORRUPTED. Only
+    the live copy of the page is garbled: a stale copy of its bytes may sit in a free page that LMDB has
+    since reused for something else (the tables' catalog), and garbling that is other damage. Which copy
+    is live is found by garbling each in a scratch copy of the file, in a child process."""
+    candidates = _make_store(lmdb_path)
+    original = lmdb_path.read_bytes()
+    scratch = lmdb_path.with_name("probe.db")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    for at in candidates:
+        scratch.write_bytes(original)
+        _poke(scratch, at // PAGE * PAGE + 10, b"\xff" * 6)
+        probe = subprocess.run([sys.executable, "-c", _PROBE, str(scratch)], capture_output=True, text=True,
+                               env=env, timeout=120)
+        if probe.stdout.strip() == "live":
+            _poke(lmdb_path, at // PAGE * PAGE + 10, b"\xff" * 6)
+            return lmdb_path
+    raise AssertionError("no copy of o25's page is the live one")
 
 
 @pytest.mark.parametrize("damage", ["bad_utf8", "bad_page"])
