@@ -67,6 +67,10 @@ class StoreInternals:
         """StoreClosed if the store was closed."""
         self._store._check_open()
 
+    def referenced(self, file_id: Any) -> bool:
+        """Whether any version, latest or history, references the file (two index lookups)."""
+        return self._store._referenced(file_id)
+
     def release_file(self, file_id: Any) -> None:
         """Free a file's bytes if no version (latest or history) references it any more."""
         self._store._release_file(file_id)

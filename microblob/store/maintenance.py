@@ -262,12 +262,6 @@ def _drop_stale_history(store: Store, report: GcReport, leased: set[Any]) -> Non
             report.freed_history_entries += 1
 
 
-def _referenced(store: Store, file_id: Any) -> bool:
-    parts = store.internals
-    return (parts.objects.find_one({"file_id": file_id}, projection={"_id": 1}) is not None
-            or parts.history.find_one({"file_id": file_id}, projection={"_id": 1}) is not None)
-
-
 def _leased(pending: Any, file_id: Any) -> bool:
     lease = pending.find_one({"_id": file_id})
     return lease is not None and _lease_is_live(lease)
@@ -286,7 +280,7 @@ def _drop_unreferenced_files(store: Store, report: GcReport, live_leases: set[An
         def drop() -> list[tuple[Any, int]]:
             freed = []
             for file_id in batch:
-                if _referenced(store, file_id) or _leased(pending, file_id):  # a writer took it meanwhile
+                if store.internals.referenced(file_id) or _leased(pending, file_id):  # a writer took it meanwhile
                     continue
                 doc = files_coll.find_one({"_id": file_id}, projection={"length": 1})
                 if doc is None:
@@ -313,7 +307,7 @@ def _drop_unreferenced_files(store: Store, report: GcReport, live_leases: set[An
         if not isinstance(metadata, dict) or "microblob_object_id" not in metadata:
             continue
         # The stream may reach files published after it began: their upload's lease is looked up now.
-        if file_id in live_leases or _referenced(store, file_id) or _leased(pending, file_id):
+        if file_id in live_leases or store.internals.referenced(file_id) or _leased(pending, file_id):
             continue
         candidates.append(file_id)
         if len(candidates) >= _FREE_BATCH:
