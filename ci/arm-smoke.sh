@@ -42,6 +42,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${ARM_SMOKE_CACHE:-/var/cache/microblob-arm-smoke}
 MIRROR=${ARM_SMOKE_MIRROR:-http://deb.debian.org/debian}
 TESTS=${ARM_SMOKE_TESTS:-$DEFAULT_TESTS}
+TESTS=${TESTS//$'\n'/ }
 PYTEST_ARGS=${ARM_SMOKE_PYTEST_ARGS:-$DEFAULT_PYTEST_ARGS}
 NICE=(nice -n 15)   # the heavy parts share the machine
 WORK=""
@@ -56,6 +57,7 @@ record() {  # record ARCH STEP STATUS SECONDS [NOTE]
   if [[ $3 == FAIL ]]; then FAILED=1; fi
 }
 
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
   local rc=$?
   if [[ -n $WORK && -d $WORK ]]; then
@@ -130,8 +132,11 @@ host_network_into() {
   # sudo looks up this machine's name (the chroot shares the host's): a Pi has it in /etc/hosts too.
   printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$(hostname)" \
     >"$dir/etc/hosts"
+  # Appended to the bundle here (update-ca-certificates under qemu takes a minute), and kept where the
+  # bundle's rebuild looks, should an upgrade of ca-certificates rebuild it.
   if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+    cat /usr/local/share/ca-certificates/*.crt >>"$dir/etc/ssl/certs/ca-certificates.crt"
   fi
   PASS_ENV=()
   for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL PIP_EXTRA_INDEX_URL \
@@ -227,7 +232,6 @@ run_arch() {
   [[ -n $blocks ]] || { record "$arch" "README Raspberry Pi commands" FAIL 0 "no '$MARKER' block"; return 1; }
   printf '%s\n' "$blocks" >"$WORK/$arch/root/readme-pi.sh"
   echo "--- the README's commands for $arch:"; cat "$WORK/$arch/root/readme-pi.sh"
-  step "$arch" "trust the host's CAs" 'update-ca-certificates >/dev/null' || return 1
   # uname -m says the emulated machine; the same machine a Pi reports (armv7l or aarch64).
   step "$arch" "README Raspberry Pi commands" \
     'cd /root/microblob && uname -m && bash -euxo pipefail /root/readme-pi.sh' || return 1
@@ -269,4 +273,4 @@ main() {
   echo "arm-smoke: all steps passed"
 }
 
-main "$@"
+main "$@"; exit  # read whole before it runs: an edit of this file during a run cannot be executed
