@@ -53,7 +53,7 @@ say() { printf '\n=== %s\n' "$*"; }
 die() { printf 'arm-smoke: %s\n' "$*" >&2; exit 2; }
 
 record() {  # record ARCH STEP STATUS SECONDS [NOTE]
-  SUMMARY+=("$(printf '%-6s %-34s %-5s %5ss  %s' "$1" "$2" "$3" "$4" "${5:-}")")
+  SUMMARY+=("$(printf '%-6s %-38s %-5s %5ss  %s' "$1" "$2" "$3" "$4" "${5:-}")")
   if [[ $3 == FAIL ]]; then FAILED=1; fi
 }
 
@@ -241,7 +241,7 @@ run_arch() {
     "$venv"'python -c "import sys, lmdb, msgpack; print(sys.version, sys.maxsize > 2**32 and \"64-bit\" or \"32-bit\", \"lmdb\", lmdb.__version__, \"msgpack\", msgpack.version)"
      python examples/quickstart.py | tee /root/quickstart.out; grep -q "^verify: ok" /root/quickstart.out' || true
   step "$arch" "microblob serve + HTTP request" "$venv"'python ci/arm_smoke_serve.py' || true
-  step "$arch" "store of the other word size" "$venv"'python ci/arm_smoke_serve.py --make-store /root/word.db' || true
+  step "$arch" "make a store for the word-size check" "$venv"'python ci/arm_smoke_serve.py --make-store /root/word.db' || true
   step "$arch" "pytest (subset)" \
     "$venv"'pip install -q "pytest>=8" "jsonschema>=4.18" && python -m pytest -q -p no:cacheprovider '"$TESTS $PYTEST_ARGS" || true
 }
