@@ -21,7 +21,6 @@ import itertools
 import math
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ import msgpack
 from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
 from . import codec as _codec
 from .backend import Filter, Projection, Sort, check_window, checked_chunk
+from .ids import new_id
 from .index_keys import ALWAYS, successor
 from .kv import KVEngine, KVTxn
 from .planner import Index, Plan, check_index_spec, plan
@@ -312,7 +312,7 @@ class KVCollection:
     def insert_one(self, doc: Mapping[str, Any]) -> Any:
         doc = dict(doc)
         if "_id" not in doc:
-            doc["_id"] = uuid.uuid4().hex
+            doc["_id"] = new_id()
         raw = _codec.encode(doc)
         key = self._prefix + id_key(doc["_id"])
 
@@ -361,7 +361,7 @@ class KVCollection:
     def _upsert(self, txn: KVTxn, filter: Filter, doc: dict) -> None:
         if "_id" not in doc:
             ids = equality_values(filter, "_id")
-            doc["_id"] = ids[0] if ids and len(ids) == 1 else uuid.uuid4().hex
+            doc["_id"] = ids[0] if ids and len(ids) == 1 else new_id()
         key = self._prefix + id_key(doc["_id"])
         if txn.get("docs", key) is not None:
             raise DuplicateKey(f"{self.name}: _id {doc['_id']!r} already exists")
