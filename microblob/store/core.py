@@ -474,17 +474,20 @@ class Store:
         self._check_open()
         check_id(object_id)
         check_version(version)
-        current = self._current(object_id)
-        if current is None:
-            raise ObjectNotFound(object_id)
-        if version is None or _version_of(current) == version:
-            return BlobObject(self, current)
-        entry = self._history.find_one({"_id": _history_id(object_id, version)})
-        if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId, not "id:version"
-            entry = self._history.find_one({"object_id": object_id, "version": version})
-        if entry is None or not _same_life(entry, current.get("created_at")):
-            raise VersionNotFound(object_id, version)
-        return BlobObject(self, entry)
+        with self._backend.snapshot():  # the object and its history entry from one read
+            current = self._current(object_id)
+            if current is None:
+                raise ObjectNotFound(object_id)
+            if version is None or _version_of(current) == version:
+                found = BlobObject(self, current)
+            else:
+                entry = self._history.find_one({"_id": _history_id(object_id, version)})
+                if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId
+                    entry = self._history.find_one({"object_id": object_id, "version": version})
+                if entry is None or not _same_life(entry, current.get("created_at")):
+                    raise VersionNotFound(object_id, version)
+                found = BlobObject(self, entry)
+        return found
 
     def _current(self, object_id: str, projection: Projection = None) -> dict[str, Any] | None:
         """The latest version's document: microblob's (keyed by the id), else one Flowcept's DAO wrote
