@@ -254,6 +254,11 @@ class Blob:
                     self._data = src.read_all()
         return self._data
 
+    @property
+    def content(self) -> bytes | bytearray | memoryview:
+        """`data` under LabThings' name, so a Thing written for LabThings reads its Blobs unchanged."""
+        return self.data
+
     def open(self, progress: Progress | None = None) -> BinaryIO:
         """A binary file object over the bytes; reads stream (files and remote data are never loaded whole)."""
         if self._data is not None and not isinstance(self._source, _BytesSource):

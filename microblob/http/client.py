@@ -20,6 +20,7 @@ from .._exceptions import (
     ActionError,
     InvocationCancelled,
     InvocationTimeout,
+    RemoteError,
 )
 from ..blob import CHUNK_SIZE, Blob, RemoteBlob, blob_class_for, remote_blob
 from ..things.schema import map_blobs, to_jsonable
@@ -220,6 +221,10 @@ class ThingClient:
                     yield chunk
 
         r = self.http.post(self.root + "blobs", content=chunks(), headers=headers)
+        if r.status_code in (404, 405):  # a server with no upload route (LabThings takes only its own Blobs)
+            raise RemoteError(
+                f"upload: the server at {self.root} takes no uploads (POST {self.root}blobs answered "
+                f"{r.status_code}); pass it a Blob that server returned", status=r.status_code, error="NoUploads")
         raise_for_response(r, "upload")
         return r.json()
 
