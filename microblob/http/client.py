@@ -274,11 +274,21 @@ def _make_action(name: str, action: dict[str, Any]) -> Any:
     if not has_timeout:
         params.append(inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=_UNSET,
                                         annotation=Union[float, None]))  # noqa: UP007
+    extra = schema.get("additionalProperties", True) if isinstance(schema, dict) else False
+    var = "kwargs"
+    while var in props:  # a parameter may itself be called `kwargs`
+        var = "_" + var
+    if extra is not False:  # the action takes `**kwargs`: so does its method (the server checks the values)
+        params.append(inspect.Parameter(var, inspect.Parameter.VAR_KEYWORD,
+                                        annotation=_annotation(extra) if isinstance(extra, dict) else Any))
     sig = inspect.Signature(params, return_annotation=_annotation(action.get("output") or {}))
 
     def method(self: ThingClient, *args: Any, **kwargs: Any) -> Any:
         bound = sig.bind(self, *args, **kwargs)
-        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        if extra is not False:
+            arguments.update(arguments.pop(var, {}))
         timeout = _UNSET if has_timeout else arguments.pop("timeout", _UNSET)
         return self.invoke(name, timeout=timeout, **arguments)
 
