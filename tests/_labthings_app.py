@@ -10,6 +10,7 @@ writes one; tests/test_labthings_interop.py has the same Thing written with ``im
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import sys
 from typing import Annotated
@@ -39,6 +40,13 @@ class Camera(lt.Thing):
         """Read a Blob given back to the server and say what it holds."""
         data = image.content
         return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "media_type": image.media_type}
+
+    @lt.action
+    def wait_for(self, path: str) -> str:
+        """Runs until the file at `path` exists (the test makes it), so its client has to poll."""
+        while not os.path.exists(path):
+            lt.cancellable_sleep(0.01)
+        return "seen"
 
     @lt.action
     def move(self, steps: Annotated[int, Field(ge=0, le=10, description="steps forward")]) -> int:

@@ -220,6 +220,29 @@ def test_a_labthings_property_with_constraints_is_read_written_and_guarded(camer
     assert camera_client.exposure == 25  # the refused writes changed nothing
 
 
+def test_polling_a_server_that_answers_at_once_is_paced(
+    labthings_url: str, tmp_path: Path
+) -> None:
+    """LabThings answers a poll at once (no long-poll): the client must wait between polls, not spin.
+    The action runs until a file exists, which the client's own request hook makes at the fourth poll."""
+    flag = tmp_path / "go"
+    polls: list[float] = []
+
+    def hook(request: httpx.Request) -> None:
+        if request.method == "GET" and "invocation" in request.url.path:
+            polls.append(time.monotonic())
+            if len(polls) == 4:
+                flag.touch()
+
+    with httpx.Client(timeout=30.0, event_hooks={"request": [hook]}) as http, \
+            ThingClient.from_url(labthings_url, client=http) as client:
+        assert client.wait_for(path=str(flag)) == "seen"
+    assert len(polls) >= 4
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    # a lower bound only (a sleep never ends early): at least the first pause between any two polls
+    assert min(gaps) >= 0.05, gaps
+
+
 def test_a_local_blob_given_to_labthings_is_a_clear_error(camera_client: Any) -> None:
     """LabThings 0.3.0 has no upload route: it takes back only Blobs it issued."""
     with pytest.raises(RemoteError, match="takes no uploads") as e:

@@ -44,6 +44,7 @@ class _Omitted:
 
 
 OMITTED: Any = _Omitted()
+_POLL_FIRST, _POLL_MAX = 0.05, 1.0  # seconds between polls of a server that does not hold them (no long-poll)
 
 
 def _annotation(schema: dict[str, Any]) -> Any:
@@ -152,7 +153,13 @@ class ThingClient:
         r = self.http.post(url, json=body, params={"wait": f"{wait:g}"}, timeout=self._poll_timeout(wait))
         raise_for_response(r, f"{action}")
         inv = r.json()
+        polls = 0
         while inv["status"] in ("pending", "running"):
+            if "preference-applied" not in r.headers:
+                # The server answered at once instead of holding the request (LabThings does): pace the
+                # polls, 50 ms doubling to 1 s (LabThings' own client: 50 ms, then 0.5 s), rather than spin.
+                time.sleep(min(_POLL_FIRST * 2**polls, _POLL_MAX, max(0.0, self._wait(deadline))))
+                polls = min(polls + 1, 8)
             wait = self._wait(deadline)
             if wait <= 0:
                 self._cancel(inv)

@@ -649,8 +649,11 @@ class ThingServer(Starlette):
                 return Response(status_code=204)
             self.invocations.cancel(inv)
             return JSONResponse(self.invocation_json(inv, base), status_code=202)
-        await self.invocations.wait(inv, _parse_wait(request, self.max_wait))
-        return JSONResponse(self.invocation_json(inv, base))
+        wait = _parse_wait(request, self.max_wait)
+        await self.invocations.wait(inv, wait)
+        # Says the long-poll was honoured: a client polling a server that does not say so paces itself.
+        headers = {"Preference-Applied": f"wait={wait:g}"} if wait else None
+        return JSONResponse(self.invocation_json(inv, base), headers=headers)
 
     async def invocation_output(self, request: Request) -> Response:
         inv = self._invocation(request)
