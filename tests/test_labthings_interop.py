@@ -10,6 +10,7 @@ in a child) drives the same Camera written with ``import microblob as lt`` on a 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import selectors
@@ -238,7 +239,7 @@ def test_polling_a_server_that_answers_at_once_is_paced(
             ThingClient.from_url(labthings_url, client=http) as client:
         assert client.wait_for(path=str(flag)) == "seen"
     assert len(polls) >= 4
-    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
     # a lower bound only (a sleep never ends early): at least the first pause between any two polls
     assert min(gaps) >= 0.05, gaps
 
