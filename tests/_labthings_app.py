@@ -33,7 +33,7 @@ class Camera(lt.Thing):
     @lt.action
     def capture(self, label: str = "frame", size: int = 300_000) -> PNGBlob:
         """Take a frame: a Blob the client downloads when it reads it."""
-        return PNGBlob.from_bytes(frame(label, size))
+        return PNGBlob.from_bytes(frame(label, size), media_type="image/png")
 
     @lt.action
     def measure(self, image: lt.blob.Blob) -> dict[str, object]:

@@ -53,7 +53,7 @@ class Camera(lt.Thing):
     @lt.action
     def capture(self, label: str = "frame", size: int = 300_000) -> PNGBlob:
         """Take a frame: a Blob the client downloads when it reads it."""
-        return PNGBlob.from_bytes(frame(label, size))
+        return PNGBlob.from_bytes(frame(label, size), media_type="image/png")
 
     @lt.action
     def measure(self, image: lt.blob.Blob) -> dict[str, object]:
@@ -258,7 +258,7 @@ def test_labthings_own_client_drives_a_microblob_thing_server(
     labthings_python: str, make_server: Any, live: Any, tmp_path: Path
 ) -> None:
     camera = Camera()
-    url = live(make_server({"camera": camera})) + "camera/"
+    url = live(make_server({"camera": camera}).app) + "camera/"  # `.app`, as LabThings users write it
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([labthings_python, str(HERE / "_labthings_client.py"), url], capture_output=True,
                           text=True, timeout=START_DEADLINE, cwd=tmp_path, env=env)

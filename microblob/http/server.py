@@ -308,6 +308,11 @@ class ThingServer(Starlette):
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    @property
+    def app(self) -> ThingServer:
+        """The ASGI app: the server itself (LabThings' spelling, ``uvicorn.run(server.app)``)."""
+        return self
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         yield
