@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import microblob  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
-SIZES = {"1KiB": KiB, "1MiB": MiB, "256MiB": 256 * MiB}
+SIZES = {"1KiB": KiB, "1MiB": MiB, "64MiB": 64 * MiB, "256MiB": 256 * MiB, "1GiB": 1024 * MiB}
+DEFAULT_SIZES = "1KiB,1MiB,64MiB,256MiB"
 READ_PIECE = MiB
 
 
@@ -274,7 +275,7 @@ def run_concurrent(thread_counts: list[int], repeat: int, base: Path) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma list of {', '.join(SIZES)}")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--threads", default="1,8", help="writer counts for the concurrent run ('' skips it)")
     args = parser.parse_args()
