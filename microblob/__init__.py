@@ -45,6 +45,7 @@ from .store.core import Store
 from .store.files import DownloadStream, FilesBucket, UploadStream
 from .store.maintenance import GcReport, VerifyReport
 from .store.objects import BlobObject
+from .store.syncing import SyncRound, SyncStatus, SyncWorker, sync, sync_status
 from .store.workflows import Workflow, current_workflow_id
 
 if _typing.TYPE_CHECKING:
@@ -88,6 +89,9 @@ __all__ = [
     "StoreClosed",
     "StoreFull",
     "StoreNotFound",
+    "SyncRound",
+    "SyncStatus",
+    "SyncWorker",
     "Thing",
     "ThingClient",
     "ThingServer",
@@ -106,6 +110,8 @@ __all__ = [
     "default_uri",
     "raise_if_cancelled",
     "regex_budget",
+    "sync",
+    "sync_status",
     "thing_action",
     "thing_property",
     "thing_slot",
