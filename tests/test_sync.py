@@ -216,3 +216,19 @@ def test_serve_sync_to_pushes_what_the_server_saves(tmp_path: Path) -> None:
     assert proc.returncode in (0, 130)
     with microblob.connect(dst) as there:
         assert there.get_blob_object(object_id).data == b"from the server"
+
+
+def test_an_idle_round_writes_nothing_to_the_source(tmp_path: Path) -> None:
+    """A worker polling every few seconds must not commit (and sync an SD card) when nothing changed."""
+    with microblob.connect(tmp_path / "src.db") as src:
+        src.save_or_update_object(b"x")
+        sync(src, tmp_path / "dst.db")
+        sync(src, tmp_path / "dst.db")  # the first re-check moves nothing either
+        engine = src.backend.engine
+        before = engine.last_txnid()
+        for _ in range(3):
+            assert not sync(src, tmp_path / "dst.db").copy.copied_anything
+        assert engine.last_txnid() == before
+        src.save_or_update_object(b"y")
+        assert sync(src, tmp_path / "dst.db").confirmed == 1
+        assert engine.last_txnid() > before

@@ -48,6 +48,9 @@ def _log() -> Any:
 STATE = "microblob.sync"
 WATERMARK_MARGIN = _dt.timedelta(seconds=30)  # longer than any write transaction takes to commit
 _PAGE = 500  # objects examined per read while confirming or counting what is pending
+# An idle round (nothing new) records nothing, unless the watermark is this much behind: then it moves,
+# so the stretch of already-confirmed objects each round looks at again stays short.
+_IDLE_REWRITE = _dt.timedelta(minutes=5)
 
 
 @dataclasses.dataclass
@@ -73,7 +76,7 @@ class SyncStatus:
 
     destination: str
     confirmed_until: _dt.datetime | None  # every object last changed before this is confirmed there
-    last_round_at: _dt.datetime | None
+    last_round_at: _dt.datetime | None  # the last round that found something to do (idle ones record nothing)
     last_error: str | None
     pending_objects: int
     pending_bytes: int
@@ -135,10 +138,14 @@ def sync(src: Store, dst: Store | str | os.PathLike[str]) -> SyncRound:
         state.update_one({"_id": "dest:" + name}, {"$set": {"destination": name, "last_error": message,
                                                             "last_attempt_at": started}}, upsert=True)
         raise
-    state.update_one({"_id": "dest:" + name}, {"$set": {
-        "destination": name, "confirmed_until": started - WATERMARK_MARGIN, "last_round_at": started,
-        "last_attempt_at": started, "last_error": None,
-        "problems": [list(p) for p in report.problems]}}, upsert=True)
+    problems = [list(p) for p in report.problems]
+    idle = (not report.copied_anything and not confirmed and record.get("last_error") is None
+            and record.get("problems", []) == problems and since is not None
+            and started - since < WATERMARK_MARGIN + _IDLE_REWRITE)
+    if not idle:  # a round that found nothing new writes nothing (an SD card wears with every commit)
+        state.update_one({"_id": "dest:" + name}, {"$set": {
+            "destination": name, "confirmed_until": started - WATERMARK_MARGIN, "last_round_at": started,
+            "last_attempt_at": started, "last_error": None, "problems": problems}}, upsert=True)
     return SyncRound(name, report, confirmed, started)
 
 
