@@ -449,3 +449,26 @@ def test_screenshot_helper(page: Any, demo: dict[str, Any], tmp_path: Path) -> N
     detail = screenshot(page, urljoin(demo["base"], "#/objects/scan-000"), tmp_path / "shots" / "detail.png")
     assert detail.stat().st_size > 10_000
     assert errors(page) == []
+
+
+def test_sync_status_line(page: Any, tmp_path: Path, make_server: Any, live: Any) -> None:
+    """Where the store syncs to and what is still only here; hidden for a store that syncs nowhere."""
+    store = microblob.connect(tmp_path / "store.db")
+    try:
+        base = live(make_server({}, store=store))
+        store.save_or_update_object(b"first", object_id="first")
+        load(page, base)
+        assert not page.find_element("id", "sync-status").is_displayed()
+        dst = tmp_path / "server.db"
+        microblob.sync(store, dst)
+        store.save_or_update_object(b"x" * 2048, object_id="second")
+        load(page, base)
+        line = wait_for(page, lambda: page.find_element("id", "sync-status").text, what="the sync line")
+        assert f"Sync to {dst}: 1 object pending (2.0 KiB), oldest saved" in line, line
+        microblob.sync(store, dst)
+        load(page, base)
+        line = wait_for(page, lambda: page.find_element("id", "sync-status").text, what="the sync line")
+        assert f"Sync to {dst}: up to date; last round" in line, line
+        assert errors(page) == []
+    finally:
+        store.close()

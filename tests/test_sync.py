@@ -312,3 +312,16 @@ def test_a_full_round_finds_what_timestamps_hide(tmp_path: Path, monkeypatch: py
             assert set(latest(there)) == {mine, old}
         again = sync(src, dst, full=True)
         assert again.confirmed == 0 and again.copy.objects_copied == again.copy.objects_skipped == 0
+
+
+def test_the_server_says_what_is_pending(tmp_path: Path, make_server: Any, asgi: Any) -> None:
+    with microblob.connect(tmp_path / "src.db") as src:
+        http = asgi(make_server({}, store=src))
+        assert http.get("/sync/").json() == []
+        src.save_or_update_object(b"a")
+        sync(src, tmp_path / "dst.db")
+        src.save_or_update_object(b"bb")
+        [status] = http.get("/sync/").json()
+        assert status["destination"] == str(tmp_path / "dst.db")
+        assert (status["pending_objects"], status["pending_bytes"]) == (1, 2)
+        assert status["last_round_at"].endswith("Z") and status["last_error"] is None

@@ -532,6 +532,37 @@
     $("filter-workflow").value = list.filters.workflow;
     $("filter-query").value = list.filters.q;
     loadObjects(true);
+    loadSync();
+  }
+
+  // One line per sync destination (GET sync/): what is still only here, and when it last went well.
+  async function loadSync() {
+    const line = $("sync-status");
+    let destinations;
+    try {
+      destinations = await api("sync/");
+    } catch (err) {
+      line.hidden = true; // an older server, or no store: the list below says what matters
+      return;
+    }
+    if (!destinations.length) {
+      line.hidden = true;
+      return;
+    }
+    line.replaceChildren(...destinations.map((d, i) => {
+      const parts = [i ? " · " : "", `Sync to ${d.destination}: `];
+      if (d.pending_objects) {
+        parts.push(`${d.pending_objects} object${d.pending_objects === 1 ? "" : "s"} pending ` +
+          `(${humanSize(d.pending_bytes)}), oldest saved `, when(d.oldest_pending));
+      } else {
+        parts.push("up to date");
+      }
+      parts.push("; last round ", d.last_round_at ? when(d.last_round_at) : "never");
+      if (d.last_error) parts.push(el("span", { class: "sync-error" }, `; last error: ${d.last_error}`));
+      if (d.problems.length) parts.push(`; ${d.problems.length} left alone (changed at both ends)`);
+      return el("span", { class: "sync-destination" }, ...parts);
+    }));
+    line.hidden = false;
   }
 
   function init() {
