@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blob-ttl", type=_seconds, metavar="SECONDS",
                    help="how long a Blob link lives after its action completes (default: 300)")
     p.add_argument("--max-upload", type=_size, metavar="BYTES",
-                   help="largest upload, e.g. 500M or 2G (default: 4G)")
+                   help="largest upload, e.g. 500M or 2G (default: 4G, or the room left in the store if less)")
     p.add_argument("--regex-budget", type=_seconds, metavar="SECONDS",
                    help="seconds of $regex matching one GET /objects/ may spend, then 400 QueryTimeout "
                         "(default: 5; 0: no limit)")
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only objects updated (and files uploaded) at or after this time, e.g. 2025-06-01 "
                         "or 2025-06-01T12:00:00Z (UTC unless an offset is given)")
 
+    command("info", cmd_info, "what the store holds and, for a file, its size, the most it can map "
+                              "(1536 MiB on 32-bit) and the room left", [json_flag])
     command("verify", cmd_verify, "re-hash every version's bytes and check every reference; "
                                   "exit 1 naming what is damaged", [json_flag])
     command("gc", cmd_gc, "free the bytes no version references (e.g. left by interrupted writes)", [json_flag])
@@ -676,6 +678,27 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .store.info import store_info
+
+    with _connect(args) as store:
+        info = store_info(store)
+    if args.json:
+        _print_json_lines([info.to_json()])
+        return 0
+    print(f"store:     {info.uri}")
+    print(f"objects:   {info.objects} (and {_count_of(info.history_versions, 'older version')}), "
+          f"{_count_of(info.workflows, 'workflow')}")
+    print(f"files:     {info.files}, {_human_size(info.file_bytes)}")
+    space = info.space
+    if space is not None:
+        print(f"file size: {_human_size(space.file_size)} ({_human_size(space.used)} in use)")
+        print(f"map limit: {_human_size(space.map_limit)} (mapped now: {_human_size(space.map_size)})")
+        print(f"room left: {_human_size(space.room)} (disk free: {_human_size(space.disk_free)})")
+    sys.stdout.flush()
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     with _connect(args) as store:
         bar = _progress(store.count_versions() if _isatty(sys.stderr) else None, "verify", unit=" versions")
@@ -740,6 +763,26 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return 1
 
 
+DEFAULT_MAX_UPLOAD = 4 * 1024**3
+MIN_MAX_UPLOAD = 1024**2
+
+
+def _default_max_upload(space: Any) -> int:
+    """4 GiB, or the room left where the store cannot hold that much more (a 32-bit store maps 1536 MiB at
+    most): an upload the store has no room for would fail only after the whole body had arrived."""
+    if space is None or space.room >= DEFAULT_MAX_UPLOAD:
+        return DEFAULT_MAX_UPLOAD
+    return max(MIN_MAX_UPLOAD, space.room)
+
+
+def _space_line(uri: str, space: Any, max_upload: int, chosen: bool) -> str:
+    """serve's start-up line on the store: its size against the map limit, the room left, the upload cap."""
+    where = "" if space is None else (f"{_human_size(space.file_size)} of a {_human_size(space.map_limit)} "
+                                      f"map limit, {_human_size(space.room)} left; ")
+    why = "" if chosen or max_upload == DEFAULT_MAX_UPLOAD else " (the room left; --max-upload sets it)"
+    return f"{PROG}: store {uri}: {where}uploads up to {_human_size(max_upload)}{why}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -771,6 +814,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_page_size:
         options["max_page_size"] = args.max_page_size
     with _connect(args, create=True) as store:
+        from .store.info import space as store_space
+
+        space = store_space(store)
+        options.setdefault("max_upload", _default_max_upload(space))
+        space_line = _space_line(store.uri, space, options["max_upload"], args.max_upload is not None)
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)
         except OSError as exc:
@@ -787,6 +835,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
             _say(f"{PROG}: serving {store.uri}" + (f" and {', '.join(app.things)}" if app.things else "")
                  + f" at {url}{' (token required)' if token else ''}; Ctrl-C stops")
+            _say(space_line)
             print(url, flush=True)  # last: whoever reads it knows the server is about to accept connections
             # Logs, request lines included, go to stderr: stdout carries the URL only, for scripts.
             log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)

@@ -656,6 +656,11 @@ class KVBackend:
     def closed(self) -> bool:
         return self._engine.closed
 
+    def space(self) -> Any:
+        """The engine's `Space` (room left, map limit) where it keeps a file, else None (in memory)."""
+        space = getattr(self._engine, "space", None)
+        return space() if callable(space) else None
+
     def collection(self, name: str) -> KVCollection:
         coll = self._collections.get(name)
         if coll is None:

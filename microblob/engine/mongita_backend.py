@@ -192,6 +192,10 @@ class MongitaBackend(KVBackend):
             self._release_directory()
             raise
 
+    def space(self) -> Any:
+        """The bytes go to `dir/chunks.db`: its room is what limits this store."""
+        return self._chunk_backend.space()
+
     @staticmethod
     def _take_directory(directory: str) -> Any:
         with _HELD_LOCK:
