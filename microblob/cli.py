@@ -601,6 +601,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     filter = args.filter
     if args.type is not None:
         filter = {"$and": [filter, {"type": args.type}]} if filter else {"type": args.type}
+    _check_ls_sort(args.sort)
     with _connect(args) as store:
         objects = store.blob_object_query(filter, sort=args.sort, limit=args.limit, skip=args.skip)
         if args.json:
@@ -620,6 +621,23 @@ def cmd_ls(args: argparse.Namespace) -> int:
         sys.stdout.write(_table(header, rows, right=(1, 3)) + "\n")
         sys.stdout.flush()
     return 0
+
+
+def _check_ls_sort(sort: list[tuple[str, int]] | None) -> None:
+    """`ls` lists objects, whose fields microblob defines: a sort on any other name (`-update_at`) is a typo
+    that would leave the list silently in another order, so it is refused before the store opens. This is
+    decided from the schema, not from the data: a check for "a field no document has" would cost a scan
+    and would refuse a real field on a store that has no such document yet. `custom_metadata.*` is the
+    user's own, so any path under it is taken; `query --sort` takes any field, as MongoDB does."""
+    from .store.core import _PAYLOAD_FIELDS, HISTORY_FIELDS
+    from .store.flowcept_layout import FLOWCEPT_FIELDS
+
+    known = {"_id", *HISTORY_FIELDS, *_PAYLOAD_FIELDS, *FLOWCEPT_FIELDS}
+    for field, _ in sort or ():
+        top, _, rest = field.partition(".")
+        if top not in known or (rest and top != "custom_metadata"):
+            raise UsageError(f"ls cannot sort by {field!r}: objects have {', '.join(sorted(known - {'_id'}))} "
+                             f"and custom_metadata.KEY; query --sort takes any field")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
