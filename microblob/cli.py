@@ -34,7 +34,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
@@ -401,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only objects updated (and files uploaded) at or after this time, e.g. 2025-06-01 "
                         "or 2025-06-01T12:00:00Z (UTC unless an offset is given)")
 
+    p = command("export", cmd_export, "write every object (every version), workflow and file of store STORE to "
+                                      "FILE, a bundle any machine can import (LMDB files are not portable "
+                                      "between 32-bit and 64-bit machines)", [json_flag], db=False)
+    p.add_argument("store", metavar="STORE", help="store URI or path")
+    p.add_argument("file", metavar="FILE", help="the bundle to write (replaced atomically)")
+    p = command("import", cmd_import, "copy what the bundle FILE (from `export`) holds into store STORE; checked "
+                                      "in full first, and run again it imports nothing", [json_flag], db=False)
+    p.add_argument("file", metavar="FILE", help="a bundle written by `microblob export`")
+    p.add_argument("store", metavar="STORE", help="store URI or path (created if it is a new file)")
+
     command("info", cmd_info, "what the store holds and, for a file, its size, the most it can map "
                               "(1536 MiB on 32-bit) and the room left", [json_flag])
     command("verify", cmd_verify, "re-hash every version's bytes and check every reference; "
@@ -758,7 +768,29 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
     if args.db is not None:
         raise UsageError("copy reads SRC and writes DST; --db does not apply to it")
-    bar = _progress(None, "copy")
+    return _run_copy(args, "copy", lambda progress: copy_stores(args.src, args.dst, since=args.since,
+                                                                 progress=progress))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .store.bundle import export_store
+
+    if args.db is not None:
+        raise UsageError("export reads STORE and writes FILE; --db does not apply to it")
+    return _run_copy(args, "export", lambda progress: export_store(args.store, args.file, progress=progress))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .store.bundle import import_store
+
+    if args.db is not None:
+        raise UsageError("import reads FILE and writes STORE; --db does not apply to it")
+    return _run_copy(args, "import", lambda progress: import_store(args.file, args.store, progress=progress))
+
+
+def _run_copy(args: argparse.Namespace, what: str, run: Callable[[Callable[[int, int], None]], Any]) -> int:
+    """copy, export and import: a progress bar on a terminal, then the report; exit 1 if objects were left."""
+    bar = _progress(None, what)
 
     def progress(done: int, total: int) -> None:
         if bar.total != total:
@@ -766,7 +798,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     with bar:
-        report = copy_stores(args.src, args.dst, since=args.since, progress=progress)
+        report = run(progress)
     if args.json:
         _print_json_lines([report.as_dict()])
     else:
@@ -777,7 +809,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
         return 0
     names = ", ".join(object_id for object_id, _ in report.problems[:5])
     more = f" and {len(report.problems) - 5} more" if len(report.problems) > 5 else ""
-    _say(f"{PROG}: {_count_of(len(report.problems), 'object')} not copied: {names}{more}")
+    done = {"copy": "copied", "export": "exported", "import": "imported"}[what]
+    _say(f"{PROG}: {_count_of(len(report.problems), 'object')} not {done}: {names}{more}")
     return 1
 
 

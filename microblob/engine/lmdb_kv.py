@@ -362,8 +362,9 @@ class _Env:
                 raise StorageError(
                     f"cannot open {path}: it is an LMDB file written on a {other}-bit machine, and LMDB's file "
                     f"format depends on the word size (this Python is {64 if sys.maxsize > 2**32 else 32}-bit). "
-                    f"The file is not damaged: open it on a {other}-bit machine, or copy its objects from there "
-                    "(`microblob copy`) to a MongoDB server or a store on this machine") from None
+                    f"The file is not damaged: on a {other}-bit machine, run `microblob export {path} FILE`, then "
+                    "`microblob import FILE STORE` here (or `microblob copy` it from there to a MongoDB server)"
+                ) from None
             if not _unwritable(path, exc):
                 raise StorageError(f"cannot open {path}: {exc}") from None
             # A file we may not write (or on a read-only filesystem) is still readable: ls, get and
