@@ -35,7 +35,7 @@ import socket
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._version import __version__
@@ -43,6 +43,9 @@ from .store.connect import connect, default_uri
 from .store.core import Store
 from .store.objects import save_stream_atomically
 from .store.validate import loads_json
+
+if TYPE_CHECKING:
+    from .engine.lmdb_kv import Space
 
 __all__ = ["main"]
 
@@ -818,7 +821,7 @@ DEFAULT_MAX_UPLOAD = 4 * 1024**3
 MIN_MAX_UPLOAD = 1024**2
 
 
-def _default_max_upload(space: Any) -> int:
+def _default_max_upload(space: Space | None) -> int:
     """4 GiB, or the room left where the store cannot hold that much more (a 32-bit store maps 1536 MiB at
     most): an upload the store has no room for would fail only after the whole body had arrived."""
     if space is None or space.room >= DEFAULT_MAX_UPLOAD:
@@ -826,7 +829,7 @@ def _default_max_upload(space: Any) -> int:
     return max(MIN_MAX_UPLOAD, space.room)
 
 
-def _space_line(uri: str, space: Any, max_upload: int, chosen: bool) -> str:
+def _space_line(uri: str, space: Space | None, max_upload: int, chosen: bool) -> str:
     """serve's start-up line on the store: its size against the map limit, the room left, the upload cap."""
     where = "" if space is None else (f"{_human_size(space.file_size)} of a {_human_size(space.map_limit)} "
                                       f"map limit, {_human_size(space.room)} left; ")
