@@ -230,3 +230,19 @@ def test_cli_export_import(store_factory: Callable, tmp_path: Path, capsys: pyte
     assert main(["export", str(tmp_path / "nothing-here.db"), str(tmp_path / "x.mbb")]) == 1
     assert "no store at" in capsys.readouterr().err and not (tmp_path / "x.mbb").exists()
     assert main(["export", "--db", src.uri, src.uri, str(tmp_path / "y.mbb")]) == 2
+
+
+def test_gridfs_bucket_files_travel_under_their_hex_id(store_factory: Callable, tmp_path: Path) -> None:
+    """Files pymongo's GridFSBucket wrote (ObjectId ids, 64 KiB chunks, no sha256) go into the bundle under
+    the id's hex string, as copy stores them in the embedded store, and come back byte for byte."""
+    gridfs = pytest.importorskip("gridfs")
+    src, dst = store_factory("mongodb"), store_factory("lmdb")
+    payload = os.urandom(300_000)
+    oid = gridfs.GridFSBucket(src.backend.database).upload_from_stream(
+        "scope.tif", io.BytesIO(payload), chunk_size_bytes=64 * 1024)
+    assert microblob.export_store(src, tmp_path / "g.mbb").files_copied == 1
+    assert microblob.import_store(tmp_path / "g.mbb", dst).files_copied == 1
+    doc = dst.files.get_file(str(oid))
+    assert doc["filename"] == "scope.tif" and doc["chunkSize"] == 64 * 1024
+    with dst.files.open_download_stream(str(oid)) as stream:
+        assert stream.read() == payload
