@@ -374,7 +374,8 @@ def import_store(path: str | os.PathLike[str], store: Any, *, progress: Progress
     """Copy everything in the bundle `path` (made by `export_store`) into `store` (a Store, or a URI/path,
     created if new), as `copy` would: what the store holds already is skipped, so importing twice is a
     no-op. The whole bundle is checked first; a damaged one raises IntegrityError and imports nothing.
-    Its documents are unpacked into a scratch store in the temporary directory ($TMPDIR) meanwhile.
+    Its documents are unpacked into a scratch store in the temporary directory ($TMPDIR) meanwhile
+    (unsynced: it is thrown away at the end).
     """
     path = _check_path(path)
     if progress is not None and not callable(progress):
@@ -392,7 +393,7 @@ def import_store(path: str | os.PathLike[str], store: Any, *, progress: Progress
             raise InvalidArgument(f"{path} is not a microblob bundle (one made by `microblob export`)")
         size = os.fstat(raw.fileno()).st_size
         with tempfile.TemporaryDirectory(prefix="microblob-import-") as scratch, \
-                connect(os.path.join(scratch, "documents.db")) as documents:
+                connect(os.path.join(scratch, "documents.db"), sync=False, metasync=False) as documents:
             index = _check(raw, path, size, documents)
             target, close = _open(store, "store", create=True)
             try:
