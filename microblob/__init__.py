@@ -31,6 +31,7 @@ from ._exceptions import (
     StoreClosed,
     StoreFull,
     StoreNotFound,
+    ThingSlotError,
     Unauthorized,
     VersionNotFound,
     WriteConflict,
@@ -50,6 +51,7 @@ from .store.workflows import Workflow, current_workflow_id
 if _typing.TYPE_CHECKING:
     from .http.client import ThingClient
     from .http.server import ThingServer
+    from .things.slots import thing_slot
     from .things.thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 
     action = thing_action
@@ -90,6 +92,7 @@ __all__ = [
     "Thing",
     "ThingClient",
     "ThingServer",
+    "ThingSlotError",
     "Unauthorized",
     "UploadStream",
     "VerifyReport",
@@ -108,6 +111,7 @@ __all__ = [
     "regex_budget",
     "thing_action",
     "thing_property",
+    "thing_slot",
 ]
 
 _THING_NAMES = frozenset({"Thing", "cancellable_sleep", "raise_if_cancelled", "thing_action", "thing_property"})
@@ -119,7 +123,9 @@ _LABTHINGS_ALIASES = {"action": "thing_action", "property": "thing_property"}
 def __getattr__(name: str) -> _typing.Any:
     """The HTTP half on first use: `microblob.ThingServer`, `from microblob import Thing`, ..."""
     target = _LABTHINGS_ALIASES.get(name, name)
-    if target in _THING_NAMES:
+    if target == "thing_slot":
+        from .things import slots as module
+    elif target in _THING_NAMES:
         from .things import thing as module
     elif target == "ThingServer":
         from .http import server as module

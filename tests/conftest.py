@@ -352,6 +352,49 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"skipped {n} test{'s' if n != 1 else ''}: {reason}", yellow=True)
 
 
+# --- LabThings-FastAPI 0.3.0, in its own virtualenv ----------------------------------------------------
+
+LABTHINGS_VERSION = "0.3.0"
+
+
+def _labthings_python() -> str | None:
+    """The Python of a virtualenv holding LabThings-FastAPI (it pins its own FastAPI and pydantic, so it
+    never shares microblob's): `MICROBLOB_LABTHINGS_PYTHON`, else ./.venv-labthings (as `.ci/run` makes it)."""
+    explicit = os.environ.get("MICROBLOB_LABTHINGS_PYTHON")
+    if explicit:
+        return explicit
+    local = ROOT / ".venv-labthings" / "bin" / "python"
+    return str(local) if local.exists() else None
+
+
+@pytest.fixture(scope="session")
+def labthings_python() -> str:
+    """That Python, checked to import LabThings-FastAPI 0.3.0. Without it the interop tests skip, unless
+    `MICROBLOB_REQUIRE_LABTHINGS=1` or `CI` is set (`.ci/run` sets both), which makes that a failure."""
+    python = _labthings_python()
+    reason = None
+    if python is None:
+        reason = ("no LabThings-FastAPI virtualenv: set MICROBLOB_LABTHINGS_PYTHON, or create ./.venv-labthings "
+                  f"with labthings-fastapi=={LABTHINGS_VERSION} (as .ci/run does)")
+    else:
+        probe = "import importlib.metadata as m, labthings_fastapi; print(m.version('labthings-fastapi'))"
+        try:
+            done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
+            version = done.stdout.strip() if done.returncode == 0 else None
+            detail = done.stderr.strip().splitlines()[-1:] if done.returncode else []
+        except (OSError, subprocess.TimeoutExpired) as e:
+            version, detail = None, [str(e)]
+        if version != LABTHINGS_VERSION:
+            reason = (f"{python} does not import labthings-fastapi=={LABTHINGS_VERSION} "
+                      f"(found {version!r}{': ' + detail[0] if detail else ''})")
+    if reason is not None:
+        if os.environ.get("MICROBLOB_REQUIRE_LABTHINGS") == "1" or os.environ.get("CI"):
+            pytest.fail(f"the LabThings interop tests must run here, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    assert python is not None
+    return python
+
+
 # --- HTTP (ThingServer / ThingClient) --------------------------------------------------------------
 
 

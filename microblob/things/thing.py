@@ -74,6 +74,8 @@ class ActionInfo:
     _checker: Checker | None = field(default=None, repr=False)
     _out_checker: Checker | None = field(default=None, repr=False)
     _extra: bool = field(default=False, repr=False)
+    _extra_hint: Any = field(default=Any, repr=False)
+    _bound: str = field(default="self", repr=False)
 
     def _resolve(self) -> None:
         if self._params is not None:
@@ -86,9 +88,12 @@ class ActionInfo:
         params = []
         for i, p in enumerate(inspect.signature(self.func).parameters.values()):
             if i == 0:
-                continue  # self
+                self._bound = p.name  # `self`: bound already, so never a further named argument
+                continue
             if p.kind is p.VAR_KEYWORD:
-                self._extra = True  # further named arguments pass through as JSON values
+                # further named arguments: each checked against `**kwargs: T` (unannotated: any JSON value)
+                self._extra = True
+                self._extra_hint = hints.get(p.name, Any)
                 continue
             if p.kind is p.VAR_POSITIONAL:
                 continue  # JSON input is named: *args always receives nothing
@@ -113,7 +118,9 @@ class ActionInfo:
     def checker(self) -> Checker:
         if self._checker is None:
             try:
-                self._checker = Checker(self.params, extra_allowed=self._extra, name=f"{self.name}_input")
+                params = self.params
+                self._checker = Checker(params, extra_allowed=self._extra, extra_hint=self._extra_hint,
+                                        name=f"{self.name}_input")
             except TypeError as e:
                 raise TypeError(f"action {self.name!r}: {e}") from None
         return self._checker
@@ -121,10 +128,10 @@ class ActionInfo:
     def input_schema(self) -> dict[str, Any]:
         schema = self.checker.schema()
         schema.setdefault("properties", {})
-        if self._extra:
-            schema.pop("additionalProperties", None)
-        else:
+        if not self._extra:
             schema["additionalProperties"] = False
+        elif schema.get("additionalProperties") is True:
+            del schema["additionalProperties"]  # JSON Schema's default: any further field
         return schema
 
     @property
@@ -138,7 +145,12 @@ class ActionInfo:
 
     def coerce_input(self, body: Any, resolve_blob: BlobResolver | None = None) -> dict[str, Any]:
         """Validate a JSON object of arguments; raises `InvalidInput` naming the field and constraint."""
-        return self.checker.arguments(body, resolve_blob)
+        checker = self.checker  # resolves the hints, so `_bound` is known
+        if self._extra and isinstance(body, dict):
+            for key in body:
+                if key == self._bound:  # Python would pass it as `self` too: never a further argument
+                    raise InvalidInput(key, "unexpected field")
+        return checker.arguments(body, resolve_blob)
 
     def check_output(self, value: Any) -> Any:
         """What the action returned, checked against its return annotation: a `-> int` that returns 4.2
