@@ -649,7 +649,8 @@ def _check_ls_sort(sort: list[tuple[str, int]] | None) -> None:
     for field, _ in sort or ():
         top, _, rest = field.partition(".")
         if top not in known or (rest and top != "custom_metadata"):
-            raise UsageError(f"ls cannot sort by {field!r}: objects have {', '.join(sorted(known - {'_id'}))} "
+            shown = field if len(field) <= 60 else f"{field[:40]}...({len(field)} characters)"
+            raise UsageError(f"ls cannot sort by {shown!r}: objects have {', '.join(sorted(known - {'_id'}))} "
                              f"and custom_metadata.KEY; query --sort takes any field")
 
 
