@@ -46,6 +46,7 @@ from .store.core import Store
 from .store.files import DownloadStream, FilesBucket, UploadStream
 from .store.maintenance import GcReport, VerifyReport
 from .store.objects import BlobObject
+from .store.syncing import SyncRound, SyncStatus, SyncWorker, sync, sync_status
 from .store.workflows import Workflow, current_workflow_id
 
 if _typing.TYPE_CHECKING:
@@ -89,6 +90,9 @@ __all__ = [
     "StoreClosed",
     "StoreFull",
     "StoreNotFound",
+    "SyncRound",
+    "SyncStatus",
+    "SyncWorker",
     "Thing",
     "ThingClient",
     "ThingServer",
@@ -109,6 +113,8 @@ __all__ = [
     "import_store",
     "raise_if_cancelled",
     "regex_budget",
+    "sync",
+    "sync_status",
     "thing_action",
     "thing_property",
     "thing_slot",

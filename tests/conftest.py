@@ -157,6 +157,51 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
         log.close()
 
 
+class RestartableMongo:
+    """A SecantusDB of one test's own on a fixed port and data directory, to stop and start again (a
+    destination that goes away and comes back)."""
+
+    def __init__(self, executable: str, storage: Path, log: Path) -> None:
+        self.executable, self.storage, self.log = executable, storage, log
+        self.port = _free_port()
+        self.base_uri = f"mongodb://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.executable, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
+                 str(self.storage), "--standalone", "--cache-size", "64M", "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_ready(self.base_uri, time.monotonic() + SERVER_START_DEADLINE, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def restartable_mongo(tmp_path: Path) -> Iterator[RestartableMongo]:
+    """A running SecantusDB the test may stop and start (same port, same data); stopped at the end."""
+    try:
+        import pymongo  # noqa: F401
+    except ImportError:
+        _no_server("pymongo is not installed (pip install -e '.[test]')")
+    executable = _secantusd()
+    if executable is None:
+        _no_server("no SecantusDB to start and stop: install it in .venv-secantus (MICROBLOB_SECANTUSD)")
+    server = RestartableMongo(executable, tmp_path / "secantus-data", tmp_path / "secantusd.log")
+    server.start()
+    yield server
+    server.stop()
+
+
 def open_store(kind: str, directory: Path, request: pytest.FixtureRequest | None = None) -> microblob.Store:
     if kind == "lmdb":
         return microblob.connect(directory / "store.db", chunk_size=TEST_CHUNK_SIZE)

@@ -24,7 +24,7 @@ SKIP = shutil.ignore_patterns(".git", ".venv*", ".tox", "*.egg-info", "__pycache
                               "*.db-lock", ".pytest_cache", ".ruff_cache", ".hypothesis")
 WARNINGS = ("License classifiers are deprecated", "absent from the `packages` configuration",
             "no previously-included files", "no files found matching", "SetuptoolsDeprecationWarning")
-SHIPPED_DIRS = ("tests", "examples", "bench", "microblob", "docs")
+SHIPPED_DIRS = ("tests", "examples", "bench", "microblob", "docs", "ci")
 TOP_FILES = {"LICENSE", "README.md", "setup.cfg", "pyproject.toml", "tox.ini", "ruff.toml", "MANIFEST.in"}
 
 
@@ -70,7 +70,8 @@ def test_sdist_carries_tests_examples_bench_and_docs(built: tuple[Path, Path, st
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     wanted = _tracked(*SHIPPED_DIRS) | TOP_FILES
     assert {"tests/conftest.py", "tests/_td_schema.py", "tests/data/w3c-td/td-json-schema-validation.json",
-            "microblob/static/browse.js", "docs/ARCHITECTURE.md", "examples/quickstart.py"} <= wanted
+            "microblob/static/browse.js", "docs/ARCHITECTURE.md", "examples/quickstart.py",
+            "ci/arm-smoke.sh"} <= wanted
     assert not wanted - names, f"missing from the sdist: {sorted(wanted - names)}"
 
 

@@ -38,6 +38,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import msgpack
@@ -308,6 +309,10 @@ class MongitaBackend(KVBackend):
 
     def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
         return self._writing(lambda txn: fn(), size_hint=size_hint)
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """No cheap consistent view here: each read sees the latest state, as without the block."""
+        return nullcontext()
 
     def close(self) -> None:
         with self._write_lock:

@@ -22,6 +22,7 @@ import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from .._exceptions import (
@@ -469,6 +470,10 @@ class MongoBackend:
         """No multi-document transaction on a standalone server: the store orders its writes instead."""
         self._check_open()
         return fn()
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """No cheap consistent view here: each read sees the latest state, as without the block."""
+        return nullcontext()
 
     def close(self) -> None:
         if not self._closed:
