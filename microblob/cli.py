@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-to", metavar="URI",
                    help="also push new and changed objects to this store in the background while serving "
                         "(as `microblob sync --watch`), retrying while it cannot be reached")
+    p.add_argument("--sync-propagate-deletes", action="store_true",
+                   help="with --sync-to: deletions travel too (as `microblob sync --propagate-deletes`)")
 
     p = command("put", cmd_put, "save a file (or stdin) as a new object, or as a new version of --id; "
                                 "prints the object id", [json_flag])
@@ -427,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", metavar="DST", nargs="?", help="destination store URI or path")
     p.add_argument("extra", metavar="DST", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--watch", action="store_true", help="keep syncing until Ctrl-C, backing off while DST is away")
+    p.add_argument("--propagate-deletes", action="store_true",
+                   help="also delete at DST the objects deleted at SRC since it first synced (unless they "
+                        "changed at DST since)")
     p.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
                    help="with --watch: seconds between rounds (default: 2)")
 
@@ -878,7 +883,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise UsageError("sync takes SRC and DST (or `status SRC [DST]`)")
     with connect(args.src, create=False) as store:
         if not args.watch:
-            result = sync(store, args.dst)
+            result = sync(store, args.dst, propagate_deletes=args.propagate_deletes)
             if args.json:
                 _print_json_lines([{**result.copy.as_dict(), "confirmed": result.confirmed}])
             else:
@@ -898,7 +903,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
         logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
         _say(f"{PROG}: syncing {store.uri} to {args.dst} every {args.interval:g} s; Ctrl-C stops")
-        worker = SyncWorker(store, args.dst, interval=args.interval, on_round=report).start()
+        worker = SyncWorker(store, args.dst, interval=args.interval, propagate_deletes=args.propagate_deletes,
+                            on_round=report).start()
         try:
             worker.join()
         finally:
@@ -970,7 +976,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if args.sync_to:
                 from .store.syncing import SyncWorker
 
-                worker = SyncWorker(store, args.sync_to).start()
+                worker = SyncWorker(store, args.sync_to, propagate_deletes=args.sync_propagate_deletes).start()
                 _say(f"{PROG}: syncing to {args.sync_to} in the background")
             try:
                 server.run(sockets=[sock])
