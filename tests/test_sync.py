@@ -286,3 +286,29 @@ def test_no_tombstones_before_a_store_has_a_destination(tmp_path: Path) -> None:
         sync(src, tmp_path / "dst.db")
         src.delete_object(src.save_or_update_object(b"y"))
         assert src.backend.collection("microblob.tombstones").count_documents({}) == 1
+
+
+def test_a_full_round_finds_what_timestamps_hide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects copied in from another store keep their old updated_at, below the watermark: only a
+    full round (the worker's hourly one, or full=True) sees them. It asks the destination nothing
+    about objects already confirmed."""
+    from microblob.store import syncing
+
+    monkeypatch.setattr(syncing, "WATERMARK_MARGIN", syncing._dt.timedelta(0))  # the watermark exactly
+    dst = tmp_path / "dst.db"
+    with microblob.connect(tmp_path / "colleague.db") as colleague:
+        old = colleague.save_or_update_object(b"an old capture")
+    with microblob.connect(tmp_path / "src.db") as src:
+        mine = src.save_or_update_object(b"mine")
+        assert sync(src, dst).confirmed == 1  # the first round: full
+        microblob.copy(tmp_path / "colleague.db", src)
+        hidden = sync(src, dst)
+        assert hidden.confirmed == 0 and not hidden.copy.copied_anything
+        with microblob.connect(dst) as there:
+            assert set(latest(there)) == {mine}
+        found = sync(src, dst, full=True)
+        assert found.confirmed == 1 and found.copy.objects_copied == 1
+        with microblob.connect(dst) as there:
+            assert set(latest(there)) == {mine, old}
+        again = sync(src, dst, full=True)
+        assert again.confirmed == 0 and again.copy.objects_copied == again.copy.objects_skipped == 0

@@ -23,7 +23,9 @@ absence.
 The watermark: a round lists the objects updated at or after `confirmed_until` and then moves it to the
 round's start minus `WATERMARK_MARGIN`, so a save whose timestamp was taken before the round began but
 whose transaction committed after the listing is seen again by the next round (copy skips what is
-already there at the cost of a few lookups).
+already there at the cost of a few lookups). Timestamps miss objects copied in with old ones and saves
+made while the clock was wrong, so a full round (`full=True`: every object not confirmed at its
+current version, found locally) runs when the clock went back, and `SyncWorker` runs one hourly.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ import datetime as _dt
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .._exceptions import InvalidArgument, MicroblobError
 from ..engine import codec as _codec
-from .copying import CopyReport, copy
+from .copying import CopyReport, _Copier, copy
 from .core import Store
 from .records import SYNC_CONFIRMED, SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of
 
@@ -52,7 +54,7 @@ def _log() -> Any:
 
     return logging.getLogger("microblob.sync")
 
-WATERMARK_MARGIN = _dt.timedelta(seconds=30)  # longer than any write transaction takes to commit
+WATERMARK_MARGIN = _dt.timedelta(seconds=5)  # longer than any write transaction takes to commit
 _PAGE = 500  # objects examined per read while confirming or counting what is pending
 # An idle round (nothing new) records nothing, unless the watermark is this much behind: then it moves,
 # so the stretch of already-confirmed objects each round looks at again stays short.
@@ -128,15 +130,23 @@ def _check_stores(src: Any, dst: Any) -> None:
         raise InvalidArgument(f"dst must be a Store, a URI or a path, not {type(dst).__name__}")
 
 
-def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: bool = False) -> SyncRound:
+def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: bool = False,
+         full: bool = False) -> SyncRound:
     """One round: copy what changed at `src` since the last confirmed round to `dst`, confirm it there,
     and record that in `src`. With `propagate_deletes`, objects deleted at `src` (since it first synced
     anywhere) are deleted at `dst` too, first, unless they changed there since. Raises what the
     destination raises when it cannot be reached (the records stay as they were, so the next round
-    redoes this one)."""
+    redoes this one).
+
+    `full=True` does not trust the watermark: it walks the whole store (locally) for objects not
+    confirmed at `dst` at their current version and pushes those. That catches what timestamps cannot
+    see: objects brought in by `copy` with their old `updated_at`, or saved while the clock was wrong
+    (a Pi without a clock before NTP). A round that finds the clock went back since the last one is
+    full by itself; `SyncWorker` runs one every `reconcile_every` seconds."""
     _check_stores(src, dst)
-    if not isinstance(propagate_deletes, bool):
-        raise InvalidArgument(f"propagate_deletes must be True or False, not {propagate_deletes!r}")
+    for label, flag in (("propagate_deletes", propagate_deletes), ("full", full)):
+        if not isinstance(flag, bool):
+            raise InvalidArgument(f"{label} must be True or False, not {flag!r}")
     src.internals.check_open()
     name = destination_name(dst)
     state = _state(src)
@@ -146,13 +156,24 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
         record = {}
     since = record.get("confirmed_until")
     started = _codec.utcnow()
+    last = record.get("last_attempt_at")
+    full = full or since is None or (last is not None and started < last)  # the clock went back
     try:
         target, close = (dst, False) if isinstance(dst, Store) else (_connect(dst), True)
         try:
+            if target is src or target.backend is src.backend or (
+                    target.uri == src.uri and not src.uri.startswith("memory:")):
+                raise InvalidArgument(f"source and destination are the same store ({src.uri})")
             deleted, refused = _propagate_deletes(src, target, name) if propagate_deletes else (0, [])
-            report = copy(src, target, since=since)
+            if full:
+                report, confirmed = CopyReport(), 0
+                for page in _unconfirmed(src, name):
+                    _add(report, _copy_listed(src, target, [d["_id"] for d in page]))
+                    confirmed += _confirm(src, target, name, [page])
+            else:
+                report = copy(src, target, since=since)
+                confirmed = _confirm(src, target, name, _changed_since(src, since))
             report.problems[:0] = refused
-            confirmed = _confirm(src, target, name, since)
         finally:
             if close:
                 target.close()
@@ -165,10 +186,13 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
     idle = (not report.copied_anything and not confirmed and not deleted and record.get("last_error") is None
             and record.get("problems", []) == problems and since is not None
             and started - since < WATERMARK_MARGIN + _IDLE_REWRITE)
-    if not idle:  # a round that found nothing new writes nothing (an SD card wears with every commit)
-        state.update_one({"_id": "dest:" + name}, {"$set": {
-            "destination": name, "confirmed_until": started - WATERMARK_MARGIN, "last_round_at": started,
-            "last_attempt_at": started, "last_error": None, "problems": problems}}, upsert=True)
+    if not idle or full:  # a round that found nothing new writes nothing (an SD card wears with every commit)
+        changes: dict[str, Any] = {"destination": name, "confirmed_until": started - WATERMARK_MARGIN,
+                                   "last_round_at": started, "last_attempt_at": started, "last_error": None,
+                                   "problems": problems}
+        if full:
+            changes["last_full_at"] = started
+        state.update_one({"_id": "dest:" + name}, {"$set": changes}, upsert=True)
     return SyncRound(name, report, confirmed, started, deleted)
 
 
@@ -232,27 +256,67 @@ def _dest_tag(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:24]
 
 
-def _confirm(src: Store, target: Store, name: str, since: _dt.datetime | None) -> int:
-    """Record, for each object changed since `since`, whether the destination's latest version is the
-    source's (same version and sha256). Returns how many this round confirmed."""
+def _unconfirmed(src: Store, name: str) -> Iterator[list[dict[str, Any]]]:
+    """Pages of every object not confirmed at `name` at its current version: a walk of the whole store,
+    without the destination."""
+    confirmed = _confirmed(src)
+    for page in _changed_since(src, None):
+        known = _confirmations(confirmed, name, [d["_id"] for d in page])
+        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d)]
+        if left:
+            yield left
+
+
+class _ListedCopier(_Copier):
+    """`copy` of the named objects only (and the workflows): what a full round found unconfirmed."""
+
+    def __init__(self, src: Store, dst: Store, object_ids: list[str]) -> None:
+        super().__init__(src, dst, None, None)
+        self._listed = sorted(object_ids)
+
+    def _object_ids(self) -> list[str]:
+        return self._listed
+
+    def _user_file_ids(self) -> list[Any]:
+        return []
+
+
+def _copy_listed(src: Store, target: Store, object_ids: list[str]) -> CopyReport:
+    return _ListedCopier(src, target, object_ids).run()
+
+
+def _add(total: CopyReport, part: CopyReport) -> None:
+    for field in dataclasses.fields(CopyReport):
+        if field.name == "problems":
+            total.problems.extend(part.problems)
+        else:
+            setattr(total, field.name, getattr(total, field.name) + getattr(part, field.name))
+
+
+def _confirm(src: Store, target: Store, name: str, pages: Iterable[list[dict[str, Any]]]) -> int:
+    """Record, for each object of `pages`, whether the destination's latest version is the source's
+    (same version and sha256): one write per page. Returns how many this round confirmed."""
     state = _confirmed(src)
     now = _codec.utcnow()
     confirmed = 0
-    for page in _changed_since(src, since):
+    for page in pages:
         ids = [d["_id"] for d in page]
         there = {d["_id"]: d for d in target.internals.objects.find(
             {"_id": {"$in": ids}}, projection={"_id": 1, "version": 1, "sha256": 1})}
         known = _confirmations(state, name, ids)
+        records = []
         for doc in page:
             other = there.get(doc["_id"])
             if other is None or other.get("version") != doc.get("version") \
                     or other.get("sha256") != doc.get("sha256") or _is_confirmed(known.get(doc["_id"]), doc):
                 continue
             key = _confirmation_id(name, doc["_id"])
-            state.replace_one({"_id": key}, {"_id": key, "destination": name, "object_id": doc["_id"],
-                                             "version": doc.get("version"), "sha256": doc.get("sha256"),
-                                             "confirmed_at": now}, upsert=True)
-            confirmed += 1
+            records.append({"_id": key, "destination": name, "object_id": doc["_id"],
+                            "version": doc.get("version"), "sha256": doc.get("sha256"), "confirmed_at": now})
+        if records:
+            src.internals.backend.atomic(lambda records=records: [
+                state.replace_one({"_id": r["_id"]}, r, upsert=True) for r in records])
+            confirmed += len(records)
     return confirmed
 
 
@@ -310,18 +374,21 @@ def sync_status(src: Store, dst: Store | str | os.PathLike[str] | None = None) -
 
 
 class SyncWorker:
-    """Rounds of `sync(src, dst)` on a background thread, every `interval` seconds, until `stop()`.
-    A round that fails (the destination is away) is logged in one line and retried after a delay that
-    doubles from `interval` up to `max_backoff`; saves to `src` never wait for any of it."""
+    """Rounds of `sync(src, dst)` on a background thread, every `interval` seconds, until `stop()`;
+    a full one (see `sync`) when none ran for `reconcile_every` seconds, the first included. A round
+    that fails (the destination is away) is logged in one line and retried after a delay that doubles
+    from `interval` up to `max_backoff`; saves to `src` never wait for any of it."""
 
     def __init__(self, src: Store, dst: str | os.PathLike[str], *, interval: float = 2.0,
-                 max_backoff: float = 60.0, propagate_deletes: bool = False,
+                 max_backoff: float = 60.0, propagate_deletes: bool = False, reconcile_every: float = 3600.0,
                  on_round: Callable[[SyncRound], None] | None = None) -> None:
         _check_stores(src, dst)
         if not isinstance(propagate_deletes, bool):
             raise InvalidArgument(f"propagate_deletes must be True or False, not {propagate_deletes!r}")
         self.propagate_deletes = propagate_deletes
-        for label, value in (("interval", interval), ("max_backoff", max_backoff)):
+        self.reconcile_every = _dt.timedelta(seconds=reconcile_every)
+        for label, value in (("interval", interval), ("max_backoff", max_backoff),
+                             ("reconcile_every", reconcile_every)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgument(f"{label} must be a number of seconds > 0, not {value!r}")
         self.src, self.dst = src, dst
@@ -355,11 +422,17 @@ class SyncWorker:
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
 
+    def _due(self) -> bool:
+        """Whether the next round should be a full one: none for `reconcile_every` (or ever)."""
+        record = _state(self.src).find_one({"_id": "dest:" + destination_name(self.dst)}) or {}
+        last = record.get("last_full_at")
+        return last is None or _codec.utcnow() - last >= self.reconcile_every
+
     def _run(self) -> None:
         delay = self.interval
         while not self._stop.is_set():
             try:
-                result = sync(self.src, self.dst, propagate_deletes=self.propagate_deletes)
+                result = sync(self.src, self.dst, propagate_deletes=self.propagate_deletes, full=self._due())
             except Exception as exc:  # noqa: BLE001 - any failure of a round is logged and retried
                 if self.src.closed:
                     return
