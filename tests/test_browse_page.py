@@ -26,6 +26,7 @@ from _browser import chromium, find_chromium, screenshot, wait_settled
 from screenshot import XSS_ID, XSS_TEXT, camera_thing, fill_demo_store, make_png
 
 import microblob
+from microblob.cli import _human_size, _short_time
 from microblob.http.browse import STATIC_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,16 @@ def test_page_loads_without_console_errors_and_lists_newest_first(page: Any, dem
     assert row[1] == "segmenterapplication/x-safetensors" and row[2] == "ml_model"
     assert row[3] == "1.0 MiB" and row[4] == "1" and row[6] == "train"
     assert row[5].endswith("…") and demo["store"].get_blob_object("segmenter").workflow_id.startswith(row[5][:-1])
-    assert row[7].startswith(time.strftime("%Y-"))
+    # One convention with the CLI: UTC with its zone, binary units with one decimal.
+    segmenter = demo["store"].get_blob_object("segmenter")
+    assert row[7] == _short_time(segmenter.updated_at) and row[7].endswith("Z")
+    assert row[3] == _human_size(segmenter.size)
+    cells = page.execute_script(
+        "return Array.from(document.querySelectorAll('#objects tbody tr'))"
+        ".map(r => [r.dataset.objectId, r.cells[3].textContent.trim(), r.cells[7].textContent.trim()]);")
+    shown = {oid: (size, when) for oid, size, when in cells}
+    assert shown == {o.object_id: (_human_size(o.size), _short_time(o.updated_at))
+                     for o in demo["store"].blob_object_query({})}
     assert "10 objects, newest first." in page.find_element("id", "objects-status").text
 
 

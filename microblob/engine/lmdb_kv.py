@@ -25,11 +25,13 @@ import errno
 import itertools
 import mmap
 import os
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import lmdb
@@ -386,8 +388,9 @@ class _Env:
                 raise StorageError(
                     f"cannot open {path}: it is an LMDB file written on a {other}-bit machine, and LMDB's file "
                     f"format depends on the word size (this Python is {64 if sys.maxsize > 2**32 else 32}-bit). "
-                    f"The file is not damaged: open it on a {other}-bit machine, or copy its objects from there "
-                    "(`microblob copy`) to a MongoDB server or a store on this machine") from None
+                    f"The file is not damaged: on a {other}-bit machine, run `microblob export {path} FILE`, then "
+                    "`microblob import FILE STORE` here (or `microblob copy` it from there to a MongoDB server)"
+                ) from None
             if not _unwritable(path, exc):
                 raise StorageError(f"cannot open {path}: {exc}") from None
             # A file we may not write (or on a read-only filesystem) is still readable: ls, get and
@@ -611,6 +614,21 @@ def _check_options(path: Any, map_size: Any, sync: Any, metasync: Any, max_reade
         raise InvalidArgument(f"max_readers must be an int in 1..{MAX_READERS}, not {max_readers!r}")
 
 
+@dataclass(frozen=True)
+class Space:
+    """An LMDB file's limits, in bytes. `map_limit`: the most this process maps (1536 MiB on 32-bit, where
+    the whole file must fit in about 3 GiB of address space); `map_size`: mapped now (it grows on demand);
+    `used`: pages in use, freed ones included (LMDB reuses those); `room`: what more can be written, the
+    smaller of the map's and the disk's room, a lower bound since freed pages are reused first."""
+
+    map_limit: int
+    map_size: int
+    used: int
+    file_size: int
+    disk_free: int
+    room: int
+
+
 class LmdbEngine:
     """A KVEngine on one LMDB file. Cheap to create: engines on the same file share one environment."""
 
@@ -650,6 +668,22 @@ class LmdbEngine:
     @property
     def closed(self) -> bool:
         return self._shared is None
+
+    def space(self) -> Space:
+        """Where the file stands against the most this process can map and the disk's free space."""
+        shared = self._env()
+        with shared.rw.shared():
+            try:
+                map_size = shared.env.info()["map_size"]
+                used = shared.used_bytes()
+            except lmdb.Error as exc:
+                raise engine_error(self.path, exc, 0) from None
+        file_size = os.path.getsize(self.path)
+        disk_free = shutil.disk_usage(os.path.dirname(self.path)).free
+        # The file grows into the disk's free space; pages between `used` and its end are already there.
+        room = max(0, min(MAP_LIMIT - used, disk_free + max(0, file_size - used)))
+        return Space(map_limit=MAP_LIMIT, map_size=map_size, used=used, file_size=file_size,
+                     disk_free=disk_free, room=room)
 
     def _env(self) -> _Env:
         shared = self._shared

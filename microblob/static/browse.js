@@ -81,25 +81,27 @@
   function humanSize(n) {
     if (typeof n !== "number") return "—";
     if (n < 1024) return `${n} B`;
-    const units = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    const units = ["KiB", "MiB", "GiB", "TiB"];
     let value = n;
     let i = -1;
     do {
       value /= 1024;
       i += 1;
     } while (value >= 1024 && i < units.length - 1);
-    return `${value.toFixed(value < 10 ? 1 : 0)} ${units[i]}`;
+    return `${value.toFixed(1)} ${units[i]}`; // as the CLI prints sizes: 47.7 MiB
   }
 
   const pad = (n) => String(n).padStart(2, "0");
 
+  // Times in UTC with their zone, to the second, exactly as the CLI prints them (2026-12-07T08:41:22Z):
+  // the same object reads the same on the Pi, on the laptop and in `microblob ls`.
   function when(iso) {
     if (!iso) return el("span", { class: "muted" }, "—");
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return el("span", {}, String(iso));
-    const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-    return el("time", { datetime: iso, title: iso, class: "when" }, el("span", {}, date), " ",
+    const date = `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
+    const time = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}Z`;
+    return el("time", { datetime: iso, title: iso, class: "when" }, el("span", {}, date), "T",
       el("span", { class: "clock" }, time));
   }
 
