@@ -133,6 +133,23 @@ def test_an_interrupted_copy_resumes(store_factory: Callable) -> None:
     assert dst.backend.collection("fs.pending").count_documents({}) == 0
 
 
+def copy_interrupted_at(src: microblob.Store, dst: microblob.Store, object_id: str,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy that dies as it writes the latest version of `object_id` at the destination."""
+    objects = dst.backend.collection("objects")
+    original = objects.insert_one
+
+    def fail_on(doc: dict) -> Any:
+        if doc["_id"] == object_id:
+            raise Interrupted
+        return original(doc)
+
+    monkeypatch.setattr(objects, "insert_one", fail_on)
+    with pytest.raises(Interrupted):
+        microblob.copy(src, dst)
+    monkeypatch.setattr(objects, "insert_one", original)
+
+
 def test_interrupted_between_history_and_latest(store_factory: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
     """An object too big for one commit: bytes, history and latest version go in turn."""
     from microblob.store import copying
@@ -140,18 +157,7 @@ def test_interrupted_between_history_and_latest(store_factory: Callable, monkeyp
     monkeypatch.setattr(copying, "_BATCH_BYTES", 1024)  # every object of populate() is "big" now
     src, dst = store_factory("memory"), store_factory("lmdb")
     populate(src)
-    objects = dst.backend.collection("objects")
-    original = objects.insert_one
-
-    def fail_on_versioned(doc: dict) -> Any:
-        if doc["_id"] == "versioned":
-            raise Interrupted
-        return original(doc)
-
-    monkeypatch.setattr(objects, "insert_one", fail_on_versioned)
-    with pytest.raises(Interrupted):
-        microblob.copy(src, dst)
-    monkeypatch.undo()
+    copy_interrupted_at(src, dst, "versioned", monkeypatch)
     with pytest.raises(microblob.ObjectNotFound):
         dst.get_blob_object("versioned")  # its history and bytes arrived, the object did not
     assert dst.get_object_history("versioned") == []
@@ -166,18 +172,7 @@ def test_a_small_object_arrives_in_one_commit_or_not_at_all(store_factory: Calla
     transaction (not about seven): an interruption leaves nothing of it, and the next run copies it whole."""
     src, dst = store_factory("memory"), store_factory("lmdb")
     populate(src)
-    objects = dst.backend.collection("objects")
-    original = objects.insert_one
-
-    def fail_on_versioned(doc: dict) -> Any:
-        if doc["_id"] == "versioned":
-            raise Interrupted
-        return original(doc)
-
-    monkeypatch.setattr(objects, "insert_one", fail_on_versioned)
-    with pytest.raises(Interrupted):
-        microblob.copy(src, dst)
-    monkeypatch.undo()
+    copy_interrupted_at(src, dst, "versioned", monkeypatch)
     with pytest.raises(microblob.ObjectNotFound):
         dst.get_blob_object("versioned")
     assert dst.get_object_history("versioned") == []
