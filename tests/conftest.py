@@ -175,6 +175,13 @@ class RestartableMongo:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         _wait_ready(self.base_uri, time.monotonic() + SERVER_START_DEADLINE, self.process)
 
+    def kill(self) -> None:
+        """kill -9: the server dies mid-write, as a power cut would take it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
