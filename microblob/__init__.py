@@ -30,14 +30,17 @@ from ._exceptions import (
     StorageError,
     StoreClosed,
     StoreFull,
+    StoreInUse,
     StoreNotFound,
     Unauthorized,
+    UnsupportedOperation,
     VersionNotFound,
     WriteConflict,
 )
 from ._version import __version__
 from .blob import Blob, RemoteBlob
 from .engine.regex import regex_budget
+from .store.compaction import CompactReport
 from .store.connect import connect, default_uri
 from .store.copying import CopyReport, copy
 from .store.core import Store
@@ -60,6 +63,7 @@ __all__ = [
     "BlobError",
     "BlobExpired",
     "BlobObject",
+    "CompactReport",
     "CopyReport",
     "DownloadStream",
     "DuplicateKey",
@@ -85,11 +89,13 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreFull",
+    "StoreInUse",
     "StoreNotFound",
     "Thing",
     "ThingClient",
     "ThingServer",
     "Unauthorized",
+    "UnsupportedOperation",
     "UploadStream",
     "VerifyReport",
     "VersionNotFound",
