@@ -114,6 +114,41 @@ def test_compact_gives_back_the_free_pages_and_keeps_everything(store: microblob
         _check_kept(reopened, kept)
 
 
+def test_the_rebuilt_file_packs_pages_fuller_than_lmdbs_compacting_copy(lmdb_path: Path, tmp_path: Path) -> None:
+    """Deleting 3 objects in 4 leaves LMDB's pages part full; its compacting copy keeps them so, the rebuild
+    (every table appended in key order) fills them."""
+    with microblob.connect(lmdb_path, sync=False) as store:
+        coll = store.backend.collection("objects")
+        store.backend.atomic(lambda: [coll.insert_one({"_id": f"d{i:05d}", "blob": _payload(str(i), 900)})
+                                      for i in range(4000)])
+        store.backend.atomic(lambda: [coll.delete_one({"_id": f"d{i:05d}"}) for i in range(4000) if i % 4])
+        copy = tmp_path / "lmdb-compacting-copy.db"
+        store.backend.engine.copy_to(str(copy), compact=True)
+        report = store.compact()
+        assert report.after_bytes < copy.stat().st_size * 0.75, (report, copy.stat().st_size)
+        assert [d["_id"] for d in coll.find({}, sort=[("_id", 1)])] == [f"d{i:05d}" for i in range(0, 4000, 4)]
+        assert all(d["blob"] == _payload(d["_id"][1:].lstrip("0") or "0", 900) for d in coll.find({}))
+
+
+def test_a_file_with_tables_of_its_own_keeps_them_through_lmdbs_compacting_copy(lmdb_path: Path) -> None:
+    import lmdb
+
+    with microblob.connect(lmdb_path) as store:
+        kept = _fill_then_delete_most(store)
+    env = lmdb.open(str(lmdb_path), subdir=False, max_dbs=8)
+    extra = env.open_db(b"someone-elses")
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v", db=extra)
+    env.close()
+    with microblob.connect(lmdb_path) as store:
+        assert store.compact().reclaimed_bytes > 0
+        _check_kept(store, kept)
+    env = lmdb.open(str(lmdb_path), subdir=False, max_dbs=8)
+    with env.begin() as txn:
+        assert txn.get(b"k", db=env.open_db(b"someone-elses", txn=txn, create=False)) == b"v"
+    env.close()
+
+
 def test_writes_and_reads_of_other_threads_wait_for_the_compaction_and_are_kept(
         lmdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread that writes while the same Store compacts waits, and its write is in the new file. The pause

@@ -430,9 +430,9 @@ class _Env:
         with self.write_lock:  # no commit of this process lands after the copy's snapshot
             self.writer = threading.get_ident()
             try:
-                self._write_compacted_copy()
+                map_size = self.map_size_now()
+                self._write_compacted_copy(map_size)
                 with self.rw.exclusive():  # no transaction of this process is open until the reopen
-                    map_size = self.env.info()["map_size"]
                     self.env.close()
                     try:
                         with lmdb_compact.lmdb_lock_held(self.path):
@@ -450,25 +450,39 @@ class _Env:
                 self.writer = None
         return before, os.path.getsize(self.path)
 
-    def _write_compacted_copy(self) -> None:
-        """LMDB's compacting copy of the current snapshot into `<path>.compacting`, fsynced; nothing left
-        behind if it fails."""
-        fd = lmdb_compact.create_temp(self.path)
+    def map_size_now(self) -> int:
+        with self.rw.shared():
+            return self.env.info()["map_size"]
+
+    def _write_compacted_copy(self, map_size: int) -> None:
+        """The current snapshot, rebuilt with full pages (or as LMDB's compacting copy where a rebuild
+        cannot hold it: lmdb_compact.rebuild) into `<path>.compacting`, fsynced; nothing left behind if it
+        fails. The caller holds write_lock."""
+        tmp = lmdb_compact.temp_path(self.path)
+        os.close(lmdb_compact.create_temp(self.path))
         try:
             with self.rw.shared():
                 try:
-                    self.env.copyfd(fd, compact=True)
+                    if not lmdb_compact.rebuild(self.env, self.dbs, tmp, map_size):
+                        lmdb_compact.remove_leftover(self.path)
+                        fd = lmdb_compact.create_temp(self.path)
+                        try:
+                            self.env.copyfd(fd, compact=True)
+                        finally:
+                            os.close(fd)
                 except lmdb.Error as exc:
                     raise engine_error(self.path, exc, os.path.getsize(self.path)) from None
             try:
-                os.fsync(fd)
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 raise StorageError(f"{self.path}: cannot compact: fsync of the copy failed: {exc.strerror}") from None
         except BaseException:
-            os.close(fd)
             lmdb_compact.remove_leftover(self.path)
             raise
-        os.close(fd)
 
     def check_readers(self) -> None:
         """Free reader slots of processes that died (a killed reader pins old pages forever)."""
