@@ -419,7 +419,7 @@ class _Env:
             _drop_resident_pages(self.mapped[1])
 
     def compact(self) -> tuple[int, int]:
-        """Rewrite the file as a compacting copy, in place: (bytes before, bytes after). The caller holds
+        """Rewrite the file in place, rebuilt with full pages: (bytes before, bytes after). The caller holds
         LOCK_EX on `<path>.open`, so no other process or engine has the file open; this process's other
         threads wait (writers on write_lock from before the copy's snapshot, every transaction on rw from
         the close to the reopen) and then go on with the new file. Steps: docs/ARCHITECTURE.md, "Compaction"."""
