@@ -32,6 +32,7 @@ from ._exceptions import (
     StoreFull,
     StoreInUse,
     StoreNotFound,
+    ThingSlotError,
     Unauthorized,
     UnsupportedOperation,
     VersionNotFound,
@@ -47,11 +48,13 @@ from .store.core import Store
 from .store.files import DownloadStream, FilesBucket, UploadStream
 from .store.maintenance import GcReport, VerifyReport
 from .store.objects import BlobObject
+from .store.syncing import SyncRound, SyncStatus, SyncWorker, sync, sync_status
 from .store.workflows import Workflow, current_workflow_id
 
 if _typing.TYPE_CHECKING:
     from .http.client import ThingClient
     from .http.server import ThingServer
+    from .things.slots import thing_slot
     from .things.thing import Thing, cancellable_sleep, raise_if_cancelled, thing_action, thing_property
 
     action = thing_action
@@ -91,9 +94,13 @@ __all__ = [
     "StoreFull",
     "StoreInUse",
     "StoreNotFound",
+    "SyncRound",
+    "SyncStatus",
+    "SyncWorker",
     "Thing",
     "ThingClient",
     "ThingServer",
+    "ThingSlotError",
     "Unauthorized",
     "UnsupportedOperation",
     "UploadStream",
@@ -109,8 +116,11 @@ __all__ = [
     "default_uri",
     "raise_if_cancelled",
     "regex_budget",
+    "sync",
+    "sync_status",
     "thing_action",
     "thing_property",
+    "thing_slot",
 ]
 
 _THING_NAMES = frozenset({"Thing", "cancellable_sleep", "raise_if_cancelled", "thing_action", "thing_property"})
@@ -122,7 +132,9 @@ _LABTHINGS_ALIASES = {"action": "thing_action", "property": "thing_property"}
 def __getattr__(name: str) -> _typing.Any:
     """The HTTP half on first use: `microblob.ThingServer`, `from microblob import Thing`, ..."""
     target = _LABTHINGS_ALIASES.get(name, name)
-    if target in _THING_NAMES:
+    if target == "thing_slot":
+        from .things import slots as module
+    elif target in _THING_NAMES:
         from .things import thing as module
     elif target == "ThingServer":
         from .http import server as module

@@ -48,6 +48,8 @@ def raise_for_response(response: httpx.Response, what: str, *, blob: bool = Fals
         body = None
     if isinstance(body, dict):
         error, detail = body.get("error"), body.get("detail", response.text)
+        if isinstance(detail, list):  # FastAPI's (LabThings') validation errors
+            detail = _validation_detail(detail)
     else:
         error, detail = None, response.text or response.reason_phrase
     message = f"{what}: {detail}"
@@ -60,6 +62,27 @@ def raise_for_response(response: httpx.Response, what: str, *, blob: bool = Fals
     if status == 401:
         raise Unauthorized(message, status=status, error=error)
     raise RemoteError(message, status=status, error=error)
+
+
+_FASTAPI_CONSTRAINTS = ("gt", "ge", "lt", "le", "multiple_of", "min_length", "max_length", "pattern")
+
+
+def _validation_detail(errors: list[Any]) -> str:
+    """FastAPI's list of pydantic errors in microblob's words: ``"steps: Input should be greater than or
+    equal to 0 (ge=0)"``, the field named by its location without the ``body`` FastAPI puts first."""
+    parts = []
+    for err in errors[:5]:
+        if not isinstance(err, dict):
+            parts.append(str(err))
+            continue
+        loc = [str(p) for p in err.get("loc") or () if p != "body"]
+        ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else {}
+        limits = ", ".join(f"{k}={ctx[k]!r}" for k in _FASTAPI_CONSTRAINTS if k in ctx)
+        msg = str(err.get("msg", "invalid")) + (f" ({limits})" if limits else "")
+        parts.append(f"{'.'.join(loc) or 'value'}: {msg}")
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
+    return "; ".join(parts) or "invalid input"
 
 
 class _RemoteSource(_Source):

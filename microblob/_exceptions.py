@@ -5,7 +5,8 @@
     │   ├── InvalidQuery                    a malformed filter, projection or sort
     │   │   └── QueryTimeout (TimeoutError) its $regex matching ran past the query's time budget
     │   ├── InvalidDocument                 a document that cannot be stored (bad keys, huge ints, ...)
-    │   └── InvalidInput                    an action/property input fails its type hints (names the field)
+    │   ├── InvalidInput                    an action/property input fails its type hints (names the field)
+    │   └── ThingSlotError                  a thing_slot the server cannot fill (none, several, wrong class)
     ├── InvalidOutput                       an action returned a value its return annotation does not allow
     ├── NotFound (KeyError, ValueError)     something named by the caller does not exist
     │   ├── ObjectNotFound                  no object with that id
@@ -62,6 +63,7 @@ __all__ = [
     "StoreFull",
     "StoreInUse",
     "StoreNotFound",
+    "ThingSlotError",
     "Unauthorized",
     "UnsupportedOperation",
     "VersionNotFound",
@@ -103,6 +105,11 @@ class InvalidInput(InvalidArgument):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+
+
+class ThingSlotError(InvalidArgument):
+    """A `thing_slot` cannot be filled (no Thing of its class, several where it holds one, a name the server
+    does not serve, a Thing of the wrong class), or was read before a server connected it."""
 
 
 class InvalidOutput(MicroblobError):

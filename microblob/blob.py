@@ -61,6 +61,15 @@ def blob_class_for(content_type: str | None) -> type[Blob]:
     return Blob
 
 
+def _one_type(content_type: str | None, media_type: str | None) -> str | None:
+    """`content_type` or its LabThings spelling `media_type`; both given must agree."""
+    if media_type is None:
+        return content_type
+    if content_type is not None and content_type != media_type:
+        raise InvalidArgument(f"content_type={content_type!r} and media_type={media_type!r} disagree: give one")
+    return media_type
+
+
 class _MediaTypeAlias:
     """`media_type` reads and writes `content_type`, on the class and on instances (LabThings' spelling)."""
 
@@ -125,9 +134,12 @@ class Blob:
         self.content_type = content_type  # type: ignore[misc]
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview, content_type: str | None = None) -> Self:
-        """Wrap bytes already in memory. Nothing is copied: `data` gives back the same object."""
-        return cls._with_source(_BytesSource(data), content_type)
+    def from_bytes(
+        cls, data: bytes | bytearray | memoryview, content_type: str | None = None, *, media_type: str | None = None
+    ) -> Self:
+        """Wrap bytes already in memory. Nothing is copied: `data` gives back the same object.
+        (`media_type=` is LabThings' name for `content_type`, here and in the other constructors.)"""
+        return cls._with_source(_BytesSource(data), _one_type(content_type, media_type))
 
     @classmethod
     def from_file(
@@ -138,6 +150,7 @@ class Blob:
         delete: bool = False,
         sha256: str | None = None,
         on_delete: Callable[[], Any] | None = None,
+        media_type: str | None = None,
     ) -> Self:
         """Refer to a file on disk; it is read only when asked. `delete=True` removes the file once no
         Blob uses it (for temporary files an action creates), then calls `on_delete()` (a server gives
@@ -145,6 +158,7 @@ class Blob:
         receiving an upload), saves reading the file again."""
         if on_delete is not None and not (delete and callable(on_delete)):
             raise InvalidArgument("on_delete= is a callable, and only with delete=True")
+        content_type = _one_type(content_type, media_type)
         source = _FileSource(path)
         source.sha256 = sha256
         blob = cls._with_source(source, content_type)
@@ -161,11 +175,13 @@ class Blob:
         *,
         size: int | None = None,
         sha256: str | None = None,
+        media_type: str | None = None,
     ) -> Self:
         """Refer to bytes at a URL; nothing downloads until `data`, `open()` or `save()`.
 
         Given `sha256`, downloads are verified against it. `client` may carry auth headers."""
-        return remote_blob(cls, url, client=client, content_type=content_type, size=size, sha256=sha256)
+        return remote_blob(cls, url, client=client, content_type=_one_type(content_type, media_type), size=size,
+                           sha256=sha256)
 
     @classmethod
     def from_object(cls, store: Any, object_id: str, version: int | None = None) -> Self:
@@ -253,6 +269,11 @@ class Blob:
                 if self._data is None:
                     self._data = src.read_all()
         return self._data
+
+    @property
+    def content(self) -> bytes | bytearray | memoryview:
+        """`data` under LabThings' name, so a Thing written for LabThings reads its Blobs unchanged."""
+        return self.data
 
     def open(self, progress: Progress | None = None) -> BinaryIO:
         """A binary file object over the bytes; reads stream (files and remote data are never loaded whole)."""

@@ -157,6 +157,51 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
         log.close()
 
 
+class RestartableMongo:
+    """A SecantusDB of one test's own on a fixed port and data directory, to stop and start again (a
+    destination that goes away and comes back)."""
+
+    def __init__(self, executable: str, storage: Path, log: Path) -> None:
+        self.executable, self.storage, self.log = executable, storage, log
+        self.port = _free_port()
+        self.base_uri = f"mongodb://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.executable, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
+                 str(self.storage), "--standalone", "--cache-size", "64M", "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_ready(self.base_uri, time.monotonic() + SERVER_START_DEADLINE, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def restartable_mongo(tmp_path: Path) -> Iterator[RestartableMongo]:
+    """A running SecantusDB the test may stop and start (same port, same data); stopped at the end."""
+    try:
+        import pymongo  # noqa: F401
+    except ImportError:
+        _no_server("pymongo is not installed (pip install -e '.[test]')")
+    executable = _secantusd()
+    if executable is None:
+        _no_server("no SecantusDB to start and stop: install it in .venv-secantus (MICROBLOB_SECANTUSD)")
+    server = RestartableMongo(executable, tmp_path / "secantus-data", tmp_path / "secantusd.log")
+    server.start()
+    yield server
+    server.stop()
+
+
 def open_store(kind: str, directory: Path, request: pytest.FixtureRequest | None = None) -> microblob.Store:
     if kind == "lmdb":
         return microblob.connect(directory / "store.db", chunk_size=TEST_CHUNK_SIZE)
@@ -323,6 +368,49 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say which server the MongoDB tests ran against (CI runs SecantusDB, not a genuine mongod)."""
     if _MONGO_SERVER_USED:
         terminalreporter.write_line(f"MongoDB tests ran against: {_MONGO_SERVER_USED[0]}")
+
+
+# --- LabThings-FastAPI 0.3.0, in its own virtualenv ----------------------------------------------------
+
+LABTHINGS_VERSION = "0.3.0"
+
+
+def _labthings_python() -> str | None:
+    """The Python of a virtualenv holding LabThings-FastAPI (it pins its own FastAPI and pydantic, so it
+    never shares microblob's): `MICROBLOB_LABTHINGS_PYTHON`, else ./.venv-labthings (as `.ci/run` makes it)."""
+    explicit = os.environ.get("MICROBLOB_LABTHINGS_PYTHON")
+    if explicit:
+        return explicit
+    local = ROOT / ".venv-labthings" / "bin" / "python"
+    return str(local) if local.exists() else None
+
+
+@pytest.fixture(scope="session")
+def labthings_python() -> str:
+    """That Python, checked to import LabThings-FastAPI 0.3.0. Without it the interop tests skip, unless
+    `MICROBLOB_REQUIRE_LABTHINGS=1` or `CI` is set (`.ci/run` sets both), which makes that a failure."""
+    python = _labthings_python()
+    reason = None
+    if python is None:
+        reason = ("no LabThings-FastAPI virtualenv: set MICROBLOB_LABTHINGS_PYTHON, or create ./.venv-labthings "
+                  f"with labthings-fastapi=={LABTHINGS_VERSION} (as .ci/run does)")
+    else:
+        probe = "import importlib.metadata as m, labthings_fastapi; print(m.version('labthings-fastapi'))"
+        try:
+            done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
+            version = done.stdout.strip() if done.returncode == 0 else None
+            detail = done.stderr.strip().splitlines()[-1:] if done.returncode else []
+        except (OSError, subprocess.TimeoutExpired) as e:
+            version, detail = None, [str(e)]
+        if version != LABTHINGS_VERSION:
+            reason = (f"{python} does not import labthings-fastapi=={LABTHINGS_VERSION} "
+                      f"(found {version!r}{': ' + detail[0] if detail else ''})")
+    if reason is not None:
+        if os.environ.get("MICROBLOB_REQUIRE_LABTHINGS") == "1" or os.environ.get("CI"):
+            pytest.fail(f"the LabThings interop tests must run here, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    assert python is not None
+    return python
 
 
 # --- HTTP (ThingServer / ThingClient) --------------------------------------------------------------

@@ -78,7 +78,9 @@ def test_post_without_wait_is_201_with_location_then_poll(client: Any, camera: A
     # a short long-poll that times out returns the unfinished invocation
     assert client.get(inv["href"], params={"wait": "0.05"}).json()["status"] in ("pending", "running")
     camera.release.set()
-    done = client.get(inv["href"], params={"wait": "20"}).json()
+    polled = client.get(inv["href"], params={"wait": "20"})
+    assert polled.headers["preference-applied"] == "wait=20"  # the long-poll was honoured
+    done = polled.json()
     assert done["status"] == "completed" and done["output"] == "released"
     assert done["timeCompleted"] is not None
 

@@ -318,6 +318,23 @@ def test_an_action_that_lets_the_cancel_through_is_cancelled(client: Any, stage:
     assert done["status"] == "cancelled" and done["output"] is None
 
 
+# -- LabThings' spellings of the Blob and the server ------------------------------------------------------
+
+
+def test_labthings_blob_spellings(tmp_path: Any, make_server: Any) -> None:
+    blob = Blob.from_bytes(b"\x89PNG", media_type="image/png")
+    assert blob.media_type == blob.content_type == "image/png" and blob.content == b"\x89PNG"
+    (tmp_path / "f.raw").write_bytes(b"raw")
+    assert RAWBlob.from_file(tmp_path / "f.raw", media_type="image/x-raw").content == b"raw"
+    assert Blob.from_url("http://127.0.0.1:9/x", media_type="image/png").media_type == "image/png"
+    with pytest.raises(InvalidArgument, match="disagree"):
+        Blob.from_bytes(b"x", "image/png", media_type="image/jpeg")
+    with pytest.raises(InvalidArgument):
+        JPEGBlob.from_bytes(b"x", media_type="image/png")  # the class's type still rules
+    server = make_server({"stage": Stage()})
+    assert server.app is server  # `uvicorn.run(server.app)` serves it
+
+
 # -- the ThingClient over a socket ---------------------------------------------------------------------------
 
 

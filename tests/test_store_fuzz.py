@@ -501,10 +501,11 @@ def assert_no_transaction_left(store: microblob.Store) -> None:
     traceback are alive): a pinned LMDB reader would block the next map growth forever."""
     backend = store.backend
     assert getattr(backend._local, "txn", None) is None, "a write transaction is still bound to this thread"
+    assert getattr(backend._local, "snapshot", None) is None, "a read snapshot is still bound to this thread"
     engine = backend.engine
     if isinstance(engine, LmdbEngine) and engine._shared is not None:
         shared = engine._shared
-        assert shared.rw._shared == 0, f"{shared.rw._shared} LMDB transaction(s) still open"
+        assert shared.rw.holders == 0, f"{shared.rw.holders} thread(s) still hold an LMDB transaction"
         assert not shared.write_lock.locked(), "the LMDB write lock is still held"
     elif isinstance(engine, MemoryEngine):
         assert not engine._lock._is_owned(), "the memory engine's lock is still held"  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import msgpack
@@ -311,6 +312,10 @@ class MongitaBackend(KVBackend):
         self._check_open()
         with self._write_lock:
             return self._chunk_backend.compact()
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """No cheap consistent view here: each read sees the latest state, as without the block."""
+        return nullcontext()
 
     def close(self) -> None:
         with self._write_lock:

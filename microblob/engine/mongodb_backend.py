@@ -22,6 +22,7 @@ import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from .._exceptions import (
@@ -462,6 +463,10 @@ class MongoBackend:
         raise UnsupportedOperation(
             f"{self.uri}: MongoDB manages its own files; compact on the server instead, per collection "
             "(e.g. db.runCommand({compact: 'fs.chunks'}) in mongosh). Nothing was changed")
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """No cheap consistent view here: each read sees the latest state, as without the block."""
+        return nullcontext()
 
     def close(self) -> None:
         if not self._closed:

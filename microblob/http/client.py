@@ -20,6 +20,7 @@ from .._exceptions import (
     ActionError,
     InvocationCancelled,
     InvocationTimeout,
+    RemoteError,
 )
 from ..blob import CHUNK_SIZE, Blob, RemoteBlob, blob_class_for, remote_blob
 from ..things.schema import map_blobs, to_jsonable
@@ -43,6 +44,7 @@ class _Omitted:
 
 
 OMITTED: Any = _Omitted()
+_POLL_FIRST, _POLL_MAX = 0.05, 1.0  # seconds between polls of a server that does not hold them (no long-poll)
 
 
 def _annotation(schema: dict[str, Any]) -> Any:
@@ -151,7 +153,13 @@ class ThingClient:
         r = self.http.post(url, json=body, params={"wait": f"{wait:g}"}, timeout=self._poll_timeout(wait))
         raise_for_response(r, f"{action}")
         inv = r.json()
+        polls = 0
         while inv["status"] in ("pending", "running"):
+            if "preference-applied" not in r.headers:
+                # The server answered at once instead of holding the request (LabThings does): pace the
+                # polls, 50 ms doubling to 1 s (LabThings' own client: 50 ms, then 0.5 s), rather than spin.
+                time.sleep(min(_POLL_FIRST * 2**polls, _POLL_MAX, max(0.0, self._wait(deadline))))
+                polls = min(polls + 1, 8)
             wait = self._wait(deadline)
             if wait <= 0:
                 self._cancel(inv)
@@ -220,6 +228,10 @@ class ThingClient:
                     yield chunk
 
         r = self.http.post(self.root + "blobs", content=chunks(), headers=headers)
+        if r.status_code in (404, 405):  # a server with no upload route (LabThings takes only its own Blobs)
+            raise RemoteError(
+                f"upload: the server at {self.root} takes no uploads (POST {self.root}blobs answered "
+                f"{r.status_code}); pass it a Blob that server returned", status=r.status_code, error="NoUploads")
         raise_for_response(r, "upload")
         return r.json()
 
@@ -269,11 +281,21 @@ def _make_action(name: str, action: dict[str, Any]) -> Any:
     if not has_timeout:
         params.append(inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=_UNSET,
                                         annotation=Union[float, None]))  # noqa: UP007
+    extra = schema.get("additionalProperties", True) if isinstance(schema, dict) else False
+    var = "kwargs"
+    while var in props:  # a parameter may itself be called `kwargs`
+        var = "_" + var
+    if extra is not False:  # the action takes `**kwargs`: so does its method (the server checks the values)
+        params.append(inspect.Parameter(var, inspect.Parameter.VAR_KEYWORD,
+                                        annotation=_annotation(extra) if isinstance(extra, dict) else Any))
     sig = inspect.Signature(params, return_annotation=_annotation(action.get("output") or {}))
 
     def method(self: ThingClient, *args: Any, **kwargs: Any) -> Any:
         bound = sig.bind(self, *args, **kwargs)
-        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        if extra is not False:
+            arguments.update(arguments.pop(var, {}))
         timeout = _UNSET if has_timeout else arguments.pop("timeout", _UNSET)
         return self.invoke(name, timeout=timeout, **arguments)
 

@@ -49,6 +49,7 @@ from ..engine.malloc import tune_malloc
 from ..engine.regex import check_budget
 from ..store.validate import check_content_type
 from ..things.schema import map_blobs, to_jsonable
+from ..things.slots import connect_slots
 from ..things.thing import Thing
 from .api import ApiError, error_response, parse_json
 from .browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
@@ -201,6 +202,10 @@ class ThingServer(Starlette):
     bodies too); at most `max_uploads` are received at once (503 + Retry-After); all live spools hold at
     most `spool_budget` bytes (507). `upload_ttl`: seconds a ``POST /blobs`` upload lives unless an
     action takes it (default: `blob_ttl`, at most 60).
+
+    Things that use other Things (`microblob.thing_slot`) are connected once all exist; `thing_slots`
+    (``{"stage": {"camera": "left_camera"}}``) picks for the slots their defaults do not decide. A slot it
+    cannot fill is a `ThingSlotError` here, before anything is served.
     """
 
     def __init__(
@@ -225,6 +230,7 @@ class ThingServer(Starlette):
         max_uploads: int = UploadLimits.max_uploads,
         spool_budget: int = UploadLimits.spool_budget,
         upload_ttl: float | None = None,
+        thing_slots: Mapping[str, Mapping[str, Any]] | None = None,
         debug: bool = False,
     ) -> None:
         tune_malloc()  # freed Blob bytes go back to the OS; streaming buffers stay on the heap
@@ -251,6 +257,7 @@ class ThingServer(Starlette):
             if not _NAME.fullmatch(name) or name in RESERVED:
                 raise InvalidArgument(f"{name!r} cannot name a Thing (reserved, or not a URL segment)")
             self.things[name] = _load_thing(spec)
+        connect_slots(self.things, thing_slots)  # every Thing exists now, so two may use each other
         self._schemas: dict[str, dict[str, Any]] = {n: self._describe(t) for n, t in self.things.items()}
         self._page: Any = None  # the browse page, built on first request
         self.scheduler = Scheduler()
@@ -300,6 +307,11 @@ class ThingServer(Starlette):
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def app(self) -> ThingServer:
+        """The ASGI app: the server itself (LabThings' spelling, ``uvicorn.run(server.app)``)."""
+        return self
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -642,8 +654,11 @@ class ThingServer(Starlette):
                 return Response(status_code=204)
             self.invocations.cancel(inv)
             return JSONResponse(self.invocation_json(inv, base), status_code=202)
-        await self.invocations.wait(inv, _parse_wait(request, self.max_wait))
-        return JSONResponse(self.invocation_json(inv, base))
+        wait = _parse_wait(request, self.max_wait)
+        await self.invocations.wait(inv, wait)
+        # Says the long-poll was honoured: a client polling a server that does not say so paces itself.
+        headers = {"Preference-Applied": f"wait={wait:g}"} if wait else None
+        return JSONResponse(self.invocation_json(inv, base), headers=headers)
 
     async def invocation_output(self, request: Request) -> Response:
         inv = self._invocation(request)

@@ -14,7 +14,6 @@ import mimetypes
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ from .._exceptions import (
 from ..blob import GENERIC_CONTENT_TYPE as _DEFAULT_CONTENT_TYPE
 from ..engine import codec as _codec
 from ..engine.backend import Backend, Filter, Projection, Sort
+from ..engine.ids import new_id
 from . import compaction as _compaction
 from . import maintenance as _maintenance
 from .compaction import CompactReport
@@ -265,7 +265,7 @@ class Store:
         metadata; bytes are read on demand). With other writers about, reading the latest back after
         a save may find someone else's newer version: this says which version *you* made."""
         self._check_open()
-        object_id = uuid.uuid4().hex if object_id is None else check_id(object_id)
+        object_id = new_id() if object_id is None else check_id(object_id)
         fields = self._metadata_fields(workflow_id, task_id, _type_alias(type, object_type), custom_metadata, tags)
         fields["content_type"] = check_content_type(content_type)
         check_bool(save_data_in_collection, "save_data_in_collection")
@@ -476,17 +476,20 @@ class Store:
         self._check_open()
         check_id(object_id)
         check_version(version)
-        current = self._current(object_id)
-        if current is None:
-            raise ObjectNotFound(object_id)
-        if version is None or _version_of(current) == version:
-            return BlobObject(self, current)
-        entry = self._history.find_one({"_id": _history_id(object_id, version)})
-        if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId, not "id:version"
-            entry = self._history.find_one({"object_id": object_id, "version": version})
-        if entry is None or not _same_life(entry, current.get("created_at")):
-            raise VersionNotFound(object_id, version)
-        return BlobObject(self, entry)
+        with self._backend.snapshot():  # the object and its history entry from one read
+            current = self._current(object_id)
+            if current is None:
+                raise ObjectNotFound(object_id)
+            if version is None or _version_of(current) == version:
+                found = BlobObject(self, current)
+            else:
+                entry = self._history.find_one({"_id": _history_id(object_id, version)})
+                if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId
+                    entry = self._history.find_one({"object_id": object_id, "version": version})
+                if entry is None or not _same_life(entry, current.get("created_at")):
+                    raise VersionNotFound(object_id, version)
+                found = BlobObject(self, entry)
+        return found
 
     def _current(self, object_id: str, projection: Projection = None) -> dict[str, Any] | None:
         """The latest version's document: microblob's (keyed by the id), else one Flowcept's DAO wrote

@@ -162,8 +162,11 @@ class Checker:
     `_raw`) and ``extra="forbid"``, which pydantic also applies to the plain dataclasses nested inside."""
 
     def __init__(
-        self, fields: list[tuple[str, Any, bool, Any]], *, extra_allowed: bool = False, name: str = "input"
+        self, fields: list[tuple[str, Any, bool, Any]], *, extra_allowed: bool = False, name: str = "input",
+        extra_hint: Any = Any,
     ) -> None:
+        """`extra_allowed`: further named values are taken (an action's ``**kwargs``), each checked against
+        `extra_hint` (the annotation of ``**kwargs: int``; `Any` takes any JSON value)."""
         self.names = [f[0] for f in fields]
         spec: dict[str, Any] = {}
         for i, (key, hint, required, default) in enumerate(fields):
@@ -178,7 +181,16 @@ class Checker:
         # allow_inf_nan=False: JSON has no NaN or Infinity, and a 400-digit integer must not become inf.
         config = pydantic.ConfigDict(extra="allow" if extra_allowed else "forbid", allow_inf_nan=False)
         try:
-            self.model: type[pydantic.BaseModel] = pydantic.create_model(name, __config__=config, **spec)
+            if extra_allowed and extra_hint is not Any:
+                _refuse(extra_hint)
+                # pydantic checks each extra value against the annotation of `__pydantic_extra__`
+                base = type(f"{name}_base", (pydantic.BaseModel,), {
+                    "__annotations__": {"__pydantic_extra__": dict[str, extra_hint]},  # type: ignore[valid-type]
+                    "model_config": config, "__module__": __name__,
+                })
+                self.model: type[pydantic.BaseModel] = pydantic.create_model(name, __base__=base, **spec)
+            else:
+                self.model = pydantic.create_model(name, __config__=config, **spec)
         except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as e:
             raise TypeError(str(e).split("\n", 1)[0]) from None
 

@@ -74,6 +74,9 @@ class ActionInfo:
     _checker: Checker | None = field(default=None, repr=False)
     _out_checker: Checker | None = field(default=None, repr=False)
     _extra: bool = field(default=False, repr=False)
+    _extra_hint: Any = field(default=Any, repr=False)
+    _bound: str = field(default="self", repr=False)
+    _positional: tuple[str, ...] = field(default=(), repr=False)
 
     def _resolve(self) -> None:
         if self._params is not None:
@@ -84,17 +87,24 @@ class ActionInfo:
         except Exception as e:
             raise InvalidArgument(f"action {self.name!r}: cannot resolve type hints: {e}") from e
         params = []
+        positional = []
         for i, p in enumerate(inspect.signature(self.func).parameters.values()):
             if i == 0:
-                continue  # self
+                self._bound = p.name  # `self`: bound already, so never a further named argument
+                continue
             if p.kind is p.VAR_KEYWORD:
-                self._extra = True  # further named arguments pass through as JSON values
+                # further named arguments: each checked against `**kwargs: T` (unannotated: any JSON value)
+                self._extra = True
+                self._extra_hint = hints.get(p.name, Any)
                 continue
             if p.kind is p.VAR_POSITIONAL:
                 continue  # JSON input is named: *args always receives nothing
+            if p.kind is p.POSITIONAL_ONLY:
+                positional.append(p.name)
             required = p.default is p.empty
             params.append((p.name, hints.get(p.name, Any), required, p.default))
         self._output = hints.get("return", Any)
+        self._positional = tuple(positional)
         self._params = params
 
     @property
@@ -113,7 +123,9 @@ class ActionInfo:
     def checker(self) -> Checker:
         if self._checker is None:
             try:
-                self._checker = Checker(self.params, extra_allowed=self._extra, name=f"{self.name}_input")
+                params = self.params
+                self._checker = Checker(params, extra_allowed=self._extra, extra_hint=self._extra_hint,
+                                        name=f"{self.name}_input")
             except TypeError as e:
                 raise TypeError(f"action {self.name!r}: {e}") from None
         return self._checker
@@ -121,10 +133,10 @@ class ActionInfo:
     def input_schema(self) -> dict[str, Any]:
         schema = self.checker.schema()
         schema.setdefault("properties", {})
-        if self._extra:
-            schema.pop("additionalProperties", None)
-        else:
+        if not self._extra:
             schema["additionalProperties"] = False
+        elif schema.get("additionalProperties") is True:
+            del schema["additionalProperties"]  # JSON Schema's default: any further field
         return schema
 
     @property
@@ -138,7 +150,27 @@ class ActionInfo:
 
     def coerce_input(self, body: Any, resolve_blob: BlobResolver | None = None) -> dict[str, Any]:
         """Validate a JSON object of arguments; raises `InvalidInput` naming the field and constraint."""
-        return self.checker.arguments(body, resolve_blob)
+        checker = self.checker  # resolves the hints, so `_bound` is known
+        if self._extra and isinstance(body, dict):
+            for key in body:
+                if key == self._bound:  # Python would pass it as `self` too: never a further argument
+                    raise InvalidInput(key, "unexpected field")
+        return checker.arguments(body, resolve_blob)
+
+    def bind(self, arguments: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Checked arguments (from `coerce_input`) as the function takes them: JSON names every input,
+        but a positional-only parameter (`def f(self, x, /)`) must be passed by position."""
+        self._resolve()
+        if not self._positional:
+            return [], arguments
+        rest = dict(arguments)
+        defaults = {name: default for name, _hint, _required, default in self.params}
+        given = [i for i, name in enumerate(self._positional) if name in rest]
+        args = []
+        for name in self._positional[: given[-1] + 1 if given else 0]:
+            # one left out before one given is passed its default: a position cannot be skipped
+            args.append(rest.pop(name) if name in rest else defaults[name])
+        return args, rest
 
     def check_output(self, value: Any) -> Any:
         """What the action returned, checked against its return annotation: a `-> int` that returns 4.2

@@ -1,0 +1,234 @@
+"""Continuous sync (issue 18, first part): rounds that push what changed, confirm it at the destination,
+and record that at the source; a background worker that keeps doing so and rides out a destination
+that goes away; `microblob sync` and `sync status` on the command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import microblob
+from microblob import InvalidArgument, SyncWorker, sync, sync_status
+
+WAIT = 60.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def latest(store: microblob.Store) -> dict[str, tuple[int, str]]:
+    return {o.object_id: (o.version, o.sha256) for o in store.blob_object_query(None)}
+
+
+def test_a_round_copies_confirms_and_then_nothing_is_pending(store: microblob.Store, tmp_path: Path) -> None:
+    ids = [store.save_or_update_object(os.urandom(100 + i), type="image") for i in range(5)]
+    dst = tmp_path / "dst.db"
+    [status] = sync_status(store, dst)
+    assert (status.pending_objects, status.last_round_at) == (5, None)
+    assert status.pending_bytes == sum(100 + i for i in range(5))
+    first = sync(store, dst)
+    assert first.ok and first.copy.objects_copied == 5 and first.confirmed == 5
+    with microblob.connect(dst) as there:
+        assert latest(there) == latest(store)
+        assert [there.get_blob_object(i).data for i in ids] == [store.get_blob_object(i).data for i in ids]
+    [status] = sync_status(store, dst)
+    assert status.pending_objects == 0 and status.last_error is None and status.last_round_at is not None
+    again = sync(store, dst)
+    assert not again.copy.copied_anything and again.confirmed == 0
+
+
+def test_changes_travel_with_their_history_and_only_they_are_pending(store: microblob.Store,
+                                                                     tmp_path: Path) -> None:
+    dst = tmp_path / "dst.db"
+    a = store.save_or_update_object(b"a0")
+    b = store.save_or_update_object(b"b0")
+    sync(store, dst)
+    store.save_or_update_object(b"a1", object_id=a, control_version=True)
+    [status] = sync_status(store, dst)
+    assert status.pending_objects == 1 and status.pending_bytes == 2
+    assert status.oldest_pending is not None
+    result = sync(store, dst)
+    assert result.confirmed == 1
+    with microblob.connect(dst) as there:
+        assert there.get_blob_object(a).data == b"a1"
+        assert there.get_blob_object(a, version=0).data == b"a0"
+        assert there.get_blob_object(b).data == b"b0"
+    assert sync_status(store, dst)[0].pending_objects == 0
+
+
+def test_an_object_changed_at_both_ends_is_left_alone_and_reported(tmp_path: Path) -> None:
+    src_path, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    with microblob.connect(src_path) as src:
+        oid = src.save_or_update_object(b"v0")
+        sync(src, dst)
+        with microblob.connect(dst) as there:
+            there.save_or_update_object(b"theirs", object_id=oid, control_version=True)
+        src.save_or_update_object(b"ours", object_id=oid, control_version=True)
+        result = sync(src, dst)
+        assert not result.ok and [p[0] for p in result.copy.problems] == [oid]
+        with microblob.connect(dst) as there:
+            assert there.get_blob_object(oid).data == b"theirs"  # never overwritten silently
+        assert src.get_blob_object(oid).data == b"ours"  # and ours is kept
+        [status] = sync_status(src, dst)
+        assert [p[0] for p in status.problems] == [oid]
+
+
+def test_the_worker_pushes_saves_as_they_happen(tmp_path: Path) -> None:
+    dst = tmp_path / "dst.db"
+    rounds: list[Any] = []
+    with microblob.connect(tmp_path / "src.db") as src:
+        with SyncWorker(src, dst, interval=0.1, on_round=rounds.append):
+            ids = []
+            for i in range(20):
+                ids.append(src.save_or_update_object(os.urandom(64), custom_metadata={"i": i}))
+                time.sleep(0.01)
+            wait_for(lambda: sync_status(src, dst)[0].pending_objects == 0, "the worker to catch up")
+        assert len(rounds) >= 2
+        with microblob.connect(dst) as there:
+            assert latest(there) == latest(src)
+
+
+def test_a_destination_that_goes_away_and_comes_back(tmp_path: Path, restartable_mongo: Any) -> None:
+    """Saves never wait for the destination; while it is down the rounds fail, are recorded and retried
+    with a backoff; when it is back, the worker catches up with everything saved meanwhile."""
+    dst = restartable_mongo.base_uri + "/synced?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+    with microblob.connect(tmp_path / "src.db") as src:
+        src.save_or_update_object(b"before")
+        worker = SyncWorker(src, dst, interval=0.1, max_backoff=0.4).start()
+        try:
+            wait_for(lambda: sync_status(src, dst)[0].pending_objects == 0, "the first round")
+            restartable_mongo.stop()
+            during = [src.save_or_update_object(os.urandom(1000)) for _ in range(10)]
+            wait_for(lambda: worker.failures >= 2, "rounds to fail while the destination is down")
+            [status] = sync_status(src, dst)
+            assert status.pending_objects == 10 and status.pending_bytes == 10_000
+            assert status.last_error
+            restartable_mongo.start()
+            wait_for(lambda: sync_status(src, dst)[0].pending_objects == 0, "the worker to catch up")
+            assert sync_status(src, dst)[0].last_error is None
+        finally:
+            worker.stop()
+        with microblob.connect(dst) as there:
+            assert set(during) <= set(latest(there))
+            assert latest(there) == latest(src)
+
+
+def test_sync_killed_mid_transfer_resumes_exactly(tmp_path: Path) -> None:
+    """kill -9 of a `microblob sync --watch` while it copies large objects: the next run completes the
+    copy, every version arrives once, and the destination verifies."""
+    src_path, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    with microblob.connect(src_path) as src:
+        oid = src.save_or_update_object(os.urandom(3 << 20))
+        for _ in range(3):
+            src.save_or_update_object(os.urandom(3 << 20), object_id=oid, control_version=True)
+        others = [src.save_or_update_object(os.urandom(2 << 20)) for _ in range(4)]
+    proc = subprocess.Popen([sys.executable, "-m", "microblob", "sync", str(src_path), str(dst), "--watch",
+                             "--interval", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(lambda: dst.exists() and dst.stat().st_size > (4 << 20), "the copy to be under way")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    done = subprocess.run([sys.executable, "-m", "microblob", "sync", str(src_path), str(dst)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with microblob.connect(src_path) as src, microblob.connect(dst) as there:
+        assert latest(there) == latest(src)
+        assert [h["version"] for h in there.get_object_history(oid)] == [3, 2, 1, 0]
+        assert set(others) <= set(latest(there))
+        assert there.verify().ok
+        assert sync_status(src, dst)[0].pending_objects == 0
+
+
+def test_cli_sync_and_status(tmp_path: Path) -> None:
+    src_path, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    with microblob.connect(src_path) as src:
+        src.save_or_update_object(b"x" * 2048)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "microblob", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    before = cli("sync", "status", str(src_path))
+    assert before.returncode == 0 and "has not been synced anywhere yet" in before.stdout
+    pending = cli("sync", "status", str(src_path), str(dst))
+    assert "1 object pending (2.0 KiB)" in pending.stdout, pending.stdout
+    first = cli("sync", str(src_path), str(dst))
+    assert first.returncode == 0 and "1 object(s) confirmed" in first.stdout, first.stdout + first.stderr
+    after = cli("sync", "status", str(src_path), "--json")
+    assert after.returncode == 0 and '"pending_objects": 0' in after.stdout
+    bad = cli("sync", str(src_path))
+    assert bad.returncode == 2 and "sync takes SRC and DST" in bad.stderr
+    missing = cli("sync", str(tmp_path / "nope.db"), str(dst))
+    assert missing.returncode != 0 and "nope.db" in missing.stderr
+
+
+def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
+    with microblob.connect(tmp_path / "s.db") as src:
+        with pytest.raises(InvalidArgument):
+            sync("not a store", tmp_path / "d.db")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            sync(src, 42)  # type: ignore[arg-type]
+        for bad in (0, -1, True, "2"):
+            with pytest.raises(InvalidArgument):
+                SyncWorker(src, tmp_path / "d.db", interval=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            sync(src, src)  # the same store: copy refuses it
+
+
+def test_serve_sync_to_pushes_what_the_server_saves(tmp_path: Path) -> None:
+    import httpx
+
+    src_path, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    proc = subprocess.Popen([sys.executable, "-m", "microblob", "serve", "--db", str(src_path), "--port", "0",
+                             "--sync-to", str(dst), "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+        with httpx.Client(base_url=url, timeout=30) as http:
+            r = http.post("/objects/", content=b"from the server", headers={"X-Requested-With": "test",
+                                                                           "Content-Type": "text/plain"})
+            assert r.status_code == 201, r.text
+            object_id = r.json()["object_id"]
+
+        def arrived() -> bool:
+            if not dst.exists():
+                return False
+            with microblob.connect(dst) as there:
+                return object_id in latest(there)
+
+        wait_for(arrived, "the served store's object at the sync destination")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    assert proc.returncode in (0, 130)
+    with microblob.connect(dst) as there:
+        assert there.get_blob_object(object_id).data == b"from the server"
+
+
+def test_an_idle_round_writes_nothing_to_the_source(tmp_path: Path) -> None:
+    """A worker polling every few seconds must not commit (and sync an SD card) when nothing changed."""
+    with microblob.connect(tmp_path / "src.db") as src:
+        src.save_or_update_object(b"x")
+        sync(src, tmp_path / "dst.db")
+        sync(src, tmp_path / "dst.db")  # the first re-check moves nothing either
+        engine = src.backend.engine
+        before = engine.last_txnid()
+        for _ in range(3):
+            assert not sync(src, tmp_path / "dst.db").copy.copied_anything
+        assert engine.last_txnid() == before
+        src.save_or_update_object(b"y")
+        assert sync(src, tmp_path / "dst.db").confirmed == 1
+        assert engine.last_txnid() > before
