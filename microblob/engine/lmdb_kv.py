@@ -888,8 +888,9 @@ class LmdbEngine:
             shared.adopt_size()
 
     def compact(self) -> tuple[int, int]:
-        """Rewrite the file in place as LMDB's compacting copy; (bytes before, bytes after). StoreInUse,
-        with nothing changed, while another process or another engine of this process has it open."""
+        """Rewrite the file in place without its free pages, rebuilt with full ones; (bytes before, bytes
+        after). StoreInUse, with nothing changed, while another process or another engine of this process
+        has it open."""
         shared = self._env()
         if shared.readonly:
             raise StorageError(f"{self.path}: cannot compact: the store is read-only here (opened without "
