@@ -41,6 +41,7 @@ from ._exceptions import (
 from ._version import __version__
 from .blob import Blob, RemoteBlob
 from .engine.regex import regex_budget
+from .store.bundle import export_store, import_store
 from .store.compaction import CompactReport
 from .store.connect import connect, default_uri
 from .store.copying import CopyReport, copy
@@ -114,6 +115,8 @@ __all__ = [
     "copy",
     "current_workflow_id",
     "default_uri",
+    "export_store",
+    "import_store",
     "raise_if_cancelled",
     "regex_budget",
     "sync",

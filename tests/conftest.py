@@ -346,7 +346,12 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
 def pytest_configure(config: pytest.Config) -> None:
     """microblob's own pytest plugin (`microblob.testing`: `microblob_store`, `microblob_file_store`,
     `thing_client`) comes in through its `pytest11` entry point once microblob is installed (the README's
-    `pip install -e '.[test]'`); from a checkout that is not installed, register it here."""
+    `pip install -e '.[test]'`); from a checkout that is not installed, register it here.
+
+    Locally, skips are summed up by reason in one line each (`pytest_terminal_summary`) instead of one
+    `SKIPPED` line per test, which read like breakage; in CI, where a skip fails the run, every one is listed."""
+    if os.environ.get("CI") and not {"s", "a", "A"} & set(config.option.reportchars):
+        config.option.reportchars += "s"
     if not config.pluginmanager.has_plugin("microblob"):
         import microblob.testing
 
@@ -364,10 +369,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
+# What the summary counts as "ran": (label, test of a report's nodeid and keywords).
+_AREAS: list[tuple[str, Callable[[str, Any], bool]]] = [
+    ("MongoDB", lambda nodeid, keywords: "mongodb" in nodeid),
+    ("torch", lambda nodeid, keywords: "torch" in keywords),
+    ("browse page (Chromium)", lambda nodeid, keywords: nodeid.startswith("tests/test_browse_page.py")),
+]
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say which server the MongoDB tests ran against (CI runs SecantusDB, not a genuine mongod)."""
+    """Say what ran: which server the MongoDB tests used (CI runs SecantusDB, not a genuine mongod), how
+    many MongoDB, torch and browser tests passed, and (locally) the skips grouped by reason."""
+    stats = terminalreporter.stats
+    passed = [r for r in stats.get("passed", []) if getattr(r, "when", "call") == "call"]
+    counts = [f"{label} {sum(1 for r in passed if test(r.nodeid, r.keywords))}" for label, test in _AREAS]
+    terminalreporter.write_line(f"passed: {len(passed)} tests, of which " + ", ".join(counts))
     if _MONGO_SERVER_USED:
         terminalreporter.write_line(f"MongoDB tests ran against: {_MONGO_SERVER_USED[0]}")
+    reasons: dict[str, int] = {}
+    for report in stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons and not {"s", "a", "A"} & set(terminalreporter.reportchars):
+        for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"skipped {n} test{'s' if n != 1 else ''}: {reason}", yellow=True)
 
 
 # --- LabThings-FastAPI 0.3.0, in its own virtualenv ----------------------------------------------------

@@ -180,3 +180,40 @@ def test_concurrent_updates_of_one_object_stay_contiguous(lmdb_path: Path) -> No
         latest = store.get_blob_object(oid)
         assert latest.version == 200
         assert [h["version"] for h in store.get_object_history(oid)] == list(range(200, -1, -1))
+
+
+def test_a_full_store_fails_only_the_writer_that_needs_the_room(lmdb_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """One writer of a group needs more than the map may grow to: it gets StoreFull, the others of its
+    group succeed, and what committed before the failure is never run again."""
+    from microblob.engine import lmdb_kv
+
+    monkeypatch.setattr(lmdb_kv, "MAP_LIMIT", 2 * 1024 * 1024)
+    engine = LmdbEngine(lmdb_path, map_size=1024 * 1024)
+    try:
+        blocked = Blocked(engine)
+        outcomes: dict[str, Any] = {}
+
+        def writer(name: str, size: int) -> Callable[[], None]:
+            def put(txn: Any) -> None:
+                runs = int(txn.get("meta", name.encode() + b"-runs") or b"0")
+                txn.put("meta", name.encode() + b"-runs", str(runs + 1).encode())
+                txn.put("chunks", name.encode(), b"x" * size)
+
+            def run() -> None:
+                try:
+                    engine.write(put, size_hint=size)
+                    outcomes[name] = "ok"
+                except microblob.StoreFull as exc:
+                    outcomes[name] = exc
+            return run
+
+        threads = blocked.queue([writer("a", 100), writer("huge", 3 * 1024 * 1024), writer("c", 100)])
+        blocked.finish(threads)
+        assert outcomes["a"] == "ok" and outcomes["c"] == "ok", outcomes
+        assert isinstance(outcomes["huge"], microblob.StoreFull)
+        with engine.read() as txn:
+            assert (txn.get("meta", b"a-runs"), txn.get("meta", b"c-runs")) == (b"1", b"1")  # committed once
+            assert txn.get("chunks", b"huge") is None and txn.get("meta", b"huge-runs") is None
+    finally:
+        engine.close()

@@ -232,3 +232,96 @@ def test_an_idle_round_writes_nothing_to_the_source(tmp_path: Path) -> None:
         src.save_or_update_object(b"y")
         assert sync(src, tmp_path / "dst.db").confirmed == 1
         assert engine.last_txnid() > before
+
+
+def test_deletions_travel_only_when_asked(store: microblob.Store, tmp_path: Path) -> None:
+    dst = tmp_path / "dst.db"
+    keep, gone = store.save_or_update_object(b"keep"), store.save_or_update_object(b"gone")
+    sync(store, dst)
+    store.delete_object(gone)
+    sync(store, dst)  # without propagate_deletes: the destination keeps it
+    with microblob.connect(dst) as there:
+        assert set(latest(there)) == {keep, gone}
+    result = sync(store, dst, propagate_deletes=True)
+    assert result.deleted == 1 and result.ok
+    with microblob.connect(dst) as there:
+        assert set(latest(there)) == {keep}
+        assert there.get_object_history(gone) == [] and there.verify().ok
+    assert sync(store, dst, propagate_deletes=True).deleted == 0  # done once
+
+
+def test_a_deletion_never_removes_what_changed_at_the_destination(tmp_path: Path) -> None:
+    dst = tmp_path / "dst.db"
+    with microblob.connect(tmp_path / "src.db") as src:
+        oid = src.save_or_update_object(b"v0")
+        sync(src, dst)
+        with microblob.connect(dst) as there:
+            there.save_or_update_object(b"edited there", object_id=oid, control_version=True)
+        src.delete_object(oid)
+        result = sync(src, dst, propagate_deletes=True)
+        assert result.deleted == 0 and [p[0] for p in result.copy.problems] == [oid]
+        assert "changed at the destination since" in result.copy.problems[0][1]
+        with microblob.connect(dst) as there:
+            assert there.get_blob_object(oid).data == b"edited there"
+
+
+def test_an_id_deleted_then_saved_again_arrives_as_its_new_life(tmp_path: Path) -> None:
+    dst = tmp_path / "dst.db"
+    with microblob.connect(tmp_path / "src.db") as src:
+        src.save_or_update_object(b"first life", object_id="sample-7")
+        sync(src, dst)
+        src.delete_object("sample-7")
+        src.save_or_update_object(b"second life", object_id="sample-7")
+        result = sync(src, dst, propagate_deletes=True)
+        assert result.ok and result.deleted == 1
+        with microblob.connect(dst) as there:
+            assert there.get_blob_object("sample-7").data == b"second life"
+            assert latest(there) == latest(src)
+
+
+def test_no_tombstones_before_a_store_has_a_destination(tmp_path: Path) -> None:
+    with microblob.connect(tmp_path / "src.db") as src:
+        src.delete_object(src.save_or_update_object(b"x"))
+        assert src.backend.collection("microblob.tombstones").count_documents({}) == 0
+        sync(src, tmp_path / "dst.db")
+        src.delete_object(src.save_or_update_object(b"y"))
+        assert src.backend.collection("microblob.tombstones").count_documents({}) == 1
+
+
+def test_a_full_round_finds_what_timestamps_hide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects copied in from another store keep their old updated_at, below the watermark: only a
+    full round (the worker's hourly one, or full=True) sees them. It asks the destination nothing
+    about objects already confirmed."""
+    from microblob.store import syncing
+
+    monkeypatch.setattr(syncing, "WATERMARK_MARGIN", syncing._dt.timedelta(0))  # the watermark exactly
+    dst = tmp_path / "dst.db"
+    with microblob.connect(tmp_path / "colleague.db") as colleague:
+        old = colleague.save_or_update_object(b"an old capture")
+    with microblob.connect(tmp_path / "src.db") as src:
+        mine = src.save_or_update_object(b"mine")
+        assert sync(src, dst).confirmed == 1  # the first round: full
+        microblob.copy(tmp_path / "colleague.db", src)
+        hidden = sync(src, dst)
+        assert hidden.confirmed == 0 and not hidden.copy.copied_anything
+        with microblob.connect(dst) as there:
+            assert set(latest(there)) == {mine}
+        found = sync(src, dst, full=True)
+        assert found.confirmed == 1 and found.copy.objects_copied == 1
+        with microblob.connect(dst) as there:
+            assert set(latest(there)) == {mine, old}
+        again = sync(src, dst, full=True)
+        assert again.confirmed == 0 and again.copy.objects_copied == again.copy.objects_skipped == 0
+
+
+def test_the_server_says_what_is_pending(tmp_path: Path, make_server: Any, asgi: Any) -> None:
+    with microblob.connect(tmp_path / "src.db") as src:
+        http = asgi(make_server({}, store=src))
+        assert http.get("/sync/").json() == []
+        src.save_or_update_object(b"a")
+        sync(src, tmp_path / "dst.db")
+        src.save_or_update_object(b"bb")
+        [status] = http.get("/sync/").json()
+        assert status["destination"] == str(tmp_path / "dst.db")
+        assert (status["pending_objects"], status["pending_bytes"]) == (1, 2)
+        assert status["last_round_at"].endswith("Z") and status["last_error"] is None

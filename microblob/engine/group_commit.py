@@ -77,10 +77,10 @@ class GroupCommit:
     def submit(self, request: WriteRequest[T], commit: Callable[[list[WriteRequest[Any]]], None]) -> T:
         """Queue `request` and wait until a group holding it committed; lead a group if none is in flight.
 
-        `commit(batch)` runs the batch in one transaction and settles every request of it with
-        `succeed` or `fail`; a request it leaves unsettled (it raised, say KeyboardInterrupt on the
-        leader's thread) goes back to the queue for the next leader, except the leader's own, which
-        gets the exception."""
+        `commit(batch)` runs the batch and settles every request of it with `succeed` or `fail`. When it
+        raises, the requests it left unsettled go back to the queue for the next leader (each then meets
+        the failure itself, or not); the leader gets its own request's outcome if that was settled, else
+        the exception."""
         with self._cond:
             self._pending.append(request)
             try:
@@ -94,14 +94,19 @@ class GroupCommit:
                 return request.outcome()
             self._leading = True
             batch, self._pending = self._pending, []
+        error: Exception | None = None
         try:
             commit(batch)
+        except Exception as exc:  # ours may be settled all the same: the others run again and meet it
+            error = exc
         finally:
             with self._cond:
                 self._leading = False
                 unsettled = [r for r in batch if not r.done and r is not request]
                 self._pending[:0] = unsettled
                 self._cond.notify_all()
-        if not request.done:
-            raise RuntimeError("commit() returned without settling the leader's own request")
-        return request.outcome()
+        if request.done:
+            return request.outcome()
+        if error is not None:
+            raise error
+        raise RuntimeError("commit() returned without settling the leader's own request")

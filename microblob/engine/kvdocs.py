@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
@@ -43,6 +43,9 @@ from .query import (
     sort_documents,
     window,
 )
+
+if TYPE_CHECKING:
+    from .lmdb_kv import Space
 
 __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
 
@@ -685,6 +688,11 @@ class KVBackend:
     @property
     def closed(self) -> bool:
         return self._engine.closed
+
+    def space(self) -> Space | None:
+        """The engine's `Space` (room left, map limit) where it keeps a file, else None (in memory)."""
+        space = getattr(self._engine, "space", None)
+        return space() if callable(space) else None
 
     def collection(self, name: str) -> KVCollection:
         coll = self._collections.get(name)

@@ -25,11 +25,13 @@ import errno
 import itertools
 import mmap
 import os
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import lmdb
@@ -396,8 +398,9 @@ class _Env:
                 raise StorageError(
                     f"cannot open {path}: it is an LMDB file written on a {other}-bit machine, and LMDB's file "
                     f"format depends on the word size (this Python is {64 if sys.maxsize > 2**32 else 32}-bit). "
-                    f"The file is not damaged: open it on a {other}-bit machine, or copy its objects from there "
-                    "(`microblob copy`) to a MongoDB server or a store on this machine") from None
+                    f"The file is not damaged: on a {other}-bit machine, run `microblob export {path} FILE`, then "
+                    "`microblob import FILE STORE` here (or `microblob copy` it from there to a MongoDB server)"
+                ) from None
             if not _unwritable(path, exc):
                 raise StorageError(f"cannot open {path}: {exc}") from None
             # A file we may not write (or on a read-only filesystem) is still readable: ls, get and
@@ -687,6 +690,21 @@ def _check_options(path: Any, map_size: Any, sync: Any, metasync: Any, max_reade
         raise InvalidArgument(f"max_readers must be an int in 1..{MAX_READERS}, not {max_readers!r}")
 
 
+@dataclass(frozen=True)
+class Space:
+    """An LMDB file's limits, in bytes. `map_limit`: the most this process maps (1536 MiB on 32-bit, where
+    the whole file must fit in about 3 GiB of address space); `map_size`: mapped now (it grows on demand);
+    `used`: pages in use, freed ones included (LMDB reuses those); `room`: what more can be written, the
+    smaller of the map's and the disk's room, a lower bound since freed pages are reused first."""
+
+    map_limit: int
+    map_size: int
+    used: int
+    file_size: int
+    disk_free: int
+    room: int
+
+
 class LmdbEngine:
     """A KVEngine on one LMDB file. Cheap to create: engines on the same file share one environment."""
 
@@ -734,6 +752,22 @@ class LmdbEngine:
     def closed(self) -> bool:
         return self._shared is None
 
+    def space(self) -> Space:
+        """Where the file stands against the most this process can map and the disk's free space."""
+        shared = self._env()
+        with shared.rw.shared():
+            try:
+                map_size = shared.env.info()["map_size"]
+                used = shared.used_bytes()
+            except lmdb.Error as exc:
+                raise engine_error(self.path, exc, 0) from None
+        file_size = os.path.getsize(self.path)
+        disk_free = shutil.disk_usage(os.path.dirname(self.path)).free
+        # The file grows into the disk's free space; pages between `used` and its end are already there.
+        room = max(0, min(MAP_LIMIT - used, disk_free + max(0, file_size - used)))
+        return Space(map_limit=MAP_LIMIT, map_size=map_size, used=used, file_size=file_size,
+                     disk_free=disk_free, room=room)
+
     def _env(self) -> _Env:
         shared = self._shared
         if shared is None:
@@ -755,31 +789,53 @@ class LmdbEngine:
         return shared.group.submit(request, lambda batch: self._commit_group(shared, batch))
 
     def _commit_group(self, shared: _Env, batch: list[WriteRequest[Any]]) -> None:
-        """Run `batch` in as few transactions as the map allows, then sync once if any wants it."""
+        """Run `batch` in as few transactions as the map allows, sync once if any wants it, and only
+        then settle each request: none learns it succeeded before its commit is on disk. What was
+        committed is settled even if a later transaction of the group fails (say the store is full), so
+        nothing committed is ever run twice."""
+        committed: list[tuple[WriteRequest[Any], Any]] = []
         with shared.write_lock:
             shared.writer = threading.get_ident()
             try:
-                committed: list[WriteRequest[Any]] = []
                 remaining = batch
                 while remaining:
-                    done, remaining = self._one_transaction(shared, remaining)
+                    done, remaining, outcome, hint = self._one_transaction(shared, remaining)
                     committed.extend(done)
-                durable = [r for r in committed if r.durable]
-                if durable:
-                    try:
-                        shared.env.sync(True)
-                    except lmdb.Error as exc:
-                        for r in durable:
-                            r.fail(engine_error(self.path, exc, r.size_hint))
+                    # Outside every transaction of ours: now the map may change size.
+                    if outcome == "resized":
+                        shared.adopt_size()
+                    elif outcome == "full":
+                        try:
+                            shared.grow(max(remaining[0].size_hint, hint if len(remaining) == 1 else 0))
+                        except StoreFull as exc:  # the map may grow no more: the writer that needed it
+                            remaining[0].fail(exc)  # fails, the others of the group run on
+                            remaining = remaining[1:]
             finally:
-                shared.writer = None
+                try:
+                    self._settle(shared, committed)
+                finally:
+                    shared.writer = None
+
+    def _settle(self, shared: _Env, committed: list[tuple[WriteRequest[Any], Any]]) -> None:
+        failed: MicroblobError | None = None
+        if any(r.durable for r, _ in committed):
+            try:
+                shared.env.sync(True)
+            except lmdb.Error as exc:
+                failed = engine_error(self.path, exc)
+        for request, result in committed:
+            if failed is not None and request.durable:
+                request.fail(failed)
+            else:
+                request.succeed(result)
 
     def _one_transaction(
         self, shared: _Env, requests: list[WriteRequest[Any]]
-    ) -> tuple[list[WriteRequest[Any]], list[WriteRequest[Any]]]:
-        """One write transaction over `requests`, each settled (a result, or its own error) or handed
-        back: (committed, still to run). A request that needs a bigger map ends the transaction there:
-        the ones before it commit, the map grows, and the rest run in the next one."""
+    ) -> tuple[list[tuple[WriteRequest[Any], Any]], list[WriteRequest[Any]], str, int]:
+        """One write transaction over `requests`: (committed with their results, still to run, "full"
+        or "resized" if the map must change first (else "committed"), bytes the rest want). A request
+        that fails on its own error is settled with it here; one that needs a bigger map ends the
+        transaction there: the ones before it commit, and the rest run in the next one."""
         if time.monotonic() - shared.last_reader_check > _READER_CHECK_EVERY:
             shared.check_readers()
         hint = sum(r.size_hint for r in requests)
@@ -799,7 +855,7 @@ class LmdbEngine:
             except lmdb.Error as exc:
                 for r in requests:
                     r.fail(engine_error(self.path, exc))
-                return [], []
+                return [], [], "committed", 0
             if txn is not None:
                 try:
                     for request in requests:
@@ -838,20 +894,13 @@ class LmdbEngine:
                     for r in requests:
                         if not r.done:
                             r.fail(engine_error(self.path, exc, r.size_hint))
-                    return [], []
+                    return [], [], "committed", 0
                 except BaseException:
                     txn.abort()
                     raise
-        # Outside every transaction of ours: now the map may change size.
-        for r, result in ran:
-            r.succeed(result)
-        committed = [r for r, _ in ran]
-        left = [r for r in requests if not r.done]
-        if outcome == "resized":
-            shared.adopt_size()
-        elif outcome == "full":
-            shared.grow(sum(r.size_hint for r in left) if left else hint)
-        return committed, left
+        ran_ids = {id(r) for r, _ in ran}
+        left = [r for r in requests if not r.done and id(r) not in ran_ids]
+        return ran, left, outcome, (sum(r.size_hint for r in left) if left else hint)
 
     def last_txnid(self) -> int:
         """The id of the file's last committed write transaction: one more per commit, whoever made it."""

@@ -47,7 +47,7 @@ from .._exceptions import InvalidArgument, InvalidDocument, StorageError, StoreC
 from . import codec as _codec
 from .kv import KVTxn, MemoryEngine
 from .kvdocs import _INDEXES_KEY, KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key
-from .lmdb_kv import LmdbEngine
+from .lmdb_kv import LmdbEngine, Space
 
 __all__ = ["MongitaBackend", "collection_name", "mongita_name"]
 
@@ -192,6 +192,10 @@ class MongitaBackend(KVBackend):
         except BaseException:
             self._release_directory()
             raise
+
+    def space(self) -> Space | None:
+        """The bytes go to `dir/chunks.db`: its room is what limits this store."""
+        return self._chunk_backend.space()
 
     @staticmethod
     def _take_directory(directory: str) -> Any:

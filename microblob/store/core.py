@@ -39,7 +39,7 @@ from .flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from .internals import StoreInternals
 from .maintenance import GcReport, VerifyReport
 from .objects import BlobObject
-from .records import _history_id, _same_life, _version_of
+from .records import SYNC_DESTINATIONS, TOMBSTONES, _history_id, _same_life, _version_of
 from .validate import (
     check_bool,
     check_chunk_size,
@@ -615,8 +615,11 @@ class Store:
         check_id(object_id)
         transactional = self._backend.transactional
 
+        destinations, tombstones = self._backend.collection(SYNC_DESTINATIONS), self._backend.collection(TOMBSTONES)
+
         def delete() -> set[Any]:
-            current = self._objects.find_one({"_id": object_id}, projection={"file_id": 1})
+            current = self._objects.find_one({"_id": object_id},
+                                             projection={"file_id": 1, "created_at": 1, "version": 1})
             if current is None:
                 raise ObjectNotFound(object_id)
             files = {current.get("file_id")}
@@ -624,6 +627,13 @@ class Store:
                 files.add(entry.get("file_id"))
             self._objects.delete_one({"_id": object_id})
             self._history.delete_many({"object_id": object_id})
+            if destinations.find_one({}, projection={"_id": 1}) is not None:
+                # This store syncs somewhere: write the deletion down, so `sync(..., propagate_deletes=True)`
+                # can repeat it there. After the documents: an interruption in between (without
+                # transactions) loses the tombstone, never the object while a tombstone says it is gone.
+                tombstones.replace_one({"_id": object_id}, {
+                    "_id": object_id, "version": current.get("version"), "created_at": current.get("created_at"),
+                    "deleted_at": _codec.utcnow()}, upsert=True)
             files.discard(None)
             if transactional:
                 doomed = list(files - self._still_referenced(files))
