@@ -30,9 +30,11 @@ from ._exceptions import (
     StorageError,
     StoreClosed,
     StoreFull,
+    StoreInUse,
     StoreNotFound,
     ThingSlotError,
     Unauthorized,
+    UnsupportedOperation,
     VersionNotFound,
     WriteConflict,
 )
@@ -40,6 +42,7 @@ from ._version import __version__
 from .blob import Blob, RemoteBlob
 from .engine.regex import regex_budget
 from .store.bundle import export_store, import_store
+from .store.compaction import CompactReport
 from .store.connect import connect, default_uri
 from .store.copying import CopyReport, copy
 from .store.core import Store
@@ -64,6 +67,7 @@ __all__ = [
     "BlobError",
     "BlobExpired",
     "BlobObject",
+    "CompactReport",
     "CopyReport",
     "DownloadStream",
     "DuplicateKey",
@@ -89,6 +93,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreFull",
+    "StoreInUse",
     "StoreNotFound",
     "SyncRound",
     "SyncStatus",
@@ -98,6 +103,7 @@ __all__ = [
     "ThingServer",
     "ThingSlotError",
     "Unauthorized",
+    "UnsupportedOperation",
     "UploadStream",
     "VerifyReport",
     "VersionNotFound",

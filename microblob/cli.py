@@ -438,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("verify", cmd_verify, "re-hash every version's bytes and check every reference; "
                                   "exit 1 naming what is damaged", [json_flag])
     command("gc", cmd_gc, "free the bytes no version references (e.g. left by interrupted writes)", [json_flag])
+    command("compact", cmd_compact, "rewrite the store file without its free pages (it never shrinks otherwise) "
+                                    "and print its size before and after; refused while another process has "
+                                    "it open", [json_flag])
     return parser
 
 
@@ -783,6 +786,18 @@ def cmd_gc(args: argparse.Namespace) -> int:
               f"({_count_of(report.freed_bytes, 'byte')}), {_count_of(report.freed_orphan_chunks, 'orphan chunk')}, "
               f"{_count_of(report.freed_history_entries, 'stray history entry', 'stray history entries')}",
               flush=True)
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _connect(args) as store:
+        report = store.compact()
+    if args.json:
+        _print_json_lines([{**dataclasses.asdict(report), "reclaimed_bytes": report.reclaimed_bytes}])
+    else:
+        print(f"compacted {report.path}: {_human_size(report.before_bytes)} -> {_human_size(report.after_bytes)}, "
+              f"reclaimed {_human_size(report.reclaimed_bytes)} ({_count_of(report.reclaimed_bytes, 'byte')}) "
+              f"in {report.seconds:.1f} s", flush=True)
     return 0
 
 

@@ -16,10 +16,16 @@ import microblob
 from microblob import StorageError, StoreClosed
 
 
-def test_one_data_file_plus_lock_file(lmdb_path: Path) -> None:
+def test_one_data_file_plus_lock_files(lmdb_path: Path) -> None:
+    """The data file, LMDB's `-lock` file and the `.open` lock every opener holds (compaction adds its gate,
+    `.compact-lock`); nothing else."""
     with microblob.connect(lmdb_path) as store:
         store.save_or_update_object(b"x")
-    assert sorted(p.name for p in lmdb_path.parent.iterdir()) == ["store.db", "store.db-lock"]
+    assert sorted(p.name for p in lmdb_path.parent.iterdir()) == ["store.db", "store.db-lock", "store.db.open"]
+    with microblob.connect(lmdb_path) as store:
+        store.compact()
+    assert sorted(p.name for p in lmdb_path.parent.iterdir()) == \
+        ["store.db", "store.db-lock", "store.db.compact-lock", "store.db.open"]
 
 
 def test_uri_forms_open_the_same_file(lmdb_path: Path) -> None:

@@ -1394,5 +1394,6 @@ def test_connect_with_odd_uris_and_options(tmp_path: Path, monkeypatch: pytest.M
     check()
     report("connect")
     made = {p.name for p in tmp_path.iterdir() if not p.name.startswith("d")}
-    assert made <= {"store.db", "store.db-lock", "lmdb:relative.db", "lmdb:relative.db-lock"}, made
+    assert made <= {"store.db", "store.db-lock", "store.db.open", "lmdb:relative.db", "lmdb:relative.db-lock",
+                    "lmdb:relative.db.open"}, made
     assert Path("/store.db").exists() == root_file_existed, "a URI with a host opened a file at the root"

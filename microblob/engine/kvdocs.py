@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
-from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
+from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery, UnsupportedOperation
 from . import codec as _codec
 from .backend import Filter, Projection, Sort, check_window, checked_chunk
 from .ids import new_id
@@ -706,6 +706,15 @@ class KVBackend:
 
     def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
         return self._writing(lambda txn: fn(), size_hint=size_hint)
+
+    def compact(self) -> tuple[str, int, int]:
+        """(file, bytes before, bytes after) of rewriting the engine's file compacted, in place."""
+        compact = getattr(self._engine, "compact", None)
+        if compact is None:
+            raise UnsupportedOperation(f"{self.uri}: nothing to compact (the store lives in this process's "
+                                       "memory, not in a file)")
+        before, after = compact()
+        return self._engine.path, before, after  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self._engine.close()

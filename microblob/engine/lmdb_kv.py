@@ -36,10 +36,20 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from .._exceptions import IntegrityError, InvalidArgument, MicroblobError, StorageError, StoreClosed, StoreFull
+from .._exceptions import (
+    IntegrityError,
+    InvalidArgument,
+    MicroblobError,
+    StorageError,
+    StoreClosed,
+    StoreFull,
+    StoreInUse,
+)
+from . import lmdb_compact
 from .group_commit import GroupCommit, WriteRequest
 from .kv import TABLES, KVTxn
 from .malloc import tune_malloc
+from .open_lock import OpenLock, compaction_gate
 
 __all__ = ["LmdbEngine"]
 
@@ -437,6 +447,72 @@ class _Env:
                 self.mapped = (self.map_generation, _mappings_of(self.path))
             _drop_resident_pages(self.mapped[1])
 
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the file in place, rebuilt with full pages: (bytes before, bytes after). The caller holds
+        LOCK_EX on `<path>.open`, so no other process or engine has the file open; this process's other
+        threads wait (writers on write_lock from before the copy's snapshot, every transaction on rw from
+        the close to the reopen) and then go on with the new file. Steps: docs/ARCHITECTURE.md, "Compaction"."""
+        if self.writer == threading.get_ident() or self.rw.holds_shared():
+            raise RuntimeError("compact() inside a transaction of this thread")
+        before = os.path.getsize(self.path)
+        lmdb_compact.remove_leftover(self.path)
+        with self.write_lock:  # no commit of this process lands after the copy's snapshot
+            self.writer = threading.get_ident()
+            try:
+                map_size = self.map_size_now()
+                self._write_compacted_copy(map_size)
+                with self.rw.exclusive():  # no transaction of this process is open until the reopen
+                    self.env.close()
+                    try:
+                        with lmdb_compact.lmdb_lock_held(self.path):
+                            os.replace(lmdb_compact.temp_path(self.path), self.path)
+                            lmdb_compact.fsync_dir(self.path)
+                    finally:
+                        # The new file, or the old one if the swap was refused or failed before the rename.
+                        lmdb_compact.remove_leftover(self.path)
+                        self.map_generation += 1
+                        try:
+                            self.env = self._open(map_size)
+                        except lmdb.Error as exc:
+                            raise StorageError(f"{self.path}: cannot reopen after compacting: {exc}") from None
+            finally:
+                self.writer = None
+        return before, os.path.getsize(self.path)
+
+    def map_size_now(self) -> int:
+        with self.rw.shared():
+            return self.env.info()["map_size"]
+
+    def _write_compacted_copy(self, map_size: int) -> None:
+        """The current snapshot, rebuilt with full pages (or as LMDB's compacting copy where a rebuild
+        cannot hold it: lmdb_compact.rebuild) into `<path>.compacting`, fsynced; nothing left behind if it
+        fails. The caller holds write_lock."""
+        tmp = lmdb_compact.temp_path(self.path)
+        os.close(lmdb_compact.create_temp(self.path))
+        try:
+            with self.rw.shared():
+                try:
+                    if not lmdb_compact.rebuild(self.env, self.dbs, tmp, map_size):
+                        lmdb_compact.remove_leftover(self.path)
+                        fd = lmdb_compact.create_temp(self.path)
+                        try:
+                            self.env.copyfd(fd, compact=True)
+                        finally:
+                            os.close(fd)
+                except lmdb.Error as exc:
+                    raise engine_error(self.path, exc, os.path.getsize(self.path)) from None
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise StorageError(f"{self.path}: cannot compact: fsync of the copy failed: {exc.strerror}") from None
+        except BaseException:
+            lmdb_compact.remove_leftover(self.path)
+            raise
+
     def check_readers(self) -> None:
         """Free reader slots of processes that died (a killed reader pins old pages forever)."""
         self.last_reader_check = time.monotonic()
@@ -657,11 +733,18 @@ class LmdbEngine:
         self._sync_after_commit = sync and metasync
         options = {"sync": sync, "metasync": metasync and not sync, "max_readers": max_readers,
                    "map_size": map_size}
-        with _ENVS_LOCK:
-            shared = _ENVS.get(key)
-            if shared is None:
-                shared = _ENVS[key] = _Env(real, options)
-            shared.refs += 1
+        # Before the environment, held until close: compaction waits for it, an open waits for compaction.
+        self._open_lock = OpenLock(real)
+        try:
+            with _ENVS_LOCK:
+                shared = _ENVS.get(key)
+                if shared is None:
+                    shared = _ENVS[key] = _Env(real, options)
+                shared.refs += 1
+        except BaseException:
+            self._open_lock.release_if_created()
+            self._open_lock.close()
+            raise
         self._shared: _Env | None = shared
         self._pid = os.getpid()
 
@@ -853,13 +936,37 @@ class LmdbEngine:
                     raise StorageError(f"{self.path}: cannot copy to {dest}: {exc}") from None
             shared.adopt_size()
 
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the file in place without its free pages, rebuilt with full ones; (bytes before, bytes
+        after). StoreInUse, with nothing changed, while another process or another engine of this process
+        has it open."""
+        shared = self._env()
+        if shared.readonly:
+            raise StorageError(f"{self.path}: cannot compact: the store is read-only here (opened without "
+                               "write permission); nothing was changed")
+        if not self._open_lock.held:
+            raise StorageError(f"{self.path}: cannot compact: no file lock could be taken on "
+                               f"{self.path}.open (a read-only directory, or a filesystem without flock)")
+        busy = StoreInUse(f"{self.path}: cannot compact: another process or another Store has the file open; "
+                          "close them (a server, a second connect()) and try again. Nothing was changed")
+        with compaction_gate(self.path):
+            if shared.refs != 1 or not self._open_lock.try_exclusive():
+                raise busy
+            try:
+                return shared.compact()
+            finally:
+                self._open_lock.share()
+
     def close(self) -> None:
         shared, self._shared = self._shared, None
         if shared is None or self._pid != os.getpid():
             return
-        with _ENVS_LOCK:
-            shared.refs -= 1
-            if shared.refs == 0:
-                _ENVS.pop((self._pid, shared.path), None)
-                with shared.write_lock, shared.rw.exclusive():
-                    shared.env.close()
+        try:
+            with _ENVS_LOCK:
+                shared.refs -= 1
+                if shared.refs == 0:
+                    _ENVS.pop((self._pid, shared.path), None)
+                    with shared.write_lock, shared.rw.exclusive():
+                        shared.env.close()
+        finally:
+            self._open_lock.close()  # after the environment: a compaction must never see it still open

@@ -310,6 +310,13 @@ class MongitaBackend(KVBackend):
     def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
         return self._writing(lambda txn: fn(), size_hint=size_hint)
 
+    def compact(self) -> tuple[str, int, int]:
+        """Compact `dir/chunks.db`, where the bytes live (Mongita rewrites its own document files itself).
+        The directory lock keeps every other process out; this backend is the file's only opener here."""
+        self._check_open()
+        with self._write_lock:
+            return self._chunk_backend.compact()
+
     def snapshot(self) -> AbstractContextManager[None]:
         """No cheap consistent view here: each read sees the latest state, as without the block."""
         return nullcontext()

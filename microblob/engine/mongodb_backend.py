@@ -32,6 +32,7 @@ from .._exceptions import (
     InvalidQuery,
     StorageError,
     StoreClosed,
+    UnsupportedOperation,
 )
 from . import codec as _codec
 from .backend import Filter, Projection, Sort, check_window, checked_chunk
@@ -470,6 +471,14 @@ class MongoBackend:
         """No multi-document transaction on a standalone server: the store orders its writes instead."""
         self._check_open()
         return fn()
+
+    def compact(self) -> tuple[str, int, int]:
+        """MongoDB manages its own files: the server's `compact` command (per collection, with the
+        privileges it needs) is the tool, and microblob does not run it behind the operator's back."""
+        self._check_open()
+        raise UnsupportedOperation(
+            f"{self.uri}: MongoDB manages its own files; compact on the server instead, per collection "
+            "(e.g. db.runCommand({compact: 'fs.chunks'}) in mongosh). Nothing was changed")
 
     def snapshot(self) -> AbstractContextManager[None]:
         """No cheap consistent view here: each read sees the latest state, as without the block."""

@@ -31,7 +31,9 @@ from ..blob import GENERIC_CONTENT_TYPE as _DEFAULT_CONTENT_TYPE
 from ..engine import codec as _codec
 from ..engine.backend import Backend, Filter, Projection, Sort
 from ..engine.ids import new_id
+from . import compaction as _compaction
 from . import maintenance as _maintenance
+from .compaction import CompactReport
 from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from .internals import StoreInternals
@@ -678,6 +680,15 @@ class Store:
         `progress(n)` is called as object files are looked at."""
         self._check_open()
         return _maintenance.gc(self, _check_progress(progress))
+
+    def compact(self) -> CompactReport:
+        """Rewrite the store's file in place without its free pages (the file never shrinks otherwise)
+        and report the sizes before and after. On the embedded file: refused with `StoreInUse`, nothing
+        changed, while another process or another Store has it open; other threads of this Store wait
+        meanwhile; a kill at any moment leaves the old file or the new one, each whole. Mongita compacts
+        its `chunks.db`; `memory://` and MongoDB raise `UnsupportedOperation`."""
+        self._check_open()
+        return _compaction.compact(self)
 
     def count_versions(self) -> int:
         """Every stored version, latest and history: what `verify()` checks."""
