@@ -319,11 +319,14 @@ _FORK_HOLDER = """
 import os, sys, microblob
 store = microblob.connect(sys.argv[1])
 read, write = os.pipe()
+ready_r, ready_w = os.pipe()
 pid = os.fork()
 if pid == 0:
     os.close(write)
+    os.write(ready_w, b"x")  # past fork(), so past the at-fork hooks that drop the inherited lock
     os.read(read, 1)  # lives on, without touching the store, until the parent says
     os._exit(0)
+os.read(ready_r, 1)  # a loaded machine may run the child late: wait until it is past its hooks
 store.close()
 print("closed", flush=True)
 sys.stdin.readline()

@@ -120,7 +120,7 @@ def test_a_destination_that_goes_away_and_comes_back(tmp_path: Path, restartable
             assert sync_status(src, dst)[0].last_error is None
         finally:
             worker.stop()
-        with microblob.connect(dst) as there:
+        with microblob.connect(restartable_mongo.base_uri + "/synced") as there:  # the default timeouts
             assert set(during) <= set(latest(there))
             assert latest(there) == latest(src)
 
@@ -347,8 +347,9 @@ def test_destination_killed_mid_transfer_then_an_exact_resume(tmp_path: Path, re
             ids.append(oid)
         worker = SyncWorker(src, dst, interval=0.05, max_backoff=0.3).start()
         try:
-            with pymongo.MongoClient(dst) as client:
-                chunks = client.get_default_database()["fs.chunks"]
+            # The test's own client waits as long as it needs (the worker's URI gives up after 0.5 s).
+            with pymongo.MongoClient(restartable_mongo.base_uri, serverSelectionTimeoutMS=30_000) as client:
+                chunks = client["killed"]["fs.chunks"]
                 target = rng.randint(1, 24)  # somewhere in the first half of the transfer
                 wait_for(lambda: chunks.count_documents({}) >= target, "the transfer to be under way")
             restartable_mongo.kill()
@@ -357,7 +358,7 @@ def test_destination_killed_mid_transfer_then_an_exact_resume(tmp_path: Path, re
             wait_for(lambda: sync_status(src, dst)[0].pending_objects == 0, "the worker to finish")
         finally:
             worker.stop()
-        with microblob.connect(dst) as there:
+        with microblob.connect(restartable_mongo.base_uri + "/killed") as there:  # the default timeouts
             assert latest(there) == latest(src)
             for oid in ids:
                 assert [h["version"] for h in there.get_object_history(oid)] == [1, 0]
