@@ -103,7 +103,7 @@ def test_the_worker_pushes_saves_as_they_happen(tmp_path: Path) -> None:
 def test_a_destination_that_goes_away_and_comes_back(tmp_path: Path, restartable_mongo: Any) -> None:
     """Saves never wait for the destination; while it is down the rounds fail, are recorded and retried
     with a backoff; when it is back, the worker catches up with everything saved meanwhile."""
-    dst = restartable_mongo.base_uri + "/synced?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+    dst = restartable_mongo.base_uri + "/synced?serverSelectionTimeoutMS=1000&connectTimeoutMS=1000"
     with microblob.connect(tmp_path / "src.db") as src:
         src.save_or_update_object(b"before")
         worker = SyncWorker(src, dst, interval=0.1, max_backoff=0.4).start()
@@ -338,7 +338,7 @@ def test_destination_killed_mid_transfer_then_an_exact_resume(tmp_path: Path, re
     import pymongo
 
     rng = random.Random(seed)
-    dst = restartable_mongo.base_uri + "/killed?serverSelectionTimeoutMS=500&connectTimeoutMS=500"
+    dst = restartable_mongo.base_uri + "/killed?serverSelectionTimeoutMS=1000&connectTimeoutMS=1000"
     with microblob.connect(tmp_path / "src.db") as src:
         ids = []
         for _ in range(6):  # 6 objects x 2 versions x 4 chunks of 1 MiB: 48 chunks to send
@@ -347,7 +347,7 @@ def test_destination_killed_mid_transfer_then_an_exact_resume(tmp_path: Path, re
             ids.append(oid)
         worker = SyncWorker(src, dst, interval=0.05, max_backoff=0.3).start()
         try:
-            # The test's own client waits as long as it needs (the worker's URI gives up after 0.5 s).
+            # The test's own client waits as long as it needs (the worker's URI gives up after 1 s).
             with pymongo.MongoClient(restartable_mongo.base_uri, serverSelectionTimeoutMS=30_000) as client:
                 chunks = client["killed"]["fs.chunks"]
                 target = rng.randint(1, 24)  # somewhere in the first half of the transfer
