@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from _td_schema import published_errors, watch_thing_descriptions
+from _tmpfs import Tmpfs
 
 import microblob
 
@@ -155,6 +156,26 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
             process.kill()
             process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Tmpfs]]:
+    """`make_tmpfs("6m")` mounts a tmpfs of that size under the test's directory; unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def make(size: str) -> Tmpfs:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"cannot mount a tmpfs (these tests need root): {proc.stderr.strip()}")
+        mounted.append(where)
+        return Tmpfs(where)
+
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 class RestartableMongo:

@@ -15,11 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _tmpfs import Tmpfs
 
 import microblob
 from microblob import StorageError, StoreFull, StoreInUse, UnsupportedOperation
@@ -442,31 +443,13 @@ def test_a_leftover_compacting_file_is_never_the_store_and_is_removed_by_the_nex
         _check_kept(store, kept)
 
 
-class _Tmpfs:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def remount(self, *options: str) -> None:
-        subprocess.run(["mount", "-o", ",".join(["remount", *options]), str(self.path)], check=True,
-                       capture_output=True)
-
-
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[_Tmpfs]:
-    """A 4 MiB tmpfs of the test's own (mounting needs root, as in test_faults.py)."""
-    where = tmp_path / "fs"
-    where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (these tests need root): {proc.stderr.strip()}")
-    try:
-        yield _Tmpfs(where)
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+def small_fs(make_tmpfs: Callable[[str], Tmpfs]) -> Tmpfs:
+    """A 4 MiB filesystem of the test's own."""
+    return make_tmpfs("4m")
 
 
-def test_compaction_without_room_for_the_copy_is_store_full_and_changes_nothing(small_fs: _Tmpfs) -> None:
+def test_compaction_without_room_for_the_copy_is_store_full_and_changes_nothing(small_fs: Tmpfs) -> None:
     db = small_fs.path / "store.db"
     with microblob.connect(db, sync=False) as store:
         kept = {}
@@ -492,7 +475,7 @@ def test_compaction_without_room_for_the_copy_is_store_full_and_changes_nothing(
         _check_kept(store, kept)
 
 
-def test_compaction_of_a_read_only_store_is_a_clear_error(small_fs: _Tmpfs) -> None:
+def test_compaction_of_a_read_only_store_is_a_clear_error(small_fs: Tmpfs) -> None:
     db = small_fs.path / "store.db"
     with microblob.connect(db) as store:
         kept = _fill_then_delete_most(store, n=20, size=8 * KiB)

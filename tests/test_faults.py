@@ -13,12 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from _tmpfs import Tmpfs
 
 import microblob
 from microblob import StorageError, StoreFull
@@ -48,28 +49,10 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stderr
 
 
-class Tmpfs:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def remount(self, *options: str) -> None:
-        subprocess.run(["mount", "-o", ",".join(["remount", *options]), str(self.path)], check=True,
-                       capture_output=True)
-
-
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Tmpfs]:
-    """A 6 MiB tmpfs of the test's own."""
-    where = tmp_path / "fs"
-    where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(where)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (these tests need root): {proc.stderr.strip()}")
-    try:
-        yield Tmpfs(where)
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+def small_fs(make_tmpfs: Callable[[str], Tmpfs]) -> Tmpfs:
+    """A 6 MiB filesystem of the test's own."""
+    return make_tmpfs("6m")
 
 
 def _fill(store: Any) -> tuple[dict[str, bytes], BaseException]:

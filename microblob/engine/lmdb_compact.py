@@ -38,8 +38,8 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["REBUILD_BATCH_BYTES", "create_temp", "fsync_dir", "lmdb_lock_held", "rebuild", "remove_leftover",
-           "temp_path"]
+__all__ = ["REBUILD_BATCH_BYTES", "create_temp", "fsync_dir", "fsync_path", "lmdb_lock_held", "rebuild",
+           "remove_leftover", "temp_path"]
 
 # Bytes appended per write transaction of the rebuild: its dirty pages stay in memory until the commit.
 REBUILD_BATCH_BYTES = 16 * 1024 * 1024
@@ -134,14 +134,19 @@ def _append(target: lmdb.Environment, db: Any, batch: list[tuple[Any, Any]]) -> 
             target.set_mapsize(target.info()["map_size"] * 2)
 
 
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory by its path (OSError if that fails)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str) -> None:
     """Make the rename durable: fsync the directory that holds `path`."""
     try:
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(os.path.dirname(path) or ".")
     except OSError as exc:
         raise StorageError(f"{path}: compacted, but the directory could not be synced: {exc.strerror}") from None
 

@@ -502,11 +502,7 @@ class _Env:
                 except lmdb.Error as exc:
                     raise engine_error(self.path, exc, os.path.getsize(self.path)) from None
             try:
-                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                lmdb_compact.fsync_path(tmp)
             except OSError as exc:
                 raise StorageError(f"{self.path}: cannot compact: fsync of the copy failed: {exc.strerror}") from None
         except BaseException:
