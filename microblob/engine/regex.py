@@ -129,6 +129,18 @@ def filter_budget() -> Iterator[Budget]:
         _compiling.reset(token)
 
 
+def _after_class(source: str, i: int) -> int:
+    """The index just past the character class opening at `source[i]` ("[", a leading "^" or "]" taken
+    literally, escapes skipped), or past the end if it never closes."""
+    n = len(source)
+    j = i + 1
+    j += j < n and source[j] == "^"
+    j += j < n and source[j] == "]"
+    while j < n and source[j] != "]":
+        j += 2 if source[j] == "\\" else 1
+    return j + 1
+
+
 def expansion(source: str) -> int:
     """An upper bound of the atoms `regex` compiles `source` into, nested counted repeats multiplied out;
     stops counting past `MAX_EXPANSION`. Conservative: braces in comments or classes count too."""
@@ -141,12 +153,7 @@ def expansion(source: str) -> int:
         if char == "\\":
             i += 2
         elif char == "[":
-            j = i + 1
-            j += j < n and source[j] == "^"
-            j += j < n and source[j] == "]"
-            while j < n and source[j] != "]":
-                j += 2 if source[j] == "\\" else 1
-            i = j + 1
+            i = _after_class(source, i)
         elif char == "(":
             totals.append(0)
             last = 0
@@ -186,12 +193,7 @@ def flat_quantifiers(source: str) -> tuple[int, int] | None:
             i += 2
             continue
         if char == "[":
-            j = i + 1
-            j += j < n and source[j] == "^"
-            j += j < n and source[j] == "]"
-            while j < n and source[j] != "]":
-                j += 2 if source[j] == "\\" else 1
-            i = j + 1
+            i = _after_class(source, i)
             continue
         if char == "(":
             if depth or (source.startswith("(?", i) and not source.startswith("(?:", i)):
