@@ -45,6 +45,11 @@ def check_id(value: Any, name: str = "object_id") -> str:
         raise InvalidArgument(f"{name} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
     if "\x00" in value or "/" in value or value in (".", ".."):
         raise InvalidArgument(f"{name} {value!r} contains '/', NUL or is a dot path")
+    return _check_unicode(value, name)
+
+
+def _check_unicode(value: str, name: str) -> str:
+    """`value` if it encodes to UTF-8 (lone surrogates do not, and no backend could store them)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -59,11 +64,7 @@ def check_optional_str(value: Any, name: str) -> str | None:
         raise InvalidArgument(f"{name} must be a str or None, not {type(value).__name__}")
     if len(value) > 4096:
         raise InvalidArgument(f"{name} is longer than 4096 characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"{name} {value!r} is not valid Unicode (lone surrogates)") from None
-    return value
+    return _check_unicode(value, name)
 
 
 def check_bool(value: Any, name: str) -> bool:
