@@ -36,7 +36,7 @@ from .kv import KVEngine, KVTxn
 from .planner import Index, Plan, check_index_spec, plan
 from .query import (
     compile_filter,
-    compile_projection,
+    compile_projection_owned,
     compile_update,
     equality_values,
     normalize_sort,
@@ -173,7 +173,7 @@ class KVCollection:
         limit: int = 0,
     ) -> list[dict]:
         skip, limit = check_window(skip, limit)
-        project = compile_projection(projection)
+        project = compile_projection_owned(projection)  # every document here is freshly decoded
         spec = normalize_sort(sort)  # the hot path below ignores the sort: a bad one must still be refused
         exact = _exact_id(filter)
         if exact is not None and not skip:  # the hot path: one key, no matcher
@@ -288,7 +288,7 @@ class KVCollection:
         batch jobs (verify, gc, copy) over collections too big to hold, and safe to write between items.
         Not one snapshot: a document written meanwhile may or may not be seen, none is seen twice."""
         predicate = compile_filter(filter)
-        project = compile_projection(projection)
+        project = compile_projection_owned(projection)  # every document here is freshly decoded
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise InvalidArgument(f"batch must be an int >= 1, not {batch!r}")
         lo, hi = self._prefix, successor(self._prefix)

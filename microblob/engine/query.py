@@ -45,6 +45,7 @@ __all__ = [
     "compare_values",
     "compile_filter",
     "compile_projection",
+    "compile_projection_owned",
     "compile_update",
     "equality_values",
     "field_values",
@@ -1026,6 +1027,23 @@ def _sort_key_function(spec: list[tuple[str, int]]) -> tuple[Callable[[Any], Any
 # Projection.
 
 
+def compile_projection_owned(projection: Any) -> Callable[[dict], dict]:
+    """`compile_projection` for a caller that owns each document it projects (one it just decoded):
+    leaving out top-level fields (`{"data": 0}`, every listing's) drops them from that dict instead of
+    copying the rest, about 2 us a document saved."""
+    project = compile_projection(projection)
+    dropped = getattr(project, "drops_top_level", None)
+    if dropped is None:
+        return project
+
+    def drop(doc: dict) -> dict:
+        for key in dropped:
+            doc.pop(key, None)
+        return doc
+
+    return drop
+
+
 def compile_projection(projection: Any) -> Callable[[Mapping[str, Any]], dict]:
     """MongoDB find() projection as a function from a document to a new document (the input is never
     modified; values passed through whole are shared with it, not copied).
@@ -1071,7 +1089,12 @@ def compile_projection(projection: Any) -> Callable[[Mapping[str, Any]], dict]:
         return lambda doc: _include(doc, tree)
     if all(sub is True for sub in tree.values()):  # top-level fields only ({"data": 0}: every listing)
         dropped = frozenset(tree)
-        return lambda doc: {key: value for key, value in doc.items() if key not in dropped}
+
+        def exclude_top_level(doc: Mapping[str, Any]) -> dict:
+            return {key: value for key, value in doc.items() if key not in dropped}
+
+        exclude_top_level.drops_top_level = tuple(dropped)  # type: ignore[attr-defined]
+        return exclude_top_level
     return lambda doc: _exclude(doc, tree)
 
 
