@@ -95,7 +95,9 @@ def test_custom_field_range_and_in(filled: microblob.Store, count_reads: Any) ->
 
 def test_counts_without_decoding_documents(filled: microblob.Store, count_reads: Any) -> None:
     assert filled.explain(None)["count"] == "stored counter"
-    assert filled.explain({"type": "scan"})["count"] == "index entries of type_1"
+    assert filled.explain({"type": "scan"})["count"] == "stored counters of type_1"
+    assert filled.explain({"custom_metadata.exposure_ms": {"$gte": 45}})["count"] == \
+        "index entries of custom_metadata.exposure_ms_1"
     assert filled.explain({"type": {"$ne": "scan"}})["count"] == "documents checked one by one"
     counts = count_reads(filled)
     assert filled.count_objects() == N

@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "ALWAYS",
+    "COUNTER",
     "MAX_COMPONENT",
     "MULTI",
     "NULL",
@@ -40,6 +41,7 @@ __all__ = [
 
 ALWAYS = b"\x01"  # entry marker: this document's value cannot be keyed; it is a candidate for every lookup
 MULTI = b"\x02"  # entry marker: this document has an array on an indexed path (several entries, no sort)
+COUNTER = b"\x03"  # not an entry: how many documents are filed under a value prefix (kvdocs.py keeps them)
 NULL = b"\x10"
 _NAN = b"\x20"
 _NUMBER = b"\x21"

@@ -4,6 +4,8 @@ Layout inside the engine's tables:
 - docs:   pack(collection) + id_key(_id)                   -> msgpack document
 - index:  pack(collection) + pack(index name) + entry      -> len(id key), one byte
           entry = order-preserving component per indexed field + id_key (`_index_keys.py`, `_planner.py`)
+          pack(collection) + pack(index name) + 0x03 + value prefix -> 8-byte big-endian count of the
+          documents filed under those leading components, kept from 2 on (fewer: count the entries)
 - chunks: pack(file_id) + 4-byte big-endian chunk number    -> raw bytes (no framing, no copy)
 - meta:   b"indexes"                                        -> {collection: [index spec, ...]}
           b"count" + pack(collection)                        -> how many documents it holds
@@ -33,7 +35,7 @@ from .backend import Filter, Projection, Sort, check_window, checked_chunk
 from .ids import new_id
 from .index_keys import ALWAYS, successor
 from .kv import KVEngine, KVTxn
-from .planner import Index, Plan, check_index_spec, plan
+from .planner import Index, Plan, check_index_spec, documents_under, plan
 from .query import (
     compile_filter,
     compile_projection_owned,
@@ -56,7 +58,7 @@ _HASHED = b"\xc1\x01"  # 0xc1 never starts a msgpack value, so these cannot coll
 _NAN = msgpack.ExtType(1, b"nan")
 _INDEXES_KEY = b"indexes"
 _COUNT_KEY = b"count"
-_FORMAT = 2  # index entry format; specs of an older one are rebuilt by the next create_index
+_FORMAT = 3  # index entry format (3: with value-prefix counters); older ones are rebuilt by the next create_index
 
 
 def _pack(value: Any) -> bytes:
@@ -247,9 +249,10 @@ class KVCollection:
                 if stored is not None:
                     return int(msgpack.unpackb(stored))
             chosen = self._plan(txn, filter, [], None)
-            if chosen.index is not None and chosen.exact and not chosen.multi:
-                # The index answers the filter: count its entries, decode only the ALWAYS documents.
-                n = chosen.count_entries(txn)
+            if chosen.index is not None and (chosen.counted or (chosen.exact and not chosen.multi)):
+                # The index answers the filter: its counters (equality) or its entries (ranges) count the
+                # documents; only those filed under ALWAYS are decoded and checked.
+                n = chosen.count_counted(txn) if chosen.counted else chosen.count_entries(txn)
                 if chosen.always:
                     always = Plan(index=chosen.index, always=True)
                     for idk in always.candidates(txn):
@@ -276,6 +279,8 @@ class KVCollection:
                 counting = self._plan(txn, filter, [], None)
                 if not filter:
                     out["count"] = "stored counter" if txn.get("meta", self._count_key) is not None else "scan"
+                elif counting.index is not None and counting.counted:
+                    out["count"] = f"stored counters of {counting.index.name}"
                 elif counting.index is not None and counting.exact and not counting.multi:
                     out["count"] = f"index entries of {counting.index.name}"
                 else:
@@ -401,15 +406,22 @@ class KVCollection:
         """Put or delete one document and bring every index (and the count) along, in the caller's
         transaction."""
         idk = key[len(self._prefix) :]
+        none: tuple[set[bytes], set[bytes]] = (set(), set())
         for index in self._backend._indexes(txn, self.name):
-            before = index.entries(old, idk) if old is not None else set()
-            after = index.entries(new, idk) if new is not None else set()
+            before, was_counted = index.filing(old, idk) if old is not None else none
+            after, counted = index.filing(new, idk) if new is not None else none
+            if before == after:
+                continue
             for entry in before - after:
                 txn.delete("index", entry)
             for entry in after - before:
                 if index.unique:
                     self._check_unique(txn, index, entry, idk)
                 txn.put("index", entry, _id_length(idk))
+            for value_prefix in was_counted - counted:
+                _uncount(txn, index, value_prefix)
+            for value_prefix in counted - was_counted:
+                _count(txn, index, value_prefix)
         if new is None:
             txn.delete("docs", key)
         else:
@@ -432,10 +444,13 @@ class KVCollection:
         """File every document under a new index, in the caller's transaction (all or nothing)."""
         for key, raw in txn.scan("docs", self._prefix):
             idk = key[len(self._prefix) :]
-            for entry in index.entries(_codec.decode(raw), idk):
+            entries, counted = index.filing(_codec.decode(raw), idk)
+            for entry in entries:
                 if index.unique:
                     self._check_unique(txn, index, entry, idk)
                 txn.put("index", entry, _id_length(idk))
+            for value_prefix in counted:
+                _count(txn, index, value_prefix)
 
     def _drop_entries(self, txn: KVTxn, prefix: bytes) -> None:
         doomed = [k for k, _ in txn.scan("index", prefix, values=False)]
@@ -524,6 +539,31 @@ class KVCollection:
 
     def index_information(self) -> dict[str, dict]:
         return {spec["name"]: {"key": spec["key"], "unique": spec["unique"]} for spec in self.list_indexes()}
+
+
+def _count(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
+    """One more document under a value prefix (its entries already written). A counter is kept only from
+    two documents on: most values of a timestamp or id index have one, and a key for each would cost
+    as much room as the entries."""
+    counter = index.counter_key(value_prefix)
+    raw = txn.get("index", counter)
+    if raw is not None:
+        txn.put("index", counter, (int.from_bytes(raw, "big") + 1).to_bytes(8, "big"))
+    elif documents_under(txn, index, value_prefix, 2) >= 2:
+        txn.put("index", counter, (2).to_bytes(8, "big"))
+
+
+def _uncount(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
+    """One document fewer under a value prefix; below two, its counter goes."""
+    counter = index.counter_key(value_prefix)
+    raw = txn.get("index", counter)
+    if raw is None:
+        return
+    n = int.from_bytes(raw, "big") - 1
+    if n >= 2:
+        txn.put("index", counter, n.to_bytes(8, "big"))
+    else:
+        txn.delete("index", counter)
 
 
 def _id_length(idk: bytes) -> bytes:

@@ -27,7 +27,7 @@ import msgpack
 from .._exceptions import InvalidArgument
 from . import index_keys as keys
 
-__all__ = ["Index", "Plan", "check_index_spec", "plan"]
+__all__ = ["Index", "Plan", "check_index_spec", "documents_under", "plan", "stored_count"]
 
 _MAX_ENTRIES = 1000  # entries of one document (array fan-out) or key prefixes of one lookup ($in fan-out)
 _MAX_KEY = 500  # LMDB refuses keys over 511 bytes
@@ -141,25 +141,47 @@ class Index:
 
     def entries(self, doc: Mapping[str, Any], idk: bytes) -> set[bytes]:
         """Every key this document files under this index."""
+        return self.filing(doc, idk)[0]
+
+    def filing(self, doc: Mapping[str, Any], idk: bytes) -> tuple[set[bytes], set[bytes]]:
+        """(every key this document files under this index, the value prefixes it is counted under).
+
+        A value prefix is the components of the first 1..k indexed fields of one of its entries (without
+        the index prefix); a document is counted once under each, however many array combinations share
+        it. A document filed under ALWAYS is counted under none (counts re-check those with the matcher)."""
         per_field = []
         multi = False
+        always = {self.prefix + keys.ALWAYS + idk}, set()
         for path in self.fields:
             comps, is_array = _field_components(doc, path)
             if comps is None:
-                return {self.prefix + keys.ALWAYS + idk}
+                return always
             multi = multi or is_array
             per_field.append(comps)
         combos = 1
         for comps in per_field:
             combos *= len(comps)
         if combos > _MAX_ENTRIES:
-            return {self.prefix + keys.ALWAYS + idk}
-        out = {self.prefix + b"".join(combo) + idk for combo in itertools.product(*per_field)}
+            return always
+        if len(per_field) == 1:  # the common case: one field, one value
+            values = per_field[0]
+            counted = set(values)
+            out = {self.prefix + value + idk for value in values}
+        else:
+            counted = set()
+            out = set()
+            for combo in itertools.product(*per_field):
+                out.add(self.prefix + b"".join(combo) + idk)
+                counted.update(b"".join(combo[:depth]) for depth in range(1, len(combo) + 1))
         if any(len(entry) > _MAX_KEY for entry in out):
-            return {self.prefix + keys.ALWAYS + idk}
+            return always
         if multi:
             out.add(self.prefix + keys.MULTI + idk)
-        return out
+        return out, counted
+
+    def counter_key(self, value_prefix: bytes) -> bytes:
+        """Where the number of documents filed under a value prefix is kept (when it is 2 or more)."""
+        return self.prefix + keys.COUNTER + value_prefix
 
     def markers(self, txn: Any) -> tuple[bool, bool]:
         """(has ALWAYS entries, has MULTI entries): two cursor probes."""
@@ -249,6 +271,7 @@ class Plan:
     in_sort_order: bool = False  # candidates arrive in the query's sort order (or it has none)
     tiebreak: bool = False  # ... in the order of its leading fields only: runs of ties are sorted in memory
     exact: bool = False  # the ranges answer the whole filter: counts need no document
+    counted: bool = False  # ... and each range is one value prefix of equalities: its count is stored
     multi: bool = False  # the index has array entries: de-duplicate candidates
     always: bool = False  # the index has documents filed under ALWAYS: they are candidates too
     used_fields: list[str] = field(default_factory=list)
@@ -280,6 +303,13 @@ class Plan:
         """Documents in the ranges, from index keys alone (only for an exact, non-array plan)."""
         return sum(txn.count_range("index", lo, hi) for lo, hi in self.ranges)
 
+    def count_counted(self, txn: Any) -> int:
+        """Documents in the ranges, from the stored counter of each value prefix (only for a `counted`
+        plan): O(ranges), whatever the number of matches."""
+        assert self.index is not None
+        cut = len(self.index.prefix)
+        return sum(stored_count(txn, self.index, lo[cut:]) for lo, _ in self.ranges)
+
     def explain(self) -> dict[str, Any]:
         if self.index is None:
             return {"plan": "COLLSCAN", "index": None, "sort": "in memory" if not self.in_sort_order else "none",
@@ -294,10 +324,32 @@ class Plan:
             "sort": ("index order, ties sorted in memory" if self.tiebreak else "index order")
             if self.in_sort_order else "in memory",
             "exact": self.exact,
+            "counted": self.counted,
             "multikey": self.multi,
             "estimate": self.estimate,
             "reason": self.reason,
         }
+
+
+def documents_under(txn: Any, index: Index, value_prefix: bytes, limit: int) -> int:
+    """How many distinct documents have entries under a value prefix, counted up to `limit` (a document
+    of arrays has several entries under one prefix)."""
+    lo = index.prefix + value_prefix
+    seen: set[bytes] = set()
+    for key, n in txn.range("index", lo, keys.successor(lo)):
+        seen.add(key[-n[0]:])
+        if len(seen) >= limit:
+            break
+    return len(seen)
+
+
+def stored_count(txn: Any, index: Index, value_prefix: bytes) -> int:
+    """The documents filed under a value prefix: its counter if it has one, else (fewer than two) the
+    entries themselves."""
+    raw = txn.get("index", index.counter_key(value_prefix))
+    if raw is not None:
+        return int.from_bytes(raw, "big")
+    return documents_under(txn, index, value_prefix, 2)
 
 
 def _walk_forward(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
@@ -336,13 +388,14 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes
 
 
 def _bounds(index: Index, conds: dict[str, _FieldCond], multi: bool
-            ) -> tuple[list[tuple[bytes, bytes | None]], list[str], int, bool]:
+            ) -> tuple[list[tuple[bytes, bytes | None]], list[str], int, bool, bool]:
     """(key ranges, fields used, how many lead fields are fixed by equality, whether the ranges are the
-    exact answer for the fields used)."""
+    exact answer for the fields used, whether they are too on an index with array entries: then every
+    used field is one equality, so each document has at most one matching value prefix)."""
     prefixes = [index.prefix]
     used: list[str] = []
     fixed = 0
-    exact = not multi
+    exact = True
     for path in index.fields:
         cond = conds.get(path)
         if cond is None:
@@ -378,11 +431,11 @@ def _bounds(index: Index, conds: dict[str, _FieldCond], multi: bool
             used.append(path)
             mixed = len(lower) + len(upper) != len(cond.lower) + len(cond.upper)
             exact = exact and not cond.inexact and not mixed
-            return ranges, used, fixed, exact
+            return ranges, used, fixed, exact and not multi, False
         break
     if not used:
-        return [(index.prefix + keys.NULL, keys.successor(index.prefix))], [], 0, False
-    return [(p, keys.successor(p)) for p in prefixes], used, fixed, exact
+        return [(index.prefix + keys.NULL, keys.successor(index.prefix))], [], 0, False, False
+    return [(p, keys.successor(p)) for p in prefixes], used, fixed, exact and not multi, exact and len(prefixes) == 1
 
 
 def _sort_direction(index: Index, fixed: int, sort: Sequence[tuple[str, int]],
@@ -410,8 +463,11 @@ def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
         if index.fields[0] not in conds and not (sort and any(f == index.fields[0] for f, _ in sort)):
             continue
         always, multi = index.markers(txn)
-        ranges, used, fixed, exact = _bounds(index, conds, multi)
-        exact = exact and whole and set(used) == set(conds)
+        ranges, used, fixed, exact, exact_multi = _bounds(index, conds, multi)
+        answers = whole and set(used) == set(conds)
+        exact = exact and answers
+        # Equality on leading fields only: the documents are counted by value prefix (Plan.counted).
+        counted = answers and fixed == len(used) > 0 and (exact or exact_multi)
         served = None
         if sort and not always and not multi and len(ranges) == 1:
             served = _sort_direction(index, fixed, sort, used[:fixed])
@@ -419,7 +475,7 @@ def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
             continue
         found.append(Plan(index=index, ranges=ranges, reverse=served is not None and served[0] == -1,
                           in_sort_order=not sort or served is not None, tiebreak=served is not None and served[1],
-                          exact=exact, multi=multi, always=always, used_fields=used))
+                          exact=exact, multi=multi, always=always, used_fields=used, counted=counted))
     if not found:
         reason = "no index serves the filter or the sort" if (conds or sort) else "no filter: every document"
         return Plan(in_sort_order=not sort, reason=reason)
