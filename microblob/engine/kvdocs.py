@@ -545,12 +545,21 @@ def _count(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
     """One more document under a value prefix (its entries already written). A counter is kept only from
     two documents on: most values of a timestamp or id index have one, and a key for each would cost
     as much room as the entries."""
+    if _documents_under(txn, index, value_prefix) < 2:  # most values of most indexes: one probe
+        return
     counter = index.counter_key(value_prefix)
     raw = txn.get("index", counter)
-    if raw is not None:
-        txn.put("index", counter, (int.from_bytes(raw, "big") + 1).to_bytes(8, "big"))
-    elif documents_under(txn, index, value_prefix, 2) >= 2:
-        txn.put("index", counter, (2).to_bytes(8, "big"))
+    n = int.from_bytes(raw, "big") + 1 if raw is not None else 2
+    txn.put("index", counter, n.to_bytes(8, "big"))
+
+
+def _documents_under(txn: KVTxn, index: Index, value_prefix: bytes) -> int:
+    """Documents under a value prefix, up to 2. A one-field index has one entry per document and value:
+    its keys are counted in the engine, not walked in Python."""
+    if len(index.fields) == 1:
+        lo = index.prefix + value_prefix
+        return txn.count_range("index", lo, successor(lo), 2)
+    return documents_under(txn, index, value_prefix, 2)
 
 
 def _uncount(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
