@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import _hypothesis_budget
 import pytest
 from _td_schema import published_errors, watch_thing_descriptions
 
@@ -310,6 +311,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI a skipped test is a failure: whatever cannot run there must be fixed, not hidden."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: hand the servers it used to the controller
+        workeroutput["mongo_servers"] = list(_MONGO_SERVER_USED)
     if not os.environ.get("CI"):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -319,10 +323,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: the MongoDB servers a worker's tests used, for the summary the controller prints."""
+    for description in getattr(node, "workeroutput", {}).get("mongo_servers", []):
+        if description not in _MONGO_SERVER_USED:
+            _MONGO_SERVER_USED.append(description)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Say which server the MongoDB tests ran against (CI runs SecantusDB, not a genuine mongod)."""
+    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its controller prints the summary
+        return
     if _MONGO_SERVER_USED:
-        terminalreporter.write_line(f"MongoDB tests ran against: {_MONGO_SERVER_USED[0]}")
+        kinds = sorted({d.split(" at ")[0] for d in _MONGO_SERVER_USED})
+        workers = f" ({len(_MONGO_SERVER_USED)} servers, one per worker)" if len(_MONGO_SERVER_USED) > 1 else ""
+        terminalreporter.write_line(f"MongoDB tests ran against: {'; '.join(kinds)}{workers}")
+    terminalreporter.write_line(_hypothesis_budget.describe())
 
 
 # --- LabThings-FastAPI 0.3.0, in its own virtualenv ----------------------------------------------------
