@@ -13,7 +13,14 @@ All three serve the same bytes (seeded random, made before timing).
   calls (no action, no JSON, no hashing) — the floor for moving these bytes over HTTP here.
 - labthings: the same Thing written for LabThings-FastAPI 0.3.0, called through its own ThingClient
   (which polls the invocation) and downloaded with `blob.content`. Installed on first use into
-  bench/.venv-labthings.
+  bench/.venv-labthings. Its client sleeps 50 ms before its first poll, so it is also driven by:
+- labthings raw: the same LabThings server from a raw httpx client that polls the invocation in a tight
+  loop (no sleep) and then downloads the output's href: LabThings at its fastest.
+
+Then concurrency (`--clients 1,8,32`): that many clients at once, each making 1 KiB round trips
+(call + download) in a loop on its own connection (asyncio + httpx in one client process, the same
+code against every server: microblob's held POST, the bare route, LabThings tight-polled), interleaved;
+p50/p99 latency and throughput per server.
 
 Targets: 1 KiB round trip >= 5x faster than LabThings-FastAPI; 256 MiB within 1.25x of the bare route.
 """
@@ -163,6 +170,29 @@ def client_bare(base: str) -> None:
     _serve_requests(once)
 
 
+def client_labthings_raw(base: str) -> None:
+    import httpx
+
+    http = httpx.Client(timeout=300)
+
+    def once(size: int) -> None:
+        assert len(_labthings_tight(http, base, size)) == size
+
+    _serve_requests(once)
+
+
+def _labthings_tight(http, base: str, size: int) -> bytes:  # type: ignore[no-untyped-def]
+    """LabThings' protocol without its client's sleeps: POST, poll the invocation's self link in a tight
+    loop until it ends, then GET the output Blob's href."""
+    r = http.post(f"{base}bench/make_blob", json={"size": size})
+    r.raise_for_status()
+    inv = r.json()
+    while inv["status"] not in ("completed", "error", "cancelled"):
+        inv = http.get(next(link["href"] for link in inv["links"] if link["rel"] == "self")).json()
+    assert inv["status"] == "completed", inv
+    return http.get(inv["output"]["href"]).content
+
+
 def client_labthings(base: str) -> None:
     import labthings_fastapi as lt
 
@@ -173,6 +203,61 @@ def client_labthings(base: str) -> None:
         assert len(data) == size
 
     _serve_requests(once)
+
+
+async def _one_async(kind: str, http, base: str, size: int) -> int:  # type: ignore[no-untyped-def]
+    if kind == "bare":
+        r = await http.get(f"{base}bytes/{size}")
+        return len(r.content)
+    if kind == "microblob":
+        r = await http.post(f"{base}bench/make_blob", json={"size": size}, params={"wait": "30"})
+        inv = r.json()
+        while inv["status"] not in ("completed", "error", "cancelled"):
+            inv = (await http.get(inv["href"], params={"wait": "30"})).json()
+        out = inv["output"]
+        return len((await http.get(out.get("href") or out["url"])).content)
+    r = await http.post(f"{base}bench/make_blob", json={"size": size})  # LabThings, tight-polled
+    inv = r.json()
+    while inv["status"] not in ("completed", "error", "cancelled"):
+        inv = (await http.get(next(link["href"] for link in inv["links"] if link["rel"] == "self"))).json()
+    return len((await http.get(inv["output"]["href"])).content)
+
+
+def load_client(kind: str, base: str, clients: int, calls: int) -> None:
+    """`clients` concurrent 1 KiB round-trip loops of `calls` each; prints {"latencies", "elapsed"}."""
+    import asyncio
+
+    import httpx
+
+    async def run() -> dict:
+        latencies: list[float] = []
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+            await _one_async(kind, http, base, 1024)  # warm: connections, payload cached
+
+            async def loop() -> None:
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    assert await _one_async(kind, http, base, 1024) == 1024
+                    latencies.append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(loop() for _ in range(clients)))
+            return {"latencies": latencies, "elapsed": time.perf_counter() - t0}
+
+    print(json.dumps(asyncio.run(run())), flush=True)
+
+
+def run_load(kind: str, port: int, clients: int, calls: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "_load", kind, f"http://127.0.0.1:{port}/", str(clients),
+                          str(calls)], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # --- orchestration ---------------------------------------------------------------------------------------
@@ -191,12 +276,12 @@ def ensure_labthings() -> Path | None:
 class Pair:
     """One server process and one client process of a kind; `call(size)` times one round trip."""
 
-    def __init__(self, python: str, kind: str) -> None:
+    def __init__(self, python: str, kind: str, server: str | None = None, client_python: str | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.server = subprocess.Popen([python, __file__, f"_serve_{kind}"], stdout=subprocess.PIPE, text=True,
-                                       env=env)
+        self.server = subprocess.Popen([python, __file__, f"_serve_{server or kind}"], stdout=subprocess.PIPE,
+                                       text=True, env=env)
         assert self.server.stdout is not None
-        port = int(self.server.stdout.readline())
+        self.port = port = int(self.server.stdout.readline())
         deadline = time.monotonic() + 60
         while True:  # wait until it accepts connections
             try:
@@ -206,7 +291,8 @@ class Pair:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        self.client = subprocess.Popen([python, __file__, f"_client_{kind}", f"http://127.0.0.1:{port}/"],
+        self.client = subprocess.Popen([client_python or python, __file__, f"_client_{kind}",
+                                        f"http://127.0.0.1:{port}/"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def call(self, size: int) -> float:
@@ -235,6 +321,8 @@ def main() -> None:
     ap.add_argument("--runs-scale", type=float, default=1.0, help="multiply the number of runs per size")
     ap.add_argument("--no-labthings", action="store_true")
     ap.add_argument("--json", help="also write the medians here")
+    ap.add_argument("--clients", default="1,8,32", help="concurrent client counts ('' skips the load run)")
+    ap.add_argument("--load-calls", type=int, default=200, help="round trips per load run, split across clients")
     ap.add_argument("--http", default="h11", choices=["h11", "httptools"],
                     help="uvicorn's HTTP implementation, the same for all servers (httptools must be installed)")
     ap.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
@@ -247,14 +335,30 @@ def main() -> None:
     lt_python = None if args.no_labthings else ensure_labthings()
     if lt_python is not None:
         pairs["labthings"] = Pair(str(lt_python), "labthings")
+        pairs["labthings raw"] = Pair(str(lt_python), "labthings_raw", server="labthings",
+                                      client_python=sys.executable)
     results: dict[str, dict[int, list[float]]] = {k: {} for k in pairs}
     try:
         for size in sizes:
             for pair in pairs.values():
                 pair.call(size)  # warm up: payload made and cached, connections open
             for _ in range(max(3, int(RUNS.get(size, 5) * args.runs_scale))):
-                for kind, pair in pairs.items():  # interleaved, so machine noise hits all three alike
+                for kind, pair in pairs.items():  # interleaved, so machine noise hits all alike
                     results[kind].setdefault(size, []).append(pair.call(size))
+        load = {}
+        servers = {"microblob": pairs["microblob"].port, "bare": pairs["bare"].port}
+        if "labthings" in pairs:
+            servers["labthings"] = pairs["labthings"].port
+        for clients in [int(c) for c in args.clients.split(",") if c]:
+            calls = max(1, args.load_calls // clients)
+            runs: dict[str, list[dict]] = {k: [] for k in servers}
+            for _ in range(3):
+                for kind, port in servers.items():
+                    runs[kind].append(run_load(kind, port, clients, calls))
+            load[clients] = {kind: {"p50_ms": statistics.median(percentile(r["latencies"], 0.5) for r in rs) * 1000,
+                                    "p99_ms": statistics.median(percentile(r["latencies"], 0.99) for r in rs) * 1000,
+                                    "per_s": statistics.median(len(r["latencies"]) / r["elapsed"] for r in rs)}
+                             for kind, rs in runs.items()}
     finally:
         for pair in pairs.values():
             pair.close()
@@ -262,7 +366,7 @@ def main() -> None:
     names = {v: k for k, v in SIZES.items()}
     head = f"{'size':>7} {'runs':>4}  {'microblob':>12} {'bare route':>12}"
     if "labthings" in med:
-        head += f" {'LabThings':>12}  {'mb/bare':>8} {'LT/mb':>8}"
+        head += f" {'LabThings':>12} {'LT raw':>12}  {'mb/bare':>8} {'LT/mb':>8} {'LTraw/mb':>8}"
     else:
         head += f"  {'mb/bare':>8}"
     print(head)
@@ -270,22 +374,32 @@ def main() -> None:
         mb, bare = med["microblob"][s], med["bare"][s]
         line = f"{names[s]:>7} {len(results['microblob'][s]):>4}  {fmt(mb):>12} {fmt(bare):>12}"
         if "labthings" in med:
-            lt = med["labthings"][s]
-            line += f" {fmt(lt):>12}  {mb / bare:7.2f}x {lt / mb:7.2f}x"
+            lt, raw = med["labthings"][s], med["labthings raw"][s]
+            line += f" {fmt(lt):>12} {fmt(raw):>12}  {mb / bare:7.2f}x {lt / mb:7.2f}x {raw / mb:7.2f}x"
         else:
             line += f"  {mb / bare:7.2f}x"
         print(line)
     print(f"uvicorn http={args.http} loop={args.loop}; medians of interleaved runs")
     print("mb/bare: microblob time over the bare route's (target at 256MiB <= 1.25); "
-          "LT/mb: how many times faster microblob is than LabThings-FastAPI (target at 1KiB >= 5)")
+          "LT/mb: how many times faster microblob is than LabThings-FastAPI (target at 1KiB >= 5); "
+          "LTraw/mb: the same against LabThings driven by a tight-polling raw client")
+    if load:
+        print("\nconcurrent 1 KiB round trips (call + download), medians of 3 interleaved runs")
+        print(f"{'clients':>7} {'server':>10} {'p50':>10} {'p99':>10} {'calls/s':>9}")
+        for clients, by in load.items():
+            for kind, row in by.items():
+                print(f"{clients:>7} {kind:>10} {row['p50_ms']:8.2f}ms {row['p99_ms']:8.2f}ms {row['per_s']:9.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({k: {names[s]: v for s, v in d.items()} for k, d in med.items()},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({
+            "round_trip_s": {k: {names[s]: v for s, v in d.items()} for k, d in med.items()},
+            "concurrent_1KiB": {str(c): by for c, by in load.items()}}, indent=2))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("_serve_"):
         globals()[f"serve_{sys.argv[1][7:]}"]()
+    elif len(sys.argv) > 1 and sys.argv[1] == "_load":
+        load_client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     elif len(sys.argv) > 1 and sys.argv[1].startswith("_client_"):
         globals()[f"client_{sys.argv[1][8:]}"](sys.argv[2])
     else:

@@ -4,11 +4,18 @@ ratios mean anything).
     python bench/bench_store.py [--repeat 5] [--sizes 1KiB,1MiB,256MiB] [--dir /tmp]
 
 For each size: microblob's embedded default (save = committed and fsync'd, default chunked storage;
-get = read the bytes back), a raw file (one write + fsync; read), the raw file written in 1 MiB pieces
-(+ fsync), and a stdlib sqlite3 blob table
-(INSERT + COMMIT with synchronous=FULL; SELECT). Same durability on every side: each save is
-committed and synced before the next starts. Prints medians of `--repeat` runs and the ratios;
-writes them as JSON to bench/results/store.json.
+get = `get_blob_object(id).data`, or a streamed read above 1 MiB), raw py-lmdb (one put per write
+transaction with LMDB's default durability, sync and metasync; get = one read transaction), a raw file
+(one write + fsync; read), the raw file written in 1 MiB pieces (+ fsync), and a stdlib sqlite3 blob
+table in WAL mode with synchronous=FULL (INSERT + COMMIT; SELECT). Same durability on every side: each
+save is committed and synced before the next starts.
+
+Then concurrent writers (`--threads`, default 1,8): T threads saving 1 KiB objects durably at once, into
+microblob (group commit: writers that arrive during a commit share the next), raw py-lmdb (a write
+transaction each, as LMDB serialises them) and sqlite3 WAL FULL (a connection per thread). Throughput and
+its ratio to the same side's single writer.
+
+Prints medians of `--repeat` runs and the ratios; writes them as JSON to bench/results/store.json.
 """
 
 from __future__ import annotations
@@ -21,15 +28,19 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import lmdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import microblob  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
-SIZES = {"1KiB": KiB, "1MiB": MiB, "256MiB": 256 * MiB}
+SIZES = {"1KiB": KiB, "1MiB": MiB, "64MiB": 64 * MiB, "256MiB": 256 * MiB, "1GiB": 1024 * MiB}
+DEFAULT_SIZES = "1KiB,1MiB,64MiB,256MiB"
 READ_PIECE = MiB
 
 
@@ -112,15 +123,47 @@ class RawFileStreamed(RawFile):
             os.fsync(fh.fileno())
 
 
-class Sqlite(Side):
-    name = "sqlite3"
+class RawLmdb(Side):
+    """py-lmdb as its documentation uses it: one environment, one put per write transaction, LMDB's
+    default durability (sync + metasync: a commit is on disk when it returns)."""
+
+    name = "raw lmdb"
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
-        self.db = sqlite3.connect(directory / "blobs.sqlite")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.env = lmdb.open(str(directory / "raw.lmdb"), subdir=False, map_size=1 << 36, sync=True,
+                             metasync=True)
+
+    def save(self, i: int, data: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(b"obj-%d" % i, data)
+
+    def load(self, i: int) -> int:
+        with self.env.begin() as txn:
+            return len(txn.get(b"obj-%d" % i))
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class Sqlite(Side):
+    """sqlite3 at its fastest durable setting: WAL journal, synchronous=FULL (the WAL is synced at every
+    commit), statements cached by the module."""
+
+    name = "sqlite3 WAL"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.db = self.connect(directory)
         self.db.execute("CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, data BLOB)")
         self.db.commit()
+
+    @staticmethod
+    def connect(directory: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(directory / "blobs.sqlite", timeout=60, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
 
     def save(self, i: int, data: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?)", (f"obj-{i}", data))
@@ -169,30 +212,105 @@ def run_size(label: str, size: int, repeat: int, base: Path, sides: list[type[Si
     return summary
 
 
+CONCURRENT_SAVES = 2000  # 1 KiB saves per run, split across the threads
+
+
+def concurrent_saves(side: str, directory: Path, threads: int) -> float:
+    """Durable 1 KiB saves per second with `threads` writers at once."""
+    payload = os.urandom(KiB)
+    per = CONCURRENT_SAVES // threads
+    if side == "microblob":
+        store = microblob.connect(directory / "microblob.db")
+        writers = [lambda t: [store.save_or_update_object(payload, object_id=f"t{t}-{i}") for i in range(per)]]
+        close: Callable[[], None] = store.close
+    elif side == "raw lmdb":
+        env = lmdb.open(str(directory / "raw.lmdb"), subdir=False, map_size=1 << 32)
+
+        def put(t: int) -> None:
+            for i in range(per):
+                with env.begin(write=True) as txn:
+                    txn.put(b"t%d-%d" % (t, i), payload)
+        writers, close = [put], env.close
+    else:
+        Sqlite(directory).close()  # the table, in WAL mode
+        dbs = [Sqlite.connect(directory) for _ in range(threads)]
+
+        def insert(t: int) -> None:
+            db = dbs[t]
+            for i in range(per):
+                db.execute("INSERT INTO blobs VALUES (?, ?)", (f"t{t}-{i}", payload))
+                db.commit()
+        writers = [insert]
+
+        def close() -> None:
+            for db in dbs:
+                db.close()
+    os.sync()
+    pool = [threading.Thread(target=writers[0], args=(t,)) for t in range(threads)]
+    start = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    close()
+    return per * threads / elapsed
+
+
+def run_concurrent(thread_counts: list[int], repeat: int, base: Path) -> dict[str, dict[str, float]]:
+    sides = ("microblob", "raw lmdb", "sqlite3 WAL")
+    rates: dict[str, dict[int, list[float]]] = {s: {t: [] for t in thread_counts} for s in sides}
+    for r in range(repeat):
+        for threads in thread_counts:
+            for side in sides:  # interleaved, as above
+                directory = base / f"concurrent-{side.replace(' ', '_')}-{threads}-{r}"
+                directory.mkdir()
+                try:
+                    rates[side][threads].append(concurrent_saves(side, directory, threads))
+                finally:
+                    shutil.rmtree(directory)
+    return {side: {str(t): statistics.median(v) for t, v in by.items()} for side, by in rates.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma list of {', '.join(SIZES)}")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--threads", default="1,8", help="writer counts for the concurrent run ('' skips it)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="microblob-bench-", dir=args.dir))
     report: dict[str, dict] = {}
     try:
         for label in args.sizes.split(","):
             size = SIZES[label]
-            summary = run_size(label, size, args.repeat, base, [Microblob, RawFile, RawFileStreamed, Sqlite])
+            summary = run_size(label, size, args.repeat, base, [Microblob, RawLmdb, RawFile, RawFileStreamed, Sqlite])
             report[label] = summary
             mb = summary["microblob"]
             print(f"\n{label} x {mb['ops']} ops, median of {args.repeat} runs")
-            print(f"  {'':10} {'save/s':>10} {'get/s':>10} {'save+get/s':>11} {'save MB/s':>10} {'get MB/s':>10}")
+            print(f"  {'':11} {'save/s':>10} {'get/s':>10} {'save+get/s':>11} {'save MB/s':>10} {'get MB/s':>10}")
             for name, row in summary.items():
-                print(f"  {name:10} {row['save_ops_per_s']:10.1f} {row['load_ops_per_s']:10.1f} "
+                print(f"  {name:11} {row['save_ops_per_s']:10.1f} {row['load_ops_per_s']:10.1f} "
                       f"{row['pair_ops_per_s']:11.1f} {row['save_MBps']:10.1f} {row['load_MBps']:10.1f}")
-            for name in ("raw file", "raw 1MiB", "sqlite3"):
+            for name in ("raw lmdb", "raw file", "raw 1MiB", "sqlite3 WAL"):
                 other = summary[name]
-                print(f"  microblob / {name:8}: save {mb['save_ops_per_s'] / other['save_ops_per_s']:.2f}x, "
+                print(f"  microblob / {name:11}: save {mb['save_ops_per_s'] / other['save_ops_per_s']:.2f}x, "
                       f"get {mb['load_ops_per_s'] / other['load_ops_per_s']:.2f}x, "
                       f"save+get {mb['pair_ops_per_s'] / other['pair_ops_per_s']:.2f}x")
+        counts = [int(t) for t in args.threads.split(",") if t]
+        if counts:
+            concurrent = run_concurrent(counts, args.repeat, base)
+            report["concurrent_1KiB_saves_per_s"] = concurrent
+            print(f"\nconcurrent durable 1 KiB saves/s, median of {args.repeat} runs")
+            for side, by in concurrent.items():
+                single = by.get("1")
+                cells = "  ".join(f"{t} threads {rate:8.0f}" + (f" ({rate / single:.2f}x)" if single else "")
+                                  for t, rate in by.items())
+                print(f"  {side:11} {cells}")
+            mb = concurrent["microblob"]
+            for side in ("raw lmdb", "sqlite3 WAL"):
+                print("  microblob / " + side + ": " + ", ".join(
+                    f"{t} threads {mb[t] / concurrent[side][t]:.2f}x" for t in mb))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     out = Path(__file__).resolve().parent / "results"

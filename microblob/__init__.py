@@ -30,21 +30,26 @@ from ._exceptions import (
     StorageError,
     StoreClosed,
     StoreFull,
+    StoreInUse,
     StoreNotFound,
     ThingSlotError,
     Unauthorized,
+    UnsupportedOperation,
     VersionNotFound,
     WriteConflict,
 )
 from ._version import __version__
 from .blob import Blob, RemoteBlob
 from .engine.regex import regex_budget
+from .store.bundle import export_store, import_store
+from .store.compaction import CompactReport
 from .store.connect import connect, default_uri
 from .store.copying import CopyReport, copy
 from .store.core import Store
 from .store.files import DownloadStream, FilesBucket, UploadStream
 from .store.maintenance import GcReport, VerifyReport
 from .store.objects import BlobObject
+from .store.syncing import SyncRound, SyncStatus, SyncWorker, sync, sync_status
 from .store.workflows import Workflow, current_workflow_id
 
 if _typing.TYPE_CHECKING:
@@ -62,6 +67,7 @@ __all__ = [
     "BlobError",
     "BlobExpired",
     "BlobObject",
+    "CompactReport",
     "CopyReport",
     "DownloadStream",
     "DuplicateKey",
@@ -87,12 +93,17 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreFull",
+    "StoreInUse",
     "StoreNotFound",
+    "SyncRound",
+    "SyncStatus",
+    "SyncWorker",
     "Thing",
     "ThingClient",
     "ThingServer",
     "ThingSlotError",
     "Unauthorized",
+    "UnsupportedOperation",
     "UploadStream",
     "VerifyReport",
     "VersionNotFound",
@@ -104,8 +115,12 @@ __all__ = [
     "copy",
     "current_workflow_id",
     "default_uri",
+    "export_store",
+    "import_store",
     "raise_if_cancelled",
     "regex_budget",
+    "sync",
+    "sync_status",
     "thing_action",
     "thing_property",
     "thing_slot",

@@ -18,7 +18,9 @@
     ├── IntegrityError                      stored bytes do not match their sha256 or length
     ├── StoreClosed                         the store was used after close()
     ├── StorageError                        the engine failed (unreadable file, read-only, ...)
-    │   └── StoreFull                       no room: the disk is full, or the map cannot grow
+    │   ├── StoreFull                       no room: the disk is full, or the map cannot grow
+    │   └── StoreInUse                      compaction refused: another process or Store has the file open
+    ├── UnsupportedOperation                this backend cannot do that (compaction on memory:// or MongoDB)
     ├── BlobError                           a Blob could not be read, sent or resolved
     │   └── BlobExpired                     its link has expired
     ├── InvocationCancelled                 an action invocation was cancelled (inside the action or seen by a client)
@@ -59,9 +61,11 @@ __all__ = [
     "StorageError",
     "StoreClosed",
     "StoreFull",
+    "StoreInUse",
     "StoreNotFound",
     "ThingSlotError",
     "Unauthorized",
+    "UnsupportedOperation",
     "VersionNotFound",
     "WriteConflict",
 ]
@@ -181,6 +185,17 @@ class StorageError(MicroblobError):
 class StoreFull(StorageError):
     """No room for the write: the filesystem is full, or the map cannot grow (its cap, or no contiguous
     address space). Nothing of the failed write was kept; reads and smaller writes may still work."""
+
+
+class StoreInUse(StorageError):
+    """An operation that needs the store file to itself (`compact()`) was refused: another process or
+    another Store of this process has it open, or is compacting it. Nothing was changed. Also raised by
+    an open that waited too long for another process's compaction to finish."""
+
+
+class UnsupportedOperation(MicroblobError):
+    """The store's backend cannot do this (`compact()` on `memory://` or MongoDB); the message says what
+    to do instead. Nothing was changed."""
 
 
 class BlobError(MicroblobError):

@@ -158,6 +158,58 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
         log.close()
 
 
+class RestartableMongo:
+    """A SecantusDB of one test's own on a fixed port and data directory, to stop and start again (a
+    destination that goes away and comes back)."""
+
+    def __init__(self, executable: str, storage: Path, log: Path) -> None:
+        self.executable, self.storage, self.log = executable, storage, log
+        self.port = _free_port()
+        self.base_uri = f"mongodb://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.executable, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
+                 str(self.storage), "--standalone", "--cache-size", "64M", "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_ready(self.base_uri, time.monotonic() + SERVER_START_DEADLINE, self.process)
+
+    def kill(self) -> None:
+        """kill -9: the server dies mid-write, as a power cut would take it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def restartable_mongo(tmp_path: Path) -> Iterator[RestartableMongo]:
+    """A running SecantusDB the test may stop and start (same port, same data); stopped at the end."""
+    try:
+        import pymongo  # noqa: F401
+    except ImportError:
+        _no_server("pymongo is not installed (pip install -e '.[test]')")
+    executable = _secantusd()
+    if executable is None:
+        _no_server("no SecantusDB to start and stop: install it in .venv-secantus (MICROBLOB_SECANTUSD)")
+    server = RestartableMongo(executable, tmp_path / "secantus-data", tmp_path / "secantusd.log")
+    server.start()
+    yield server
+    server.stop()
+
+
 def open_store(kind: str, directory: Path, request: pytest.FixtureRequest | None = None) -> microblob.Store:
     if kind == "lmdb":
         return microblob.connect(directory / "store.db", chunk_size=TEST_CHUNK_SIZE)
@@ -302,7 +354,12 @@ def count_reads() -> Callable[[microblob.Store], dict[str, int]]:
 def pytest_configure(config: pytest.Config) -> None:
     """microblob's own pytest plugin (`microblob.testing`: `microblob_store`, `microblob_file_store`,
     `thing_client`) comes in through its `pytest11` entry point once microblob is installed (the README's
-    `pip install -e '.[test]'`); from a checkout that is not installed, register it here."""
+    `pip install -e '.[test]'`); from a checkout that is not installed, register it here.
+
+    Locally, skips are summed up by reason in one line each (`pytest_terminal_summary`) instead of one
+    `SKIPPED` line per test, which read like breakage; in CI, where a skip fails the run, every one is listed."""
+    if os.environ.get("CI") and not {"s", "a", "A"} & set(config.option.reportchars):
+        config.option.reportchars += "s"
     if not config.pluginmanager.has_plugin("microblob"):
         import microblob.testing
 
@@ -331,15 +388,37 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
             _MONGO_SERVER_USED.append(description)
 
 
+# What the summary counts as "ran": (label, test of a report's nodeid and keywords).
+_AREAS: list[tuple[str, Callable[[str, Any], bool]]] = [
+    ("MongoDB", lambda nodeid, keywords: "mongodb" in nodeid),
+    ("torch", lambda nodeid, keywords: "torch" in keywords),
+    ("browse page (Chromium)", lambda nodeid, keywords: nodeid.startswith("tests/test_browse_page.py")),
+]
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Say which server the MongoDB tests ran against (CI runs SecantusDB, not a genuine mongod)."""
+    """Say what ran: which server the MongoDB tests used (CI runs SecantusDB, not a genuine mongod), how
+    many MongoDB, torch and browser tests passed, and (locally) the skips grouped by reason."""
     if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its controller prints the summary
         return
+    stats = terminalreporter.stats
+    passed = [r for r in stats.get("passed", []) if getattr(r, "when", "call") == "call"]
+    counts = [f"{label} {sum(1 for r in passed if test(r.nodeid, r.keywords))}" for label, test in _AREAS]
+    terminalreporter.write_line(f"passed: {len(passed)} tests, of which " + ", ".join(counts))
     if _MONGO_SERVER_USED:
         kinds = sorted({d.split(" at ")[0] for d in _MONGO_SERVER_USED})
         workers = f" ({len(_MONGO_SERVER_USED)} servers, one per worker)" if len(_MONGO_SERVER_USED) > 1 else ""
         terminalreporter.write_line(f"MongoDB tests ran against: {'; '.join(kinds)}{workers}")
     terminalreporter.write_line(_hypothesis_budget.describe())
+    reasons: dict[str, int] = {}
+    for report in stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons and not {"s", "a", "A"} & set(terminalreporter.reportchars):
+        for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"skipped {n} test{'s' if n != 1 else ''}: {reason}", yellow=True)
 
 
 # --- LabThings-FastAPI 0.3.0, in its own virtualenv ----------------------------------------------------

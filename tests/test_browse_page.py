@@ -26,6 +26,7 @@ from _browser import chromium, find_chromium, screenshot, wait_settled
 from screenshot import XSS_ID, XSS_TEXT, camera_thing, fill_demo_store, make_png
 
 import microblob
+from microblob.cli import _human_size, _short_time
 from microblob.http.browse import STATIC_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,16 @@ def test_page_loads_without_console_errors_and_lists_newest_first(page: Any, dem
     assert row[1] == "segmenterapplication/x-safetensors" and row[2] == "ml_model"
     assert row[3] == "1.0 MiB" and row[4] == "1" and row[6] == "train"
     assert row[5].endswith("…") and demo["store"].get_blob_object("segmenter").workflow_id.startswith(row[5][:-1])
-    assert row[7].startswith(time.strftime("%Y-"))
+    # One convention with the CLI: UTC with its zone, binary units with one decimal.
+    segmenter = demo["store"].get_blob_object("segmenter")
+    assert row[7] == _short_time(segmenter.updated_at) and row[7].endswith("Z")
+    assert row[3] == _human_size(segmenter.size)
+    cells = page.execute_script(
+        "return Array.from(document.querySelectorAll('#objects tbody tr'))"
+        ".map(r => [r.dataset.objectId, r.cells[3].textContent.trim(), r.cells[7].textContent.trim()]);")
+    shown = {oid: (size, when) for oid, size, when in cells}
+    assert shown == {o.object_id: (_human_size(o.size), _short_time(o.updated_at))
+                     for o in demo["store"].blob_object_query({})}
     assert "10 objects, newest first." in page.find_element("id", "objects-status").text
 
 
@@ -449,3 +459,26 @@ def test_screenshot_helper(page: Any, demo: dict[str, Any], tmp_path: Path) -> N
     detail = screenshot(page, urljoin(demo["base"], "#/objects/scan-000"), tmp_path / "shots" / "detail.png")
     assert detail.stat().st_size > 10_000
     assert errors(page) == []
+
+
+def test_sync_status_line(page: Any, tmp_path: Path, make_server: Any, live: Any) -> None:
+    """Where the store syncs to and what is still only here; hidden for a store that syncs nowhere."""
+    store = microblob.connect(tmp_path / "store.db")
+    try:
+        base = live(make_server({}, store=store))
+        store.save_or_update_object(b"first", object_id="first")
+        load(page, base)
+        assert not page.find_element("id", "sync-status").is_displayed()
+        dst = tmp_path / "server.db"
+        microblob.sync(store, dst)
+        store.save_or_update_object(b"x" * 2048, object_id="second")
+        load(page, base)
+        line = wait_for(page, lambda: page.find_element("id", "sync-status").text, what="the sync line")
+        assert f"Sync to {dst}: 1 object pending (2.0 KiB), oldest saved" in line, line
+        microblob.sync(store, dst)
+        load(page, base)
+        line = wait_for(page, lambda: page.find_element("id", "sync-status").text, what="the sync line")
+        assert f"Sync to {dst}: up to date; last round" in line, line
+        assert errors(page) == []
+    finally:
+        store.close()

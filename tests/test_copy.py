@@ -133,26 +133,56 @@ def test_an_interrupted_copy_resumes(store_factory: Callable) -> None:
     assert dst.backend.collection("fs.pending").count_documents({}) == 0
 
 
-def test_interrupted_between_history_and_latest(store_factory: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
-    src, dst = store_factory("memory"), store_factory("lmdb")
-    populate(src)
+def copy_interrupted_at(src: microblob.Store, dst: microblob.Store, object_id: str,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy that dies as it writes the latest version of `object_id` at the destination."""
     objects = dst.backend.collection("objects")
     original = objects.insert_one
 
-    def fail_on_versioned(doc: dict) -> Any:
-        if doc["_id"] == "versioned":
+    def fail_on(doc: dict) -> Any:
+        if doc["_id"] == object_id:
             raise Interrupted
         return original(doc)
 
-    monkeypatch.setattr(objects, "insert_one", fail_on_versioned)
+    monkeypatch.setattr(objects, "insert_one", fail_on)
     with pytest.raises(Interrupted):
         microblob.copy(src, dst)
-    monkeypatch.undo()
+    monkeypatch.setattr(objects, "insert_one", original)
+
+
+def test_interrupted_between_history_and_latest(store_factory: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object too big for one commit: bytes, history and latest version go in turn."""
+    from microblob.store import copying
+
+    monkeypatch.setattr(copying, "_BATCH_BYTES", 1024)  # every object of populate() is "big" now
+    src, dst = store_factory("memory"), store_factory("lmdb")
+    populate(src)
+    copy_interrupted_at(src, dst, "versioned", monkeypatch)
     with pytest.raises(microblob.ObjectNotFound):
         dst.get_blob_object("versioned")  # its history and bytes arrived, the object did not
     assert dst.get_object_history("versioned") == []
     resumed = microblob.copy(src, dst)
     assert resumed.versions_copied == 1 and resumed.versions_skipped >= 3  # only the latest was missing
+    assert_same(src, dst)
+
+
+def test_a_small_object_arrives_in_one_commit_or_not_at_all(store_factory: Callable,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Into a transactional store, an object whose versions' bytes fit one batch is copied in ONE write
+    transaction (not about seven): an interruption leaves nothing of it, and the next run copies it whole."""
+    src, dst = store_factory("memory"), store_factory("lmdb")
+    populate(src)
+    copy_interrupted_at(src, dst, "versioned", monkeypatch)
+    with pytest.raises(microblob.ObjectNotFound):
+        dst.get_blob_object("versioned")
+    assert dst.get_object_history("versioned") == []
+    assert dst.backend.collection("object_history").count_documents({"object_id": "versioned"}) == 0
+    assert dst.gc().freed_files == 0  # and no bytes of it were left behind either
+    engine = dst.backend.engine
+    before = engine.last_txnid()
+    resumed = microblob.copy(src, dst)
+    assert resumed.objects_copied == 1 and resumed.versions_copied == len(src.get_object_history("versioned"))
+    assert engine.last_txnid() - before == 1  # the whole object, every version and its bytes: one commit
     assert_same(src, dst)
 
 

@@ -529,7 +529,7 @@ def test_hypothesis_range_headers(arena: Arena, target: Target, file_access: lis
             etags[path] = http.head(path).headers["etag"]
         counts: dict[int, int] = {}
 
-        @FUZZ
+        @settings(FUZZ, max_examples=300)  # the full count everywhere: it must see 200, 206 and 416
         @given(path=st.sampled_from(paths), method=st.sampled_from(["GET", "HEAD"]), rng=range_headers,
                if_range=st.sampled_from([None, None, None, "ETAG", '"other"', "garbage"]),
                if_none_match=st.sampled_from([None, None, None, "ETAG", '"other"', "*"]))

@@ -16,10 +16,16 @@ import microblob
 from microblob import StorageError, StoreClosed
 
 
-def test_one_data_file_plus_lock_file(lmdb_path: Path) -> None:
+def test_one_data_file_plus_lock_files(lmdb_path: Path) -> None:
+    """The data file, LMDB's `-lock` file and the `.open` lock every opener holds (compaction adds its gate,
+    `.compact-lock`); nothing else."""
     with microblob.connect(lmdb_path) as store:
         store.save_or_update_object(b"x")
-    assert sorted(p.name for p in lmdb_path.parent.iterdir()) == ["store.db", "store.db-lock"]
+    assert sorted(p.name for p in lmdb_path.parent.iterdir()) == ["store.db", "store.db-lock", "store.db.open"]
+    with microblob.connect(lmdb_path) as store:
+        store.compact()
+    assert sorted(p.name for p in lmdb_path.parent.iterdir()) == \
+        ["store.db", "store.db-lock", "store.db.compact-lock", "store.db.open"]
 
 
 def test_uri_forms_open_the_same_file(lmdb_path: Path) -> None:
@@ -239,3 +245,44 @@ def test_a_file_that_is_no_store_is_not_called_another_word_size(tmp_path: Path)
     with pytest.raises(StorageError) as info:
         microblob.connect(junk)
     assert "bit machine" not in str(info.value)
+
+
+def test_the_map_grows_while_threads_keep_reading(lmdb_path: Path) -> None:
+    """Readers take no lock on their way in: a growth must still wait for every open read, and readers
+    arriving meanwhile must wait for it (a read across a remap would see unmapped memory)."""
+    import threading
+
+    with microblob.connect(lmdb_path, map_size=2 * 1024 * 1024) as store:
+        small = {store.save_or_update_object(os.urandom(2000 + i)): None for i in range(20)}
+        for object_id in small:
+            small[object_id] = store.get_blob_object(object_id).data
+        stop = threading.Event()
+        problems: list[str] = []
+        reads = [0]
+
+        def read() -> None:
+            while not stop.is_set():
+                for object_id, expected in small.items():
+                    try:
+                        if store.get_blob_object(object_id).data != expected:
+                            problems.append(f"{object_id}: wrong bytes")
+                    except Exception as exc:  # noqa: BLE001 - any error is the failure being looked for
+                        problems.append(f"{object_id}: {exc!r}")
+                    reads[0] += 1
+
+        readers = [threading.Thread(target=read) for _ in range(4)]
+        for t in readers:
+            t.start()
+        sizes = [store.backend.engine.map_size()]
+        try:
+            for i in range(6):  # each save needs more room than the map has left: ~6 growths
+                store.save_or_update_object(os.urandom((2 << i) * 1024 * 1024), object_id=f"big{i}")
+                sizes.append(store.backend.engine.map_size())
+        finally:
+            stop.set()
+            for t in readers:
+                t.join(60)
+        assert problems == []
+        assert reads[0] > 0 and len(set(sizes)) >= 4
+        assert store.backend.engine.map_size() > 64 * 1024 * 1024
+        assert store.verify().ok

@@ -502,10 +502,11 @@ def assert_no_transaction_left(store: microblob.Store) -> None:
     traceback are alive): a pinned LMDB reader would block the next map growth forever."""
     backend = store.backend
     assert getattr(backend._local, "txn", None) is None, "a write transaction is still bound to this thread"
+    assert getattr(backend._local, "snapshot", None) is None, "a read snapshot is still bound to this thread"
     engine = backend.engine
     if isinstance(engine, LmdbEngine) and engine._shared is not None:
         shared = engine._shared
-        assert shared.rw._shared == 0, f"{shared.rw._shared} LMDB transaction(s) still open"
+        assert shared.rw.holders == 0, f"{shared.rw.holders} thread(s) still hold an LMDB transaction"
         assert not shared.write_lock.locked(), "the LMDB write lock is still held"
     elif isinstance(engine, MemoryEngine):
         assert not engine._lock._is_owned(), "the memory engine's lock is still held"  # type: ignore[attr-defined]
@@ -1394,5 +1395,6 @@ def test_connect_with_odd_uris_and_options(tmp_path: Path, monkeypatch: pytest.M
     check()
     report("connect")
     made = {p.name for p in tmp_path.iterdir() if not p.name.startswith("d")}
-    assert made <= {"store.db", "store.db-lock", "lmdb:relative.db", "lmdb:relative.db-lock"}, made
+    assert made <= {"store.db", "store.db-lock", "store.db.open", "lmdb:relative.db", "lmdb:relative.db-lock",
+                    "lmdb:relative.db.open"}, made
     assert Path("/store.db").exists() == root_file_existed, "a URI with a host opened a file at the root"

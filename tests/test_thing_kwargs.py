@@ -146,3 +146,32 @@ def test_the_thing_client_method_takes_kwargs(make_server: Any, live: Any, count
             remote.frame(size=1, extra=2)  # no **kwargs there: refused before anything is sent
         assert remote.anything(a=[1], b=None) == {"a": [1], "b": None}
     assert counter.ran == [{"red": 1, "blue": 2}, {"a": [1], "b": None}]
+
+
+class Positional(Thing):
+    @thing_action
+    def scale(self, value: int, factor: int = 2, /, *, offset: int = 0) -> int:
+        return value * factor + offset
+
+    @thing_action
+    def pair(self, a: int = 1, b: int = 10, /) -> list[int]:
+        return [a, b]
+
+
+def test_positional_only_parameters_are_named_inputs_passed_by_position(make_server: Any, asgi: Any) -> None:
+    """JSON names every input; Python must still get `def f(self, x, /)`'s x by position."""
+    http = asgi(make_server({"p": Positional()}))
+
+    def run(action: str, body: dict[str, Any]) -> Any:
+        r = http.post(f"/p/{action}", json=body, params={"wait": "10"})
+        assert r.status_code in (200, 201), r.text
+        inv = r.json()
+        assert inv["status"] == "completed", inv
+        return inv["output"]
+
+    assert run("scale", {"value": 3}) == 6
+    assert run("scale", {"value": 3, "factor": 5, "offset": 1}) == 16
+    assert run("pair", {}) == [1, 10]
+    assert run("pair", {"b": 7}) == [1, 7]  # the default fills the position left out before a given one
+    r = http.post("/p/scale", json={"factor": 5}, params={"wait": "10"})
+    assert r.status_code == 422 and "value" in r.text

@@ -8,6 +8,7 @@ written once against these protocols, and the whole store test suite runs agains
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, Union
 
 from .._exceptions import IntegrityError, InvalidArgument
@@ -142,6 +143,11 @@ class Backend(Protocol):
     def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
         """Run `fn` with all its writes in one atomic unit. `fn` may be re-run, so it must be free of
         side effects outside the backend. `size_hint`: roughly how many bytes it writes."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Reads of this thread inside the block see one consistent state where the backend can give
+        one cheaply (an LMDB read transaction); elsewhere a plain block."""
         ...
 
     def close(self) -> None: ...

@@ -21,16 +21,16 @@ import itertools
 import math
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
-from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery
+from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery, UnsupportedOperation
 from . import codec as _codec
 from .backend import Filter, Projection, Sort, check_window, checked_chunk
+from .ids import new_id
 from .index_keys import ALWAYS, successor
 from .kv import KVEngine, KVTxn
 from .planner import Index, Plan, check_index_spec, plan
@@ -43,6 +43,9 @@ from .query import (
     sort_documents,
     window,
 )
+
+if TYPE_CHECKING:
+    from .lmdb_kv import Space
 
 __all__ = ["KVBackend", "KVChunkStore", "KVCollection"]
 
@@ -227,6 +230,12 @@ class KVCollection:
         return out[skip:stop]
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
+        if projection is None and sort is None:
+            exact = _exact_id(filter)
+            if exact is not None:  # a get by id, the most common call there is: one key, nothing else
+                with self._backend._reading() as txn:
+                    raw = txn.view("docs", self._prefix + exact)
+                    return _codec.decode(raw) if raw is not None else None
         found = self.find(filter, projection, sort=sort, limit=1)
         return found[0] if found else None
 
@@ -312,7 +321,7 @@ class KVCollection:
     def insert_one(self, doc: Mapping[str, Any]) -> Any:
         doc = dict(doc)
         if "_id" not in doc:
-            doc["_id"] = uuid.uuid4().hex
+            doc["_id"] = new_id()
         raw = _codec.encode(doc)
         key = self._prefix + id_key(doc["_id"])
 
@@ -361,7 +370,7 @@ class KVCollection:
     def _upsert(self, txn: KVTxn, filter: Filter, doc: dict) -> None:
         if "_id" not in doc:
             ids = equality_values(filter, "_id")
-            doc["_id"] = ids[0] if ids and len(ids) == 1 else uuid.uuid4().hex
+            doc["_id"] = ids[0] if ids and len(ids) == 1 else new_id()
         key = self._prefix + id_key(doc["_id"])
         if txn.get("docs", key) is not None:
             raise DuplicateKey(f"{self.name}: _id {doc['_id']!r} already exists")
@@ -631,6 +640,30 @@ class KVChunkStore:
             lo = last_key + b"\x00"
 
 
+class _Snapshot:
+    """`with backend.snapshot():` (a class: it runs on every get). Inside a write transaction or an outer
+    snapshot it adds nothing; writes inside it run in their own transactions, as anywhere."""
+
+    __slots__ = ("_backend", "_scope")
+
+    def __init__(self, backend: KVBackend) -> None:
+        self._backend = backend
+        self._scope: AbstractContextManager[KVTxn] | None = None
+
+    def __enter__(self) -> None:
+        local = self._backend._local
+        if getattr(local, "txn", None) is None and getattr(local, "snapshot", None) is None:
+            scope = self._backend._engine.read()
+            local.snapshot = scope.__enter__()
+            self._scope = scope
+
+    def __exit__(self, *exc_info: Any) -> None:
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            self._backend._local.snapshot = None
+            scope.__exit__(*exc_info)
+
+
 class KVBackend:
     """A Backend over a KVEngine. Writes inside `atomic()` join its transaction (per thread)."""
 
@@ -656,6 +689,11 @@ class KVBackend:
     def closed(self) -> bool:
         return self._engine.closed
 
+    def space(self) -> Space | None:
+        """The engine's `Space` (room left, map limit) where it keeps a file, else None (in memory)."""
+        space = getattr(self._engine, "space", None)
+        return space() if callable(space) else None
+
     def collection(self, name: str) -> KVCollection:
         coll = self._collections.get(name)
         if coll is None:
@@ -669,14 +707,29 @@ class KVBackend:
     def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
         return self._writing(lambda txn: fn(), size_hint=size_hint)
 
+    def compact(self) -> tuple[str, int, int]:
+        """(file, bytes before, bytes after) of rewriting the engine's file compacted, in place."""
+        compact = getattr(self._engine, "compact", None)
+        if compact is None:
+            raise UnsupportedOperation(f"{self.uri}: nothing to compact (the store lives in this process's "
+                                       "memory, not in a file)")
+        before, after = compact()
+        return self._engine.path, before, after  # type: ignore[attr-defined]
+
     def close(self) -> None:
         self._engine.close()
 
     # --- transactions bound to the calling thread ---------------------------------------------------
 
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Every read of this thread inside the block shares one read transaction: one consistent view
+        (an object, its file and its chunks as of one moment) for the price of one begin."""
+        return _Snapshot(self)
+
     def _reading(self) -> AbstractContextManager[KVTxn]:
-        """The calling thread's write transaction if it is inside one, else a new read snapshot."""
-        txn = getattr(self._local, "txn", None)
+        """The calling thread's write transaction or snapshot if it is inside one, else a new read one."""
+        local = self._local
+        txn = getattr(local, "txn", None) or getattr(local, "snapshot", None)
         if txn is not None:
             return nullcontext(txn)
         return self._engine.read()

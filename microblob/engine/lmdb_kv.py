@@ -25,18 +25,31 @@ import errno
 import itertools
 import mmap
 import os
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import lmdb
 
-from .._exceptions import IntegrityError, InvalidArgument, MicroblobError, StorageError, StoreClosed, StoreFull
+from .._exceptions import (
+    IntegrityError,
+    InvalidArgument,
+    MicroblobError,
+    StorageError,
+    StoreClosed,
+    StoreFull,
+    StoreInUse,
+)
+from . import lmdb_compact
+from .group_commit import GroupCommit, WriteRequest
 from .kv import TABLES, KVTxn
 from .malloc import tune_malloc
+from .open_lock import OpenLock, compaction_gate
 
 __all__ = ["LmdbEngine"]
 
@@ -49,6 +62,9 @@ MIN_MAP = 1 * MiB
 MAP_LIMIT = 1536 * MiB if sys.maxsize < 2**32 else 1 << 44
 _READER_CHECK_EVERY = 60.0
 _TRIM_EVERY = 32 * MiB
+# Below this much to write, a full map is met by a retry: asking LMDB how full it is (info + stat under
+# the resize lock) on every small save cost more than the rare retry.
+_HEADROOM_CHECK_FROM = 1 * MiB
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadChecksumError, lmdb.InvalidError,
            lmdb.VersionMismatchError)
 # LMDB writes pages with pwrite and reports a short write as EIO: with this little room left on the
@@ -105,57 +121,78 @@ def _free_bytes(path: str) -> int | None:
 
 class _SharedExclusiveLock:
     """Many transactions at once, or one map resize alone. Re-entrant for holders of the shared side,
-    and a waiting resize blocks new transactions so it cannot starve."""
+    and a waiting resize blocks new transactions so it cannot starve.
+
+    The shared side runs on every read, so it takes no lock: a holder announces itself in `_holders`
+    (one dict store, atomic under the GIL) and then looks at `_gate`; a resize closes the gate and then
+    waits for `_holders` to empty. Each writes before it reads, so at least one of them sees the other:
+    a reader that finds the gate closed withdraws and waits. (A Condition on every read and release cost
+    ~6 us of a 1 KiB get.)"""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._shared = 0
-        self._exclusive_waiting = 0
-        self._exclusive = False
-        self._local = threading.local()
+        self._holders: dict[int, int] = {}  # thread id -> depth of its shared holds
+        self._gate = False  # True while a resize waits or runs
         self._shared_side = _SharedSide(self)
 
     def holds_shared(self) -> bool:
-        return getattr(self._local, "depth", 0) > 0
+        return self._holders.get(threading.get_ident(), 0) > 0
+
+    @property
+    def holders(self) -> int:
+        """Threads holding the shared side now (a transaction of this process is open in each)."""
+        return len(self._holders)
 
     def shared(self) -> _SharedSide:
         """`with lock.shared():` holds the shared side (one object, no generator: it runs on every read)."""
         return self._shared_side
 
     def acquire_shared(self) -> None:
-        local = self._local
-        depth = getattr(local, "depth", 0)
-        if depth == 0:
-            with self._cond:
-                while self._exclusive or self._exclusive_waiting:
-                    self._cond.wait()
-                self._shared += 1
-        local.depth = depth + 1
+        me = threading.get_ident()
+        holders = self._holders
+        depth = holders.get(me, 0)
+        holders[me] = depth + 1
+        if depth or not self._gate:
+            return
+        with self._cond:  # a resize is waiting or running: step back until it is done
+            del holders[me]
+            self._cond.notify_all()
+            while self._gate:
+                self._cond.wait()
+            holders[me] = 1  # the gate is open and we hold the condition: no resize can start unseen
 
     def release_shared(self) -> None:
-        local = self._local
-        local.depth -= 1
-        if local.depth == 0:
+        me = threading.get_ident()
+        holders = self._holders
+        depth = holders[me] - 1
+        if depth:
+            holders[me] = depth
+            return
+        del holders[me]
+        if self._gate:
             with self._cond:
-                self._shared -= 1
-                if self._shared == 0:
-                    self._cond.notify_all()
+                self._cond.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         if self.holds_shared():
             raise RuntimeError("cannot resize the LMDB map from inside a transaction")
         with self._cond:
-            self._exclusive_waiting += 1
-            while self._exclusive or self._shared:
+            while self._gate:  # one resize at a time
                 self._cond.wait()
-            self._exclusive_waiting -= 1
-            self._exclusive = True
+            self._gate = True
+            try:
+                while self._holders:
+                    self._cond.wait()
+            except BaseException:
+                self._gate = False
+                self._cond.notify_all()
+                raise
         try:
             yield
         finally:
             with self._cond:
-                self._exclusive = False
+                self._gate = False
                 self._cond.notify_all()
 
 
@@ -335,6 +372,7 @@ class _Env:
         self.rw = _SharedExclusiveLock()
         self.write_lock = threading.Lock()
         self.writer: int | None = None  # thread id holding write_lock, to refuse self-deadlock
+        self.group = GroupCommit()  # this process's writers on the file share commits (group_commit.py)
         self.last_reader_check = 0.0
         self.touched_since_trim = 0
         # Each set_mapsize maps the file afresh, perhaps elsewhere (even at the same size): it bumps the
@@ -360,8 +398,9 @@ class _Env:
                 raise StorageError(
                     f"cannot open {path}: it is an LMDB file written on a {other}-bit machine, and LMDB's file "
                     f"format depends on the word size (this Python is {64 if sys.maxsize > 2**32 else 32}-bit). "
-                    f"The file is not damaged: open it on a {other}-bit machine, or copy its objects from there "
-                    "(`microblob copy`) to a MongoDB server or a store on this machine") from None
+                    f"The file is not damaged: on a {other}-bit machine, run `microblob export {path} FILE`, then "
+                    "`microblob import FILE STORE` here (or `microblob copy` it from there to a MongoDB server)"
+                ) from None
             if not _unwritable(path, exc):
                 raise StorageError(f"cannot open {path}: {exc}") from None
             # A file we may not write (or on a read-only filesystem) is still readable: ls, get and
@@ -407,6 +446,72 @@ class _Env:
             if self.mapped[0] != self.map_generation:
                 self.mapped = (self.map_generation, _mappings_of(self.path))
             _drop_resident_pages(self.mapped[1])
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the file in place, rebuilt with full pages: (bytes before, bytes after). The caller holds
+        LOCK_EX on `<path>.open`, so no other process or engine has the file open; this process's other
+        threads wait (writers on write_lock from before the copy's snapshot, every transaction on rw from
+        the close to the reopen) and then go on with the new file. Steps: docs/ARCHITECTURE.md, "Compaction"."""
+        if self.writer == threading.get_ident() or self.rw.holds_shared():
+            raise RuntimeError("compact() inside a transaction of this thread")
+        before = os.path.getsize(self.path)
+        lmdb_compact.remove_leftover(self.path)
+        with self.write_lock:  # no commit of this process lands after the copy's snapshot
+            self.writer = threading.get_ident()
+            try:
+                map_size = self.map_size_now()
+                self._write_compacted_copy(map_size)
+                with self.rw.exclusive():  # no transaction of this process is open until the reopen
+                    self.env.close()
+                    try:
+                        with lmdb_compact.lmdb_lock_held(self.path):
+                            os.replace(lmdb_compact.temp_path(self.path), self.path)
+                            lmdb_compact.fsync_dir(self.path)
+                    finally:
+                        # The new file, or the old one if the swap was refused or failed before the rename.
+                        lmdb_compact.remove_leftover(self.path)
+                        self.map_generation += 1
+                        try:
+                            self.env = self._open(map_size)
+                        except lmdb.Error as exc:
+                            raise StorageError(f"{self.path}: cannot reopen after compacting: {exc}") from None
+            finally:
+                self.writer = None
+        return before, os.path.getsize(self.path)
+
+    def map_size_now(self) -> int:
+        with self.rw.shared():
+            return self.env.info()["map_size"]
+
+    def _write_compacted_copy(self, map_size: int) -> None:
+        """The current snapshot, rebuilt with full pages (or as LMDB's compacting copy where a rebuild
+        cannot hold it: lmdb_compact.rebuild) into `<path>.compacting`, fsynced; nothing left behind if it
+        fails. The caller holds write_lock."""
+        tmp = lmdb_compact.temp_path(self.path)
+        os.close(lmdb_compact.create_temp(self.path))
+        try:
+            with self.rw.shared():
+                try:
+                    if not lmdb_compact.rebuild(self.env, self.dbs, tmp, map_size):
+                        lmdb_compact.remove_leftover(self.path)
+                        fd = lmdb_compact.create_temp(self.path)
+                        try:
+                            self.env.copyfd(fd, compact=True)
+                        finally:
+                            os.close(fd)
+                except lmdb.Error as exc:
+                    raise engine_error(self.path, exc, os.path.getsize(self.path)) from None
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise StorageError(f"{self.path}: cannot compact: fsync of the copy failed: {exc.strerror}") from None
+        except BaseException:
+            lmdb_compact.remove_leftover(self.path)
+            raise
 
     def check_readers(self) -> None:
         """Free reader slots of processes that died (a killed reader pins old pages forever)."""
@@ -585,6 +690,21 @@ def _check_options(path: Any, map_size: Any, sync: Any, metasync: Any, max_reade
         raise InvalidArgument(f"max_readers must be an int in 1..{MAX_READERS}, not {max_readers!r}")
 
 
+@dataclass(frozen=True)
+class Space:
+    """An LMDB file's limits, in bytes. `map_limit`: the most this process maps (1536 MiB on 32-bit, where
+    the whole file must fit in about 3 GiB of address space); `map_size`: mapped now (it grows on demand);
+    `used`: pages in use, freed ones included (LMDB reuses those); `room`: what more can be written, the
+    smaller of the map's and the disk's room, a lower bound since freed pages are reused first."""
+
+    map_limit: int
+    map_size: int
+    used: int
+    file_size: int
+    disk_free: int
+    room: int
+
+
 class LmdbEngine:
     """A KVEngine on one LMDB file. Cheap to create: engines on the same file share one environment."""
 
@@ -613,17 +733,40 @@ class LmdbEngine:
         self._sync_after_commit = sync and metasync
         options = {"sync": sync, "metasync": metasync and not sync, "max_readers": max_readers,
                    "map_size": map_size}
-        with _ENVS_LOCK:
-            shared = _ENVS.get(key)
-            if shared is None:
-                shared = _ENVS[key] = _Env(real, options)
-            shared.refs += 1
+        # Before the environment, held until close: compaction waits for it, an open waits for compaction.
+        self._open_lock = OpenLock(real)
+        try:
+            with _ENVS_LOCK:
+                shared = _ENVS.get(key)
+                if shared is None:
+                    shared = _ENVS[key] = _Env(real, options)
+                shared.refs += 1
+        except BaseException:
+            self._open_lock.release_if_created()
+            self._open_lock.close()
+            raise
         self._shared: _Env | None = shared
         self._pid = os.getpid()
 
     @property
     def closed(self) -> bool:
         return self._shared is None
+
+    def space(self) -> Space:
+        """Where the file stands against the most this process can map and the disk's free space."""
+        shared = self._env()
+        with shared.rw.shared():
+            try:
+                map_size = shared.env.info()["map_size"]
+                used = shared.used_bytes()
+            except lmdb.Error as exc:
+                raise engine_error(self.path, exc, 0) from None
+        file_size = os.path.getsize(self.path)
+        disk_free = shutil.disk_usage(os.path.dirname(self.path)).free
+        # The file grows into the disk's free space; pages between `used` and its end are already there.
+        room = max(0, min(MAP_LIMIT - used, disk_free + max(0, file_size - used)))
+        return Space(map_limit=MAP_LIMIT, map_size=map_size, used=used, file_size=file_size,
+                     disk_free=disk_free, room=room)
 
     def _env(self) -> _Env:
         shared = self._shared
@@ -642,57 +785,132 @@ class LmdbEngine:
             raise StorageError(f"{self.path}: the store is read-only here (opened without write permission)")
         if shared.writer == threading.get_ident():
             raise RuntimeError("nested write transaction on one thread (LMDB would deadlock)")
+        request = WriteRequest(fn, size_hint, durable and self._sync_after_commit)
+        return shared.group.submit(request, lambda batch: self._commit_group(shared, batch))
+
+    def _commit_group(self, shared: _Env, batch: list[WriteRequest[Any]]) -> None:
+        """Run `batch` in as few transactions as the map allows, sync once if any wants it, and only
+        then settle each request: none learns it succeeded before its commit is on disk. What was
+        committed is settled even if a later transaction of the group fails (say the store is full), so
+        nothing committed is ever run twice."""
+        committed: list[tuple[WriteRequest[Any], Any]] = []
         with shared.write_lock:
             shared.writer = threading.get_ident()
             try:
-                result = self._write_locked(shared, fn, size_hint)
-                if durable and self._sync_after_commit:
-                    try:
-                        shared.env.sync(True)
-                    except lmdb.Error as exc:
-                        raise engine_error(self.path, exc, size_hint) from None
-                return result
+                remaining = batch
+                while remaining:
+                    done, remaining, outcome, hint = self._one_transaction(shared, remaining)
+                    committed.extend(done)
+                    # Outside every transaction of ours: now the map may change size.
+                    if outcome == "resized":
+                        shared.adopt_size()
+                    elif outcome == "full":
+                        try:
+                            shared.grow(max(remaining[0].size_hint, hint if len(remaining) == 1 else 0))
+                        except StoreFull as exc:  # the map may grow no more: the writer that needed it
+                            remaining[0].fail(exc)  # fails, the others of the group run on
+                            remaining = remaining[1:]
             finally:
-                shared.writer = None
+                try:
+                    self._settle(shared, committed)
+                finally:
+                    shared.writer = None
 
-    def _write_locked(self, shared: _Env, fn: Callable[[KVTxn], T], size_hint: int) -> T:
+    def _settle(self, shared: _Env, committed: list[tuple[WriteRequest[Any], Any]]) -> None:
+        failed: MicroblobError | None = None
+        if any(r.durable for r, _ in committed):
+            try:
+                shared.env.sync(True)
+            except lmdb.Error as exc:
+                failed = engine_error(self.path, exc)
+        for request, result in committed:
+            if failed is not None and request.durable:
+                request.fail(failed)
+            else:
+                request.succeed(result)
+
+    def _one_transaction(
+        self, shared: _Env, requests: list[WriteRequest[Any]]
+    ) -> tuple[list[tuple[WriteRequest[Any], Any]], list[WriteRequest[Any]], str, int]:
+        """One write transaction over `requests`: (committed with their results, still to run, "full"
+        or "resized" if the map must change first (else "committed"), bytes the rest want). A request
+        that fails on its own error is settled with it here; one that needs a bigger map ends the
+        transaction there: the ones before it commit, and the rest run in the next one."""
         if time.monotonic() - shared.last_reader_check > _READER_CHECK_EVERY:
             shared.check_readers()
-        if size_hint:
+        hint = sum(r.size_hint for r in requests)
+        if hint >= _HEADROOM_CHECK_FROM:
             headroom = shared.headroom()
             # Making room up front only saves a retry: if LMDB cannot tell, a full map will say so.
-            if headroom is not None and headroom < size_hint * 5 // 4 + 4 * MiB:
-                shared.grow(size_hint)
-        while True:
-            resized = False
-            with shared.rw.shared():
+            if headroom is not None and headroom < hint * 5 // 4 + 4 * MiB:
+                shared.grow(hint)
+        single = len(requests) == 1
+        ran: list[tuple[WriteRequest[Any], Any]] = []
+        outcome = "committed"
+        with shared.rw.shared():
+            try:
+                txn = shared.env.begin(write=True)
+            except lmdb.MapResizedError:
+                txn, outcome = None, "resized"
+            except lmdb.Error as exc:
+                for r in requests:
+                    r.fail(engine_error(self.path, exc))
+                return [], [], "committed", 0
+            if txn is not None:
                 try:
-                    txn = shared.env.begin(write=True)
-                except lmdb.MapResizedError:
-                    resized = True
-                except lmdb.Error as exc:
-                    raise engine_error(self.path, exc) from None
-                if not resized:
-                    try:
-                        result = fn(_Txn(txn, shared))
+                    for request in requests:
+                        # Alone, a request runs in the transaction itself; in a group, each in a nested
+                        # one (~1.5 us), so a request that fails takes back only its own writes.
+                        inner = txn if single else shared.env.begin(write=True, parent=txn)
+                        try:
+                            result = request.run(_Txn(inner, shared))
+                            if inner is not txn:
+                                inner.commit()
+                        except (lmdb.MapFullError, lmdb.MapResizedError) as exc:
+                            if inner is not txn:
+                                inner.abort()
+                            outcome = "full" if isinstance(exc, lmdb.MapFullError) else "resized"
+                            break
+                        except lmdb.Error as exc:
+                            if inner is not txn:
+                                inner.abort()
+                            request.fail(engine_error(self.path, exc, request.size_hint))
+                        except Exception as exc:
+                            if inner is not txn:
+                                inner.abort()
+                            request.fail(exc)
+                        else:
+                            ran.append((request, result))
+                    if single and (requests[0].done or outcome != "committed"):
+                        txn.abort()  # its own error, or a map to grow: nothing of it may commit
+                    else:
                         txn.commit()
-                        return result
-                    except lmdb.MapFullError:
+                except (lmdb.MapFullError, lmdb.MapResizedError) as exc:  # at commit: nothing was written
+                    outcome = "full" if isinstance(exc, lmdb.MapFullError) else "resized"
+                    ran = []
+                except lmdb.Error as exc:  # the transaction failed (and LMDB ended it): nothing committed
+                    with contextlib.suppress(lmdb.Error):
                         txn.abort()
-                    except lmdb.MapResizedError:
-                        txn.abort()
-                        resized = True
-                    except lmdb.Error as exc:
-                        txn.abort()
-                        raise engine_error(self.path, exc, size_hint) from None
-                    except BaseException:
-                        txn.abort()
-                        raise
-            # Outside every transaction of ours: now the map may change size.
-            if resized:
-                shared.adopt_size()
-            else:
-                shared.grow(size_hint)
+                    for r in requests:
+                        if not r.done:
+                            r.fail(engine_error(self.path, exc, r.size_hint))
+                    return [], [], "committed", 0
+                except BaseException:
+                    txn.abort()
+                    raise
+        ran_ids = {id(r) for r, _ in ran}
+        left = [r for r in requests if not r.done and id(r) not in ran_ids]
+        return ran, left, outcome, (sum(r.size_hint for r in left) if left else hint)
+
+    def last_txnid(self) -> int:
+        """The id of the file's last committed write transaction: one more per commit, whoever made it."""
+        shared = self._env()
+        with shared.rw.shared():
+            return shared.env.info()["last_txnid"]
+
+    def queued_writes(self) -> int:
+        """Writers of this process waiting for the commit in flight to finish (they share the next)."""
+        return self._env().group.queued
 
     def map_size(self) -> int:
         shared = self._env()
@@ -718,13 +936,37 @@ class LmdbEngine:
                     raise StorageError(f"{self.path}: cannot copy to {dest}: {exc}") from None
             shared.adopt_size()
 
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the file in place without its free pages, rebuilt with full ones; (bytes before, bytes
+        after). StoreInUse, with nothing changed, while another process or another engine of this process
+        has it open."""
+        shared = self._env()
+        if shared.readonly:
+            raise StorageError(f"{self.path}: cannot compact: the store is read-only here (opened without "
+                               "write permission); nothing was changed")
+        if not self._open_lock.held:
+            raise StorageError(f"{self.path}: cannot compact: no file lock could be taken on "
+                               f"{self.path}.open (a read-only directory, or a filesystem without flock)")
+        busy = StoreInUse(f"{self.path}: cannot compact: another process or another Store has the file open; "
+                          "close them (a server, a second connect()) and try again. Nothing was changed")
+        with compaction_gate(self.path):
+            if shared.refs != 1 or not self._open_lock.try_exclusive():
+                raise busy
+            try:
+                return shared.compact()
+            finally:
+                self._open_lock.share()
+
     def close(self) -> None:
         shared, self._shared = self._shared, None
         if shared is None or self._pid != os.getpid():
             return
-        with _ENVS_LOCK:
-            shared.refs -= 1
-            if shared.refs == 0:
-                _ENVS.pop((self._pid, shared.path), None)
-                with shared.write_lock, shared.rw.exclusive():
-                    shared.env.close()
+        try:
+            with _ENVS_LOCK:
+                shared.refs -= 1
+                if shared.refs == 0:
+                    _ENVS.pop((self._pid, shared.path), None)
+                    with shared.write_lock, shared.rw.exclusive():
+                        shared.env.close()
+        finally:
+            self._open_lock.close()  # after the environment: a compaction must never see it still open

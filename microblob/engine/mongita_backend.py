@@ -38,6 +38,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import msgpack
@@ -46,7 +47,7 @@ from .._exceptions import InvalidArgument, InvalidDocument, StorageError, StoreC
 from . import codec as _codec
 from .kv import KVTxn, MemoryEngine
 from .kvdocs import _INDEXES_KEY, KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key
-from .lmdb_kv import LmdbEngine
+from .lmdb_kv import LmdbEngine, Space
 
 __all__ = ["MongitaBackend", "collection_name", "mongita_name"]
 
@@ -192,6 +193,10 @@ class MongitaBackend(KVBackend):
             self._release_directory()
             raise
 
+    def space(self) -> Space | None:
+        """The bytes go to `dir/chunks.db`: its room is what limits this store."""
+        return self._chunk_backend.space()
+
     @staticmethod
     def _take_directory(directory: str) -> Any:
         with _HELD_LOCK:
@@ -304,6 +309,17 @@ class MongitaBackend(KVBackend):
 
     def atomic(self, fn: Callable[[], T], *, size_hint: int = 0) -> T:
         return self._writing(lambda txn: fn(), size_hint=size_hint)
+
+    def compact(self) -> tuple[str, int, int]:
+        """Compact `dir/chunks.db`, where the bytes live (Mongita rewrites its own document files itself).
+        The directory lock keeps every other process out; this backend is the file's only opener here."""
+        self._check_open()
+        with self._write_lock:
+            return self._chunk_backend.compact()
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """No cheap consistent view here: each read sees the latest state, as without the block."""
+        return nullcontext()
 
     def close(self) -> None:
         with self._write_lock:

@@ -22,6 +22,7 @@ import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from .._exceptions import (
@@ -31,6 +32,7 @@ from .._exceptions import (
     InvalidQuery,
     StorageError,
     StoreClosed,
+    UnsupportedOperation,
 )
 from . import codec as _codec
 from .backend import Filter, Projection, Sort, check_window, checked_chunk
@@ -65,6 +67,15 @@ def redact_uri(uri: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+def _first_reason(exc: BaseException) -> str:
+    """pymongo's message names every timeout and dumps the whole topology (~700 characters): keep the
+    first server's reason (`host:port: [Errno 111] Connection refused`)."""
+    text = str(exc)
+    for cut in (" (configured timeouts", ", Timeout:", ", Topology Description"):
+        text = text.split(cut, 1)[0]
+    return text.strip() or type(exc).__name__
+
+
 def _translate(exc: BaseException) -> BaseException:
     """pymongo's exception as microblob's typed error."""
     if isinstance(exc, _errors.DuplicateKeyError):
@@ -77,7 +88,7 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, _errors.DocumentTooLarge):
         return InvalidDocument(str(exc))
     if isinstance(exc, (_errors.ConnectionFailure, _errors.ServerSelectionTimeoutError)):
-        return StorageError(f"MongoDB is unreachable: {exc}")
+        return StorageError(f"MongoDB is unreachable: {_first_reason(exc)}")
     if isinstance(exc, _errors.OperationFailure):
         if exc.code in _DUPLICATE_KEY_CODES:
             return DuplicateKey(str(exc))
@@ -384,6 +395,9 @@ class MongoChunkStore:
             raise _translate(exc) from exc
 
 
+CONNECT_TIMEOUT = 3.0  # seconds for a server's first answer, at connect
+
+
 class MongoBackend:
     """A Backend on one MongoDB database. Thread-safe (pymongo's client is); not fork-safe (open a
     new store in the child, as pymongo requires)."""
@@ -402,8 +416,9 @@ class MongoBackend:
             raise InvalidArgument(f"name the database in the URI: mongodb://host/dbname, not {redact_uri(uri)!r}")
         self.uri = redact_uri(uri)
         options = {"tz_aware": True, "uuidRepresentation": "standard", "appname": "microblob"}
-        lowered = uri.lower()
-        if "serverselectiontimeoutms" not in lowered:
+        chosen = "serverselectiontimeoutms" in uri.lower() or any(
+            key.lower() == "serverselectiontimeoutms" for key in client_options)
+        if not chosen:
             options["serverSelectionTimeoutMS"] = 10_000
         options.update(client_options)
         self._client: Any = pymongo.MongoClient(uri, **options)
@@ -412,7 +427,10 @@ class MongoBackend:
         self.database = self._client[name]
         self._collections: dict[str, MongoCollection] = {}
         try:
-            self._client.admin.command("ping")
+            # A server that is down or mistyped is found out at connect, in a few seconds, not after the
+            # 10 s that operations may wait for a failover (a timeout given in the URI or options is kept).
+            with pymongo.timeout(None if chosen else CONNECT_TIMEOUT):
+                self._client.admin.command("ping")
             chunks = self.database["fs.chunks"]
             chunks.create_index([("files_id", 1), ("n", 1)], unique=True)  # the GridFS spec's indexes
             self.database["fs.files"].create_index([("filename", 1), ("uploadDate", 1)])
@@ -453,6 +471,18 @@ class MongoBackend:
         """No multi-document transaction on a standalone server: the store orders its writes instead."""
         self._check_open()
         return fn()
+
+    def compact(self) -> tuple[str, int, int]:
+        """MongoDB manages its own files: the server's `compact` command (per collection, with the
+        privileges it needs) is the tool, and microblob does not run it behind the operator's back."""
+        self._check_open()
+        raise UnsupportedOperation(
+            f"{self.uri}: MongoDB manages its own files; compact on the server instead, per collection "
+            "(e.g. db.runCommand({compact: 'fs.chunks'}) in mongosh). Nothing was changed")
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """No cheap consistent view here: each read sees the latest state, as without the block."""
+        return nullcontext()
 
     def close(self) -> None:
         if not self._closed:

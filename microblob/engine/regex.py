@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import regex as _regex
-
 from .._exceptions import InvalidArgument, QueryTimeout
 
 __all__ = [
@@ -46,7 +44,12 @@ __all__ = [
 
 DEFAULT_BUDGET = 10.0  # seconds of matching per query: far above any useful regex query, below "hung"
 MAX_EXPANSION = 10_000  # atoms of an unrolled pattern (`regex` spends ~500 bytes on each)
-error = _regex.error  # what compile_pattern raises for a pattern it refuses
+
+
+class error(ValueError):  # noqa: N801 - named like `re.error`, which it stands beside
+    """What compile_pattern raises for a pattern it refuses (too large, or `regex` cannot compile it)."""
+
+
 _COUNT = re.compile(r"\{(\d*),?(\d*)\}")
 # `timeout=` costs a clock() system call per match (1.5-8 us, more than most matches), so a pattern
 # without groups, alternation or backreferences, whose worst case over a text is below _FAST_STEPS
@@ -60,9 +63,8 @@ _limit: contextvars.ContextVar[float | None] = contextvars.ContextVar("microblob
 _compiling: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("microblob_regex_compiling",
                                                                           default=None)
 
-# `re` flag -> `regex` flag (same names; ASCII has another value in `regex`).
-_FLAGS = [(re.IGNORECASE, _regex.IGNORECASE), (re.MULTILINE, _regex.MULTILINE), (re.DOTALL, _regex.DOTALL),
-          (re.VERBOSE, _regex.VERBOSE), (re.ASCII, _regex.ASCII)]
+# `re` flags by name: `regex` names them alike (ASCII has another value there)
+_RE_FLAGS = ("IGNORECASE", "MULTILINE", "DOTALL", "VERBOSE", "ASCII")
 
 
 def check_budget(seconds: Any) -> float | None:
@@ -216,9 +218,9 @@ def flat_quantifiers(source: str) -> tuple[int, int] | None:
 
 
 def compile_pattern(source: str, flags: int) -> Callable[[str], bool]:
-    """A budgeted `search` for `source` with `re` flags; raises `regex.error` for a bad pattern."""
+    """A budgeted `search` for `source` with `re` flags; raises `error` for a bad pattern."""
     if expansion(source) > MAX_EXPANSION:
-        raise _regex.error(f"its counted repeats unroll to more than {MAX_EXPANSION} atoms")
+        raise error(f"its counted repeats unroll to more than {MAX_EXPANSION} atoms")
     flat = flat_quantifiers(source)
     fast = None
     if flat is not None and flat[1] <= _FAST_STEPS // 100:
@@ -226,11 +228,16 @@ def compile_pattern(source: str, flags: int) -> Callable[[str], bool]:
             fast = re.compile(source, flags).search
         except re.error:
             pass  # `regex` knows more escapes (\p{L}), or says what is wrong
+    import regex  # ~9 ms to import: only a process that runs a $regex query pays it
+
     converted = 0
-    for re_flag, regex_flag in _FLAGS:
-        if flags & re_flag:
-            converted |= regex_flag
-    compiled = _regex.compile(source, converted)
+    for name in _RE_FLAGS:
+        if flags & getattr(re, name):
+            converted |= getattr(regex, name)
+    try:
+        compiled = regex.compile(source, converted)
+    except regex.error as exc:
+        raise error(str(exc)) from None
     budget = _compiling.get() or Budget(_limit.get())
     search = budget.search
     if fast is None or flat is None:

@@ -175,7 +175,8 @@ class InvocationManager:
         token = _cancel_event.set(inv.cancel_event)
         _tls.invocation = inv
         try:
-            result = method(**kwargs)
+            args, named = info.bind(kwargs)
+            result = method(*args, **named)
             if inspect.iscoroutine(result):
                 result = _await_on_own_loop(result, inv)
             # An action that saw the cancel and still returned finished its work: that is `completed`.

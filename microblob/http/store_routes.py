@@ -27,6 +27,7 @@ from .._exceptions import InvalidArgument, InvalidInput, MicroblobError, NotFoun
 from ..blob import Blob
 from ..engine.regex import regex_budget
 from ..store.objects import BlobObject
+from ..store.syncing import sync_status
 from .listing import page_body, query_digest, read_cursor, tiebroken, write_cursor
 from .responses import BlobResponse
 
@@ -235,7 +236,13 @@ def store_routes(server: ThingServer) -> list[Route]:
         history = await _call(store.get_object_history, oid)
         return JSONResponse(_plain(history))
 
+    async def sync_state(request: Request) -> Response:
+        """Where this store syncs to and what is pending there, from its own records (no destination is
+        asked): what `microblob sync status` prints, for the browse page."""
+        return JSONResponse([s.as_dict() for s in await _call(sync_status, store)])
+
     return [
+        Route("/sync/", sync_state, methods=["GET"]),
         Route("/objects/", list_objects, methods=["GET"]),
         Route("/objects/", create_object, methods=["POST"]),
         Route("/objects/{id}", get_object, methods=["GET", "DELETE"]),

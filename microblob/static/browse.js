@@ -81,25 +81,27 @@
   function humanSize(n) {
     if (typeof n !== "number") return "—";
     if (n < 1024) return `${n} B`;
-    const units = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    const units = ["KiB", "MiB", "GiB", "TiB"];
     let value = n;
     let i = -1;
     do {
       value /= 1024;
       i += 1;
     } while (value >= 1024 && i < units.length - 1);
-    return `${value.toFixed(value < 10 ? 1 : 0)} ${units[i]}`;
+    return `${value.toFixed(1)} ${units[i]}`; // as the CLI prints sizes: 47.7 MiB
   }
 
   const pad = (n) => String(n).padStart(2, "0");
 
+  // Times in UTC with their zone, to the second, exactly as the CLI prints them (2026-12-07T08:41:22Z):
+  // the same object reads the same on the Pi, on the laptop and in `microblob ls`.
   function when(iso) {
     if (!iso) return el("span", { class: "muted" }, "—");
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return el("span", {}, String(iso));
-    const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-    return el("time", { datetime: iso, title: iso, class: "when" }, el("span", {}, date), " ",
+    const date = `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
+    const time = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}Z`;
+    return el("time", { datetime: iso, title: iso, class: "when" }, el("span", {}, date), "T",
       el("span", { class: "clock" }, time));
   }
 
@@ -532,6 +534,37 @@
     $("filter-workflow").value = list.filters.workflow;
     $("filter-query").value = list.filters.q;
     loadObjects(true);
+    loadSync();
+  }
+
+  // One line per sync destination (GET sync/): what is still only here, and when it last went well.
+  async function loadSync() {
+    const line = $("sync-status");
+    let destinations;
+    try {
+      destinations = await api("sync/");
+    } catch (err) {
+      line.hidden = true; // an older server, or no store: the list below says what matters
+      return;
+    }
+    if (!destinations.length) {
+      line.hidden = true;
+      return;
+    }
+    line.replaceChildren(...destinations.map((d, i) => {
+      const parts = [i ? " · " : "", `Sync to ${d.destination}: `];
+      if (d.pending_objects) {
+        parts.push(`${d.pending_objects} object${d.pending_objects === 1 ? "" : "s"} pending ` +
+          `(${humanSize(d.pending_bytes)}), oldest saved `, when(d.oldest_pending));
+      } else {
+        parts.push("up to date");
+      }
+      parts.push("; last round ", d.last_round_at ? when(d.last_round_at) : "never");
+      if (d.last_error) parts.push(el("span", { class: "sync-error" }, `; last error: ${d.last_error}`));
+      if (d.problems.length) parts.push(`; ${d.problems.length} left alone (changed at both ends)`);
+      return el("span", { class: "sync-destination" }, ...parts);
+    }));
+    line.hidden = false;
   }
 
   function init() {

@@ -14,7 +14,6 @@ import mimetypes
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,13 +30,16 @@ from .._exceptions import (
 from ..blob import GENERIC_CONTENT_TYPE as _DEFAULT_CONTENT_TYPE
 from ..engine import codec as _codec
 from ..engine.backend import Backend, Filter, Projection, Sort
+from ..engine.ids import new_id
+from . import compaction as _compaction
 from . import maintenance as _maintenance
+from .compaction import CompactReport
 from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from .internals import StoreInternals
 from .maintenance import GcReport, VerifyReport
 from .objects import BlobObject
-from .records import _history_id, _same_life, _version_of
+from .records import SYNC_DESTINATIONS, TOMBSTONES, _history_id, _same_life, _version_of
 from .validate import (
     check_bool,
     check_chunk_size,
@@ -263,7 +265,7 @@ class Store:
         metadata; bytes are read on demand). With other writers about, reading the latest back after
         a save may find someone else's newer version: this says which version *you* made."""
         self._check_open()
-        object_id = uuid.uuid4().hex if object_id is None else check_id(object_id)
+        object_id = new_id() if object_id is None else check_id(object_id)
         fields = self._metadata_fields(workflow_id, task_id, _type_alias(type, object_type), custom_metadata, tags)
         fields["content_type"] = check_content_type(content_type)
         check_bool(save_data_in_collection, "save_data_in_collection")
@@ -474,17 +476,20 @@ class Store:
         self._check_open()
         check_id(object_id)
         check_version(version)
-        current = self._current(object_id)
-        if current is None:
-            raise ObjectNotFound(object_id)
-        if version is None or _version_of(current) == version:
-            return BlobObject(self, current)
-        entry = self._history.find_one({"_id": _history_id(object_id, version)})
-        if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId, not "id:version"
-            entry = self._history.find_one({"object_id": object_id, "version": version})
-        if entry is None or not _same_life(entry, current.get("created_at")):
-            raise VersionNotFound(object_id, version)
-        return BlobObject(self, entry)
+        with self._backend.snapshot():  # the object and its history entry from one read
+            current = self._current(object_id)
+            if current is None:
+                raise ObjectNotFound(object_id)
+            if version is None or _version_of(current) == version:
+                found = BlobObject(self, current)
+            else:
+                entry = self._history.find_one({"_id": _history_id(object_id, version)})
+                if entry is None and is_flowcept_doc(current):  # its DAO keys history by ObjectId
+                    entry = self._history.find_one({"object_id": object_id, "version": version})
+                if entry is None or not _same_life(entry, current.get("created_at")):
+                    raise VersionNotFound(object_id, version)
+                found = BlobObject(self, entry)
+        return found
 
     def _current(self, object_id: str, projection: Projection = None) -> dict[str, Any] | None:
         """The latest version's document: microblob's (keyed by the id), else one Flowcept's DAO wrote
@@ -610,8 +615,11 @@ class Store:
         check_id(object_id)
         transactional = self._backend.transactional
 
+        destinations, tombstones = self._backend.collection(SYNC_DESTINATIONS), self._backend.collection(TOMBSTONES)
+
         def delete() -> set[Any]:
-            current = self._objects.find_one({"_id": object_id}, projection={"file_id": 1})
+            current = self._objects.find_one({"_id": object_id},
+                                             projection={"file_id": 1, "created_at": 1, "version": 1})
             if current is None:
                 raise ObjectNotFound(object_id)
             files = {current.get("file_id")}
@@ -619,6 +627,13 @@ class Store:
                 files.add(entry.get("file_id"))
             self._objects.delete_one({"_id": object_id})
             self._history.delete_many({"object_id": object_id})
+            if destinations.find_one({}, projection={"_id": 1}) is not None:
+                # This store syncs somewhere: write the deletion down, so `sync(..., propagate_deletes=True)`
+                # can repeat it there. After the documents: an interruption in between (without
+                # transactions) loses the tombstone, never the object while a tombstone says it is gone.
+                tombstones.replace_one({"_id": object_id}, {
+                    "_id": object_id, "version": current.get("version"), "created_at": current.get("created_at"),
+                    "deleted_at": _codec.utcnow()}, upsert=True)
             files.discard(None)
             if transactional:
                 doomed = list(files - self._still_referenced(files))
@@ -665,6 +680,15 @@ class Store:
         `progress(n)` is called as object files are looked at."""
         self._check_open()
         return _maintenance.gc(self, _check_progress(progress))
+
+    def compact(self) -> CompactReport:
+        """Rewrite the store's file in place without its free pages (the file never shrinks otherwise)
+        and report the sizes before and after. On the embedded file: refused with `StoreInUse`, nothing
+        changed, while another process or another Store has it open; other threads of this Store wait
+        meanwhile; a kill at any moment leaves the old file or the new one, each whole. Mongita compacts
+        its `chunks.db`; `memory://` and MongoDB raise `UnsupportedOperation`."""
+        self._check_open()
+        return _compaction.compact(self)
 
     def count_versions(self) -> int:
         """Every stored version, latest and history: what `verify()` checks."""

@@ -21,6 +21,8 @@ FLOWCEPT_LAYOUT = "flowcept"
 """The value of the `layout` key `as_microblob` adds (never stored) to a document it translated."""
 
 _MARKERS = ("grid_fs_file_id", "object_type", "data_sha256", "object_size_bytes")
+# Fields of Flowcept's own layout beside microblob's (what `microblob ls --sort` also accepts).
+FLOWCEPT_FIELDS = (*_MARKERS, "storage_type")
 _LOGICAL = ("$and", "$or", "$nor")
 
 

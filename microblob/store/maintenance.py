@@ -11,13 +11,12 @@ import collections
 import dataclasses
 import datetime as _dt
 import hashlib
-import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidArgument, InvalidQuery
 from ..engine import codec as _codec
-from .files import lease_is_live
+from .files import hostname, lease_is_live
 from .flowcept_layout import FLOWCEPT_LAYOUT, as_microblob
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,7 +181,7 @@ def _readable(store: Store, object_id: str, version: int) -> bool:
 def _lease_is_live(lease: dict[str, Any]) -> bool:
     """A lease of this host is live while its process runs; another host's, for a day."""
     owner = str(lease.get("owner", ""))
-    if owner.rsplit(":", 2)[0] == socket.gethostname():
+    if owner.rsplit(":", 2)[0] == hostname():
         return lease_is_live(owner)
     started = lease.get("started_at")
     return not isinstance(started, _dt.datetime) or _codec.utcnow() - started < FOREIGN_LEASE_TIMEOUT

@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["FIELDS", "BlobObject", "save_stream_atomically"]
 
+# `data` of a file up to this size is read in one go (FilesBucket.read_small); larger ones through a
+# stream, which hashes big pieces on a worker thread.
+_SMALL = 1024 * 1024
+
 FIELDS = (
     "object_id",
     "workflow_id",
@@ -90,6 +94,8 @@ class BlobObject(Mapping[str, Any]):
         if self._data is None:
             if self._meta["storage"] == "inline" or self._inline is not None:
                 self._data = self._load_inline()
+            elif (small := self._store.files.read_small(self._meta["file_id"], _SMALL)) is not None:
+                self._data = small
             else:
                 with self.open() as stream:
                     self._data = stream.read()

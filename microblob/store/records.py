@@ -6,6 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# What a store keeps about its sync destinations (store/syncing.py): one document per destination, one
+# per object confirmed there, and a tombstone per object deleted while it has any destination (a
+# deletion can travel only if it was written down). Three collections, so each is read without the
+# others: the confirmations grow with the store, the destinations and tombstones stay small.
+SYNC_DESTINATIONS = "microblob.sync"
+SYNC_CONFIRMED = "microblob.sync_confirmed"
+TOMBSTONES = "microblob.tombstones"
+
 
 def _version_of(doc: Mapping[str, Any]) -> int:
     """A document written before versioning existed has no version: it is version 0."""

@@ -7,12 +7,12 @@ different workflows never see each other's id.
 from __future__ import annotations
 
 import contextvars
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidArgument
 from ..engine import codec as _codec
+from ..engine.ids import new_id
 from .validate import check_id, check_metadata, check_optional_str
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ class Workflow:
         custom_metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = check_optional_str(name, "name")
-        self.workflow_id = check_id(workflow_id, "workflow_id") if workflow_id is not None else uuid.uuid4().hex
+        self.workflow_id = check_id(workflow_id, "workflow_id") if workflow_id is not None else new_id()
         self.custom_metadata = check_metadata(custom_metadata) or {}
         if store is not None and not hasattr(store, "internals"):
             raise InvalidArgument(f"store must be a microblob Store, not {type(store).__name__}")

@@ -76,6 +76,7 @@ class ActionInfo:
     _extra: bool = field(default=False, repr=False)
     _extra_hint: Any = field(default=Any, repr=False)
     _bound: str = field(default="self", repr=False)
+    _positional: tuple[str, ...] = field(default=(), repr=False)
 
     def _resolve(self) -> None:
         if self._params is not None:
@@ -86,6 +87,7 @@ class ActionInfo:
         except Exception as e:
             raise InvalidArgument(f"action {self.name!r}: cannot resolve type hints: {e}") from e
         params = []
+        positional = []
         for i, p in enumerate(inspect.signature(self.func).parameters.values()):
             if i == 0:
                 self._bound = p.name  # `self`: bound already, so never a further named argument
@@ -97,9 +99,12 @@ class ActionInfo:
                 continue
             if p.kind is p.VAR_POSITIONAL:
                 continue  # JSON input is named: *args always receives nothing
+            if p.kind is p.POSITIONAL_ONLY:
+                positional.append(p.name)
             required = p.default is p.empty
             params.append((p.name, hints.get(p.name, Any), required, p.default))
         self._output = hints.get("return", Any)
+        self._positional = tuple(positional)
         self._params = params
 
     @property
@@ -151,6 +156,21 @@ class ActionInfo:
                 if key == self._bound:  # Python would pass it as `self` too: never a further argument
                     raise InvalidInput(key, "unexpected field")
         return checker.arguments(body, resolve_blob)
+
+    def bind(self, arguments: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Checked arguments (from `coerce_input`) as the function takes them: JSON names every input,
+        but a positional-only parameter (`def f(self, x, /)`) must be passed by position."""
+        self._resolve()
+        if not self._positional:
+            return [], arguments
+        rest = dict(arguments)
+        defaults = {name: default for name, _hint, _required, default in self.params}
+        given = [i for i, name in enumerate(self._positional) if name in rest]
+        args = []
+        for name in self._positional[: given[-1] + 1 if given else 0]:
+            # one left out before one given is passed its default: a position cannot be skipped
+            args.append(rest.pop(name) if name in rest else defaults[name])
+        return args, rest
 
     def check_output(self, value: Any) -> Any:
         """What the action returned, checked against its return annotation: a `-> int` that returns 4.2

@@ -1,0 +1,168 @@
+"""Sync to MongoDB beside its baselines, in one run, sides interleaved: how fast a field store's objects
+reach the server, and how long a save takes to be confirmed there.
+
+    python bench/bench_sync.py [--mongo mongodb://host:port] [--repeat 3] [--objects 40] [--size 1MiB]
+
+Without --mongo it starts SecantusDB ($MICROBLOB_SECANTUSD, a MongoDB-wire-compatible server) on a
+free port. The source is an embedded store of `--objects` objects of `--size` bytes plus 200 of 1 KiB.
+Each repeat pushes it into a fresh database three ways, one after the other:
+
+- sync: `microblob.sync(src, uri)`, a first full round (copy + confirmation at the destination);
+- copy: `microblob.copy(src, uri)` alone;
+- gridfs: what a script with pymongo would do, mongofiles-style: each object's bytes streamed from the
+  source with `open()` into `GridFSBucket.upload_from_stream`, plus one metadata document per object.
+
+Then the latency from a save returning to its confirmation at the destination, with a `SyncWorker`
+polling every `--interval` seconds (median and p90 of 20 saves of 1 KiB, one at a time).
+Prints medians and ratios; writes bench/results/sync.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import microblob  # noqa: E402
+
+SIZES = {"256KiB": 256 << 10, "1MiB": 1 << 20, "4MiB": 4 << 20}
+
+
+def start_secantus(work: Path) -> tuple[str, subprocess.Popen]:
+    executable = os.environ.get("MICROBLOB_SECANTUSD") or shutil.which("secantusd-py")
+    if not executable:
+        sys.exit("give --mongo URI, or set MICROBLOB_SECANTUSD to SecantusDB's secantusd-py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
+                             str(work / "secantus"), "--standalone", "--log-level", "WARNING"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import pymongo
+
+    uri = f"mongodb://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with pymongo.MongoClient(uri, serverSelectionTimeoutMS=300) as client:
+                client.admin.command("ping")
+            return uri, proc
+        except pymongo.errors.PyMongoError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def gridfs_upload(src: microblob.Store, uri: str) -> None:
+    import gridfs
+    import pymongo
+
+    with pymongo.MongoClient(uri) as client:
+        db = client.get_default_database()
+        bucket = gridfs.GridFSBucket(db)
+        docs = []
+        for obj in src.blob_object_query(None):
+            with obj.open() as stream:
+                file_id = bucket.upload_from_stream(obj.object_id, stream, chunk_size_bytes=255 * 1024)
+            docs.append({"_id": obj.object_id, "file_id": file_id, "size": obj.size, "sha256": obj.sha256,
+                         "type": obj.type, "custom_metadata": obj.custom_metadata})
+        db["objects"].insert_many(docs)
+
+
+def fresh(base: str) -> str:
+    return f"{base}/bench_{uuid.uuid4().hex[:10]}"
+
+
+def drop(uri: str) -> None:
+    import pymongo
+
+    with pymongo.MongoClient(uri) as client:
+        client.drop_database(client.get_default_database().name)
+
+
+def latency(src: microblob.Store, uri: str, interval: float, saves: int = 20) -> list[float]:
+    out = []
+    with microblob.SyncWorker(src, uri, interval=interval):
+        for i in range(saves):
+            src.save_or_update_object(os.urandom(1024), custom_metadata={"probe": i})
+            start = time.perf_counter()
+            while microblob.sync_status(src, uri)[0].pending_objects:
+                time.sleep(0.002)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mongo", help="a MongoDB server's base URI (default: start SecantusDB)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--objects", type=int, default=40)
+    ap.add_argument("--size", default="1MiB", choices=list(SIZES))
+    ap.add_argument("--interval", type=float, default=0.05, help="SyncWorker polling interval for the latency")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    proc = None
+    try:
+        base = args.mongo.rstrip("/") if args.mongo else None
+        if base is None:
+            base, proc = start_secantus(work)
+        src = microblob.connect(work / "src.db")
+        size = SIZES[args.size]
+        for _ in range(args.objects):
+            src.save_or_update_object(os.urandom(size), type="image")
+        for _ in range(200):
+            src.save_or_update_object(os.urandom(1024), type="note")
+        total = args.objects * size + 200 * 1024
+        times: dict[str, list[float]] = {"sync": [], "copy": [], "gridfs": []}
+        for _ in range(args.repeat):
+            for side in times:  # interleaved
+                uri = fresh(base)
+                start = time.perf_counter()
+                if side == "sync":
+                    round_ = microblob.sync(src, uri)
+                    assert round_.ok and round_.confirmed == args.objects + 200, round_.summary()
+                elif side == "copy":
+                    assert microblob.copy(src, uri).ok
+                else:
+                    gridfs_upload(src, uri)
+                times[side].append(time.perf_counter() - start)
+                drop(uri)
+        lat_uri = fresh(base)
+        microblob.sync(src, lat_uri)
+        lat = latency(src, lat_uri, args.interval)
+        drop(lat_uri)
+        src.close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{args.objects} x {args.size} + 200 x 1 KiB ({total / 1e6:.1f} MB), medians of {args.repeat}")
+    for side, seconds in med.items():
+        print(f"  {side:7} {seconds * 1000:9.1f} ms  {total / seconds / 1e6:8.1f} MB/s")
+    print(f"  sync / gridfs upload: {med['gridfs'] / med['sync']:.2f}x the throughput; "
+          f"sync / copy: {med['copy'] / med['sync']:.2f}x")
+    lat_sorted = sorted(lat)
+    p50, p90 = statistics.median(lat), lat_sorted[int(0.9 * len(lat_sorted))]
+    print(f"  save -> confirmed at the destination (SyncWorker every {args.interval:g} s): "
+          f"p50 {p50 * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "sync.json").write_text(json.dumps({"seconds": med, "bytes": total, "latency_p50_s": p50,
+                                               "latency_p90_s": p90}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Group commit: writers that arrive while a commit is being synced wait, then share the next commit.
+
+A durable LMDB commit costs two disk flushes, ~0.5 ms here and several on an SD card, and LMDB takes
+one writer at a time. One thread per writer therefore got one flush pair per save however many threads
+wrote. Here the first writer to find no commit in flight becomes the leader: it takes every request
+queued so far, runs them in one transaction (each in a nested transaction of its own, so one that fails
+leaves the others' writes intact) and syncs once; meanwhile new arrivals queue for the next group. A
+request returns only after the commit that holds it is on disk, so every save is as durable as before.
+
+Requests run on the leader's thread inside a copy of their own thread's context (contextvars such as
+the regex budget or the current workflow come along). Within one process only: another process's
+writers meet LMDB's own lock, as before.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["GroupCommit", "WriteRequest"]
+
+T = TypeVar("T")
+
+_PENDING, _DONE = 0, 1
+
+
+class WriteRequest(Generic[T]):
+    """One writer's transaction function and, once its group committed, its result or error."""
+
+    __slots__ = ("fn", "size_hint", "durable", "_context", "_state", "_result", "_error")
+
+    def __init__(self, fn: Callable[[Any], T], size_hint: int, durable: bool) -> None:
+        self.fn = fn
+        self.size_hint = size_hint
+        self.durable = durable
+        self._context = contextvars.copy_context()
+        self._state = _PENDING
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def run(self, txn: Any) -> T:
+        """Run the writer's function on `txn` in the writer's own context (on whichever thread leads)."""
+        return self._context.run(self.fn, txn)
+
+    def succeed(self, result: Any) -> None:
+        self._result, self._error, self._state = result, None, _DONE
+
+    def fail(self, error: BaseException) -> None:
+        self._result, self._error, self._state = None, error, _DONE
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def outcome(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class GroupCommit:
+    """The queue of one environment's writers and who leads the commit in flight."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[WriteRequest[Any]] = []
+        self._leading = False
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the next group (not those of the group in flight)."""
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, request: WriteRequest[T], commit: Callable[[list[WriteRequest[Any]]], None]) -> T:
+        """Queue `request` and wait until a group holding it committed; lead a group if none is in flight.
+
+        `commit(batch)` runs the batch and settles every request of it with `succeed` or `fail`. When it
+        raises, the requests it left unsettled go back to the queue for the next leader (each then meets
+        the failure itself, or not); the leader gets its own request's outcome if that was settled, else
+        the exception."""
+        with self._cond:
+            self._pending.append(request)
+            try:
+                while not request.done and self._leading:
+                    self._cond.wait()
+            except BaseException:  # interrupted while queued: withdraw it (in a group in flight, it is written)
+                if request in self._pending:
+                    self._pending.remove(request)
+                raise
+            if request.done:
+                return request.outcome()
+            self._leading = True
+            batch, self._pending = self._pending, []
+        error: Exception | None = None
+        try:
+            commit(batch)
+        except Exception as exc:  # ours may be settled all the same: the others run again and meet it
+            error = exc
+        finally:
+            with self._cond:
+                self._leading = False
+                unsettled = [r for r in batch if not r.done and r is not request]
+                self._pending[:0] = unsettled
+                self._cond.notify_all()
+        if request.done:
+            return request.outcome()
+        if error is not None:
+            raise error
+        raise RuntimeError("commit() returned without settling the leader's own request")

@@ -1,0 +1,65 @@
+"""`store_info(store)`: what a store holds and, where it is a file, how much more it can hold.
+
+A 32-bit process maps at most 1536 MiB of an LMDB file, so a store on a 32-bit Raspberry Pi stops there;
+`microblob info` says where a store stands, and `microblob serve` caps uploads at what still fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..engine.lmdb_kv import Space
+
+if TYPE_CHECKING:
+    from .core import Store
+
+__all__ = ["StoreInfo", "room", "space", "store_info"]
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Counts of a store's documents and bytes, and its file's `Space` (None on MongoDB and in memory)."""
+
+    uri: str
+    objects: int
+    history_versions: int
+    workflows: int
+    files: int
+    file_bytes: int
+    space: Space | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def space(store: Store) -> Space | None:
+    """The store's file limits, or None where the backend keeps no file of its own (MongoDB, memory)."""
+    store.internals.check_open()
+    get = getattr(store.internals.backend, "space", None)
+    return get() if callable(get) else None
+
+
+def room(store: Store) -> int | None:
+    """Bytes that can still be written to `store`, or None where the store does not say."""
+    found = space(store)
+    return None if found is None else found.room
+
+
+def store_info(store: Store) -> StoreInfo:
+    """Counts from the stored counters; the file bytes summed over the files documents, streamed."""
+    internals = store.internals
+    internals.check_open()
+    file_bytes = 0
+    for doc in internals.file_docs.iter_documents({}, projection={"length": 1}):
+        length = doc.get("length")
+        file_bytes += length if isinstance(length, int) else 0
+    return StoreInfo(
+        uri=store.uri,
+        objects=internals.objects.count_documents({}),
+        history_versions=internals.history.count_documents({}),
+        workflows=internals.workflows.count_documents({}),
+        files=internals.file_docs.count_documents({}),
+        file_bytes=file_bytes,
+        space=space(store),
+    )

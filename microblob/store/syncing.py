@@ -1,0 +1,451 @@
+"""Continuous one-way sync: a store's new and changed objects pushed to another store as they are saved.
+
+A field laptop or a Pi keeps working offline; whenever the destination (the institute's MongoDB, say)
+is reachable, `sync` brings it up to date, and `SyncWorker` does so in the background, over and over,
+backing off while the destination is away. Each round is a `copy` (so: idempotent, resumable, only
+missing bytes travel, re-hashed on the way, whole history and workflows) limited to what changed since
+the last confirmed round, followed by a check at the destination: an object counts as synced once the
+destination's latest version has the source's version number and sha256. That confirmation is
+recorded in the SOURCE store (`microblob.sync`: one document per destination; `microblob.sync_confirmed`:
+one per object confirmed there), so `sync_status` can say what is pending without asking the destination.
+
+What one round promises: every object whose latest version was committed before the round began and
+whose copy met no problem is confirmed at the destination when the round returns. Objects that moved on
+independently at the destination are never overwritten: they stay pending and are listed in
+`problems` (both sides keep their versions).
+
+Deletions travel only when asked (`propagate_deletes=True`), and only as tombstones: once a store has
+a destination, `delete_object` leaves one (`microblob.tombstones`: the id, the deleted life's
+`created_at` and last version). A round deletes at the destination exactly that life, unless it has a
+newer version there (then it is reported and left alone); nothing is ever deleted by guessing from an
+absence.
+
+The watermark: a round lists the objects updated at or after `confirmed_until` and then moves it to the
+round's start minus `WATERMARK_MARGIN`, so a save whose timestamp was taken before the round began but
+whose transaction committed after the listing is seen again by the next round (copy skips what is
+already there at the cost of a few lookups). Timestamps miss objects copied in with old ones and saves
+made while the clock was wrong, so a full round (`full=True`: every object not confirmed at its
+current version, found locally) runs when the clock went back, and `SyncWorker` runs one hourly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .._exceptions import InvalidArgument, MicroblobError
+from ..engine import codec as _codec
+from .copying import CopyReport, _Copier, copy
+from .core import Store
+from .records import SYNC_CONFIRMED, SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of
+
+__all__ = ["SyncRound", "SyncStatus", "SyncWorker", "sync", "sync_status"]
+
+
+
+def _log() -> Any:
+    """The `microblob.sync` logger (`logging` loads with the first round, not with `import microblob`)."""
+    import logging
+
+    return logging.getLogger("microblob.sync")
+
+WATERMARK_MARGIN = _dt.timedelta(seconds=5)  # longer than any write transaction takes to commit
+_PAGE = 500  # objects examined per read while confirming or counting what is pending
+# An idle round (nothing new) records nothing, unless the watermark is this much behind: then it moves,
+# so the stretch of already-confirmed objects each round looks at again stays short.
+_IDLE_REWRITE = _dt.timedelta(minutes=5)
+
+
+@dataclasses.dataclass
+class SyncRound:
+    """What one round did: the copy's report, and how many objects it confirmed at the destination."""
+
+    destination: str
+    copy: CopyReport
+    confirmed: int
+    started_at: _dt.datetime
+    deleted: int = 0  # objects deleted at the destination because they were deleted here
+
+    @property
+    def ok(self) -> bool:
+        return self.copy.ok
+
+    def summary(self) -> str:
+        deleted = f", {self.deleted} deleted there" if self.deleted else ""
+        return f"{self.copy.summary()}; {self.confirmed} object(s) confirmed at {self.destination}{deleted}"
+
+
+@dataclasses.dataclass
+class SyncStatus:
+    """What is not yet at a destination, from the source's own records (the destination is not asked)."""
+
+    destination: str
+    confirmed_until: _dt.datetime | None  # every object last changed before this is confirmed there
+    last_round_at: _dt.datetime | None  # the last round that found something to do (idle ones record nothing)
+    last_error: str | None
+    pending_objects: int
+    pending_bytes: int
+    oldest_pending: _dt.datetime | None  # when the longest-waiting pending object was saved
+    problems: list[tuple[str, str]]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("confirmed_until", "last_round_at", "oldest_pending"):
+            if data[key] is not None:
+                data[key] = data[key].isoformat().replace("+00:00", "Z")
+        data["problems"] = [list(p) for p in self.problems]
+        return data
+
+
+def destination_name(dst: Store | str | os.PathLike[str]) -> str:
+    """How a destination is named in the source's records: its URI without credentials."""
+    uri = dst.uri if isinstance(dst, Store) else os.fspath(dst)
+    if "://" not in uri:
+        uri = os.path.realpath(uri)
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]  # user:password@host -> host
+    return f"{scheme}{sep}{rest}"
+
+
+def _state(src: Store) -> Any:
+    """The destinations' records (one document each, `_id` "dest:<name>")."""
+    return src.internals.backend.collection(SYNC_DESTINATIONS)
+
+
+def _confirmed(src: Store) -> Any:
+    """One document per (destination, object) confirmed there, and per tombstone done there."""
+    return src.internals.backend.collection(SYNC_CONFIRMED)
+
+
+def _check_stores(src: Any, dst: Any) -> None:
+    if not isinstance(src, Store):
+        raise InvalidArgument(f"src must be a Store, not {type(src).__name__}")
+    if not isinstance(dst, (Store, str, os.PathLike)):
+        raise InvalidArgument(f"dst must be a Store, a URI or a path, not {type(dst).__name__}")
+
+
+def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: bool = False,
+         full: bool = False) -> SyncRound:
+    """One round: copy what changed at `src` since the last confirmed round to `dst`, confirm it there,
+    and record that in `src`. With `propagate_deletes`, objects deleted at `src` (since it first synced
+    anywhere) are deleted at `dst` too, first, unless they changed there since. Raises what the
+    destination raises when it cannot be reached (the records stay as they were, so the next round
+    redoes this one).
+
+    `full=True` does not trust the watermark: it walks the whole store (locally) for objects not
+    confirmed at `dst` at their current version and pushes those. That catches what timestamps cannot
+    see: objects brought in by `copy` with their old `updated_at`, or saved while the clock was wrong
+    (a Pi without a clock before NTP). A round that finds the clock went back since the last one is
+    full by itself; `SyncWorker` runs one every `reconcile_every` seconds."""
+    _check_stores(src, dst)
+    for label, flag in (("propagate_deletes", propagate_deletes), ("full", full)):
+        if not isinstance(flag, bool):
+            raise InvalidArgument(f"{label} must be True or False, not {flag!r}")
+    src.internals.check_open()
+    name = destination_name(dst)
+    state = _state(src)
+    record = state.find_one({"_id": "dest:" + name})
+    if record is None:  # from now on deletions are written down (tombstones), so they can travel
+        state.replace_one({"_id": "dest:" + name}, {"_id": "dest:" + name, "destination": name}, upsert=True)
+        record = {}
+    since = record.get("confirmed_until")
+    started = _codec.utcnow()
+    last = record.get("last_attempt_at")
+    full = full or since is None or (last is not None and started < last)  # the clock went back
+    try:
+        target, close = (dst, False) if isinstance(dst, Store) else (_connect(dst), True)
+        try:
+            if target is src or target.backend is src.backend or (
+                    target.uri == src.uri and not src.uri.startswith("memory:")):
+                raise InvalidArgument(f"source and destination are the same store ({src.uri})")
+            deleted, refused = _propagate_deletes(src, target, name) if propagate_deletes else (0, [])
+            if full:
+                report, confirmed = CopyReport(), 0
+                for page in _unconfirmed(src, name):
+                    _add(report, _copy_listed(src, target, [d["_id"] for d in page]))
+                    confirmed += _confirm(src, target, name, [page])
+            else:
+                report = copy(src, target, since=since)
+                confirmed = _confirm(src, target, name, _changed_since(src, since))
+            report.problems[:0] = refused
+        finally:
+            if close:
+                target.close()
+    except Exception as exc:  # unreachable, refused, a driver's own error: recorded, then passed on
+        message = str(exc) if isinstance(exc, MicroblobError) else f"{type(exc).__name__}: {exc}"
+        state.update_one({"_id": "dest:" + name}, {"$set": {"destination": name, "last_error": message,
+                                                            "last_attempt_at": started}}, upsert=True)
+        raise
+    problems = [list(p) for p in report.problems]
+    idle = (not report.copied_anything and not confirmed and not deleted and record.get("last_error") is None
+            and record.get("problems", []) == problems and since is not None
+            and started - since < WATERMARK_MARGIN + _IDLE_REWRITE)
+    if not idle or full:  # a round that found nothing new writes nothing (an SD card wears with every commit)
+        changes: dict[str, Any] = {"destination": name, "confirmed_until": started - WATERMARK_MARGIN,
+                                   "last_round_at": started, "last_attempt_at": started, "last_error": None,
+                                   "problems": problems}
+        if full:
+            changes["last_full_at"] = started
+        state.update_one({"_id": "dest:" + name}, {"$set": changes}, upsert=True)
+    return SyncRound(name, report, confirmed, started, deleted)
+
+
+def _changed_since(src: Store, since: _dt.datetime | None) -> Iterator[list[dict[str, Any]]]:
+    """Pages of (object_id, version, sha256, size, updated_at) of the objects updated at or after
+    `since`, oldest first, walked along the updated_at index a page at a time (ties by id)."""
+    objects = src.internals.objects
+    fields = {"_id": 1, "version": 1, "sha256": 1, "size": 1, "updated_at": 1}
+    low, seen_at_low = since, 0  # the page's start, and how many objects stamped exactly `low` are done
+    while True:
+        flt = {"updated_at": {"$gte": low}} if low is not None else {}
+        page = objects.find(flt, projection=fields, sort=[("updated_at", 1), ("_id", 1)], skip=seen_at_low,
+                            limit=_PAGE)
+        if not page:
+            return
+        yield page
+        if len(page) < _PAGE:
+            return
+        last = page[-1]["updated_at"]
+        ties = sum(1 for d in page if d["updated_at"] == last)
+        seen_at_low = seen_at_low + ties if last == low else ties
+        low = last
+
+
+def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[tuple[str, str]]]:
+    """Delete at `target` each object this store has a tombstone for and has not yet deleted there:
+    only the life and versions the tombstone names (an object changed at the destination since, or
+    another object under the same id, is left alone and reported). Returns (deleted, problems)."""
+    confirmed = _confirmed(src)
+    tag = _dest_tag(name)
+    deleted, problems = 0, []
+    for tomb in src.internals.backend.collection(TOMBSTONES).iter_documents():
+        object_id = tomb["_id"]
+        done_id = f"tdone:{tag}:{object_id}"
+        done = confirmed.find_one({"_id": done_id})
+        if done is not None and done.get("deleted_at") == tomb.get("deleted_at"):
+            continue
+        if src.internals.objects.find_one({"_id": object_id}, projection={"created_at": 1}) is not None \
+                and tomb.get("created_at") is None:
+            continue  # saved again under this id and the tombstone cannot tell lives apart: keep it
+        there = target.internals.objects.find_one({"_id": object_id}, projection={"created_at": 1, "version": 1})
+        if there is not None:
+            if not _same_life(there, tomb.get("created_at")) or there.get("created_at") is None:
+                pass  # another object under this id at the destination: not the one deleted here
+            elif _version_of(there) > _version_of(tomb):
+                problems.append((object_id, f"deleted here at version {_version_of(tomb)} but changed at the "
+                                            f"destination since (version {_version_of(there)}): left alone"))
+                continue
+            else:
+                try:
+                    target.delete_object(object_id)
+                    deleted += 1
+                except MicroblobError as exc:
+                    if not isinstance(exc, KeyError):  # ObjectNotFound: deleted there meanwhile, also done
+                        raise
+        confirmed.replace_one({"_id": done_id}, {"_id": done_id, "deleted_at": tomb.get("deleted_at")}, upsert=True)
+    return deleted, problems
+
+
+def _dest_tag(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
+def _unconfirmed(src: Store, name: str) -> Iterator[list[dict[str, Any]]]:
+    """Pages of every object not confirmed at `name` at its current version: a walk of the whole store,
+    without the destination."""
+    confirmed = _confirmed(src)
+    for page in _changed_since(src, None):
+        known = _confirmations(confirmed, name, [d["_id"] for d in page])
+        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d)]
+        if left:
+            yield left
+
+
+class _ListedCopier(_Copier):
+    """`copy` of the named objects only (and the workflows): what a full round found unconfirmed."""
+
+    def __init__(self, src: Store, dst: Store, object_ids: list[str]) -> None:
+        super().__init__(src, dst, None, None)
+        self._listed = sorted(object_ids)
+
+    def _object_ids(self) -> list[str]:
+        return self._listed
+
+    def _user_file_ids(self) -> list[Any]:
+        return []
+
+
+def _copy_listed(src: Store, target: Store, object_ids: list[str]) -> CopyReport:
+    return _ListedCopier(src, target, object_ids).run()
+
+
+def _add(total: CopyReport, part: CopyReport) -> None:
+    for field in dataclasses.fields(CopyReport):
+        if field.name == "problems":
+            total.problems.extend(part.problems)
+        else:
+            setattr(total, field.name, getattr(total, field.name) + getattr(part, field.name))
+
+
+def _confirm(src: Store, target: Store, name: str, pages: Iterable[list[dict[str, Any]]]) -> int:
+    """Record, for each object of `pages`, whether the destination's latest version is the source's
+    (same version and sha256): one write per page. Returns how many this round confirmed."""
+    state = _confirmed(src)
+    now = _codec.utcnow()
+    confirmed = 0
+    for page in pages:
+        ids = [d["_id"] for d in page]
+        there = {d["_id"]: d for d in target.internals.objects.find(
+            {"_id": {"$in": ids}}, projection={"_id": 1, "version": 1, "sha256": 1})}
+        known = _confirmations(state, name, ids)
+        records = []
+        for doc in page:
+            other = there.get(doc["_id"])
+            if other is None or other.get("version") != doc.get("version") \
+                    or other.get("sha256") != doc.get("sha256") or _is_confirmed(known.get(doc["_id"]), doc):
+                continue
+            key = _confirmation_id(name, doc["_id"])
+            records.append({"_id": key, "destination": name, "object_id": doc["_id"],
+                            "version": doc.get("version"), "sha256": doc.get("sha256"), "confirmed_at": now})
+        if records:
+            src.internals.backend.atomic(lambda records=records: [
+                state.replace_one({"_id": r["_id"]}, r, upsert=True) for r in records])
+            confirmed += len(records)
+    return confirmed
+
+
+def _confirmations(state: Any, name: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {d["object_id"]: d for d in state.find({"_id": {"$in": [_confirmation_id(name, i) for i in ids]}})}
+
+
+def _is_confirmed(mine: dict[str, Any] | None, doc: dict[str, Any]) -> bool:
+    return mine is not None and mine.get("version") == doc.get("version") and mine.get("sha256") == doc.get("sha256")
+
+
+def _connect(uri: str | os.PathLike[str]) -> Store:
+    """The destination, created if it is a new file (as `copy` does)."""
+    from .connect import connect
+
+    return connect(uri, create=True)
+
+
+def _confirmation_id(name: str, object_id: str) -> str:
+    """One confirmation per (destination, object): the destination's name hashed to a fixed width, so
+    no object id can make two pairs collide (and no backend sees an odd character in an id)."""
+    return f"obj:{_dest_tag(name)}:{object_id}"
+
+
+def sync_status(src: Store, dst: Store | str | os.PathLike[str] | None = None) -> list[SyncStatus]:
+    """What each destination `src` syncs to (or just `dst`) still lacks, from `src`'s own records:
+    pending objects (changed since their last confirmation there), their bytes, the oldest of them."""
+    if not isinstance(src, Store):
+        raise InvalidArgument(f"src must be a Store, not {type(src).__name__}")
+    src.internals.check_open()
+    state = _state(src)
+    if dst is not None:
+        name = destination_name(dst)
+        records = [state.find_one({"_id": "dest:" + name}) or {"destination": name}]
+    else:
+        records = state.find({})
+    out = []
+    for record in records:
+        name = record["destination"]
+        since = record.get("confirmed_until")
+        pending = pending_bytes = 0
+        oldest: _dt.datetime | None = None
+        for page in _changed_since(src, since):
+            known = _confirmations(_confirmed(src), name, [d["_id"] for d in page])
+            for doc in page:
+                if _is_confirmed(known.get(doc["_id"]), doc):
+                    continue
+                pending += 1
+                pending_bytes += int(doc.get("size") or 0)
+                if oldest is None or doc["updated_at"] < oldest:
+                    oldest = doc["updated_at"]
+        out.append(SyncStatus(name, since, record.get("last_round_at"), record.get("last_error"), pending,
+                              pending_bytes, oldest, [tuple(p) for p in record.get("problems") or []]))
+    return out
+
+
+class SyncWorker:
+    """Rounds of `sync(src, dst)` on a background thread, every `interval` seconds, until `stop()`;
+    a full one (see `sync`) when none ran for `reconcile_every` seconds, the first included. A round
+    that fails (the destination is away) is logged in one line and retried after a delay that doubles
+    from `interval` up to `max_backoff`; saves to `src` never wait for any of it."""
+
+    def __init__(self, src: Store, dst: str | os.PathLike[str], *, interval: float = 2.0,
+                 max_backoff: float = 60.0, propagate_deletes: bool = False, reconcile_every: float = 3600.0,
+                 on_round: Callable[[SyncRound], None] | None = None) -> None:
+        _check_stores(src, dst)
+        if not isinstance(propagate_deletes, bool):
+            raise InvalidArgument(f"propagate_deletes must be True or False, not {propagate_deletes!r}")
+        self.propagate_deletes = propagate_deletes
+        self.reconcile_every = _dt.timedelta(seconds=reconcile_every)
+        for label, value in (("interval", interval), ("max_backoff", max_backoff),
+                             ("reconcile_every", reconcile_every)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InvalidArgument(f"{label} must be a number of seconds > 0, not {value!r}")
+        self.src, self.dst = src, dst
+        self.interval, self.max_backoff = float(interval), float(max(max_backoff, interval))
+        self.on_round = on_round
+        self.rounds = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="microblob-sync", daemon=True)
+
+    def start(self) -> SyncWorker:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Ask the worker to stop after its current round, and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker to end (it ends when stopped, or when its source store closes)."""
+        while self._thread.is_alive():
+            self._thread.join(timeout if timeout is not None else 0.5)  # short waits: Ctrl-C gets through
+            if timeout is not None:
+                return
+
+    def __enter__(self) -> SyncWorker:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def _due(self) -> bool:
+        """Whether the next round should be a full one: none for `reconcile_every` (or ever)."""
+        record = _state(self.src).find_one({"_id": "dest:" + destination_name(self.dst)}) or {}
+        last = record.get("last_full_at")
+        return last is None or _codec.utcnow() - last >= self.reconcile_every
+
+    def _run(self) -> None:
+        delay = self.interval
+        while not self._stop.is_set():
+            try:
+                result = sync(self.src, self.dst, propagate_deletes=self.propagate_deletes, full=self._due())
+            except Exception as exc:  # noqa: BLE001 - any failure of a round is logged and retried
+                if self.src.closed:
+                    return
+                self.failures += 1
+                _log().warning("sync to %s failed (%s); retrying in %.0f s", destination_name(self.dst),
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            self.rounds += 1
+            delay = self.interval
+            if result.copy.copied_anything or not result.ok:
+                _log().info("sync to %s: %s", result.destination, result.summary())
+            if self.on_round is not None:
+                self.on_round(result)
+            self._stop.wait(self.interval)

@@ -1,0 +1,219 @@
+"""Group commit (issue 16): writers that arrive while a commit is in flight share the next commit, each
+still isolated from the others' failures and durable when its call returns.
+
+The groups are made deterministic by a first writer that holds its transaction open until the others
+are queued; the number of commits is read from the file's transaction id.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import microblob
+from microblob.engine.lmdb_kv import LmdbEngine
+
+WAIT = 30.0
+
+
+class Blocked:
+    """A first writer holding the write transaction open, so the writers started meanwhile queue up."""
+
+    def __init__(self, engine: LmdbEngine) -> None:
+        self.engine = engine
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=engine.write, args=(self._hold,))
+        self.thread.start()
+        assert self.started.wait(WAIT)
+
+    def _hold(self, txn: Any) -> None:
+        txn.put("meta", b"blocker", b"1")
+        self.started.set()
+        assert self.release.wait(WAIT)
+
+    def queue(self, writers: list[Callable[[], Any]]) -> list[threading.Thread]:
+        """Start `writers` and return once all of them wait for the next group."""
+        threads = [threading.Thread(target=w) for w in writers]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + WAIT
+        while self.engine.queued_writes() < len(writers):
+            assert time.monotonic() < deadline, "the writers never queued"
+            time.sleep(0.005)
+        return threads
+
+    def finish(self, threads: list[threading.Thread]) -> None:
+        self.release.set()
+        for t in [self.thread, *threads]:
+            t.join(WAIT)
+            assert not t.is_alive()
+
+
+@pytest.fixture
+def engine(lmdb_path: Path) -> Any:
+    engine = LmdbEngine(lmdb_path)
+    yield engine
+    engine.close()
+
+
+def read(engine: LmdbEngine, key: bytes) -> bytes | None:
+    with engine.read() as txn:
+        return txn.get("meta", key)
+
+
+def test_writers_queued_behind_a_commit_share_one(engine: LmdbEngine) -> None:
+    before = engine.last_txnid()
+    blocked = Blocked(engine)
+    results: dict[int, Any] = {}
+
+    def writer(i: int) -> Callable[[], None]:
+        def put(txn: Any) -> int:
+            txn.put("meta", b"k%d" % i, b"v%d" % i)
+            return i * 10
+        return lambda: results.__setitem__(i, engine.write(put))
+
+    threads = blocked.queue([writer(i) for i in range(8)])
+    blocked.finish(threads)
+    assert results == {i: i * 10 for i in range(8)}
+    assert [read(engine, b"k%d" % i) for i in range(8)] == [b"v%d" % i for i in range(8)]
+    assert engine.last_txnid() == before + 2  # the blocker's commit, then one for all eight
+
+
+def test_a_failing_writer_takes_back_only_its_own_writes(engine: LmdbEngine) -> None:
+    blocked = Blocked(engine)
+    outcomes: dict[str, Any] = {}
+
+    def writer(name: str, fail: bool) -> Callable[[], None]:
+        def put(txn: Any) -> str:
+            txn.put("meta", name.encode(), b"written")
+            if fail:
+                raise ValueError(f"{name} refuses")
+            return name
+
+        def run() -> None:
+            try:
+                outcomes[name] = engine.write(put)
+            except ValueError as exc:
+                outcomes[name] = exc
+        return run
+
+    threads = blocked.queue([writer("a", False), writer("b", True), writer("c", False)])
+    blocked.finish(threads)
+    assert outcomes["a"] == "a" and outcomes["c"] == "c"
+    assert isinstance(outcomes["b"], ValueError) and str(outcomes["b"]) == "b refuses"
+    assert (read(engine, b"a"), read(engine, b"b"), read(engine, b"c")) == (b"written", None, b"written")
+
+
+def test_a_writer_that_needs_a_bigger_map_grows_it_and_the_group_still_commits(lmdb_path: Path) -> None:
+    engine = LmdbEngine(lmdb_path, map_size=1024 * 1024)
+    try:
+        blocked = Blocked(engine)
+        big = b"x" * (3 * 1024 * 1024)  # three times the whole map
+        done: list[str] = []
+
+        def writer(key: bytes, value: bytes) -> Callable[[], None]:
+            def put(txn: Any) -> None:
+                txn.put("chunks", key, value)
+            return lambda: (engine.write(put, size_hint=len(value)), done.append(key.decode()))
+
+        threads = blocked.queue([writer(b"small1", b"1"), writer(b"big", big), writer(b"small2", b"2")])
+        blocked.finish(threads)
+        assert sorted(done) == ["big", "small1", "small2"]
+        assert engine.map_size() > 3 * 1024 * 1024
+        with engine.read() as txn:
+            assert txn.get("chunks", b"big") == big
+            assert (txn.get("chunks", b"small1"), txn.get("chunks", b"small2")) == (b"1", b"2")
+    finally:
+        engine.close()
+
+
+def test_each_writer_runs_in_its_own_context(engine: LmdbEngine) -> None:
+    """The leader runs a follower's function on its own thread, with the follower's context variables."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+    blocked = Blocked(engine)
+    seen: dict[str, str] = {}
+
+    def writer(name: str) -> Callable[[], None]:
+        def run() -> None:
+            var.set(name)
+            seen[name] = engine.write(lambda txn: var.get())
+        return run
+
+    threads = blocked.queue([writer("first"), writer("second")])
+    blocked.finish(threads)
+    assert seen == {"first": "first", "second": "second"}
+
+
+def test_a_nested_write_inside_a_grouped_writer_is_refused(engine: LmdbEngine) -> None:
+    blocked = Blocked(engine)
+    errors: list[BaseException] = []
+
+    def nested() -> None:
+        try:
+            engine.write(lambda txn: engine.write(lambda inner: None))
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = blocked.queue([nested])
+    blocked.finish(threads)
+    assert len(errors) == 1 and "nested write transaction" in str(errors[0])
+
+
+def test_concurrent_updates_of_one_object_stay_contiguous(lmdb_path: Path) -> None:
+    """Grouped compare-and-swap updates see each other's writes (nested transactions see the group's)."""
+    with microblob.connect(lmdb_path) as store:
+        oid = store.save_or_update_object(b"v0")
+        threads = [threading.Thread(target=lambda: [store.save_or_update_object(b"u", object_id=oid,
+                                                                              control_version=True)
+                                                  for _ in range(25)]) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        latest = store.get_blob_object(oid)
+        assert latest.version == 200
+        assert [h["version"] for h in store.get_object_history(oid)] == list(range(200, -1, -1))
+
+
+def test_a_full_store_fails_only_the_writer_that_needs_the_room(lmdb_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """One writer of a group needs more than the map may grow to: it gets StoreFull, the others of its
+    group succeed, and what committed before the failure is never run again."""
+    from microblob.engine import lmdb_kv
+
+    monkeypatch.setattr(lmdb_kv, "MAP_LIMIT", 2 * 1024 * 1024)
+    engine = LmdbEngine(lmdb_path, map_size=1024 * 1024)
+    try:
+        blocked = Blocked(engine)
+        outcomes: dict[str, Any] = {}
+
+        def writer(name: str, size: int) -> Callable[[], None]:
+            def put(txn: Any) -> None:
+                runs = int(txn.get("meta", name.encode() + b"-runs") or b"0")
+                txn.put("meta", name.encode() + b"-runs", str(runs + 1).encode())
+                txn.put("chunks", name.encode(), b"x" * size)
+
+            def run() -> None:
+                try:
+                    engine.write(put, size_hint=size)
+                    outcomes[name] = "ok"
+                except microblob.StoreFull as exc:
+                    outcomes[name] = exc
+            return run
+
+        threads = blocked.queue([writer("a", 100), writer("huge", 3 * 1024 * 1024), writer("c", 100)])
+        blocked.finish(threads)
+        assert outcomes["a"] == "ok" and outcomes["c"] == "ok", outcomes
+        assert isinstance(outcomes["huge"], microblob.StoreFull)
+        with engine.read() as txn:
+            assert (txn.get("meta", b"a-runs"), txn.get("meta", b"c-runs")) == (b"1", b"1")  # committed once
+            assert txn.get("chunks", b"huge") is None and txn.get("meta", b"huge-runs") is None
+    finally:
+        engine.close()
