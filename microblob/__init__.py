@@ -23,6 +23,7 @@ from ._exceptions import (
     InvocationTimeout,
     MicroblobError,
     NotFound,
+    ObjectEvicted,
     ObjectNotFound,
     QueryTimeout,
     RemoteError,
@@ -49,6 +50,7 @@ from .store.core import Store
 from .store.files import DownloadStream, FilesBucket, UploadStream
 from .store.maintenance import GcReport, VerifyReport
 from .store.objects import BlobObject
+from .store.retention import EvictReport, evict
 from .store.syncing import SyncRound, SyncStatus, SyncWorker, sync, sync_status
 from .store.workflows import Workflow, current_workflow_id
 
@@ -71,6 +73,7 @@ __all__ = [
     "CopyReport",
     "DownloadStream",
     "DuplicateKey",
+    "EvictReport",
     "FileNotFound",
     "FilesBucket",
     "GcReport",
@@ -84,6 +87,7 @@ __all__ = [
     "InvocationTimeout",
     "MicroblobError",
     "NotFound",
+    "ObjectEvicted",
     "ObjectNotFound",
     "QueryTimeout",
     "RemoteBlob",
@@ -115,6 +119,7 @@ __all__ = [
     "copy",
     "current_workflow_id",
     "default_uri",
+    "evict",
     "export_store",
     "import_store",
     "raise_if_cancelled",

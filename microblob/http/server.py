@@ -39,6 +39,7 @@ from .._exceptions import (
     IntegrityError,
     InvalidArgument,
     InvalidInput,
+    ObjectEvicted,
     StorageError,
     StoreClosed,
     StoreFull,
@@ -76,6 +77,8 @@ def storage_error_status(exc: BaseException) -> tuple[int, str, str]:
         return 507, "StoreFull", f"the store is full: {exc}"
     if isinstance(exc, IntegrityError):
         return 500, "StoreDamaged", f"the store is damaged: {exc}"
+    if isinstance(exc, ObjectEvicted):  # the bytes live at the sync destination, which is away: retry later
+        return 503, "ObjectEvicted", str(exc)
     return 503, type(exc).__name__, f"the store failed: {exc}"
 
 

@@ -41,6 +41,17 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
     Options: `chunk_size` for new files; for LMDB also `map_size` (initial), `sync`, `metasync`,
     `max_readers`.
     """
+    store = _connect(uri, create, options)
+    store.read_through.opener = _open_destination
+    return store
+
+
+def _open_destination(uri: str) -> Store:
+    """A sync destination opened to read evicted bytes back: it must exist (never created by a read)."""
+    return connect(uri, create=False)
+
+
+def _connect(uri: str | os.PathLike[str] | None, create: bool, options: dict[str, Any]) -> Store:
     if uri is None:
         uri = default_uri()
     if isinstance(uri, os.PathLike):
