@@ -250,6 +250,14 @@ def _size(text: str) -> int:
     return value
 
 
+def _retention_flags(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--keep-free", type=_size, metavar="BYTES",
+                   help=f"{when}evict the bytes of the oldest objects confirmed at the destination until this "
+                        "much is free for new data (e.g. 2G)")
+    p.add_argument("--max-size", type=_size, metavar="BYTES",
+                   help=f"{when}evict the same way until the store's live data is at most this (e.g. 20G)")
+
+
 def _thing_pair(text: str) -> tuple[str, str]:
     name, sep, spec = text.partition("=")
     if not sep or not name or ":" not in spec:
@@ -329,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(as `microblob sync --watch`), retrying while it cannot be reached")
     p.add_argument("--sync-propagate-deletes", action="store_true",
                    help="with --sync-to: deletions travel too (as `microblob sync --propagate-deletes`)")
+    _retention_flags(p, "with --sync-to: after each round, ")
 
     p = command("put", cmd_put, "save a file (or stdin) as a new object, or as a new version of --id; "
                                 "prints the object id", [json_flag])
@@ -434,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "changed at DST since)")
     p.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
                    help="with --watch: seconds between rounds (default: 2)")
+    _retention_flags(p, "after each round, ")
+    p = command("evict", cmd_evict, "free the local bytes of the oldest objects confirmed at the sync destination "
+                                    "(their metadata and history stay; reads fetch the bytes from there) until "
+                                    "--keep-free and/or --max-size hold; unsynced bytes are never evicted",
+                [json_flag])
+    _retention_flags(p, "")
+    p.add_argument("--to", metavar="DST", help="the destination whose confirmations count (needed when the store "
+                                               "syncs to several)")
 
     command("verify", cmd_verify, "re-hash every version's bytes and check every reference; "
                                   "exit 1 naming what is damaged", [json_flag])
@@ -899,12 +916,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     with connect(args.src, create=False) as store:
         if not args.watch:
             result = sync(store, args.dst, propagate_deletes=args.propagate_deletes)
+            evicted = _evict_after(store, args, args.dst)
             if args.json:
-                _print_json_lines([{**result.copy.as_dict(), "confirmed": result.confirmed}])
+                _print_json_lines([{**result.copy.as_dict(), "confirmed": result.confirmed,
+                                    **({"evicted": evicted.as_dict()} if evicted is not None else {})}])
             else:
                 for object_id, reason in result.copy.problems:
                     print(f"left alone: {object_id}: {reason}")
                 print(result.summary(), flush=True)
+                if evicted is not None:
+                    print(_evict_line(evicted), flush=True)
             return 0 if result.ok else 1
 
         def report(result: Any) -> None:
@@ -919,12 +940,44 @@ def cmd_sync(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
         _say(f"{PROG}: syncing {store.uri} to {args.dst} every {args.interval:g} s; Ctrl-C stops")
         worker = SyncWorker(store, args.dst, interval=args.interval, propagate_deletes=args.propagate_deletes,
-                            on_round=report).start()
+                            on_round=report, keep_free=args.keep_free, max_size=args.max_size).start()
         try:
             worker.join()
         finally:
             worker.stop()
     return 0
+
+
+def _evict_after(store: Any, args: argparse.Namespace, dst: Any) -> Any:
+    """`evict` with the command's --keep-free/--max-size, or None when neither was given."""
+    if args.keep_free is None and args.max_size is None:
+        return None
+    from .store.retention import evict
+
+    return evict(store, keep_free=args.keep_free, max_size=args.max_size, destination=dst)
+
+
+def _evict_line(report: Any) -> str:
+    line = (f"evicted {_count_of(report.evicted_versions, 'version')} ({_count_of(report.evicted_files, 'file')}, "
+            f"{_human_size(report.bytes_freed)})")
+    if report.destination:
+        line += f", confirmed at {report.destination}"
+    if not report.met:
+        line += (f"; still {_human_size(report.still_needed)} short of the target: the rest is not confirmed at "
+                 "the destination yet")
+    return line
+
+
+def cmd_evict(args: argparse.Namespace) -> int:
+    if args.keep_free is None and args.max_size is None:
+        raise UsageError("evict needs --keep-free and/or --max-size")
+    with _connect(args) as store:
+        report = _evict_after(store, args, args.to)
+    if args.json:
+        _print_json_lines([report.as_dict()])
+    else:
+        print(_evict_line(report), flush=True)
+    return 0 if report.met else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -991,7 +1044,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if args.sync_to:
                 from .store.syncing import SyncWorker
 
-                worker = SyncWorker(store, args.sync_to, propagate_deletes=args.sync_propagate_deletes).start()
+                worker = SyncWorker(store, args.sync_to, propagate_deletes=args.sync_propagate_deletes,
+                                    keep_free=args.keep_free, max_size=args.max_size).start()
                 _say(f"{PROG}: syncing to {args.sync_to} in the background")
             try:
                 server.run(sockets=[sock])

@@ -112,11 +112,13 @@ def evict(store: Store, *, keep_free: int | str | None = None, max_size: int | s
     if report.still_needed == 0 or name is None:
         return report
     batch: list[Any] = []
-    for file_id in _candidates(store, name):
+    batch_bytes = 0
+    for file_id, size in _candidates(store, name):
         batch.append(file_id)
-        if len(batch) >= _BATCH:
+        batch_bytes += size
+        if len(batch) >= _BATCH or batch_bytes >= report.still_needed:  # no more than the target asks for
             _evict_batch(store, name, batch, report)
-            batch = []
+            batch, batch_bytes = [], 0
             report.still_needed = _needed(store, keep_free, max_size)
             if report.still_needed == 0:
                 return report
@@ -160,13 +162,13 @@ def _needed(store: Store, keep_free: int | None, max_size: int | None) -> int:
     return max(0, need)
 
 
-def _candidates(store: Store, name: str) -> Iterator[Any]:
-    """File ids worth trying, the oldest objects' first: chunked, not yet evicted, every version of the
+def _candidates(store: Store, name: str) -> Iterator[tuple[Any, int]]:
+    """(file id, size) worth trying, the oldest objects' first: chunked, not yet evicted, every version of the
     object that references it confirmed (checked again, for every referencing version, when evicting)."""
     parts = store.internals
     state = _confirmed(store)
-    fields = {"_id": 1, "object_id": 1, "version": 1, "sha256": 1, "created_at": 1, "file_id": 1, "storage": 1,
-              EVICTED_TO: 1}
+    fields = {"_id": 1, "object_id": 1, "version": 1, "sha256": 1, "size": 1, "created_at": 1, "file_id": 1,
+              "storage": 1, EVICTED_TO: 1}
     for page in _changed_since(store, None):
         records = _confirmations(state, name, [d["_id"] for d in page])
         ids = [d["_id"] for d in page if d["_id"] in records]
@@ -180,6 +182,7 @@ def _candidates(store: Store, name: str) -> Iterator[Any]:
                 versions[entry["object_id"]].append(entry)
         for object_id in ids:
             by_file: dict[Any, bool] = {}
+            sizes: dict[Any, int] = {}
             for doc in versions[object_id]:
                 file_id = doc.get("file_id")
                 if doc.get("storage") != "chunked" or file_id is None or doc.get(EVICTED_TO):
@@ -187,9 +190,10 @@ def _candidates(store: Store, name: str) -> Iterator[Any]:
                 try:
                     ok = is_confirmed(doc, records[object_id])
                     by_file[file_id] = by_file.get(file_id, True) and ok
+                    sizes[file_id] = int(doc.get("size") or 0)
                 except TypeError:  # an unhashable file_id: no file has it
                     continue
-            yield from (file_id for file_id, ok in by_file.items() if ok)
+            yield from ((file_id, sizes[file_id]) for file_id, ok in by_file.items() if ok)
 
 
 def is_confirmed(version: dict[str, Any], record: dict[str, Any] | None) -> bool:
