@@ -53,7 +53,8 @@ class ReadThrough:
             except Exception:  # noqa: BLE001 - closing a remote that went away must not fail our close
                 pass
 
-    def _destination(self, name: str) -> Store:
+    def destination(self, name: str) -> Store:
+        """The destination of that name, opened on first need (raises what opening it raises)."""
         with self._lock:
             known = self._uris.get(name, name)
             if not isinstance(known, (str, os.PathLike)):  # a Store handed in by the caller: theirs to close
@@ -71,7 +72,7 @@ class ReadThrough:
         """A readable stream over an evicted version's bytes, read from its destination."""
         object_id, version, name = meta.get("object_id"), meta.get("version"), str(meta.get(EVICTED_TO))
         try:
-            return _find(self._destination(name), meta)
+            return _find(self.destination(name), meta)
         except ObjectEvicted as exc:
             raise ObjectEvicted(object_id, version, name, exc.reason) from None
         except Exception as exc:  # noqa: BLE001 - unreachable: a driver's, an OS's or microblob's own error

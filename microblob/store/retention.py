@@ -50,6 +50,7 @@ class EvictReport:
     evicted_versions: int = 0
     bytes_freed: int = 0
     still_needed: int = 0
+    unreachable: str | None = None  # why the destination could not be asked (then nothing was evicted)
 
     @property
     def met(self) -> bool:
@@ -63,7 +64,9 @@ class EvictReport:
                 f"{self.bytes_freed} bytes freed")
         if self.destination:
             text += f" (confirmed at {self.destination})"
-        if not self.met:
+        if self.unreachable:
+            text += f"; nothing evicted: the destination cannot be reached to check ({self.unreachable})"
+        elif not self.met:
             text += f"; {self.still_needed} bytes short of the target: the rest is not confirmed at the destination"
         return text
 
@@ -110,6 +113,11 @@ def evict(store: Store, *, keep_free: int | str | None = None, max_size: int | s
     report = EvictReport(name)
     report.still_needed = _needed(store, keep_free, max_size)
     if report.still_needed == 0 or name is None:
+        return report
+    try:
+        store.read_through.destination(name)
+    except Exception as exc:  # noqa: BLE001 - unreachable (a driver's, an OS's or microblob's error): none go
+        report.unreachable = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return report
     batch: list[Any] = []
     batch_bytes = 0
@@ -210,11 +218,41 @@ def is_confirmed(version: dict[str, Any], record: dict[str, Any] | None) -> bool
     return isinstance(held, dict) and held.get(str(number)) == sha256
 
 
+def _refs(store: Store, file_id: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Every version (collection, document without inline data) that references the file."""
+    parts = store.internals
+    refs = [(parts.objects, d) for d in parts.objects.find({"file_id": file_id}, projection={"data": 0})]
+    return refs + [(parts.history, d) for d in parts.history.find({"file_id": file_id}, projection={"data": 0})]
+
+
+def _key(doc: dict[str, Any]) -> tuple[Any, int, Any, Any]:
+    return doc.get("object_id") or doc["_id"], _version_of(doc), doc.get("sha256"), doc.get("created_at")
+
+
+def _held_at(remote: Store, keys: set[tuple[Any, int, Any, Any]]) -> set[tuple[Any, int, Any, Any]]:
+    """Which of these (object, version, sha256, life) the destination holds now, with its bytes there
+    (not evicted there in turn): a few `$in` reads, outside any write transaction of this store."""
+    rparts = remote.internals
+    ids = sorted({k[0] for k in keys if isinstance(k[0], str)})
+    fields = {"_id": 1, "object_id": 1, "version": 1, "sha256": 1, "created_at": 1, "storage": 1, "file_id": 1,
+              EVICTED_TO: 1}
+    found = list(rparts.objects.find({"_id": {"$in": ids}}, projection=fields))
+    found += rparts.history.find({"object_id": {"$in": ids}}, projection=fields)
+    candidates = [d for d in found if _key(d) in keys and not d.get(EVICTED_TO)]
+    chunked = [d["file_id"] for d in candidates if d.get("storage") == "chunked" and d.get("file_id") is not None]
+    present = {d["_id"] for d in rparts.file_docs.find({"_id": {"$in": chunked}}, projection={"_id": 1})} \
+        if chunked else set()
+    return {_key(d) for d in candidates if d.get("storage") == "inline" or d.get("file_id") in present}
+
+
 def _evict_batch(store: Store, name: str, file_ids: list[Any], report: EvictReport) -> None:
-    """Mark and free, in one transaction, each file of `file_ids` that is still evictable there."""
+    """Mark and free, in one transaction, each file of `file_ids` that is still evictable there: every
+    version referencing it confirmed in the records, and held at the destination when asked just now."""
     parts = store.internals
     state = _confirmed(store)
     now = _codec.utcnow()
+    wanted = {_key(d) for file_id in file_ids for _, d in _refs(store, file_id)}
+    held = _held_at(store.read_through.destination(name), wanted)
 
     def run() -> tuple[int, int, int]:
         files = versions = freed = 0
@@ -222,14 +260,13 @@ def _evict_batch(store: Store, name: str, file_ids: list[Any], report: EvictRepo
             doc = parts.file_docs.find_one({"_id": file_id}, projection={"length": 1})
             if doc is None or parts.leases.find_one({"_id": file_id}, projection={"_id": 1}) is not None:
                 continue
-            refs = [(parts.objects, d) for d in parts.objects.find({"file_id": file_id}, projection={"data": 0})]
-            refs += [(parts.history, d) for d in parts.history.find({"file_id": file_id}, projection={"data": 0})]
+            refs = _refs(store, file_id)
             if not refs:
                 continue  # unreferenced: gc's to free
             owners = {d.get("object_id") or d["_id"] for _, d in refs}
             records = _confirmations(state, name, [o for o in owners if isinstance(o, str)])
             if not all(d.get("storage") == "chunked" and is_confirmed(d, records.get(d.get("object_id")))
-                       for _, d in refs):
+                       and _key(d) in held for _, d in refs):
                 continue
             for coll, d in refs:
                 coll.update_one({"_id": d["_id"]}, {"$set": {EVICTED_AT: now, EVICTED_TO: name}})
