@@ -962,7 +962,9 @@ def _evict_line(report: Any) -> str:
             f"{_human_size(report.bytes_freed)})")
     if report.destination:
         line += f", confirmed at {report.destination}"
-    if not report.met:
+    if report.unreachable:
+        line += f"; nothing evicted: the destination cannot be reached to check ({report.unreachable})"
+    elif not report.met:
         line += (f"; still {_human_size(report.still_needed)} short of the target: the rest is not confirmed at "
                  "the destination yet")
     return line

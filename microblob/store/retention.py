@@ -4,9 +4,11 @@ oldest objects whose versions are confirmed at the sync destination, keeping eve
 What may go: a chunked file whose every referencing version (latest or history) is confirmed at the
 destination exactly: the source's confirmation record (store/syncing.py, `microblob.sync_confirmed`)
 names that object's life (`created_at`), and that version with that sha256, either as the confirmed
-latest or among the history versions the destination held when it confirmed. A version saved after
-its confirmation, a record of another life, a record written before records named lives and history:
-all kept. Inline data (`storage: inline`, at most 15 MiB, in the object's own document) is never
+latest or among the history versions the destination held when it confirmed; and the destination,
+asked just before each batch, still holds that version with its bytes (a record goes stale when
+someone overwrites the object there without history). A version saved after its confirmation, a
+record of another life, a record written before records named lives and history, a destination that
+cannot be reached: all kept. Inline data (`storage: inline`, at most 15 MiB, in the object's own document) is never
 evicted: it is small by design, and it would mean rewriting the document that keeps the metadata.
 
 How: in one write transaction per batch of files (`_BATCH`), every referencing version gets
