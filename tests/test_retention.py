@@ -543,3 +543,37 @@ def test_kill_9_while_evicting_leaves_bytes_or_a_mark(tmp_path: Path, seed: int)
                 marked += bool(o.evicted_to)
                 assert len(o.data) == o.size  # read here or from the destination, sha256-checked
         assert store.count_versions() > 0
+
+
+def test_serve_with_retention_evicts_and_still_serves_the_bytes(tmp_path: Path) -> None:
+    """`serve --sync-to DST --max-size 1`: what the server saves is pushed, then evicted here, and its
+    download is read back from DST by the server."""
+    import httpx
+
+    src, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    proc = subprocess.Popen([sys.executable, "-m", "microblob", "serve", "--db", str(src), "--port", "0",
+                             "--sync-to", str(dst), "--max-size", "1", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    payload = os.urandom(400_000)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+        with httpx.Client(base_url=url, timeout=30) as http:
+            r = http.post("/objects/", content=payload, headers={"X-Requested-With": "test",
+                                                                 "Content-Type": "application/octet-stream"})
+            assert r.status_code == 201, r.text
+            object_id = r.json()["object_id"]
+            deadline = time.monotonic() + 60
+            while not http.get(f"/objects/{object_id}").json().get("evicted_to"):
+                assert time.monotonic() < deadline, "the server never evicted what it synced"
+                time.sleep(0.1)
+            assert http.get(f"/objects/{object_id}").json()["evicted_to"] == str(dst)
+            r = http.get(f"/objects/{object_id}/data")
+            assert r.status_code == 200 and r.content == payload
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    assert proc.returncode in (0, 130)
+    with microblob.connect(src) as store:
+        assert store.get_blob_object(object_id).evicted_to == str(dst) and store.verify().ok

@@ -418,7 +418,11 @@ class SyncWorker:
             if result.copy.copied_anything or not result.ok:
                 _log().info("sync to %s: %s", result.destination, result.summary())
             if self.keep_free is not None or self.max_size is not None:
-                self._evict()
+                last = self.last_eviction
+                # Only a confirmation makes more bytes evictable: after a round that confirmed nothing,
+                # a target the last eviction could not meet is not walked for again.
+                if result.confirmed or last is None or last.met or last.unreachable:
+                    self._evict()
             if self.on_round is not None:
                 self.on_round(result)
             self._stop.wait(self.interval)
