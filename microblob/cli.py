@@ -852,22 +852,12 @@ def _run_copy(args: argparse.Namespace, what: str, run: Callable[[Callable[[int,
     return 1
 
 
-DEFAULT_MAX_UPLOAD = 4 * 1024**3
-MIN_MAX_UPLOAD = 1024**2
-
-
-def _default_max_upload(space: Space | None) -> int:
-    """4 GiB, or the room left where the store cannot hold that much more (a 32-bit store maps 1536 MiB at
-    most): an upload the store has no room for would fail only after the whole body had arrived."""
-    if space is None or space.room >= DEFAULT_MAX_UPLOAD:
-        return DEFAULT_MAX_UPLOAD
-    return max(MIN_MAX_UPLOAD, space.room)
-
-
 def _space_line(uri: str, space: Space | None, max_upload: int, chosen: bool) -> str:
     """serve's start-up line on the store: its size against the map limit, the room left, the upload cap."""
     where = "" if space is None else (f"{_human_size(space.file_size)} of a {_human_size(space.map_limit)} "
                                       f"map limit, {_human_size(space.room)} left; ")
+    from .store.info import DEFAULT_MAX_UPLOAD
+
     why = "" if chosen or max_upload == DEFAULT_MAX_UPLOAD else " (the room left; --max-upload sets it)"
     return f"{PROG}: store {uri}: {where}uploads up to {_human_size(max_upload)}{why}"
 
@@ -959,9 +949,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["max_page_size"] = args.max_page_size
     with _connect(args, create=True) as store:
         from .store.info import space as store_space
+        from .store.info import upload_cap
 
         space = store_space(store)
-        options.setdefault("max_upload", _default_max_upload(space))
+        options.setdefault("max_upload", upload_cap(space))
         space_line = _space_line(store.uri, space, options["max_upload"], args.max_upload is not None)
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)
