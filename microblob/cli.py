@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import copy
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -39,14 +37,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._version import __version__
 from .store.connect import connect, default_uri
-from .store.core import Store
-from .store.objects import save_stream_atomically
-from .store.validate import loads_json
 
 if TYPE_CHECKING:
     import socket
 
     from .engine.lmdb_kv import Space
+    from .store.core import Store
 
 __all__ = ["main"]
 
@@ -148,6 +144,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def loads_json(text: str) -> Any:
+    """The store's JSON reading (every argument that takes JSON), loaded with the store only when needed."""
+    from .store.validate import loads_json as load
+
+    return load(text)
 
 
 def _json_value(text: str) -> Any:
@@ -625,6 +628,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                     out.write(piece)
                 out.flush()
             else:
+                from .store.objects import save_stream_atomically
+
                 try:
                     save_stream_atomically(source, args.output)
                 except OSError as exc:
@@ -780,6 +785,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         with _progress(total, "gc", unit=" files") as bar:
             report = store.gc(progress=bar.update)
     if args.json:
+        import dataclasses
+
         _print_json_lines([dataclasses.asdict(report)])
     else:
         print(f"freed {_count_of(report.freed_files, 'file')}, {_human_size(report.freed_bytes)} "
@@ -793,6 +800,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     with _connect(args) as store:
         report = store.compact()
     if args.json:
+        import dataclasses
+
         _print_json_lines([{**dataclasses.asdict(report), "reclaimed_bytes": report.reclaimed_bytes}])
     else:
         print(f"compacted {report.path}: {_human_size(report.before_bytes)} -> {_human_size(report.after_bytes)}, "
@@ -973,6 +982,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _say(space_line)
             print(url, flush=True)  # last: whoever reads it knows the server is about to accept connections
             # Logs, request lines included, go to stderr: stdout carries the URL only, for scripts.
+            import copy
+
             log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
             log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
             config = uvicorn.Config(app, log_level=args.log_level, log_config=log_config, lifespan="on",
