@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import copy
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -39,14 +37,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._version import __version__
 from .store.connect import connect, default_uri
-from .store.core import Store
-from .store.objects import save_stream_atomically
-from .store.validate import loads_json
 
 if TYPE_CHECKING:
     import socket
 
     from .engine.lmdb_kv import Space
+    from .store.core import Store
 
 __all__ = ["main"]
 
@@ -148,6 +144,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def loads_json(text: str) -> Any:
+    """The store's JSON reading (every argument that takes JSON), loaded with the store only when needed."""
+    from .store.validate import loads_json as load
+
+    return load(text)
 
 
 def _json_value(text: str) -> Any:
@@ -642,6 +645,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                     out.write(piece)
                 out.flush()
             else:
+                from .store.objects import save_stream_atomically
+
                 try:
                     save_stream_atomically(source, args.output)
                 except OSError as exc:
@@ -797,6 +802,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         with _progress(total, "gc", unit=" files") as bar:
             report = store.gc(progress=bar.update)
     if args.json:
+        import dataclasses
+
         _print_json_lines([dataclasses.asdict(report)])
     else:
         print(f"freed {_count_of(report.freed_files, 'file')}, {_human_size(report.freed_bytes)} "
@@ -810,6 +817,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     with _connect(args) as store:
         report = store.compact()
     if args.json:
+        import dataclasses
+
         _print_json_lines([{**dataclasses.asdict(report), "reclaimed_bytes": report.reclaimed_bytes}])
     else:
         print(f"compacted {report.path}: {_human_size(report.before_bytes)} -> {_human_size(report.after_bytes)}, "
@@ -869,22 +878,12 @@ def _run_copy(args: argparse.Namespace, what: str, run: Callable[[Callable[[int,
     return 1
 
 
-DEFAULT_MAX_UPLOAD = 4 * 1024**3
-MIN_MAX_UPLOAD = 1024**2
-
-
-def _default_max_upload(space: Space | None) -> int:
-    """4 GiB, or the room left where the store cannot hold that much more (a 32-bit store maps 1536 MiB at
-    most): an upload the store has no room for would fail only after the whole body had arrived."""
-    if space is None or space.room >= DEFAULT_MAX_UPLOAD:
-        return DEFAULT_MAX_UPLOAD
-    return max(MIN_MAX_UPLOAD, space.room)
-
-
 def _space_line(uri: str, space: Space | None, max_upload: int, chosen: bool) -> str:
     """serve's start-up line on the store: its size against the map limit, the room left, the upload cap."""
     where = "" if space is None else (f"{_human_size(space.file_size)} of a {_human_size(space.map_limit)} "
                                       f"map limit, {_human_size(space.room)} left; ")
+    from .store.info import DEFAULT_MAX_UPLOAD
+
     why = "" if chosen or max_upload == DEFAULT_MAX_UPLOAD else " (the room left; --max-upload sets it)"
     return f"{PROG}: store {uri}: {where}uploads up to {_human_size(max_upload)}{why}"
 
@@ -1014,9 +1013,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["max_page_size"] = args.max_page_size
     with _connect(args, create=True) as store:
         from .store.info import space as store_space
+        from .store.info import upload_cap
 
         space = store_space(store)
-        options.setdefault("max_upload", _default_max_upload(space))
+        options.setdefault("max_upload", upload_cap(space))
         space_line = _space_line(store.uri, space, options["max_upload"], args.max_upload is not None)
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)
@@ -1037,6 +1037,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _say(space_line)
             print(url, flush=True)  # last: whoever reads it knows the server is about to accept connections
             # Logs, request lines included, go to stderr: stdout carries the URL only, for scripts.
+            import copy
+
             log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
             log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
             config = uvicorn.Config(app, log_level=args.log_level, log_config=log_config, lifespan="on",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .._exceptions import InvalidArgument, StoreNotFound
-from .core import Store
-from .files import MAX_CHUNK_SIZE
-from .validate import check_chunk_size
+
+if TYPE_CHECKING:
+    from .core import Store
 
 __all__ = ["DEFAULT_PATH", "connect", "default_uri"]
 
@@ -65,6 +65,10 @@ def _connect(uri: str | os.PathLike[str] | None, create: bool, options: dict[str
         raise InvalidArgument("uri must not be empty")
     if not isinstance(create, bool):
         raise InvalidArgument(f"create must be a bool, not {type(create).__name__}")
+    from .core import Store  # here, not at import: `default_uri` (every CLI start) needs none of it
+    from .files import MAX_CHUNK_SIZE
+    from .validate import check_chunk_size
+
     store_options = {k: v for k, v in options.items() if k in _STORE_OPTIONS}
     engine_options = {k: v for k, v in options.items() if k not in _STORE_OPTIONS}
     if "chunk_size" in store_options:  # before any backend opens (and creates) its file or connects
