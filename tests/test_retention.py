@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hypothesis_budget import examples
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -502,7 +503,7 @@ class RetentionMachine(RuleBasedStateMachine):
 
 def test_eviction_never_touches_an_unconfirmed_version() -> None:
     run_state_machine_as_test(RetentionMachine, settings=settings(
-        max_examples=200, stateful_step_count=30, deadline=None,
+        max_examples=examples(200), stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
 
 
