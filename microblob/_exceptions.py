@@ -19,7 +19,8 @@
     ├── StoreClosed                         the store was used after close()
     ├── StorageError                        the engine failed (unreadable file, read-only, ...)
     │   ├── StoreFull                       no room: the disk is full, or the map cannot grow
-    │   └── StoreInUse                      compaction refused: another process or Store has the file open
+    │   ├── StoreInUse                      compaction refused: another process or Store has the file open
+    │   └── ObjectEvicted                   bytes evicted to the sync destination, which cannot serve them now
     ├── UnsupportedOperation                this backend cannot do that (compaction on memory:// or MongoDB)
     ├── BlobError                           a Blob could not be read, sent or resolved
     │   └── BlobExpired                     its link has expired
@@ -54,6 +55,7 @@ __all__ = [
     "InvocationTimeout",
     "MicroblobError",
     "NotFound",
+    "ObjectEvicted",
     "ObjectNotFound",
     "QueryTimeout",
     "RemoteError",
@@ -191,6 +193,21 @@ class StoreInUse(StorageError):
     """An operation that needs the store file to itself (`compact()`) was refused: another process or
     another Store of this process has it open, or is compacting it. Nothing was changed. Also raised by
     an open that waited too long for another process's compaction to finish."""
+
+
+class ObjectEvicted(StorageError):
+    """A version's bytes were evicted from this store (retention: they are confirmed at its sync
+    destination) and the destination cannot serve them now: unreachable, or no longer holding them.
+    The metadata and history are still here; nothing was lost locally that the destination did not
+    confirm. `object_id`, `version`, `destination` (its URI without credentials) and `reason` say what."""
+
+    def __init__(self, object_id: Any, version: Any, destination: str, reason: str) -> None:
+        super().__init__(f"object {object_id!r} v{version}: its bytes were evicted to {destination} and cannot be "
+                         f"read from there now ({reason})")
+        self.object_id = object_id
+        self.version = version
+        self.destination = destination
+        self.reason = reason
 
 
 class UnsupportedOperation(MicroblobError):

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import copy
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -39,14 +37,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._version import __version__
 from .store.connect import connect, default_uri
-from .store.core import Store
-from .store.objects import save_stream_atomically
-from .store.validate import loads_json
 
 if TYPE_CHECKING:
     import socket
 
     from .engine.lmdb_kv import Space
+    from .store.core import Store
 
 __all__ = ["main"]
 
@@ -150,6 +146,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def loads_json(text: str) -> Any:
+    """The store's JSON reading (every argument that takes JSON), loaded with the store only when needed."""
+    from .store.validate import loads_json as load
+
+    return load(text)
+
+
 def _json_value(text: str) -> Any:
     try:
         return loads_json(text)
@@ -250,6 +253,14 @@ def _size(text: str) -> int:
     return value
 
 
+def _retention_flags(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--keep-free", type=_size, metavar="BYTES",
+                   help=f"{when}evict the bytes of the oldest objects confirmed at the destination until this "
+                        "much is free for new data (e.g. 2G)")
+    p.add_argument("--max-size", type=_size, metavar="BYTES",
+                   help=f"{when}evict the same way until the store's live data is at most this (e.g. 20G)")
+
+
 def _thing_pair(text: str) -> tuple[str, str]:
     name, sep, spec = text.partition("=")
     if not sep or not name or ":" not in spec:
@@ -329,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(as `microblob sync --watch`), retrying while it cannot be reached")
     p.add_argument("--sync-propagate-deletes", action="store_true",
                    help="with --sync-to: deletions travel too (as `microblob sync --propagate-deletes`)")
+    _retention_flags(p, "with --sync-to: after each round, ")
 
     p = command("put", cmd_put, "save a file (or stdin) as a new object, or as a new version of --id; "
                                 "prints the object id", [json_flag])
@@ -434,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "changed at DST since)")
     p.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="SECONDS",
                    help="with --watch: seconds between rounds (default: 2)")
+    _retention_flags(p, "after each round, ")
+    p = command("evict", cmd_evict, "free the local bytes of the oldest objects confirmed at the sync destination "
+                                    "(their metadata and history stay; reads fetch the bytes from there) until "
+                                    "--keep-free and/or --max-size hold; unsynced bytes are never evicted",
+                [json_flag])
+    _retention_flags(p, "")
+    p.add_argument("--to", metavar="DST", help="the destination whose confirmations count (needed when the store "
+                                               "syncs to several)")
 
     command("verify", cmd_verify, "re-hash every version's bytes and check every reference; "
                                   "exit 1 naming what is damaged", [json_flag])
@@ -625,6 +645,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                     out.write(piece)
                 out.flush()
             else:
+                from .store.objects import save_stream_atomically
+
                 try:
                     save_stream_atomically(source, args.output)
                 except OSError as exc:
@@ -780,6 +802,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         with _progress(total, "gc", unit=" files") as bar:
             report = store.gc(progress=bar.update)
     if args.json:
+        import dataclasses
+
         _print_json_lines([dataclasses.asdict(report)])
     else:
         print(f"freed {_count_of(report.freed_files, 'file')}, {_human_size(report.freed_bytes)} "
@@ -793,6 +817,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     with _connect(args) as store:
         report = store.compact()
     if args.json:
+        import dataclasses
+
         _print_json_lines([{**dataclasses.asdict(report), "reclaimed_bytes": report.reclaimed_bytes}])
     else:
         print(f"compacted {report.path}: {_human_size(report.before_bytes)} -> {_human_size(report.after_bytes)}, "
@@ -852,22 +878,12 @@ def _run_copy(args: argparse.Namespace, what: str, run: Callable[[Callable[[int,
     return 1
 
 
-DEFAULT_MAX_UPLOAD = 4 * 1024**3
-MIN_MAX_UPLOAD = 1024**2
-
-
-def _default_max_upload(space: Space | None) -> int:
-    """4 GiB, or the room left where the store cannot hold that much more (a 32-bit store maps 1536 MiB at
-    most): an upload the store has no room for would fail only after the whole body had arrived."""
-    if space is None or space.room >= DEFAULT_MAX_UPLOAD:
-        return DEFAULT_MAX_UPLOAD
-    return max(MIN_MAX_UPLOAD, space.room)
-
-
 def _space_line(uri: str, space: Space | None, max_upload: int, chosen: bool) -> str:
     """serve's start-up line on the store: its size against the map limit, the room left, the upload cap."""
     where = "" if space is None else (f"{_human_size(space.file_size)} of a {_human_size(space.map_limit)} "
                                       f"map limit, {_human_size(space.room)} left; ")
+    from .store.info import DEFAULT_MAX_UPLOAD
+
     why = "" if chosen or max_upload == DEFAULT_MAX_UPLOAD else " (the room left; --max-upload sets it)"
     return f"{PROG}: store {uri}: {where}uploads up to {_human_size(max_upload)}{why}"
 
@@ -899,12 +915,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     with connect(args.src, create=False) as store:
         if not args.watch:
             result = sync(store, args.dst, propagate_deletes=args.propagate_deletes)
+            evicted = _evict_after(store, args, args.dst)
             if args.json:
-                _print_json_lines([{**result.copy.as_dict(), "confirmed": result.confirmed}])
+                _print_json_lines([{**result.copy.as_dict(), "confirmed": result.confirmed,
+                                    **({"evicted": evicted.as_dict()} if evicted is not None else {})}])
             else:
                 for object_id, reason in result.copy.problems:
                     print(f"left alone: {object_id}: {reason}")
                 print(result.summary(), flush=True)
+                if evicted is not None:
+                    print(_evict_line(evicted), flush=True)
             return 0 if result.ok else 1
 
         def report(result: Any) -> None:
@@ -919,12 +939,46 @@ def cmd_sync(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
         _say(f"{PROG}: syncing {store.uri} to {args.dst} every {args.interval:g} s; Ctrl-C stops")
         worker = SyncWorker(store, args.dst, interval=args.interval, propagate_deletes=args.propagate_deletes,
-                            on_round=report).start()
+                            on_round=report, keep_free=args.keep_free, max_size=args.max_size).start()
         try:
             worker.join()
         finally:
             worker.stop()
     return 0
+
+
+def _evict_after(store: Any, args: argparse.Namespace, dst: Any) -> Any:
+    """`evict` with the command's --keep-free/--max-size, or None when neither was given."""
+    if args.keep_free is None and args.max_size is None:
+        return None
+    from .store.retention import evict
+
+    return evict(store, keep_free=args.keep_free, max_size=args.max_size, destination=dst)
+
+
+def _evict_line(report: Any) -> str:
+    line = (f"evicted {_count_of(report.evicted_versions, 'version')} ({_count_of(report.evicted_files, 'file')}, "
+            f"{_human_size(report.bytes_freed)})")
+    if report.destination:
+        line += f", confirmed at {report.destination}"
+    if report.unreachable:
+        line += f"; nothing evicted: the destination cannot be reached to check ({report.unreachable})"
+    elif not report.met:
+        line += (f"; still {_human_size(report.still_needed)} short of the target: the rest is not confirmed at "
+                 "the destination yet")
+    return line
+
+
+def cmd_evict(args: argparse.Namespace) -> int:
+    if args.keep_free is None and args.max_size is None:
+        raise UsageError("evict needs --keep-free and/or --max-size")
+    with _connect(args) as store:
+        report = _evict_after(store, args, args.to)
+    if args.json:
+        _print_json_lines([report.as_dict()])
+    else:
+        print(_evict_line(report), flush=True)
+    return 0 if report.met else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -959,9 +1013,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["max_page_size"] = args.max_page_size
     with _connect(args, create=True) as store:
         from .store.info import space as store_space
+        from .store.info import upload_cap
 
         space = store_space(store)
-        options.setdefault("max_upload", _default_max_upload(space))
+        options.setdefault("max_upload", upload_cap(space))
         space_line = _space_line(store.uri, space, options["max_upload"], args.max_upload is not None)
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)
@@ -982,6 +1037,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _say(space_line)
             print(url, flush=True)  # last: whoever reads it knows the server is about to accept connections
             # Logs, request lines included, go to stderr: stdout carries the URL only, for scripts.
+            import copy
+
             log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
             log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
             config = uvicorn.Config(app, log_level=args.log_level, log_config=log_config, lifespan="on",
@@ -991,7 +1048,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if args.sync_to:
                 from .store.syncing import SyncWorker
 
-                worker = SyncWorker(store, args.sync_to, propagate_deletes=args.sync_propagate_deletes).start()
+                worker = SyncWorker(store, args.sync_to, propagate_deletes=args.sync_propagate_deletes,
+                                    keep_free=args.keep_free, max_size=args.max_size).start()
                 _say(f"{PROG}: syncing to {args.sync_to} in the background")
             try:
                 server.run(sockets=[sock])

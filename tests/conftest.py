@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import _hypothesis_budget
 import pytest
 from _td_schema import published_errors, watch_thing_descriptions
 from _tmpfs import Tmpfs
@@ -388,6 +389,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI a skipped test is a failure: whatever cannot run there must be fixed, not hidden."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: hand the servers it used to the controller
+        workeroutput["mongo_servers"] = list(_MONGO_SERVER_USED)
     if not os.environ.get("CI"):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -395,6 +399,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and session.exitstatus == 0:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; failing the run", red=True)
         session.exitstatus = 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: the MongoDB servers a worker's tests used, for the summary the controller prints."""
+    for description in getattr(node, "workeroutput", {}).get("mongo_servers", []):
+        if description not in _MONGO_SERVER_USED:
+            _MONGO_SERVER_USED.append(description)
 
 
 # What the summary counts as "ran": (label, test of a report's nodeid and keywords).
@@ -405,15 +417,20 @@ _AREAS: list[tuple[str, Callable[[str, Any], bool]]] = [
 ]
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Say what ran: which server the MongoDB tests used (CI runs SecantusDB, not a genuine mongod), how
     many MongoDB, torch and browser tests passed, and (locally) the skips grouped by reason."""
+    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its controller prints the summary
+        return
     stats = terminalreporter.stats
     passed = [r for r in stats.get("passed", []) if getattr(r, "when", "call") == "call"]
     counts = [f"{label} {sum(1 for r in passed if test(r.nodeid, r.keywords))}" for label, test in _AREAS]
     terminalreporter.write_line(f"passed: {len(passed)} tests, of which " + ", ".join(counts))
     if _MONGO_SERVER_USED:
-        terminalreporter.write_line(f"MongoDB tests ran against: {_MONGO_SERVER_USED[0]}")
+        kinds = sorted({d.split(" at ")[0] for d in _MONGO_SERVER_USED})
+        workers = f" ({len(_MONGO_SERVER_USED)} servers, one per worker)" if len(_MONGO_SERVER_USED) > 1 else ""
+        terminalreporter.write_line(f"MongoDB tests ran against: {'; '.join(kinds)}{workers}")
+    terminalreporter.write_line(_hypothesis_budget.describe())
     reasons: dict[str, int] = {}
     for report in stats.get("skipped", []):
         longrepr = report.longrepr

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from _hypothesis_budget import examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -178,7 +179,7 @@ sorts = st.lists(st.tuples(st.sampled_from(["a", "b", "a.b", "c"]), st.sampled_f
 projections = st.sampled_from([None, {"a": 1}, {"a": 0}, {"a.b": 1, "_id": 0}, {"b": 0, "a.c": 0}, ["c"]])
 
 DIFFERENTIAL = settings(
-    max_examples=150, derandomize=True, database=None, deadline=None,
+    max_examples=examples(150), derandomize=True, database=None, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                            HealthCheck.function_scoped_fixture],
 )

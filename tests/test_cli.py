@@ -1,5 +1,7 @@
-"""The command line, driven the way users drive it: `python -m microblob` and the installed `microblob`
-console script, in subprocesses, on a real store file.
+"""The command line on a real store file: `python -m microblob` and the installed `microblob` console
+script in subprocesses wherever the process boundary matters (both entry points, signals, terminals,
+pipes, `serve`), and `microblob.cli.main` in this process for the rest (`cli`, tests/_inprocess_cli.py:
+the same environment, working directory, streams and exit code a child would have).
 
 Exit codes under test: 0 done; 1 the operation failed (missing object or version, invalid query,
 unreadable or unwritable file, damage found by verify, bad store URI); 2 usage error (argparse errors,
@@ -29,6 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _inprocess_cli import run_cli
 from conftest import sigint_as_default
 
 import microblob
@@ -108,10 +111,24 @@ class Cli:
     def put(self, data: bytes, *args: str) -> str:
         return self.ok("put", "-", *args, input=data).strip()
 
+    def process(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+        """Run in a child process, whatever `__call__` does."""
+        return Cli.__call__(self, *args, input=input, env=env, timeout=timeout)
+
+
+class InProcessCli(Cli):
+    """`Cli` whose calls run `microblob.cli.main` in this process (`cmd` still names the real command,
+    for the tests that start a child themselves)."""
+
+    def __call__(self, *args: str, input: bytes | None = None, stdin: Any = None, env: dict[str, str] | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+        return run_cli(args, cwd=self.cwd, env=self.env if env is None else env, input=input, stdin=stdin)
+
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    return Cli([sys.executable, "-m", "microblob"], tmp_path)
+    return InProcessCli([sys.executable, "-m", "microblob"], tmp_path)
 
 
 @pytest.fixture(params=["python -m microblob", "console script"])
@@ -475,6 +492,9 @@ def test_help_and_version(cli: Cli) -> None:
     assert "MICROBLOB_URI" in text and "Exit codes" in text
     assert cli.ok("put", "--help").startswith("usage: microblob put")
     assert cli.ok("--version") == f"microblob {microblob.__version__}\n"
+    started = cli.process("--version")  # and from a cold start, as a user's first command
+    version = f"microblob {microblob.__version__}\n".encode()
+    assert (started.returncode, started.stdout, started.stderr) == (0, version, b"")
 
 
 # --- where the store is: --db, $MICROBLOB_URI, ./microblob.db --------------------------------------

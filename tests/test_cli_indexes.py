@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import Cli
+from test_cli import Cli, InProcessCli
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    return Cli([sys.executable, "-m", "microblob"], tmp_path)
+    return InProcessCli([sys.executable, "-m", "microblob"], tmp_path)
 
 
 def test_index_add_ls_explain_rm(cli: Cli) -> None:

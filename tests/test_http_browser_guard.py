@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _hypothesis_budget import examples
 from conftest import REBOUND_NAME
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -232,7 +233,7 @@ def test_bad_guard_options_are_typed_errors(option: str, value: Any) -> None:
 def test_any_host_and_origin_get_an_answer_not_a_500(asgi: Any, make_server: Any) -> None:
     client = asgi(make_server({"counter": Counter()}))
 
-    @settings(max_examples=300, deadline=None, database=None)
+    @settings(max_examples=examples(300), deadline=None, database=None)
     @given(host=st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF), max_size=60),
            origin=st.one_of(st.none(), st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60)),
            fetch_site=st.one_of(st.none(), st.sampled_from(["cross-site", "same-site", "same-origin", "none", "ü"])))

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_cli import Cli
+from test_cli import Cli, InProcessCli
 
 import microblob
 from microblob import InvalidQuery
@@ -148,7 +148,7 @@ def test_an_update_that_pads_too_far_changes_nothing(embedded_store: microblob.S
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    cli = Cli([sys.executable, "-m", "microblob"], tmp_path)
+    cli = InProcessCli([sys.executable, "-m", "microblob"], tmp_path)
     cli.put(b"x", "--id", "x", "--meta", "n=1")
     return cli
 

@@ -55,3 +55,25 @@ def test_lazy_modules_load_when_a_path_needs_them(tmp_path: object) -> None:
     )
     new = loaded_by(code)
     assert {"regex", "uuid"} <= new
+
+
+@pytest.mark.parametrize("code", [
+    "import microblob",
+    "import sys; sys.argv = ['microblob', '--version']\nfrom microblob.cli import main\ntry:\n    main()\n"
+    "except SystemExit:\n    pass",
+])
+def test_the_object_model_loads_on_first_use_only(code: str) -> None:
+    """`import microblob` and `microblob --version` load no store module, LMDB or msgpack: the public
+    names resolve on first use (microblob.__getattr__)."""
+    new = loaded_by(code)
+    assert not {"microblob.store.core", "microblob.blob", "lmdb", "msgpack", "dataclasses"} & new, sorted(new)
+
+
+def test_every_public_name_and_subpackage_resolves_in_a_fresh_process() -> None:
+    code = ("import microblob\n"
+            "names = [getattr(microblob, n) for n in microblob.__all__]\n"
+            "assert microblob.store.core.Store is microblob.Store is microblob.store.Store\n"
+            "assert microblob.engine.codec is not None and microblob.property is microblob.thing_property\n"
+            "from microblob import *  # noqa: F403\n"
+            "assert connect is microblob.connect and Blob is microblob.Blob  # noqa: F405")
+    assert "microblob.store.core" in loaded_by(code)

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 import microblob
-from microblob.cli import DEFAULT_MAX_UPLOAD, MIN_MAX_UPLOAD, _default_max_upload, _space_line, main
+from microblob.cli import _space_line, main
 from microblob.engine import lmdb_kv
-from microblob.store.info import room, space, store_info
+from microblob.store.info import DEFAULT_MAX_UPLOAD, MIN_MAX_UPLOAD, room, space, store_info, upload_cap
 
 MiB = 1024 * 1024
 
@@ -71,20 +71,36 @@ def test_info_on_no_store_or_a_closed_one(tmp_path: Path, capsys: pytest.Capture
 def test_max_upload_default_is_what_fits(store_factory: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
     store = store_factory("lmdb")
     roomy = space(store)
-    assert _default_max_upload(roomy) == DEFAULT_MAX_UPLOAD  # a 64-bit store on a disk with room
+    assert upload_cap(roomy) == DEFAULT_MAX_UPLOAD  # a 64-bit store on a disk with room
     assert "uploads up to 4.0 GiB" in _space_line(store.uri, roomy, DEFAULT_MAX_UPLOAD, False)
     monkeypatch.setattr(lmdb_kv, "MAP_LIMIT", 1536 * MiB)  # as on a 32-bit Raspberry Pi
     store.save_or_update_object(b"x" * (5 * MiB))
     pi = space(store)
     assert pi is not None and pi.map_limit == 1536 * MiB
-    limit = _default_max_upload(pi)
+    limit = upload_cap(pi)
     assert limit == pi.room == 1536 * MiB - pi.used < DEFAULT_MAX_UPLOAD
     line = _space_line(store.uri, pi, limit, False)
     assert "of a 1.5 GiB map limit" in line and "(the room left; --max-upload sets it)" in line
     assert "room left" not in _space_line(store.uri, pi, 100 * MiB, True)  # the user chose it
     monkeypatch.setattr(lmdb_kv, "MAP_LIMIT", pi.used)  # full: still a usable (small) limit, not 0
-    assert _default_max_upload(space(store)) == MIN_MAX_UPLOAD
-    assert _default_max_upload(None) == DEFAULT_MAX_UPLOAD  # MongoDB: the server's business
+    assert upload_cap(space(store)) == MIN_MAX_UPLOAD
+    assert upload_cap(None) == DEFAULT_MAX_UPLOAD  # MongoDB: the server's business
+
+
+def test_a_thing_server_built_in_python_caps_uploads_at_what_fits(store_factory: Callable,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from microblob import ThingServer
+
+    store = store_factory("lmdb")
+    assert ThingServer({}, store=store).max_upload == DEFAULT_MAX_UPLOAD
+    assert ThingServer({}).max_upload == DEFAULT_MAX_UPLOAD  # no store: nothing says less
+    monkeypatch.setattr(lmdb_kv, "MAP_LIMIT", 64 * MiB)
+    small = space(store)
+    assert small is not None and ThingServer({}, store=store).max_upload == small.room < 64 * MiB
+    assert ThingServer({}, store=store, max_upload=2 * MiB).max_upload == 2 * MiB  # the caller's choice wins
+    for bad in (0, -1, 1.5, "4G", True):
+        with pytest.raises(microblob.InvalidArgument, match="max_upload"):
+            ThingServer({}, store=store, max_upload=bad)
 
 
 SERVE_SMALL_MAP = """

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import Cli
+from test_cli import Cli, InProcessCli
 from thing_fixtures import frame
 
 import microblob
@@ -35,7 +35,7 @@ PAYLOAD = frame(3 * MiB + 5)  # several 1 MiB write chunks
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    return Cli([sys.executable, "-m", "microblob"], tmp_path)
+    return InProcessCli([sys.executable, "-m", "microblob"], tmp_path)
 
 
 @pytest.fixture

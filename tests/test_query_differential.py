@@ -73,6 +73,7 @@ from typing import Any
 
 import mongomock
 import pytest
+from _hypothesis_budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -347,7 +348,7 @@ def projections(draw: Callable) -> Any:
 
 
 DIFFERENTIAL = settings(
-    max_examples=300, derandomize=True, database=None, deadline=None,
+    max_examples=examples(300), derandomize=True, database=None, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 engines = pytest.mark.parametrize("engine", list(ENGINES))

@@ -55,6 +55,7 @@ from typing import Any
 
 import bson
 import pytest
+from _hypothesis_budget import examples
 from conftest import TEST_CHUNK_SIZE, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -1121,7 +1122,7 @@ def test_state_machine(embedded_kind: str, tmp_path: Path) -> None:
     """Model-based: random good and bad calls, the store compared with the model after every step."""
     machine = type(f"StoreMachine_{embedded_kind}", (StoreMachine,), {"kind": embedded_kind, "root": tmp_path})
     CALLS.clear()
-    run_state_machine_as_test(machine, settings=settings(FUZZ, max_examples=60, stateful_step_count=25))
+    run_state_machine_as_test(machine, settings=settings(FUZZ, max_examples=examples(60), stateful_step_count=25))
     report(f"state machine on {embedded_kind}")
 
 
@@ -1246,7 +1247,7 @@ def test_every_function_with_odd_arguments(embedded_kind: str, tmp_path: Path,
     ctx.directory.mkdir()
     store = _sweep_store(embedded_kind, tmp_path)
 
-    @settings(FUZZ, max_examples=1000)
+    @settings(FUZZ, max_examples=examples(1000))
     @given(st.data())
     def sweep(data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(FUNCTIONS)), label="function")
@@ -1303,7 +1304,7 @@ BSON_VALUES = st.recursive(
 )
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=examples(150))
 @given(st.dictionaries(KEYS, BSON_VALUES, max_size=6))
 def test_document_check_measures_bson(doc: dict[str, Any]) -> None:
     """The embedded store's document check computes exactly the size MongoDB measures (`bson.encode`), so
@@ -1361,7 +1362,7 @@ def test_connect_with_odd_uris_and_options(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     counter = iter(range(1_000_000))
 
-    @settings(FUZZ, max_examples=300)
+    @settings(FUZZ, max_examples=examples(300))
     @given(URIS, OPTIONS)
     def check(uri_arg: Arg, args: dict[str, Arg]) -> None:
         options = {key: arg.value for key, arg in args.items()}

@@ -530,6 +530,18 @@ class _Env:
     def used_bytes(self) -> int:
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
 
+    def live_bytes(self) -> int:
+        """Bytes of the pages the tables hold now (branch, leaf and overflow pages of every table and of
+        the main one): the file never shrinks, and the pages between this and its size are free ones
+        LMDB hands out again before it grows the file."""
+        main = self.env.stat()
+        pages = main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"]
+        with self.env.begin() as txn:
+            for db in self.dbs.values():
+                stat = txn.stat(db)
+                pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return pages * main["psize"]
+
     def headroom(self) -> int | None:
         """Bytes left in the map, or None if LMDB cannot say. info() and stat() read the meta pages
         through the map, which another thread's resize replaces: asked meanwhile, LMDB answers EINVAL.
@@ -757,6 +769,15 @@ class LmdbEngine:
     @property
     def closed(self) -> bool:
         return self._shared is None
+
+    def live_bytes(self) -> int:
+        """Bytes of the pages the tables hold now: the file's size less its free pages (see `_Env.live_bytes`)."""
+        shared = self._env()
+        with shared.rw.shared():
+            try:
+                return shared.live_bytes()
+            except lmdb.Error as exc:
+                raise engine_error(self.path, exc, 0) from None
 
     def space(self) -> Space:
         """Where the file stands against the most this process can map and the disk's free space."""

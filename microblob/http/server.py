@@ -39,6 +39,7 @@ from .._exceptions import (
     IntegrityError,
     InvalidArgument,
     InvalidInput,
+    ObjectEvicted,
     StorageError,
     StoreClosed,
     StoreFull,
@@ -47,6 +48,7 @@ from ..blob import CHUNK_SIZE, Blob, blob_class_for
 from ..blob import GENERIC_CONTENT_TYPE as _GENERIC
 from ..engine.malloc import tune_malloc
 from ..engine.regex import check_budget
+from ..store.info import space, upload_cap
 from ..store.validate import check_content_type
 from ..things.schema import map_blobs, to_jsonable
 from ..things.slots import connect_slots
@@ -76,6 +78,8 @@ def storage_error_status(exc: BaseException) -> tuple[int, str, str]:
         return 507, "StoreFull", f"the store is full: {exc}"
     if isinstance(exc, IntegrityError):
         return 500, "StoreDamaged", f"the store is damaged: {exc}"
+    if isinstance(exc, ObjectEvicted):  # the bytes live at the sync destination, which is away: retry later
+        return 503, "ObjectEvicted", str(exc)
     return 503, type(exc).__name__, f"the store failed: {exc}"
 
 
@@ -92,6 +96,15 @@ def _no_descriptors(exc: OSError) -> ApiError:
     """A 503 the client may retry: descriptors come back as other requests finish."""
     return ApiError(503, f"the server is out of file descriptors ({exc.strerror}); retry", "TooManyOpenFiles",
                     {"Retry-After": "1", "Connection": "close"})
+
+
+def _max_upload(value: int | None, store: Any) -> int:
+    """The upload cap: the caller's, checked, or what fits in the store (`upload_cap`)."""
+    if value is None:
+        return upload_cap(space(store) if store is not None else None)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"max_upload must be a whole number of bytes >= 1, not {value!r}")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -190,7 +203,9 @@ class ThingServer(Starlette):
     `blob_ttl`: seconds a Blob link lives after its invocation completes (per action:
     ``@thing_action(blob_ttl=...)``). `retention`: seconds a finished invocation is kept (at least as
     long as its links). `max_invocations`: the table's cap (oldest finished are forgotten first).
-    `max_upload`: largest ``POST /blobs`` body. `token`: a bearer token (default ``$MICROBLOB_TOKEN``).
+    `max_upload`: largest ``POST /blobs`` body (default 4 GiB, or the room left in `store` where that is
+    less, as on a 32-bit Raspberry Pi: see `microblob.store.info.upload_cap`). `token`: a bearer token
+    (default ``$MICROBLOB_TOKEN``).
     `regex_budget`: seconds of `$regex` matching one ``GET /objects/`` may spend (then 400 QueryTimeout;
     None: no limit). `max_page_size`: most objects one ``GET /objects/`` answers (then a next cursor).
     `allowed_hosts`: names besides its own (loopback, this machine's name, IP addresses) that the Host
@@ -216,7 +231,7 @@ class ThingServer(Starlette):
         blob_ttl: float = 300.0,
         retention: float = 300.0,
         max_invocations: int = 1000,
-        max_upload: int = 4 * 1024**3,
+        max_upload: int | None = None,
         token: str | None = None,
         max_workers: int = 32,
         max_wait: float = 300.0,
@@ -241,7 +256,7 @@ class ThingServer(Starlette):
         self.cors_origins = list(check_cors_origins(cors_origins))
         self.store = store
         self.blob_ttl = float(blob_ttl)
-        self.max_upload = int(max_upload)
+        self.max_upload = _max_upload(max_upload, store)
         self.max_wait = float(max_wait)
         self.upload_dir = upload_dir
         self.regex_budget = check_budget(regex_budget)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .._exceptions import InvalidArgument, StoreNotFound
-from .core import Store
-from .files import MAX_CHUNK_SIZE
-from .validate import check_chunk_size
+
+if TYPE_CHECKING:
+    from .core import Store
 
 __all__ = ["DEFAULT_PATH", "connect", "default_uri"]
 
@@ -41,6 +41,17 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
     Options: `chunk_size` for new files; for LMDB also `map_size` (initial), `sync`, `metasync`,
     `max_readers`.
     """
+    store = _connect(uri, create, options)
+    store.read_through.opener = _open_destination
+    return store
+
+
+def _open_destination(uri: str) -> Store:
+    """A sync destination opened to read evicted bytes back: it must exist (never created by a read)."""
+    return connect(uri, create=False)
+
+
+def _connect(uri: str | os.PathLike[str] | None, create: bool, options: dict[str, Any]) -> Store:
     if uri is None:
         uri = default_uri()
     if isinstance(uri, os.PathLike):
@@ -54,6 +65,10 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
         raise InvalidArgument("uri must not be empty")
     if not isinstance(create, bool):
         raise InvalidArgument(f"create must be a bool, not {type(create).__name__}")
+    from .core import Store  # here, not at import: `default_uri` (every CLI start) needs none of it
+    from .files import MAX_CHUNK_SIZE
+    from .validate import check_chunk_size
+
     store_options = {k: v for k, v in options.items() if k in _STORE_OPTIONS}
     engine_options = {k: v for k, v in options.items() if k not in _STORE_OPTIONS}
     if "chunk_size" in store_options:  # before any backend opens (and creates) its file or connects

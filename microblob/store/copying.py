@@ -31,9 +31,9 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._exceptions import DuplicateKey, InvalidArgument, MicroblobError
+from .._exceptions import DuplicateKey, InvalidArgument, MicroblobError, ObjectEvicted
 from .core import Store
-from .records import _same_life
+from .records import EVICTED_AT, EVICTED_TO, _same_life
 
 __all__ = ["CopyReport", "copy"]
 
@@ -388,6 +388,8 @@ class _Copier:
 
     def _with_bytes(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The document as the destination stores it, after making sure its bytes are there."""
+        if EVICTED_TO in doc or EVICTED_AT in doc:  # the bytes are made present there: no marks travel
+            doc = {k: v for k, v in doc.items() if k not in (EVICTED_AT, EVICTED_TO)}
         file_id = doc.get("file_id")
         if file_id is None:
             return doc
@@ -404,13 +406,83 @@ class _Copier:
             return file_id
         return str(file_id)  # an ObjectId, into a store that cannot hold one
 
+    def _evicted_version(self, file_id: Any) -> dict[str, Any] | None:
+        """A version of the source whose bytes (this file) retention evicted, or None."""
+        if not isinstance(self.src, Store):  # a bundle being imported evicts nothing
+            return None
+        for coll in (self.src.internals.objects, self.src.internals.history):
+            doc = coll.find_one({"file_id": file_id, EVICTED_TO: {"$exists": True}}, projection={"data": 0})
+            if doc is not None:
+                return doc
+        return None
+
+    def _ensure_evicted_file(self, file_id: Any, version: dict[str, Any]) -> None:
+        """An evicted file: already at the destination with the same bytes (the usual case: the one it
+        was evicted to), else read back from where it was evicted to and written here, re-hashed on
+        the way; a destination that cannot serve it leaves the object out, in the report's problems."""
+        dst = self.dst.internals
+        dst_id = self._dst_id(file_id)
+        length = int(version.get("size") or 0)
+        there = dst.file_docs.find_one({"_id": dst_id}, projection={"length": 1, "sha256": 1})
+        if there is not None:
+            if int(there.get("length") or 0) != length or there.get("sha256") != version.get("sha256"):
+                raise _Skip(f"file {file_id!r} differs between source and destination")
+            self.files_seen.add(file_id)
+            self.report.files_skipped += 1
+            self.report.bytes_skipped += length
+            return
+        try:
+            stream = self.src.read_through.open({**version, "object_id": version.get("object_id") or version["_id"]})
+        except ObjectEvicted as exc:
+            raise _Skip(str(exc)) from None
+        dst.leases.delete_one({"_id": dst_id})
+        dst.chunks.delete(dst_id)
+        if not self.in_one_commit:
+            dst.take_lease(dst_id)
+            self.leases.append(dst_id)
+        chunk_size = int(getattr(self.dst, "chunk_size", 0) or 255 * 1024)
+        digest = hashlib.sha256()
+        first = written = 0
+        batch: list[bytes] = []
+        with stream:
+            while True:
+                piece = stream.read(chunk_size)
+                if piece:
+                    digest.update(piece)
+                    batch.append(piece)
+                    written += len(piece)
+                if batch and (not piece or len(batch) * chunk_size >= _BATCH_BYTES):
+                    dst.put_chunks(dst_id, first, batch)
+                    self._tick(sum(len(p) for p in batch))
+                    first += len(batch)
+                    batch = []
+                if not piece:
+                    break
+        if written != length or digest.hexdigest() != version.get("sha256"):
+            dst.chunks.delete(dst_id)
+            raise _Skip(f"file {file_id!r}: the bytes read back from {version.get(EVICTED_TO)} do not match")
+        doc = {"_id": dst_id, "length": length, "chunkSize": chunk_size, "uploadDate": version.get("updated_at"),
+               "filename": str(version.get("object_id") or ""), "sha256": digest.hexdigest(),
+               "metadata": {"microblob_object_id": version.get("object_id")}}
+        try:
+            dst.file_docs.insert_one(doc)
+        except DuplicateKey:
+            pass
+        self.files_seen.add(file_id)
+        self.report.files_copied += 1
+        self.report.bytes_copied += length
+
     def _ensure_file(self, file_id: Any) -> None:
         if file_id in self.files_seen:
             return  # another version sharing these bytes already brought them over (or found them there)
         src, dst = self.src.internals, self.dst.internals
         src_doc = src.file_docs.find_one({"_id": file_id})
         if src_doc is None:
-            raise _Skip(f"file {file_id!r} is missing at the source (run verify there)")
+            evicted = self._evicted_version(file_id)
+            if evicted is None:
+                raise _Skip(f"file {file_id!r} is missing at the source (run verify there)")
+            self._ensure_evicted_file(file_id, evicted)
+            return
         dst_id = self._dst_id(file_id)
         there = dst.file_docs.find_one({"_id": dst_id}, projection={"length": 1, "sha256": 1})
         length = int(src_doc.get("length") or 0)

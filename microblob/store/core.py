@@ -34,12 +34,13 @@ from ..engine.ids import new_id
 from . import compaction as _compaction
 from . import maintenance as _maintenance
 from .compaction import CompactReport
+from .evicted import ReadThrough
 from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from .internals import StoreInternals
 from .maintenance import GcReport, VerifyReport
 from .objects import BlobObject
-from .records import SYNC_DESTINATIONS, TOMBSTONES, _history_id, _same_life, _version_of
+from .records import EVICTED_AT, EVICTED_TO, SYNC_DESTINATIONS, TOMBSTONES, _history_id, _same_life, _version_of
 from .validate import (
     check_bool,
     check_chunk_size,
@@ -70,8 +71,11 @@ HISTORY_FIELDS = (
     "size",
     "sha256",
     "storage",
+    "evicted_at",
+    "evicted_to",
 )
-_PAYLOAD_FIELDS = ("storage", "data", "file_id", "size", "sha256")
+# A metadata-only version keeps its predecessor's bytes, evicted ones included (they stay where they are).
+_PAYLOAD_FIELDS = ("storage", "data", "file_id", "size", "sha256", EVICTED_AT, EVICTED_TO)
 _INHERITED = ("workflow_id", "task_id", "type", "custom_metadata", "tags", "content_type")
 _QUERYABLE = ("objects", "object_history", "workflows", "fs.files")
 _CAS_ATTEMPTS = 200
@@ -170,6 +174,7 @@ class Store:
             chunk_size = getattr(backend, "chunk_size", DEFAULT_CHUNK_SIZE)
         self.chunk_size = check_chunk_size(chunk_size, MAX_CHUNK_SIZE)
         self.files = FilesBucket(backend)
+        self.read_through = ReadThrough()  # where evicted bytes are read from (store/evicted.py)
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")
         self._workflows = backend.collection("workflows")
@@ -203,6 +208,7 @@ class Store:
         return self._backend.closed
 
     def close(self) -> None:
+        self.read_through.close()
         self._backend.close()
 
     def __enter__(self) -> Store:

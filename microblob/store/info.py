@@ -14,7 +14,10 @@ from ..engine.lmdb_kv import Space
 if TYPE_CHECKING:
     from .core import Store
 
-__all__ = ["StoreInfo", "room", "space", "store_info"]
+__all__ = ["DEFAULT_MAX_UPLOAD", "MIN_MAX_UPLOAD", "StoreInfo", "room", "space", "store_info", "upload_cap"]
+
+DEFAULT_MAX_UPLOAD = 4 * 1024**3
+MIN_MAX_UPLOAD = 1024**2
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,15 @@ def room(store: Store) -> int | None:
     """Bytes that can still be written to `store`, or None where the store does not say."""
     found = space(store)
     return None if found is None else found.room
+
+
+def upload_cap(found: Space | None) -> int:
+    """4 GiB, or the room left where the store cannot hold that much more (a 32-bit store maps 1536 MiB at
+    most): an upload the store has no room for would fail only after the whole body had arrived. Never
+    below 1 MiB, so a nearly full store still takes small uploads (and says StoreFull if even they fail)."""
+    if found is None or found.room >= DEFAULT_MAX_UPLOAD:
+        return DEFAULT_MAX_UPLOAD
+    return max(MIN_MAX_UPLOAD, found.room)
 
 
 def store_info(store: Store) -> StoreInfo:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .records import _history_id, _same_life, _version_of
+
 if TYPE_CHECKING:
     from ..engine.backend import Backend, ChunkStore, Collection
     from .core import Store
@@ -81,6 +83,16 @@ class StoreInternals:
     def inline_data(self, object_id: str, version: int) -> bytes | None:
         """The bytes of a version stored inline in its document, else None."""
         return self._store._inline_data(object_id, version)
+
+    def version_doc(self, object_id: str, version: int) -> dict[str, Any] | None:
+        """One version's document (the latest, or its history entry of the same life), without inline data."""
+        current = self.objects.find_one({"_id": object_id}, projection={"data": 0})
+        if current is None:
+            return None
+        if _version_of(current) == version:
+            return current
+        entry = self.history.find_one({"_id": _history_id(object_id, version)}, projection={"data": 0})
+        return entry if entry is not None and _same_life(entry, current.get("created_at")) else None
 
     def take_lease(self, file_id: Any) -> None:
         """Lease `file_id` for this process while its chunks are written (see `leases`)."""

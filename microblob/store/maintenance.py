@@ -18,6 +18,7 @@ from .._exceptions import InvalidArgument, InvalidQuery
 from ..engine import codec as _codec
 from .files import hostname, lease_is_live
 from .flowcept_layout import FLOWCEPT_LAYOUT, as_microblob
+from .records import EVICTED_TO
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Store
@@ -34,10 +35,13 @@ FOREIGN_LEASE_TIMEOUT = _dt.timedelta(hours=24)
 
 @dataclasses.dataclass
 class VerifyReport:
-    """`checked`: versions whose bytes were re-hashed; `damaged`: (object_id, version, reason)."""
+    """`checked`: versions whose bytes were re-hashed; `evicted`: versions whose bytes retention evicted
+    to the sync destination (their records are checked, their bytes are not here to hash);
+    `damaged`: (object_id, version, reason)."""
 
     checked: int = 0
     damaged: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)
+    evicted: int = 0
 
     @property
     def ok(self) -> bool:
@@ -80,7 +84,7 @@ class _Recent(collections.OrderedDict):
 
 
 # What identifies one stored version and its bytes: if any differs now, a writer replaced it.
-_IDENTITY = ("version", "prev_version", "created_at", "storage", "file_id", "size", "sha256")
+_IDENTITY = ("version", "prev_version", "created_at", "storage", "file_id", "size", "sha256", EVICTED_TO)
 
 
 def _identity(doc: dict[str, Any]) -> dict[str, Any]:
@@ -127,8 +131,12 @@ def verify(store: Store, progress: Callable[[int], None] | None = None) -> Verif
         doc = as_microblob(raw)  # a Flowcept-written document is checked in microblob's terms
         object_id = doc.get("object_id") or doc["_id"]
         version = doc.get("version") if isinstance(doc.get("version"), int) else 0
-        report.checked += 1
-        problem = _check_version(store, doc, hashed)
+        if doc.get(EVICTED_TO) is not None:
+            report.evicted += 1
+            problem = _check_evicted(store, doc)
+        else:
+            report.checked += 1
+            problem = _check_version(store, doc, hashed)
         if problem is None and isinstance(doc.get("prev_version"), int) and not _readable(
                 store, object_id, doc["prev_version"]):
             problem = f"prev_version {doc['prev_version']} cannot be read"
@@ -138,6 +146,18 @@ def verify(store: Store, progress: Callable[[int], None] | None = None) -> Verif
         if progress is not None:
             progress(1)
     return report
+
+
+def _check_evicted(store: Store, doc: dict[str, Any]) -> str | None:
+    """What is wrong with an evicted version's record: it must still say what the bytes are (size and
+    sha256, for the read from the destination to be checked) and where they went."""
+    if not isinstance(doc.get(EVICTED_TO), str) or not doc[EVICTED_TO]:
+        return f"evicted, but {EVICTED_TO} names no destination"
+    if not isinstance(doc.get("sha256"), str) or not isinstance(doc.get("size"), int):
+        return "evicted, but its size or sha256 is not recorded"
+    if doc.get("storage") != "chunked":
+        return f"evicted, but stored as {doc.get('storage')!r}"
+    return None
 
 
 def _check_version(store: Store, doc: dict[str, Any], hashed: _Recent) -> str | None:

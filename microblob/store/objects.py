@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .._exceptions import IntegrityError, InvalidArgument
+from .._exceptions import FileNotFound, IntegrityError, InvalidArgument
 from .._outfile import output_file
 from .flowcept_layout import as_microblob
 
@@ -41,6 +41,8 @@ FIELDS = (
     "file_id",
     "created_at",
     "updated_at",
+    "evicted_at",
+    "evicted_to",
 )
 
 
@@ -94,7 +96,7 @@ class BlobObject(Mapping[str, Any]):
         if self._data is None:
             if self._meta["storage"] == "inline" or self._inline is not None:
                 self._data = self._load_inline()
-            elif (small := self._store.files.read_small(self._meta["file_id"], _SMALL)) is not None:
+            elif not self._meta["evicted_to"] and (small := self._read_small()) is not None:
                 self._data = small
             else:
                 with self.open() as stream:
@@ -107,7 +109,30 @@ class BlobObject(Mapping[str, Any]):
             return io.BytesIO(self._data)
         if self._meta["storage"] == "inline" or self._inline is not None:
             return io.BytesIO(self._load_inline())
-        return self._store.files.open_download_stream(self._meta["file_id"])  # type: ignore[return-value]
+        if self._meta["evicted_to"]:
+            return self._store.read_through.open(self._meta)
+        try:
+            return self._store.files.open_download_stream(self._meta["file_id"])  # type: ignore[return-value]
+        except FileNotFound:
+            if self._evicted_since():
+                return self._store.read_through.open(self._meta)
+            raise
+
+    def _read_small(self) -> bytes | None:
+        try:
+            return self._store.files.read_small(self._meta["file_id"], _SMALL)
+        except FileNotFound:
+            if self._evicted_since():
+                return None  # read through open()
+            raise
+
+    def _evicted_since(self) -> bool:
+        """Whether retention evicted this version after it was read (then its marks are taken in)."""
+        found = self._store.internals.version_doc(self._meta["object_id"], self._meta["version"])
+        if found is None or not found.get("evicted_to") or found.get("sha256") != self._meta["sha256"]:
+            return False
+        self._meta["evicted_at"], self._meta["evicted_to"] = found.get("evicted_at"), found["evicted_to"]
+        return True
 
     def _load_inline(self) -> bytes:
         """Queries leave inline bytes out of the documents they return; fetch them on first use."""

@@ -3,6 +3,7 @@ the store, maintenance and copy alike, so it sits below all three."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,24 @@ from typing import Any
 SYNC_DESTINATIONS = "microblob.sync"
 SYNC_CONFIRMED = "microblob.sync_confirmed"
 TOMBSTONES = "microblob.tombstones"
+
+# A version whose bytes retention evicted (store/retention.py) keeps `file_id`, `size` and `sha256` and
+# gains these two: when, and to which destination (its name: the URI without credentials). Its files
+# document and chunks are gone from this store; readers fetch the bytes from that destination.
+EVICTED_AT = "evicted_at"
+EVICTED_TO = "evicted_to"
+
+
+def destination_name(dst: Any) -> str:
+    """How a destination is named in the source's records: its URI without credentials (a Store's
+    `uri`, a URI, or a path made absolute)."""
+    uri = dst.uri if hasattr(dst, "uri") and not isinstance(dst, (str, os.PathLike)) else os.fspath(dst)
+    if "://" not in uri:
+        uri = os.path.realpath(uri)
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]  # user:password@host -> host
+    return f"{scheme}{sep}{rest}"
 
 
 def _version_of(doc: Mapping[str, Any]) -> int:

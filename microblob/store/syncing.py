@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +41,8 @@ from .._exceptions import InvalidArgument, MicroblobError
 from ..engine import codec as _codec
 from .copying import CopyReport, _Copier, copy
 from .core import Store
-from .records import SYNC_CONFIRMED, SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of
+from .records import SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of, destination_name
+from .sync_records import _changed_since, _confirmation_id, _confirmations, _confirmed, _dest_tag, _is_confirmed
 
 __all__ = ["SyncRound", "SyncStatus", "SyncWorker", "sync", "sync_status"]
 
@@ -55,7 +55,6 @@ def _log() -> Any:
     return logging.getLogger("microblob.sync")
 
 WATERMARK_MARGIN = _dt.timedelta(seconds=5)  # longer than any write transaction takes to commit
-_PAGE = 500  # objects examined per read while confirming or counting what is pending
 # An idle round (nothing new) records nothing, unless the watermark is this much behind: then it moves,
 # so the stretch of already-confirmed objects each round looks at again stays short.
 _IDLE_REWRITE = _dt.timedelta(minutes=5)
@@ -102,25 +101,9 @@ class SyncStatus:
         return data
 
 
-def destination_name(dst: Store | str | os.PathLike[str]) -> str:
-    """How a destination is named in the source's records: its URI without credentials."""
-    uri = dst.uri if isinstance(dst, Store) else os.fspath(dst)
-    if "://" not in uri:
-        uri = os.path.realpath(uri)
-    scheme, sep, rest = uri.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]  # user:password@host -> host
-    return f"{scheme}{sep}{rest}"
-
-
 def _state(src: Store) -> Any:
     """The destinations' records (one document each, `_id` "dest:<name>")."""
     return src.internals.backend.collection(SYNC_DESTINATIONS)
-
-
-def _confirmed(src: Store) -> Any:
-    """One document per (destination, object) confirmed there, and per tombstone done there."""
-    return src.internals.backend.collection(SYNC_CONFIRMED)
 
 
 def _check_stores(src: Any, dst: Any) -> None:
@@ -148,7 +131,7 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
         if not isinstance(flag, bool):
             raise InvalidArgument(f"{label} must be True or False, not {flag!r}")
     src.internals.check_open()
-    name = destination_name(dst)
+    name = src.read_through.remember(dst)  # evicted bytes are read back through the URI given here
     state = _state(src)
     record = state.find_one({"_id": "dest:" + name})
     if record is None:  # from now on deletions are written down (tombstones), so they can travel
@@ -196,27 +179,6 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
     return SyncRound(name, report, confirmed, started, deleted)
 
 
-def _changed_since(src: Store, since: _dt.datetime | None) -> Iterator[list[dict[str, Any]]]:
-    """Pages of (object_id, version, sha256, size, updated_at) of the objects updated at or after
-    `since`, oldest first, walked along the updated_at index a page at a time (ties by id)."""
-    objects = src.internals.objects
-    fields = {"_id": 1, "version": 1, "sha256": 1, "size": 1, "updated_at": 1}
-    low, seen_at_low = since, 0  # the page's start, and how many objects stamped exactly `low` are done
-    while True:
-        flt = {"updated_at": {"$gte": low}} if low is not None else {}
-        page = objects.find(flt, projection=fields, sort=[("updated_at", 1), ("_id", 1)], skip=seen_at_low,
-                            limit=_PAGE)
-        if not page:
-            return
-        yield page
-        if len(page) < _PAGE:
-            return
-        last = page[-1]["updated_at"]
-        ties = sum(1 for d in page if d["updated_at"] == last)
-        seen_at_low = seen_at_low + ties if last == low else ties
-        low = last
-
-
 def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[tuple[str, str]]]:
     """Delete at `target` each object this store has a tombstone for and has not yet deleted there:
     only the life and versions the tombstone names (an object changed at the destination since, or
@@ -250,10 +212,6 @@ def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[
                         raise
         confirmed.replace_one({"_id": done_id}, {"_id": done_id, "deleted_at": tomb.get("deleted_at")}, upsert=True)
     return deleted, problems
-
-
-def _dest_tag(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()[:24]
 
 
 def _unconfirmed(src: Store, name: str) -> Iterator[list[dict[str, Any]]]:
@@ -295,37 +253,47 @@ def _add(total: CopyReport, part: CopyReport) -> None:
 
 def _confirm(src: Store, target: Store, name: str, pages: Iterable[list[dict[str, Any]]]) -> int:
     """Record, for each object of `pages`, whether the destination's latest version is the source's
-    (same version and sha256): one write per page. Returns how many this round confirmed."""
+    (same version, sha256 and life): one write per page. Returns how many this round confirmed.
+
+    The record also names the history versions the destination holds for that life (`history`:
+    version -> sha256), so retention may evict those too (store/retention.py): it evicts only what a
+    record names with the same version and sha256."""
     state = _confirmed(src)
     now = _codec.utcnow()
     confirmed = 0
     for page in pages:
         ids = [d["_id"] for d in page]
         there = {d["_id"]: d for d in target.internals.objects.find(
-            {"_id": {"$in": ids}}, projection={"_id": 1, "version": 1, "sha256": 1})}
+            {"_id": {"$in": ids}}, projection={"_id": 1, "version": 1, "sha256": 1, "created_at": 1})}
         known = _confirmations(state, name, ids)
-        records = []
+        todo = []
         for doc in page:
             other = there.get(doc["_id"])
             if other is None or other.get("version") != doc.get("version") \
-                    or other.get("sha256") != doc.get("sha256") or _is_confirmed(known.get(doc["_id"]), doc):
+                    or other.get("sha256") != doc.get("sha256") or not _same_life(other, doc.get("created_at")):
                 continue
-            key = _confirmation_id(name, doc["_id"])
-            records.append({"_id": key, "destination": name, "object_id": doc["_id"],
-                            "version": doc.get("version"), "sha256": doc.get("sha256"), "confirmed_at": now})
-        if records:
-            src.internals.backend.atomic(lambda records=records: [
-                state.replace_one({"_id": r["_id"]}, r, upsert=True) for r in records])
-            confirmed += len(records)
+            mine = known.get(doc["_id"])
+            if _is_confirmed(mine, doc) and mine is not None and "history" in mine:
+                continue
+            todo.append(doc)
+        if not todo:
+            continue
+        held: dict[str, dict[str, str]] = {d["_id"]: {} for d in todo}
+        lives = {d["_id"]: d.get("created_at") for d in todo}
+        for entry in target.internals.history.find(
+                {"object_id": {"$in": list(held)}},
+                projection={"object_id": 1, "version": 1, "sha256": 1, "created_at": 1}):
+            owner = entry.get("object_id")
+            if owner in held and entry.get("created_at") is not None \
+                    and entry.get("created_at") == lives[owner] and isinstance(entry.get("sha256"), str):
+                held[owner][str(_version_of(entry))] = entry["sha256"]
+        records = [{"_id": _confirmation_id(name, d["_id"]), "destination": name, "object_id": d["_id"],
+                    "version": d.get("version"), "sha256": d.get("sha256"), "created_at": d.get("created_at"),
+                    "history": held[d["_id"]], "confirmed_at": now} for d in todo]
+        src.internals.backend.atomic(lambda records=records: [
+            state.replace_one({"_id": r["_id"]}, r, upsert=True) for r in records])
+        confirmed += sum(1 for d in todo if not _is_confirmed(known.get(d["_id"]), d))
     return confirmed
-
-
-def _confirmations(state: Any, name: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    return {d["object_id"]: d for d in state.find({"_id": {"$in": [_confirmation_id(name, i) for i in ids]}})}
-
-
-def _is_confirmed(mine: dict[str, Any] | None, doc: dict[str, Any]) -> bool:
-    return mine is not None and mine.get("version") == doc.get("version") and mine.get("sha256") == doc.get("sha256")
 
 
 def _connect(uri: str | os.PathLike[str]) -> Store:
@@ -333,12 +301,6 @@ def _connect(uri: str | os.PathLike[str]) -> Store:
     from .connect import connect
 
     return connect(uri, create=True)
-
-
-def _confirmation_id(name: str, object_id: str) -> str:
-    """One confirmation per (destination, object): the destination's name hashed to a fixed width, so
-    no object id can make two pairs collide (and no backend sees an odd character in an id)."""
-    return f"obj:{_dest_tag(name)}:{object_id}"
 
 
 def sync_status(src: Store, dst: Store | str | os.PathLike[str] | None = None) -> list[SyncStatus]:
@@ -377,12 +339,21 @@ class SyncWorker:
     """Rounds of `sync(src, dst)` on a background thread, every `interval` seconds, until `stop()`;
     a full one (see `sync`) when none ran for `reconcile_every` seconds, the first included. A round
     that fails (the destination is away) is logged in one line and retried after a delay that doubles
-    from `interval` up to `max_backoff`; saves to `src` never wait for any of it."""
+    from `interval` up to `max_backoff`; saves to `src` never wait for any of it.
+
+    With `keep_free` and/or `max_size` (bytes, or "2G"), each round that succeeded is followed by
+    `evict(src, ...)` (store/retention.py): the oldest objects confirmed at `dst` lose their local bytes
+    until the target is met; `last_eviction` is its report."""
 
     def __init__(self, src: Store, dst: str | os.PathLike[str], *, interval: float = 2.0,
                  max_backoff: float = 60.0, propagate_deletes: bool = False, reconcile_every: float = 3600.0,
-                 on_round: Callable[[SyncRound], None] | None = None) -> None:
+                 on_round: Callable[[SyncRound], None] | None = None, keep_free: int | str | None = None,
+                 max_size: int | str | None = None) -> None:
         _check_stores(src, dst)
+        from .retention import parse_size
+
+        self.keep_free, self.max_size = parse_size(keep_free, "keep_free"), parse_size(max_size, "max_size")
+        self.last_eviction: Any = None
         if not isinstance(propagate_deletes, bool):
             raise InvalidArgument(f"propagate_deletes must be True or False, not {propagate_deletes!r}")
         self.propagate_deletes = propagate_deletes
@@ -446,6 +417,25 @@ class SyncWorker:
             delay = self.interval
             if result.copy.copied_anything or not result.ok:
                 _log().info("sync to %s: %s", result.destination, result.summary())
+            if self.keep_free is not None or self.max_size is not None:
+                last = self.last_eviction
+                # Only a confirmation makes more bytes evictable: after a round that confirmed nothing,
+                # a target the last eviction could not meet is not walked for again.
+                if result.confirmed or last is None or last.met or last.unreachable:
+                    self._evict()
             if self.on_round is not None:
                 self.on_round(result)
             self._stop.wait(self.interval)
+
+    def _evict(self) -> None:
+        from .retention import evict
+
+        try:
+            report = evict(self.src, keep_free=self.keep_free, max_size=self.max_size, destination=self.dst)
+        except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+            if not self.src.closed:
+                _log().warning("eviction after syncing to %s failed: %s", destination_name(self.dst), exc)
+            return
+        self.last_eviction = report
+        if report.evicted_files or not report.met:
+            _log().info("retention: %s", report.summary())
