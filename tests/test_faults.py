@@ -85,7 +85,9 @@ def test_disk_full_is_store_full_and_the_store_stays_consistent(small_fs: Tmpfs)
 
 def test_disk_full_over_http_is_json_507(small_fs: Tmpfs, make_server: Any, live: Any) -> None:
     with microblob.connect(small_fs.path / "store.db") as store:
-        url = live(make_server({}, store=store))
+        # An explicit cap above what fits (the default would refuse the body up front with 413): the
+        # store itself runs out, and says so.
+        url = live(make_server({}, store=store, max_upload=1024 * MiB))
         with httpx.Client(base_url=url, timeout=120, headers=SCRIPT) as http:
             first = http.post("/objects/", content=os.urandom(500_000))
             assert first.status_code == 201, first.text
@@ -265,7 +267,7 @@ def test_the_map_cap_is_json_507(lmdb_path: Path, make_server: Any, asgi: Any,
 
     monkeypatch.setattr(_lmdb, "MAP_LIMIT", 64 * MiB)
     with microblob.connect(lmdb_path, map_size=64 * MiB) as store:
-        client = asgi(make_server({}, store=store))
+        client = asgi(make_server({}, store=store, max_upload=1024 * MiB))  # over the map: the store refuses
         response = client.post("/objects/", content=os.urandom(80 * MiB))
         assert response.status_code == 507, response.text
         assert response.json()["error"] == "StoreFull" and "store is full" in response.json()["detail"]
