@@ -350,12 +350,23 @@ def test_cli_evict_and_sync_with_retention(tmp_path: Path) -> None:
 
 
 def test_a_filling_disk_with_retention_then_unsynced_data(make_tmpfs: Any, tmp_path: Path) -> None:
-    """On a 24 MiB filesystem: 60 MiB of saves succeed while each is synced and the confirmed ones
-    evicted; then, with nothing synced, saves fail with StoreFull and nothing is lost."""
+    """On a 24 MiB filesystem: a disk full of synced bytes gets room back from one eviction; 60 MiB of
+    saves then succeed while each is synced and the confirmed ones evicted; then, with nothing synced,
+    saves fail with StoreFull and nothing is lost."""
     fs = make_tmpfs("24m")
     src, dst = fs.path / "src.db", tmp_path / "dst.db"
     saved: dict[str, bytes] = {}
     with microblob.connect(src) as store:
+        for i in range(60):  # synced but kept here, until the disk is full
+            data = os.urandom(MiB)
+            try:
+                saved[store.save_or_update_object(data)] = data
+            except StoreFull:
+                break
+            sync(store, dst)
+        else:
+            raise AssertionError("a 24 MiB filesystem took 60 MiB")
+        assert evict(store, keep_free=6 * MiB).met  # a full disk of confirmed bytes: room again at once
         for i in range(60):
             data = os.urandom(MiB)
             saved[store.save_or_update_object(data, custom_metadata={"i": i})] = data
