@@ -964,8 +964,8 @@ def _evict_line(report: Any) -> str:
     if report.unreachable:
         line += f"; nothing evicted: the destination cannot be reached to check ({report.unreachable})"
     elif not report.met:
-        line += (f"; still {_human_size(report.still_needed)} short of the target: the rest is not confirmed at "
-                 "the destination yet")
+        line += (f"; still {_human_size(report.still_needed)} short of the target: nothing else may go (bytes "
+                 "not confirmed at the destination yet, inline data, metadata)")
     return line
 
 

@@ -69,7 +69,8 @@ class EvictReport:
         if self.unreachable:
             text += f"; nothing evicted: the destination cannot be reached to check ({self.unreachable})"
         elif not self.met:
-            text += f"; {self.still_needed} bytes short of the target: the rest is not confirmed at the destination"
+            text += (f"; {self.still_needed} bytes short of the target: nothing else may go (bytes not confirmed at "
+                     "the destination, inline data, metadata)")
         return text
 
 
