@@ -357,7 +357,7 @@ def test_a_filling_disk_with_retention_then_unsynced_data(make_tmpfs: Any, tmp_p
     src, dst = fs.path / "src.db", tmp_path / "dst.db"
     saved: dict[str, bytes] = {}
     with microblob.connect(src) as store:
-        for i in range(60):  # synced but kept here, until the disk is full
+        for _ in range(60):  # synced but kept here, until the disk is full
             data = os.urandom(MiB)
             try:
                 saved[store.save_or_update_object(data)] = data
@@ -398,6 +398,48 @@ def test_a_filling_disk_with_retention_then_unsynced_data(make_tmpfs: Any, tmp_p
         assert {o.object_id for o in store.blob_object_query({})} == set(saved) | set(unsynced)
         assert store.verify().ok
         assert all(not store.get_blob_object(oid).evicted_to for oid in unsynced)
+
+
+def test_with_a_sync_worker_a_save_that_finds_the_disk_full_evicts_first(make_tmpfs: Any,
+                                                                         tmp_path: Path) -> None:
+    """Between the worker's rounds the disk fills up with synced bytes: the save that finds it full
+    evicts confirmed bytes and succeeds; once only unsynced bytes are left, saves fail with StoreFull."""
+    fs = make_tmpfs("24m")
+    src, dst = fs.path / "src.db", tmp_path / "dst.db"
+    with microblob.connect(src) as store:
+        synced: dict[str, bytes] = {}
+        for _ in range(60):
+            data = os.urandom(MiB)
+            try:
+                synced[store.save_or_update_object(data)] = data
+            except StoreFull:
+                break
+            sync(store, dst)
+        worker = SyncWorker(store, dst, interval=3600, keep_free=1).start()  # one round now, then none
+        try:
+            deadline = time.monotonic() + 60
+            while worker.rounds < 1:
+                assert time.monotonic() < deadline, "the worker's first round never ended"
+                time.sleep(0.05)
+            unsynced: dict[str, bytes] = {}
+            error: BaseException | None = None
+            for _ in range(60):
+                data = os.urandom(MiB)
+                try:
+                    unsynced[store.save_or_update_object(data)] = data
+                except StoreFull as exc:
+                    error = exc
+                    break
+        finally:
+            worker.stop()
+        assert store.on_full is None  # the worker's hook goes with it
+        assert len(unsynced) > 10  # room made by evicting synced bytes, save by save
+        assert isinstance(error, StoreFull)  # and then only unsynced bytes were left
+        evicted = {oid for oid, _ in evicted_versions(store)}
+        assert evicted <= set(synced) and len(evicted) > 10
+        for oid, data in {**synced, **unsynced}.items():
+            assert store.get_blob_object(oid).data == data
+        assert store.verify().ok
 
 
 # --- the property: no unconfirmed byte is ever evicted --------------------------------------------------

@@ -371,12 +371,30 @@ class SyncWorker:
         self._thread = threading.Thread(target=self._run, name="microblob-sync", daemon=True)
 
     def start(self) -> SyncWorker:
+        if self.keep_free is not None or self.max_size is not None:
+            self.src.on_full = self._make_room  # a save that finds the disk full evicts before it fails
         self._thread.start()
         return self
+
+    def _make_room(self, wanted: int) -> int:
+        """Evict for a save of `wanted` bytes that found the disk full; returns the bytes freed."""
+        from .retention import evict
+
+        try:
+            report = evict(self.src, keep_free=(self.keep_free or 0) + 2 * wanted + (16 << 20),
+                           max_size=self.max_size, destination=self.dst)
+        except Exception as exc:  # noqa: BLE001 - the save fails with its own StoreFull; logged here
+            _log().warning("retention could not make room for a save: %s", exc)
+            return 0
+        if report.evicted_files:
+            _log().info("retention, for a save that found the disk full: %s", report.summary())
+        return report.bytes_freed
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Ask the worker to stop after its current round, and wait for it."""
         self._stop.set()
+        if self.src.on_full == self._make_room:
+            self.src.on_full = None
         if self._thread.is_alive():
             self._thread.join(timeout)
 
