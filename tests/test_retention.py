@@ -637,3 +637,23 @@ def test_serve_with_retention_evicts_and_still_serves_the_bytes(tmp_path: Path) 
     assert proc.returncode in (0, 130)
     with microblob.connect(src) as store:
         assert store.get_blob_object(object_id).evicted_to == str(dst) and store.verify().ok
+
+
+def test_records_written_before_retention_are_renewed_by_a_full_round(tmp_path: Path) -> None:
+    """A confirmation without the life and history (as sync wrote them before retention) allows no
+    eviction; the next full round writes it again, and then the versions may go."""
+    dst = tmp_path / "dst.db"
+    with microblob.connect(tmp_path / "src.db") as store:
+        oid = store.save_or_update_object(os.urandom(50_000))
+        store.save_or_update_object(os.urandom(40_000), object_id=oid, control_version=True)
+        sync(store, dst)
+        confirmed = store.backend.collection("microblob.sync_confirmed")
+        [record] = confirmed.find({"object_id": oid})
+        confirmed.replace_one({"_id": record["_id"]}, {k: v for k, v in record.items()
+                                                       if k not in ("created_at", "history")})
+        assert evict(store, max_size=0).evicted_files == 0
+        assert sync(store, dst).confirmed == 0  # an ordinary round: nothing new
+        renewed = sync(store, dst, full=True)
+        assert renewed.confirmed == 0 and not renewed.copy.copied_anything
+        assert evict(store, max_size=0).evicted_versions == 2
+        assert {v for _, v in evicted_versions(store)} == {0, 1}

@@ -215,12 +215,13 @@ def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[
 
 
 def _unconfirmed(src: Store, name: str) -> Iterator[list[dict[str, Any]]]:
-    """Pages of every object not confirmed at `name` at its current version: a walk of the whole store,
-    without the destination."""
+    """Pages of every object not confirmed at `name` at its current version, or confirmed by a record
+    that does not yet name its life and history (written before retention read them: the round writes
+    it again, and its versions become evictable): a walk of the whole store, without the destination."""
     confirmed = _confirmed(src)
     for page in _changed_since(src, None):
         known = _confirmations(confirmed, name, [d["_id"] for d in page])
-        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d)]
+        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d) or "history" not in known[d["_id"]]]
         if left:
             yield left
 
