@@ -87,6 +87,9 @@ def test_only_versions_confirmed_at_the_destination_lose_their_bytes(embedded_st
             assert stream.read() == expected
     verified = store.verify()
     assert verified.ok and verified.evicted == 2 and verified.checked == store.count_versions() - 2
+    from microblob.store.info import store_info
+
+    assert store_info(store).evicted_versions == 2
     gc = store.gc()
     assert (gc.freed_files, gc.freed_orphan_chunks) == (0, 0)
     assert store.verify().ok
@@ -339,6 +342,7 @@ def test_cli_evict_and_sync_with_retention(tmp_path: Path) -> None:
     assert "evicted 1 version" in text.stdout and "confirmed at" in text.stdout, text.stdout
     with microblob.connect(src) as store:
         assert evicted_versions(store) == {(first, 0), (second, 0)}
+    assert "evicted:   2 versions" in cli("info", "--db", str(src)).stdout
     for bad in (["--max-size", "-1"], ["--keep-free", "lots"], []):
         wrong = cli("evict", "--db", str(src), *bad)
         assert wrong.returncode == 2, (bad, wrong.stderr)
