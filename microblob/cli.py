@@ -766,6 +766,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"objects:   {info.objects} (and {_count_of(info.history_versions, 'older version')}), "
           f"{_count_of(info.workflows, 'workflow')}")
     print(f"files:     {info.files}, {_human_size(info.file_bytes)}")
+    if info.evicted_versions:
+        print(f"evicted:   {_count_of(info.evicted_versions, 'version')} (bytes at the sync destination only)")
     space = info.space
     if space is not None:
         print(f"file size: {_human_size(space.file_size)} ({_human_size(space.used)} in use)")
@@ -964,8 +966,8 @@ def _evict_line(report: Any) -> str:
     if report.unreachable:
         line += f"; nothing evicted: the destination cannot be reached to check ({report.unreachable})"
     elif not report.met:
-        line += (f"; still {_human_size(report.still_needed)} short of the target: the rest is not confirmed at "
-                 "the destination yet")
+        line += (f"; still {_human_size(report.still_needed)} short of the target: nothing else may go (bytes "
+                 "not confirmed at the destination yet, inline data, metadata)")
     return line
 
 

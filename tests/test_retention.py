@@ -88,6 +88,9 @@ def test_only_versions_confirmed_at_the_destination_lose_their_bytes(embedded_st
             assert stream.read() == expected
     verified = store.verify()
     assert verified.ok and verified.evicted == 2 and verified.checked == store.count_versions() - 2
+    from microblob.store.info import store_info
+
+    assert store_info(store).evicted_versions == 2
     gc = store.gc()
     assert (gc.freed_files, gc.freed_orphan_chunks) == (0, 0)
     assert store.verify().ok
@@ -340,6 +343,7 @@ def test_cli_evict_and_sync_with_retention(tmp_path: Path) -> None:
     assert "evicted 1 version" in text.stdout and "confirmed at" in text.stdout, text.stdout
     with microblob.connect(src) as store:
         assert evicted_versions(store) == {(first, 0), (second, 0)}
+    assert "evicted:   2 versions" in cli("info", "--db", str(src)).stdout
     for bad in (["--max-size", "-1"], ["--keep-free", "lots"], []):
         wrong = cli("evict", "--db", str(src), *bad)
         assert wrong.returncode == 2, (bad, wrong.stderr)
@@ -351,12 +355,23 @@ def test_cli_evict_and_sync_with_retention(tmp_path: Path) -> None:
 
 
 def test_a_filling_disk_with_retention_then_unsynced_data(make_tmpfs: Any, tmp_path: Path) -> None:
-    """On a 24 MiB filesystem: 60 MiB of saves succeed while each is synced and the confirmed ones
-    evicted; then, with nothing synced, saves fail with StoreFull and nothing is lost."""
+    """On a 24 MiB filesystem: a disk full of synced bytes gets room back from one eviction; 60 MiB of
+    saves then succeed while each is synced and the confirmed ones evicted; then, with nothing synced,
+    saves fail with StoreFull and nothing is lost."""
     fs = make_tmpfs("24m")
     src, dst = fs.path / "src.db", tmp_path / "dst.db"
     saved: dict[str, bytes] = {}
     with microblob.connect(src) as store:
+        for _ in range(60):  # synced but kept here, until the disk is full
+            data = os.urandom(MiB)
+            try:
+                saved[store.save_or_update_object(data)] = data
+            except StoreFull:
+                break
+            sync(store, dst)
+        else:
+            raise AssertionError("a 24 MiB filesystem took 60 MiB")
+        assert evict(store, keep_free=6 * MiB).met  # a full disk of confirmed bytes: room again at once
         for i in range(60):
             data = os.urandom(MiB)
             saved[store.save_or_update_object(data, custom_metadata={"i": i})] = data
@@ -388,6 +403,48 @@ def test_a_filling_disk_with_retention_then_unsynced_data(make_tmpfs: Any, tmp_p
         assert {o.object_id for o in store.blob_object_query({})} == set(saved) | set(unsynced)
         assert store.verify().ok
         assert all(not store.get_blob_object(oid).evicted_to for oid in unsynced)
+
+
+def test_with_a_sync_worker_a_save_that_finds_the_disk_full_evicts_first(make_tmpfs: Any,
+                                                                         tmp_path: Path) -> None:
+    """Between the worker's rounds the disk fills up with synced bytes: the save that finds it full
+    evicts confirmed bytes and succeeds; once only unsynced bytes are left, saves fail with StoreFull."""
+    fs = make_tmpfs("24m")
+    src, dst = fs.path / "src.db", tmp_path / "dst.db"
+    with microblob.connect(src) as store:
+        synced: dict[str, bytes] = {}
+        for _ in range(60):
+            data = os.urandom(MiB)
+            try:
+                synced[store.save_or_update_object(data)] = data
+            except StoreFull:
+                break
+            sync(store, dst)
+        worker = SyncWorker(store, dst, interval=3600, keep_free=1).start()  # one round now, then none
+        try:
+            deadline = time.monotonic() + 60
+            while worker.rounds < 1:
+                assert time.monotonic() < deadline, "the worker's first round never ended"
+                time.sleep(0.05)
+            unsynced: dict[str, bytes] = {}
+            error: BaseException | None = None
+            for _ in range(60):
+                data = os.urandom(MiB)
+                try:
+                    unsynced[store.save_or_update_object(data)] = data
+                except StoreFull as exc:
+                    error = exc
+                    break
+        finally:
+            worker.stop()
+        assert store.on_full is None  # the worker's hook goes with it
+        assert len(unsynced) > 10  # room made by evicting synced bytes, save by save
+        assert isinstance(error, StoreFull)  # and then only unsynced bytes were left
+        evicted = {oid for oid, _ in evicted_versions(store)}
+        assert evicted <= set(synced) and len(evicted) > 10
+        for oid, data in {**synced, **unsynced}.items():
+            assert store.get_blob_object(oid).data == data
+        assert store.verify().ok
 
 
 # --- the property: no unconfirmed byte is ever evicted --------------------------------------------------
@@ -585,3 +642,23 @@ def test_serve_with_retention_evicts_and_still_serves_the_bytes(tmp_path: Path) 
     assert proc.returncode in (0, 130)
     with microblob.connect(src) as store:
         assert store.get_blob_object(object_id).evicted_to == str(dst) and store.verify().ok
+
+
+def test_records_written_before_retention_are_renewed_by_a_full_round(tmp_path: Path) -> None:
+    """A confirmation without the life and history (as sync wrote them before retention) allows no
+    eviction; the next full round writes it again, and then the versions may go."""
+    dst = tmp_path / "dst.db"
+    with microblob.connect(tmp_path / "src.db") as store:
+        oid = store.save_or_update_object(os.urandom(50_000))
+        store.save_or_update_object(os.urandom(40_000), object_id=oid, control_version=True)
+        sync(store, dst)
+        confirmed = store.backend.collection("microblob.sync_confirmed")
+        [record] = confirmed.find({"object_id": oid})
+        confirmed.replace_one({"_id": record["_id"]}, {k: v for k, v in record.items()
+                                                       if k not in ("created_at", "history")})
+        assert evict(store, max_size=0).evicted_files == 0
+        assert sync(store, dst).confirmed == 0  # an ordinary round: nothing new
+        renewed = sync(store, dst, full=True)
+        assert renewed.confirmed == 0 and not renewed.copy.copied_anything
+        assert evict(store, max_size=0).evicted_versions == 2
+        assert {v for _, v in evicted_versions(store)} == {0, 1}

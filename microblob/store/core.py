@@ -24,6 +24,7 @@ from .._exceptions import (
     NotFound,
     ObjectNotFound,
     StoreClosed,
+    StoreFull,
     VersionNotFound,
     WriteConflict,
 )
@@ -175,6 +176,9 @@ class Store:
         self.chunk_size = check_chunk_size(chunk_size, MAX_CHUNK_SIZE)
         self.files = FilesBucket(backend)
         self.read_through = ReadThrough()  # where evicted bytes are read from (store/evicted.py)
+        # Retention's way to make room when a save finds the disk full: called with the bytes wanted,
+        # returns the bytes it freed (a SyncWorker with keep_free/max_size sets it; store/retention.py).
+        self.on_full: Callable[[int], int] | None = None
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")
         self._workflows = backend.collection("workflows")
@@ -269,7 +273,29 @@ class Store:
     ) -> BlobObject:
         """`save_or_update_object`, returning the `BlobObject` of the version this call wrote (its
         metadata; bytes are read on demand). With other writers about, reading the latest back after
-        a save may find someone else's newer version: this says which version *you* made."""
+        a save may find someone else's newer version: this says which version *you* made.
+
+        With retention on (`on_full`, set by a `SyncWorker` with `keep_free`/`max_size`), a save of bytes
+        or a file that finds the disk full makes room by evicting confirmed bytes and is tried once more."""
+        try:
+            return self._save_object(object, object_id, workflow_id, task_id, type, custom_metadata,
+                                     save_data_in_collection, control_version, content_type, tags, object_type)
+        except StoreFull as exc:
+            on_full = self.on_full
+            rereadable = isinstance(object, (bytes, bytearray, memoryview, os.PathLike))
+            if on_full is None or not rereadable or not on_full(_payload_size(object)):
+                raise
+            try:
+                return self._save_object(object, object_id, workflow_id, task_id, type, custom_metadata,
+                                         save_data_in_collection, control_version, content_type, tags,
+                                         object_type)
+            except StoreFull:
+                raise exc from None
+
+    def _save_object(self, object: Any, object_id: str | None, workflow_id: str | None, task_id: str | None,
+                     type: str | None, custom_metadata: Mapping[str, Any] | None, save_data_in_collection: bool,
+                     control_version: bool, content_type: str | None, tags: list[str] | None,
+                     object_type: str | None) -> BlobObject:
         self._check_open()
         object_id = new_id() if object_id is None else check_id(object_id)
         fields = self._metadata_fields(workflow_id, task_id, _type_alias(type, object_type), custom_metadata, tags)
@@ -739,6 +765,16 @@ class Store:
         from .torch_models import load_torch_model
 
         return load_torch_model(model, object_id, version, store=self, **kwargs)
+
+
+def _payload_size(obj: Any) -> int:
+    """The bytes a save of `obj` writes, for making room (a file's size; 0 if it cannot be told)."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return memoryview(obj).nbytes
+    try:
+        return os.path.getsize(obj)
+    except (OSError, TypeError, ValueError):
+        return 0
 
 
 def _defaults(fields: dict[str, Any]) -> dict[str, Any]:

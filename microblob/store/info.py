@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..engine.lmdb_kv import Space
+from .records import EVICTED_TO
 
 if TYPE_CHECKING:
     from .core import Store
@@ -31,6 +32,7 @@ class StoreInfo:
     files: int
     file_bytes: int
     space: Space | None
+    evicted_versions: int = 0  # versions whose bytes retention evicted to the sync destination
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,4 +76,6 @@ def store_info(store: Store) -> StoreInfo:
         files=internals.file_docs.count_documents({}),
         file_bytes=file_bytes,
         space=space(store),
+        evicted_versions=sum(1 for coll in (internals.objects, internals.history)
+                             for _ in coll.iter_documents({EVICTED_TO: {"$exists": True}}, projection={"_id": 1})),
     )

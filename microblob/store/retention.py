@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
-from .._exceptions import InvalidArgument, UnsupportedOperation
+from .._exceptions import InvalidArgument, StorageError, UnsupportedOperation
 from ..engine import codec as _codec
 from .core import Store
 from .records import EVICTED_AT, EVICTED_TO, SYNC_DESTINATIONS, _version_of
@@ -69,7 +69,8 @@ class EvictReport:
         if self.unreachable:
             text += f"; nothing evicted: the destination cannot be reached to check ({self.unreachable})"
         elif not self.met:
-            text += f"; {self.still_needed} bytes short of the target: the rest is not confirmed at the destination"
+            text += (f"; {self.still_needed} bytes short of the target: nothing else may go (bytes not confirmed at "
+                     "the destination, inline data, metadata)")
         return text
 
 
@@ -121,6 +122,16 @@ def evict(store: Store, *, keep_free: int | str | None = None, max_size: int | s
     except Exception as exc:  # noqa: BLE001 - unreachable (a driver's, an OS's or microblob's error): none go
         report.unreachable = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return report
+    try:
+        _evict_all(store, name, keep_free, max_size, report)
+    finally:
+        if report.evicted_files:
+            _release_pages(store, name)
+    return report
+
+
+def _evict_all(store: Store, name: str, keep_free: int | None, max_size: int | None, report: EvictReport) -> None:
+    """Batches of the oldest evictable files until the target holds or none is left."""
     batch: list[Any] = []
     batch_bytes = 0
     for file_id, size in _candidates(store, name):
@@ -131,11 +142,22 @@ def evict(store: Store, *, keep_free: int | str | None = None, max_size: int | s
             batch, batch_bytes = [], 0
             report.still_needed = _needed(store, keep_free, max_size)
             if report.still_needed == 0:
-                return report
+                return
     if batch:
         _evict_batch(store, name, batch, report)
         report.still_needed = _needed(store, keep_free, max_size)
-    return report
+
+
+def _release_pages(store: Store, name: str) -> None:
+    """One small commit after the last batch. LMDB hands out the pages a transaction freed only once a
+    later one has committed: without this, the next save on a full disk could not use what the eviction
+    just freed, and would fail. (If even this cannot commit, the disk has no page at all to spare; the
+    eviction stands either way.)"""
+    state = store.internals.backend.collection(SYNC_DESTINATIONS)
+    try:
+        state.update_one({"_id": "dest:" + name}, {"$set": {"last_evicted_at": _codec.utcnow()}})
+    except StorageError:
+        pass
 
 
 def _destination(store: Store, destination: Any) -> str | None:

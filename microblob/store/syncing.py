@@ -215,12 +215,13 @@ def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[
 
 
 def _unconfirmed(src: Store, name: str) -> Iterator[list[dict[str, Any]]]:
-    """Pages of every object not confirmed at `name` at its current version: a walk of the whole store,
-    without the destination."""
+    """Pages of every object not confirmed at `name` at its current version, or confirmed by a record
+    that does not yet name its life and history (written before retention read them: the round writes
+    it again, and its versions become evictable): a walk of the whole store, without the destination."""
     confirmed = _confirmed(src)
     for page in _changed_since(src, None):
         known = _confirmations(confirmed, name, [d["_id"] for d in page])
-        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d)]
+        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d) or "history" not in known[d["_id"]]]
         if left:
             yield left
 
@@ -371,12 +372,30 @@ class SyncWorker:
         self._thread = threading.Thread(target=self._run, name="microblob-sync", daemon=True)
 
     def start(self) -> SyncWorker:
+        if self.keep_free is not None or self.max_size is not None:
+            self.src.on_full = self._make_room  # a save that finds the disk full evicts before it fails
         self._thread.start()
         return self
+
+    def _make_room(self, wanted: int) -> int:
+        """Evict for a save of `wanted` bytes that found the disk full; returns the bytes freed."""
+        from .retention import evict
+
+        try:
+            report = evict(self.src, keep_free=(self.keep_free or 0) + 2 * wanted + (16 << 20),
+                           max_size=self.max_size, destination=self.dst)
+        except Exception as exc:  # noqa: BLE001 - the save fails with its own StoreFull; logged here
+            _log().warning("retention could not make room for a save: %s", exc)
+            return 0
+        if report.evicted_files:
+            _log().info("retention, for a save that found the disk full: %s", report.summary())
+        return report.bytes_freed
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Ask the worker to stop after its current round, and wait for it."""
         self._stop.set()
+        if self.src.on_full == self._make_room:
+            self.src.on_full = None
         if self._thread.is_alive():
             self._thread.join(timeout)
 
