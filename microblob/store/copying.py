@@ -34,6 +34,7 @@ from typing import Any
 from .._exceptions import DuplicateKey, InvalidArgument, MicroblobError, ObjectEvicted
 from .core import Store
 from .records import EVICTED_AT, EVICTED_TO, _same_life
+from .sync_pending import note_change
 
 __all__ = ["CopyReport", "copy"]
 
@@ -350,15 +351,8 @@ class _Copier:
             latest = self._with_bytes(src.internals.objects.find_one({"_id": object_id}) or current)
             if _version(latest) != version:
                 raise _Skip("the source changed while copying; run copy again")
-            if there is None:
-                try:
-                    dst.internals.objects.insert_one(latest)
-                except DuplicateKey:
-                    raise _Skip("the object appeared at the destination while copying; run copy again") from None
-            else:
-                swap = {"_id": object_id, "version": there.get("version"), "created_at": there.get("created_at")}
-                if not dst.internals.objects.replace_one(swap, latest):
-                    raise _Skip("the object changed at the destination while copying; run copy again")
+            dst.internals.backend.atomic(lambda: self._write_latest(object_id, there, latest))
+            if there is not None:
                 old_file = there.get("file_id")
                 if old_file is not None and old_file != latest.get("file_id"):
                     dst.internals.release_file(old_file)  # freed only if no version references it any more
@@ -367,6 +361,21 @@ class _Copier:
             self.report.objects_copied += 1
         else:
             self.report.objects_skipped += 1
+
+    def _write_latest(self, object_id: str, there: Mapping[str, Any] | None, latest: dict[str, Any]) -> None:
+        """The latest version, and what the destination's own sync destinations now lack of it
+        (store/sync_pending.py), in one transaction."""
+        dst = self.dst
+        if there is None:
+            try:
+                dst.internals.objects.insert_one(latest)
+            except DuplicateKey:
+                raise _Skip("the object appeared at the destination while copying; run copy again") from None
+        else:
+            swap = {"_id": object_id, "version": there.get("version"), "created_at": there.get("created_at")}
+            if not dst.internals.objects.replace_one(swap, latest):
+                raise _Skip("the object changed at the destination while copying; run copy again")
+        note_change(dst.internals.backend, object_id, latest)
 
     def _check_fast_forward(self, object_id: str, there: Mapping[str, Any], entries: list[dict]) -> None:
         """The destination's latest must be a version of the source's history (or one the source

@@ -42,6 +42,7 @@ from .internals import StoreInternals
 from .maintenance import GcReport, VerifyReport
 from .objects import BlobObject
 from .records import EVICTED_AT, EVICTED_TO, SYNC_DESTINATIONS, TOMBSTONES, _history_id, _same_life, _version_of
+from .sync_pending import note_change
 from .validate import (
     check_bool,
     check_chunk_size,
@@ -399,6 +400,7 @@ class Store:
                     self._objects.insert_one(doc)
                 except DuplicateKey:  # another writer created it first (non-transactional backends)
                     continue
+                note_change(self._backend, object_id, doc)
                 return doc, None
             base = _version_of(current)
             # created_at names this life of the id: it is kept by every version, and a history entry
@@ -421,6 +423,7 @@ class Store:
             # The compare-and-swap: the same version of the same life, or another writer won.
             swap = {"_id": object_id, "version": current.get("version"), "created_at": current.get("created_at")}
             if self._objects.replace_one(swap, doc):
+                note_change(self._backend, object_id, doc)
                 if not control_version and not self._backend.transactional:
                     # Without transactions a versioned save killed between its archive and its swap
                     # leaves an entry for `base`; this non-versioned update overwrote `base`, so that
@@ -659,6 +662,7 @@ class Store:
                 files.add(entry.get("file_id"))
             self._objects.delete_one({"_id": object_id})
             self._history.delete_many({"object_id": object_id})
+            note_change(self._backend, object_id, None)
             if destinations.find_one({}, projection={"_id": 1}) is not None:
                 # This store syncs somewhere: write the deletion down, so `sync(..., propagate_deletes=True)`
                 # can repeat it there. After the documents: an interruption in between (without

@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .records import SYNC_CONFIRMED
+from .records import SYNC_CONFIRMED, _same_life
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Store
@@ -52,7 +52,10 @@ def _confirmations(state: Any, name: str, ids: list[str]) -> dict[str, dict[str,
 
 
 def _is_confirmed(mine: dict[str, Any] | None, doc: dict[str, Any]) -> bool:
-    return mine is not None and mine.get("version") == doc.get("version") and mine.get("sha256") == doc.get("sha256")
+    """Whether a confirmation record (or a pending entry) names `doc`'s version: the same version,
+    sha256 and life (an id deleted and saved again starts a new life, at version 0 again)."""
+    return (mine is not None and mine.get("version") == doc.get("version") and mine.get("sha256") == doc.get("sha256")
+            and _same_life(mine, doc.get("created_at")))
 
 
 def _confirmation_id(name: str, object_id: str) -> str:

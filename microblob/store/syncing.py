@@ -42,6 +42,7 @@ from ..engine import codec as _codec
 from .copying import CopyReport, _Copier, copy
 from .core import Store
 from .records import SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of, destination_name
+from .sync_pending import COUNTED, note_confirmed, pending_totals, start, walk_pending
 from .sync_records import _changed_since, _confirmation_id, _confirmations, _confirmed, _dest_tag, _is_confirmed
 
 __all__ = ["SyncRound", "SyncStatus", "SyncWorker", "sync", "sync_status"]
@@ -137,6 +138,8 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
     if record is None:  # from now on deletions are written down (tombstones), so they can travel
         state.replace_one({"_id": "dest:" + name}, {"_id": "dest:" + name, "destination": name}, upsert=True)
         record = {}
+    if not record.get(COUNTED):  # what is pending here is counted from now on, as objects change
+        start(src, name)
     since = record.get("confirmed_until")
     started = _codec.utcnow()
     last = record.get("last_attempt_at")
@@ -176,6 +179,8 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
         if full:
             changes["last_full_at"] = started
         state.update_one({"_id": "dest:" + name}, {"$set": changes}, upsert=True)
+    if full and not src.backend.transactional:  # no transaction kept the counts exact: count again
+        start(src, name)
     return SyncRound(name, report, confirmed, started, deleted)
 
 
@@ -291,8 +296,12 @@ def _confirm(src: Store, target: Store, name: str, pages: Iterable[list[dict[str
         records = [{"_id": _confirmation_id(name, d["_id"]), "destination": name, "object_id": d["_id"],
                     "version": d.get("version"), "sha256": d.get("sha256"), "created_at": d.get("created_at"),
                     "history": held[d["_id"]], "confirmed_at": now} for d in todo]
-        src.internals.backend.atomic(lambda records=records: [
-            state.replace_one({"_id": r["_id"]}, r, upsert=True) for r in records])
+        def write(records: list[dict[str, Any]] = records) -> None:
+            for r in records:
+                state.replace_one({"_id": r["_id"]}, r, upsert=True)
+                note_confirmed(src.internals.backend, name, r)
+
+        src.internals.backend.atomic(write)
         confirmed += sum(1 for d in todo if not _is_confirmed(known.get(d["_id"]), d))
     return confirmed
 
@@ -320,17 +329,12 @@ def sync_status(src: Store, dst: Store | str | os.PathLike[str] | None = None) -
     for record in records:
         name = record["destination"]
         since = record.get("confirmed_until")
-        pending = pending_bytes = 0
-        oldest: _dt.datetime | None = None
-        for page in _changed_since(src, since):
-            known = _confirmations(_confirmed(src), name, [d["_id"] for d in page])
-            for doc in page:
-                if _is_confirmed(known.get(doc["_id"]), doc):
-                    continue
-                pending += 1
-                pending_bytes += int(doc.get("size") or 0)
-                if oldest is None or doc["updated_at"] < oldest:
-                    oldest = doc["updated_at"]
+        if record.get(COUNTED):
+            pending, pending_bytes, oldest = pending_totals(src, name)
+        else:  # never synced to (nothing is confirmed there): the walk, once
+            walked = walk_pending(src, name)
+            pending, pending_bytes = len(walked), sum(int(d.get("size") or 0) for d in walked)
+            oldest = min((d["updated_at"] for d in walked), default=None)
         out.append(SyncStatus(name, since, record.get("last_round_at"), record.get("last_error"), pending,
                               pending_bytes, oldest, [tuple(p) for p in record.get("problems") or []]))
     return out

@@ -1,0 +1,141 @@
+"""What each sync destination still lacks, kept up to date as objects change, so `sync status` answers
+in the same time for 10 objects pending or 100,000 (a person waits for it; the walk it replaces read
+every pending object).
+
+The records (`microblob.sync_pending`): one entry per (destination, object) that is not confirmed
+there at its current version (`pend:<tag>:<object id>`: version, sha256, life, size, and `since`,
+when that version was saved), and one counter per destination (`count:<tag>`: objects, bytes). A
+save, a copy into this store, a delete and a confirmation each update them in the SAME write
+transaction as the change itself, so on the transactional backends (the embedded file, memory://) a
+kill -9 at any point leaves them exact: both committed or neither. The oldest pending object is the
+first entry of the (dest, since) index: one lookup. On MongoDB and Mongita there is no such
+transaction: a crash between an object's write and its entry's can leave the counts off by that
+object, and each full round (hourly under a SyncWorker) counts them again from scratch.
+
+A destination starts being counted when it is first recorded (`start`, in one transaction with the
+walk that counts what is pending then); one recorded before counting existed is counted by its next
+round or status. Every destination of a store is counted independently: each has its own entries and
+counter. Whether an object is pending is `_is_confirmed` of its confirmation record, the same test
+the brute-force walk (`walk_pending`) applies.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import TYPE_CHECKING, Any
+
+from .records import SYNC_CONFIRMED, SYNC_DESTINATIONS
+from .sync_records import _changed_since, _confirmation_id, _confirmations, _confirmed, _dest_tag, _is_confirmed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.backend import Backend
+    from .core import Store
+
+SYNC_PENDING = "microblob.sync_pending"
+COUNTED = "counted"  # set on a destination's record once its entries and counter are kept
+
+
+def _pending(backend: Backend) -> Any:
+    return backend.collection(SYNC_PENDING)
+
+
+def _entry_id(tag: str, object_id: str) -> str:
+    return f"pend:{tag}:{object_id}"
+
+
+def _counted(backend: Backend) -> list[str]:
+    """The destinations whose pending records are kept (read inside the writer's transaction, so a
+    destination recorded by another process meanwhile is seen)."""
+    docs = backend.collection(SYNC_DESTINATIONS).find({}, projection={"destination": 1, COUNTED: 1})
+    return [d["destination"] for d in docs if d.get(COUNTED) and isinstance(d.get("destination"), str)]
+
+
+def _bump(pending: Any, tag: str, objects: int, size: int) -> None:
+    if objects or size:
+        pending.update_one({"_id": "count:" + tag}, {"$inc": {"objects": objects, "bytes": size}}, upsert=True)
+
+
+def note_change(backend: Backend, object_id: str, doc: dict[str, Any] | None) -> None:
+    """An object's latest version is now `doc` (None: deleted): update each counted destination's
+    entry and counter. Called inside the transaction that wrote the change."""
+    names = _counted(backend)
+    if not names:
+        return
+    pending, confirmed = _pending(backend), backend.collection(SYNC_CONFIRMED)
+    for name in names:
+        tag = _dest_tag(name)
+        pid = _entry_id(tag, object_id)
+        mine = pending.find_one({"_id": pid}, projection={"size": 1})
+        if doc is None or _is_confirmed(confirmed.find_one({"_id": _confirmation_id(name, object_id)}), doc):
+            if mine is not None:
+                pending.delete_one({"_id": pid})
+                _bump(pending, tag, -1, -int(mine.get("size") or 0))
+            continue
+        entry = _entry(tag, doc)
+        if mine is None:
+            pending.insert_one(entry)
+            _bump(pending, tag, 1, entry["size"])
+        else:
+            pending.replace_one({"_id": pid}, entry)
+            _bump(pending, tag, 0, entry["size"] - int(mine.get("size") or 0))
+
+
+def note_confirmed(backend: Backend, name: str, record: dict[str, Any]) -> None:
+    """A confirmation record was written: the object is no longer pending there if the record names
+    its current version (a save since keeps it pending). Inside the transaction that wrote it."""
+    tag = _dest_tag(name)
+    pending = _pending(backend)
+    pid = _entry_id(tag, record["object_id"])
+    mine = pending.find_one({"_id": pid})
+    if mine is not None and _is_confirmed(record, mine):
+        pending.delete_one({"_id": pid})
+        _bump(pending, tag, -1, -int(mine.get("size") or 0))
+
+
+def _entry(tag: str, doc: dict[str, Any]) -> dict[str, Any]:
+    return {"_id": _entry_id(tag, doc["_id"]), "dest": tag, "object_id": doc["_id"], "version": doc.get("version"),
+            "sha256": doc.get("sha256"), "created_at": doc.get("created_at"), "size": int(doc.get("size") or 0),
+            "since": doc.get("updated_at")}
+
+
+def walk_pending(src: Store, name: str) -> list[dict[str, Any]]:
+    """The pending objects found the slow way: every object, against its confirmation record."""
+    out = []
+    confirmed = _confirmed(src)
+    for page in _changed_since(src, None):
+        known = _confirmations(confirmed, name, [d["_id"] for d in page])
+        out.extend(d for d in page if not _is_confirmed(known.get(d["_id"]), d))
+    return out
+
+
+def start(src: Store, name: str) -> None:
+    """Count what is pending at `name` now and keep counting from here: one transaction (on the
+    transactional backends) that writes every entry and the counter and marks the record counted."""
+    backend = src.internals.backend
+    pending = _pending(backend)
+    pending.create_index([("dest", 1), ("since", 1)])
+    tag = _dest_tag(name)
+
+    def count() -> None:
+        pending.delete_many({"dest": tag})
+        pending.delete_one({"_id": "count:" + tag})
+        objects = size = 0
+        for doc in walk_pending(src, name):
+            entry = _entry(tag, doc)
+            pending.insert_one(entry)
+            objects, size = objects + 1, size + entry["size"]
+        pending.replace_one({"_id": "count:" + tag}, {"_id": "count:" + tag, "objects": objects, "bytes": size},
+                            upsert=True)
+        backend.collection(SYNC_DESTINATIONS).update_one(
+            {"_id": "dest:" + name}, {"$set": {"destination": name, COUNTED: True}}, upsert=True)
+
+    backend.atomic(count)
+
+
+def pending_totals(src: Store, name: str) -> tuple[int, int, _dt.datetime | None]:
+    """(objects, bytes, oldest `updated_at`) pending at a counted destination: two lookups."""
+    pending = _pending(src.internals.backend)
+    tag = _dest_tag(name)
+    counter = pending.find_one({"_id": "count:" + tag}) or {}
+    first = pending.find({"dest": tag}, projection={"since": 1}, sort=[("since", 1)], limit=1)
+    return int(counter.get("objects") or 0), int(counter.get("bytes") or 0), first[0]["since"] if first else None
