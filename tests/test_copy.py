@@ -152,9 +152,9 @@ def copy_interrupted_at(src: microblob.Store, dst: microblob.Store, object_id: s
 
 def test_interrupted_between_history_and_latest(store_factory: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
     """An object too big for one commit: bytes, history and latest version go in turn."""
-    from microblob.store import copying
+    from microblob.store import copier
 
-    monkeypatch.setattr(copying, "_BATCH_BYTES", 1024)  # every object of populate() is "big" now
+    monkeypatch.setattr(copier, "_BATCH_BYTES", 1024)  # every object of populate() is "big" now
     src, dst = store_factory("memory"), store_factory("lmdb")
     populate(src)
     copy_interrupted_at(src, dst, "versioned", monkeypatch)

@@ -364,3 +364,34 @@ def test_destination_killed_mid_transfer_then_an_exact_resume(tmp_path: Path, re
                 assert [h["version"] for h in there.get_object_history(oid)] == [1, 0]
                 assert there.get_blob_object(oid, version=0).data == src.get_blob_object(oid, version=0).data
             assert there.verify().ok
+
+
+def test_store_sync_to_runs_a_worker_with_the_same_options(tmp_path: Path) -> None:
+    """`store.sync_to(dst, ...)` is a started SyncWorker: saves reach the destination, confirmed, and
+    a bad option is the worker's own typed error."""
+    with microblob.connect(tmp_path / "src.db") as src:
+        with pytest.raises(InvalidArgument, match="interval"):
+            src.sync_to(tmp_path / "dst.db", interval=0)
+        rounds: list[Any] = []
+        with src.sync_to(tmp_path / "dst.db", interval=0.05, propagate_deletes=True,
+                         on_round=rounds.append) as worker:
+            assert isinstance(worker, SyncWorker) and worker.propagate_deletes
+            oid = src.save_or_update_object(b"from the field")
+            wait_for(lambda: sync_status(src, tmp_path / "dst.db")[0].pending_objects == 0 and rounds,
+                     "the worker to confirm the save")
+            src.delete_object(oid)
+            with microblob.connect(tmp_path / "dst.db", create=False) as dst:
+                wait_for(lambda: dst.count_objects() == 0, "the deletion to travel")
+        assert not worker._thread.is_alive()
+
+
+def test_a_store_made_without_connect_syncs_to_stores_not_uris(tmp_path: Path) -> None:
+    from microblob.engine.kv import MemoryEngine
+    from microblob.engine.kvdocs import KVBackend
+
+    bare = microblob.Store(KVBackend(MemoryEngine(), "memory://"))
+    bare.save_or_update_object(b"x")
+    with pytest.raises(InvalidArgument, match="not opened with microblob.connect"):
+        sync(bare, tmp_path / "dst.db")
+    with microblob.connect(tmp_path / "dst.db") as dst:
+        assert sync(bare, dst).confirmed == 1

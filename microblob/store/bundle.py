@@ -42,7 +42,8 @@ import msgpack
 from .._exceptions import DuplicateKey, IntegrityError, InvalidArgument, InvalidDocument, StorageError
 from .._version import __version__
 from ..engine import codec
-from .copying import CopyReport, Progress, _Copier, _open, _Skip
+from .copier import CopyReport, Progress, _Copier, _Skip
+from .copying import _open
 
 __all__ = ["BUNDLE_VERSION", "MAGIC", "export_store", "import_store"]
 

@@ -43,7 +43,13 @@ def connect(uri: str | os.PathLike[str] | None = None, *, create: bool = True, *
     """
     store = _connect(uri, create, options)
     store.read_through.opener = _open_destination
+    store.opener = _open_sync_destination
     return store
+
+
+def _open_sync_destination(uri: str | os.PathLike[str]) -> Store:
+    """A store this one syncs to: created if it is a new file, as `copy` does."""
+    return connect(uri, create=True)
 
 
 def _open_destination(uri: str) -> Store:

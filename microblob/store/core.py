@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
     DuplicateKey,
@@ -34,6 +34,7 @@ from ..engine.backend import Backend, Filter, Projection, Sort
 from ..engine.ids import new_id
 from . import compaction as _compaction
 from . import maintenance as _maintenance
+from .base import StoreBase
 from .compaction import CompactReport
 from .evicted import ReadThrough
 from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
@@ -54,6 +55,9 @@ from .validate import (
     check_version,
 )
 from .workflows import current_workflow_id
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .syncing import SyncWorker
 
 __all__ = ["HISTORY_FIELDS", "INLINE_LIMIT", "Store"]
 
@@ -164,7 +168,7 @@ def _blob_type() -> type | None:
     return Blob
 
 
-class Store:
+class Store(StoreBase):
     """Objects with provenance and versions over one backend. Use `microblob.connect()` to make one.
 
     Safe to share between threads; on the embedded default, several processes may open the same file.
@@ -180,6 +184,9 @@ class Store:
         # Retention's way to make room when a save finds the disk full: called with the bytes wanted,
         # returns the bytes it freed (a SyncWorker with keep_free/max_size sets it; store/retention.py).
         self.on_full: Callable[[int], int] | None = None
+        # How sync opens a destination given as a URI: `connect` itself, handed in by `connect()` (the
+        # sync layer cannot import it, since `connect` imports this module). None: sync to Stores only.
+        self.opener: Callable[[str | os.PathLike[str]], Store] | None = None
         self._objects = backend.collection("objects")
         self._history = backend.collection("object_history")
         self._workflows = backend.collection("workflows")
@@ -704,6 +711,15 @@ class Store:
         return doc
 
     # --- maintenance --------------------------------------------------------------------------------
+
+    def sync_to(self, dst: Store | str | os.PathLike[str], **options: Any) -> SyncWorker:
+        """Push this store to `dst` in the background from now on: a started `SyncWorker(self, dst,
+        **options)` (interval, max_backoff, propagate_deletes, reconcile_every, on_round, keep_free,
+        max_size); `stop()` it, or use it as a context manager. One round now, in this thread, is
+        `microblob.sync(store, dst)`."""
+        from .syncing import SyncWorker
+
+        return SyncWorker(self, dst, **options).start()
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Re-hash every version's bytes and check every reference. See `VerifyReport`. `progress(n)`

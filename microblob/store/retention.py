@@ -28,13 +28,16 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidArgument, StorageError, UnsupportedOperation
 from ..engine import codec as _codec
-from .core import Store
+from .base import StoreBase
 from .records import EVICTED_AT, EVICTED_TO, SYNC_DESTINATIONS, _version_of
 from .sync_records import _changed_since, _confirmations, _confirmed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Store
 
 __all__ = ["EvictReport", "evict", "parse_size"]
 
@@ -99,12 +102,12 @@ def evict(store: Store, *, keep_free: int | str | None = None, max_size: int | s
     data and the live data is at most `max_size` (either or both), or nothing more may go. The
     destination is the one the store syncs to (name it when there are several); given as a URI with
     credentials, it is remembered for reading the evicted bytes back. Returns an `EvictReport`."""
-    if not isinstance(store, Store):
+    if not isinstance(store, StoreBase):
         raise InvalidArgument(f"store must be a Store, not {type(store).__name__}")
     keep_free, max_size = parse_size(keep_free, "keep_free"), parse_size(max_size, "max_size")
     if keep_free is None and max_size is None:
         raise InvalidArgument("evict needs keep_free or max_size (or both)")
-    if destination is not None and not isinstance(destination, (Store, str, os.PathLike)):
+    if destination is not None and not isinstance(destination, (StoreBase, str, os.PathLike)):
         raise InvalidArgument(f"destination must be a Store, a URI or a path, not {type(destination).__name__}")
     store.internals.check_open()
     if not store.backend.transactional:

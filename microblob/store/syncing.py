@@ -35,15 +35,18 @@ import datetime as _dt
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidArgument, MicroblobError
 from ..engine import codec as _codec
-from .copying import CopyReport, _Copier, copy
-from .core import Store
+from .base import StoreBase
+from .copier import CopyReport, _Copier
 from .records import SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of, destination_name
 from .sync_pending import COUNTED, note_confirmed, pending_totals, start, walk_pending
 from .sync_records import _changed_since, _confirmation_id, _confirmations, _confirmed, _dest_tag, _is_confirmed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Store
 
 __all__ = ["SyncRound", "SyncStatus", "SyncWorker", "sync", "sync_status"]
 
@@ -108,9 +111,9 @@ def _state(src: Store) -> Any:
 
 
 def _check_stores(src: Any, dst: Any) -> None:
-    if not isinstance(src, Store):
+    if not isinstance(src, StoreBase):
         raise InvalidArgument(f"src must be a Store, not {type(src).__name__}")
-    if not isinstance(dst, (Store, str, os.PathLike)):
+    if not isinstance(dst, (StoreBase, str, os.PathLike)):
         raise InvalidArgument(f"dst must be a Store, a URI or a path, not {type(dst).__name__}")
 
 
@@ -145,7 +148,7 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
     last = record.get("last_attempt_at")
     full = full or since is None or (last is not None and started < last)  # the clock went back
     try:
-        target, close = (dst, False) if isinstance(dst, Store) else (_connect(dst), True)
+        target, close = (dst, False) if isinstance(dst, StoreBase) else (_connect(src, dst), True)
         try:
             if target is src or target.backend is src.backend or (
                     target.uri == src.uri and not src.uri.startswith("memory:")):
@@ -157,7 +160,7 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
                     _add(report, _copy_listed(src, target, [d["_id"] for d in page]))
                     confirmed += _confirm(src, target, name, [page])
             else:
-                report = copy(src, target, since=since)
+                report = _Copier(src, target, since, None).run()
                 confirmed = _confirm(src, target, name, _changed_since(src, since))
             report.problems[:0] = refused
         finally:
@@ -306,17 +309,19 @@ def _confirm(src: Store, target: Store, name: str, pages: Iterable[list[dict[str
     return confirmed
 
 
-def _connect(uri: str | os.PathLike[str]) -> Store:
-    """The destination, created if it is a new file (as `copy` does)."""
-    from .connect import connect
-
-    return connect(uri, create=True)
+def _connect(src: Store, uri: str | os.PathLike[str]) -> Store:
+    """The destination, created if it is a new file (as `copy` does), opened by the `opener` that
+    `connect()` gave the source (this module cannot import `connect`, which imports the Store)."""
+    if src.opener is None:
+        raise InvalidArgument(f"{src.uri} was not opened with microblob.connect(), so it cannot open {uri!r}: "
+                              "pass the destination as a Store")
+    return src.opener(uri)
 
 
 def sync_status(src: Store, dst: Store | str | os.PathLike[str] | None = None) -> list[SyncStatus]:
     """What each destination `src` syncs to (or just `dst`) still lacks, from `src`'s own records:
     pending objects (changed since their last confirmation there), their bytes, the oldest of them."""
-    if not isinstance(src, Store):
+    if not isinstance(src, StoreBase):
         raise InvalidArgument(f"src must be a Store, not {type(src).__name__}")
     src.internals.check_open()
     state = _state(src)
@@ -376,6 +381,9 @@ class SyncWorker:
         self._thread = threading.Thread(target=self._run, name="microblob-sync", daemon=True)
 
     def start(self) -> SyncWorker:
+        """Start the rounds (once: a started worker, e.g. `store.sync_to(...)` used in `with`, is left as is)."""
+        if self._thread.ident is not None:
+            return self
         if self.keep_free is not None or self.max_size is not None:
             self.src.on_full = self._make_room  # a save that finds the disk full evicts before it fails
         self._thread.start()
