@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ._exceptions import InvalidArgument, MicroblobError, ObjectNotFound, StoreNotFound
 from ._version import __version__
 from .store.connect import connect, default_uri
+from .store.sizes import count_of, human_size
 
 if TYPE_CHECKING:
     import socket
@@ -568,22 +569,6 @@ def _print_json_lines(items: Any) -> None:
     out.flush()
 
 
-def _count_of(n: int, noun: str, plural: str | None = None) -> str:
-    """`1 file`, `2 files`."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
-
-
-def _human_size(n: Any) -> str:
-    if not isinstance(n, int):
-        return "-"
-    if n < 1024:
-        return f"{n} B"
-    size = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        size /= 1024
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}"
-    raise AssertionError("unreachable")
 
 
 def _short_time(value: Any) -> str:
@@ -671,7 +656,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             return 0
         header = ["object_id", "version", "type", "size", "content_type", "updated_at", "workflow/task"]
         rows = [
-            [obj.object_id, str(obj.version), obj.type or "-", _human_size(obj.size), obj.content_type or "-",
+            [obj.object_id, str(obj.version), obj.type or "-", human_size(obj.size), obj.content_type or "-",
              _short_time(obj.updated_at), f"{obj.workflow_id or '-'}/{obj.task_id or '-'}"]
             for obj in objects
         ]
@@ -763,16 +748,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         _print_json_lines([info.to_json()])
         return 0
     print(f"store:     {info.uri}")
-    print(f"objects:   {info.objects} (and {_count_of(info.history_versions, 'older version')}), "
-          f"{_count_of(info.workflows, 'workflow')}")
-    print(f"files:     {info.files}, {_human_size(info.file_bytes)}")
+    print(f"objects:   {info.objects} (and {count_of(info.history_versions, 'older version')}), "
+          f"{count_of(info.workflows, 'workflow')}")
+    print(f"files:     {info.files}, {human_size(info.file_bytes)}")
     if info.evicted_versions:
-        print(f"evicted:   {_count_of(info.evicted_versions, 'version')} (bytes at the sync destination only)")
+        print(f"evicted:   {count_of(info.evicted_versions, 'version')} (bytes at the sync destination only)")
     space = info.space
     if space is not None:
-        print(f"file size: {_human_size(space.file_size)} ({_human_size(space.used)} in use)")
-        print(f"map limit: {_human_size(space.map_limit)} (mapped now: {_human_size(space.map_size)})")
-        print(f"room left: {_human_size(space.room)} (disk free: {_human_size(space.disk_free)})")
+        print(f"file size: {human_size(space.file_size)} ({human_size(space.used)} in use)")
+        print(f"map limit: {human_size(space.map_limit)} (mapped now: {human_size(space.map_size)})")
+        print(f"room left: {human_size(space.room)} (disk free: {human_size(space.disk_free)})")
     sys.stdout.flush()
     return 0
 
@@ -789,12 +774,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for object_id, version, reason in report.damaged:
             print(f"damaged: {object_id} v{version}: {reason}")
         state = "ok" if report.ok else f"{len(report.damaged)} damaged"
-        print(f"checked {_count_of(report.checked, 'version')}: {state}", flush=True)
+        print(f"checked {count_of(report.checked, 'version')}: {state}", flush=True)
     if report.ok:
         return 0
     names = ", ".join(f"{o} v{v}" for o, v, _ in report.damaged[:5])
     more = f" and {len(report.damaged) - 5} more" if len(report.damaged) > 5 else ""
-    _say(f"{PROG}: {_count_of(len(report.damaged), 'damaged version')}: {names}{more}")
+    _say(f"{PROG}: {count_of(len(report.damaged), 'damaged version')}: {names}{more}")
     return 1
 
 
@@ -808,9 +793,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
         _print_json_lines([dataclasses.asdict(report)])
     else:
-        print(f"freed {_count_of(report.freed_files, 'file')}, {_human_size(report.freed_bytes)} "
-              f"({_count_of(report.freed_bytes, 'byte')}), {_count_of(report.freed_orphan_chunks, 'orphan chunk')}, "
-              f"{_count_of(report.freed_history_entries, 'stray history entry', 'stray history entries')}",
+        print(f"freed {count_of(report.freed_files, 'file')}, {human_size(report.freed_bytes)} "
+              f"({count_of(report.freed_bytes, 'byte')}), {count_of(report.freed_orphan_chunks, 'orphan chunk')}, "
+              f"{count_of(report.freed_history_entries, 'stray history entry', 'stray history entries')}",
               flush=True)
     return 0
 
@@ -823,8 +808,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
         _print_json_lines([{**dataclasses.asdict(report), "reclaimed_bytes": report.reclaimed_bytes}])
     else:
-        print(f"compacted {report.path}: {_human_size(report.before_bytes)} -> {_human_size(report.after_bytes)}, "
-              f"reclaimed {_human_size(report.reclaimed_bytes)} ({_count_of(report.reclaimed_bytes, 'byte')}) "
+        print(f"compacted {report.path}: {human_size(report.before_bytes)} -> {human_size(report.after_bytes)}, "
+              f"reclaimed {human_size(report.reclaimed_bytes)} ({count_of(report.reclaimed_bytes, 'byte')}) "
               f"in {report.seconds:.1f} s", flush=True)
     return 0
 
@@ -876,18 +861,18 @@ def _run_copy(args: argparse.Namespace, what: str, run: Callable[[Callable[[int,
     names = ", ".join(object_id for object_id, _ in report.problems[:5])
     more = f" and {len(report.problems) - 5} more" if len(report.problems) > 5 else ""
     done = {"copy": "copied", "export": "exported", "import": "imported"}[what]
-    _say(f"{PROG}: {_count_of(len(report.problems), 'object')} not {done}: {names}{more}")
+    _say(f"{PROG}: {count_of(len(report.problems), 'object')} not {done}: {names}{more}")
     return 1
 
 
 def _space_line(uri: str, space: Space | None, max_upload: int, chosen: bool) -> str:
     """serve's start-up line on the store: its size against the map limit, the room left, the upload cap."""
-    where = "" if space is None else (f"{_human_size(space.file_size)} of a {_human_size(space.map_limit)} "
-                                      f"map limit, {_human_size(space.room)} left; ")
+    where = "" if space is None else (f"{human_size(space.file_size)} of a {human_size(space.map_limit)} "
+                                      f"map limit, {human_size(space.room)} left; ")
     from .store.info import DEFAULT_MAX_UPLOAD
 
     why = "" if chosen or max_upload == DEFAULT_MAX_UPLOAD else " (the room left; --max-upload sets it)"
-    return f"{PROG}: store {uri}: {where}uploads up to {_human_size(max_upload)}{why}"
+    return f"{PROG}: store {uri}: {where}uploads up to {human_size(max_upload)}{why}"
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -907,10 +892,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
         for status in statuses if not args.json else []:
             when = _short_time(status.last_round_at) if status.last_round_at else "never"
             oldest = f", oldest saved {_short_time(status.oldest_pending)}" if status.oldest_pending else ""
-            print(f"{status.destination}: {_count_of(status.pending_objects, 'object')} pending "
-                  f"({_human_size(status.pending_bytes)}){oldest}; last round {when}"
+            print(f"{status.destination}: {count_of(status.pending_objects, 'object')} pending "
+                  f"({human_size(status.pending_bytes)}){oldest}; last round {when}"
                   + (f"; last error: {status.last_error}" if status.last_error else "")
-                  + (f"; {_count_of(len(status.problems), 'object')} left alone" if status.problems else ""))
+                  + (f"; {count_of(len(status.problems), 'object')} left alone" if status.problems else ""))
         return 0
     if args.dst is None or args.extra is not None:
         raise UsageError("sync takes SRC and DST (or `status SRC [DST]`)")
@@ -926,7 +911,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     print(f"left alone: {object_id}: {reason}")
                 print(result.summary(), flush=True)
                 if evicted is not None:
-                    print(_evict_line(evicted), flush=True)
+                    print(evicted.summary(), flush=True)
             return 0 if result.ok else 1
 
         def report(result: Any) -> None:
@@ -958,19 +943,6 @@ def _evict_after(store: Any, args: argparse.Namespace, dst: Any) -> Any:
     return evict(store, keep_free=args.keep_free, max_size=args.max_size, destination=dst)
 
 
-def _evict_line(report: Any) -> str:
-    line = (f"evicted {_count_of(report.evicted_versions, 'version')} ({_count_of(report.evicted_files, 'file')}, "
-            f"{_human_size(report.bytes_freed)})")
-    if report.destination:
-        line += f", confirmed at {report.destination}"
-    if report.unreachable:
-        line += f"; nothing evicted: the destination cannot be reached to check ({report.unreachable})"
-    elif not report.met:
-        line += (f"; still {_human_size(report.still_needed)} short of the target: nothing else may go (bytes "
-                 "not confirmed at the destination yet, inline data, metadata)")
-    return line
-
-
 def cmd_evict(args: argparse.Namespace) -> int:
     if args.keep_free is None and args.max_size is None:
         raise UsageError("evict needs --keep-free and/or --max-size")
@@ -979,7 +951,7 @@ def cmd_evict(args: argparse.Namespace) -> int:
     if args.json:
         _print_json_lines([report.as_dict()])
     else:
-        print(_evict_line(report), flush=True)
+        print(report.summary(), flush=True)
     return 0 if report.met else 1
 
 

@@ -26,8 +26,9 @@ from _browser import chromium, find_chromium, screenshot, wait_settled
 from screenshot import XSS_ID, XSS_TEXT, camera_thing, fill_demo_store, make_png
 
 import microblob
-from microblob.cli import _human_size, _short_time
+from microblob.cli import _short_time
 from microblob.http.browse import STATIC_FILES
+from microblob.store.sizes import human_size as _human_size
 
 ROOT = Path(__file__).resolve().parents[1]
 

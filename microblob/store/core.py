@@ -37,6 +37,7 @@ from . import maintenance as _maintenance
 from .base import StoreBase
 from .compaction import CompactReport
 from .evicted import ReadThrough
+from .evicted_counts import note_dropped, note_evicted
 from .files import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, FilesBucket, check_readable, copy_into
 from .flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from .internals import StoreInternals
@@ -431,6 +432,10 @@ class Store(StoreBase):
             swap = {"_id": object_id, "version": current.get("version"), "created_at": current.get("created_at")}
             if self._objects.replace_one(swap, doc):
                 note_change(self._backend, object_id, doc)
+                if doc.get(EVICTED_TO):  # a metadata-only version of evicted bytes: one more evicted version
+                    note_evicted(self._backend, doc[EVICTED_TO], 0, 1, 0)
+                if not control_version and current.get(EVICTED_TO):  # an evicted version overwritten
+                    note_dropped(self._backend, [current], self._still_referenced)
                 if not control_version and not self._backend.transactional:
                     # Without transactions a versioned save killed between its archive and its swap
                     # leaves an entry for `base`; this non-versioned update overwrote `base`, so that
@@ -660,16 +665,22 @@ class Store(StoreBase):
         destinations, tombstones = self._backend.collection(SYNC_DESTINATIONS), self._backend.collection(TOMBSTONES)
 
         def delete() -> set[Any]:
-            current = self._objects.find_one({"_id": object_id},
-                                             projection={"file_id": 1, "created_at": 1, "version": 1})
+            current = self._objects.find_one({"_id": object_id}, projection={
+                "file_id": 1, "created_at": 1, "version": 1, "size": 1, EVICTED_TO: 1})
             if current is None:
                 raise ObjectNotFound(object_id)
             files = {current.get("file_id")}
-            for entry in self._history.find({"object_id": object_id}, projection={"file_id": 1}):
+            evicted = [current] if current.get(EVICTED_TO) else []
+            for entry in self._history.find({"object_id": object_id},
+                                            projection={"file_id": 1, "size": 1, EVICTED_TO: 1}):
                 files.add(entry.get("file_id"))
+                if entry.get(EVICTED_TO):
+                    evicted.append(entry)
             self._objects.delete_one({"_id": object_id})
             self._history.delete_many({"object_id": object_id})
             note_change(self._backend, object_id, None)
+            if evicted:
+                note_dropped(self._backend, evicted, self._still_referenced)
             if destinations.find_one({}, projection={"_id": 1}) is not None:
                 # This store syncs somewhere: write the deletion down, so `sync(..., propagate_deletes=True)`
                 # can repeat it there. After the documents: an interruption in between (without

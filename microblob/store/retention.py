@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import InvalidArgument, StorageError, UnsupportedOperation
 from ..engine import codec as _codec
 from .base import StoreBase
+from .evicted_counts import note_evicted
 from .records import EVICTED_AT, EVICTED_TO, SYNC_DESTINATIONS, _version_of
+from .sizes import count_of, human_size
 from .sync_records import _changed_since, _confirmations, _confirmed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,15 +67,16 @@ class EvictReport:
         return {**dataclasses.asdict(self), "met": self.met}
 
     def summary(self) -> str:
-        text = (f"evicted {self.evicted_versions} version(s) in {self.evicted_files} file(s), "
-                f"{self.bytes_freed} bytes freed")
+        """One line, for logs and the CLI alike."""
+        text = (f"evicted {count_of(self.evicted_versions, 'version')} ({count_of(self.evicted_files, 'file')}, "
+                f"{human_size(self.bytes_freed)})")
         if self.destination:
-            text += f" (confirmed at {self.destination})"
+            text += f", confirmed at {self.destination}"
         if self.unreachable:
             text += f"; nothing evicted: the destination cannot be reached to check ({self.unreachable})"
         elif not self.met:
-            text += (f"; {self.still_needed} bytes short of the target: nothing else may go (bytes not confirmed at "
-                     "the destination, inline data, metadata)")
+            text += (f"; still {human_size(self.still_needed)} short of the target: nothing else may go (bytes "
+                     "not confirmed at the destination yet, inline data, metadata)")
         return text
 
 
@@ -302,6 +305,7 @@ def _evict_batch(store: Store, name: str, file_ids: list[Any], report: EvictRepo
             files += 1
             versions += len(refs)
             freed += int(doc.get("length") or 0)
+        note_evicted(parts.backend, name, files, versions, freed)
         return files, versions, freed
 
     files, versions, freed = parts.backend.atomic(run)
