@@ -895,7 +895,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(f"{status.destination}: {count_of(status.pending_objects, 'object')} pending "
                   f"({human_size(status.pending_bytes)}){oldest}; last round {when}"
                   + (f"; last error: {status.last_error}" if status.last_error else "")
-                  + (f"; {count_of(len(status.problems), 'object')} left alone" if status.problems else ""))
+                  + (f"; {count_of(len(status.problems), 'object')} left alone" if status.problems else "")
+                  + (f"; evicted here: {count_of(status.evicted_versions, 'version')} "
+                     f"({count_of(status.evicted_files, 'file')}, {human_size(status.evicted_bytes)} freed)"
+                     if status.evicted_versions else ""))
         return 0
     if args.dst is None or args.extra is not None:
         raise UsageError("sync takes SRC and DST (or `status SRC [DST]`)")

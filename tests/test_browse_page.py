@@ -480,6 +480,12 @@ def test_sync_status_line(page: Any, tmp_path: Path, make_server: Any, live: Any
         load(page, base)
         line = wait_for(page, lambda: page.find_element("id", "sync-status").text, what="the sync line")
         assert f"Sync to {dst}: up to date; last round" in line, line
+        assert "evicted" not in line
+        assert microblob.evict(store, max_size=0, destination=dst).evicted_files == 2
+        load(page, base)
+        wait_for(page, lambda: "evicted" in page.find_element("id", "sync-status").text, what="the evicted counts")
+        line = page.find_element("id", "sync-status").text
+        assert "up to date; last round" in line and "evicted here: 2 versions (2 files, 2.0 KiB freed)" in line, line
         assert errors(page) == []
     finally:
         store.close()

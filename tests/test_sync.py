@@ -325,6 +325,12 @@ def test_the_server_says_what_is_pending(tmp_path: Path, make_server: Any, asgi:
         assert status["destination"] == str(tmp_path / "dst.db")
         assert (status["pending_objects"], status["pending_bytes"]) == (1, 2)
         assert status["last_round_at"].endswith("Z") and status["last_error"] is None
+        assert (status["evicted_files"], status["evicted_versions"], status["evicted_bytes"]) == (0, 0, 0)
+        sync(src, tmp_path / "dst.db")
+        microblob.evict(src, max_size=0)
+        [status] = http.get("/sync/").json()
+        assert (status["pending_objects"], status["evicted_files"], status["evicted_versions"],
+                status["evicted_bytes"]) == (0, 2, 2, 3)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -190,3 +190,64 @@ def test_saves_to_a_store_without_destinations_write_no_pending_records(tmp_path
         store.save_or_update_object(b"y", object_id=oid)
         store.delete_object(oid)
         assert store.internals.backend.collection("microblob.sync_pending").count_documents({}) == 0
+
+
+def evicted_by_walk(store: microblob.Store) -> tuple[int, int, int]:
+    """(files, versions, bytes) evicted, found by reading every version: what the counters must say."""
+    versions = 0
+    files: dict[Any, int] = {}
+    for coll in (store.internals.objects, store.internals.history):
+        for doc in coll.iter_documents({}, projection={"data": 0}):
+            if doc.get("evicted_to"):
+                versions += 1
+                files[doc["file_id"]] = int(doc.get("size") or 0)
+    return len(files), versions, sum(files.values())
+
+
+def evicted_of(store: microblob.Store) -> tuple[int, int, int]:
+    (status,) = sync_status(store)
+    return status.evicted_files, status.evicted_versions, status.evicted_bytes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_evicted_counts_are_exact_after_random_evictions_saves_and_deletes(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    with microblob.connect(tmp_path / "src.db") as store, microblob.connect(tmp_path / "dst.db") as dst:
+        ids = [store.save_or_update_object(os.urandom(rng.randint(1, 5000))) for _ in range(10)]
+        sync(store, dst)
+        evicted_any = False
+        for step in range(60):
+            roll = rng.random()
+            if roll < 0.2:
+                ids.append(store.save_or_update_object(os.urandom(rng.randint(1, 5000))))
+            elif roll < 0.35 and ids:
+                store.save_or_update_object(os.urandom(rng.randint(1, 5000)), object_id=rng.choice(ids),
+                                            control_version=rng.random() < 0.5)
+            elif roll < 0.5 and ids:  # a metadata-only version shares (possibly evicted) bytes
+                store.update_object_metadata(rng.choice(ids), tags=["t"], control_version=rng.random() < 0.5)
+            elif roll < 0.6 and ids:
+                store.delete_object(ids.pop(rng.randrange(len(ids))))
+            elif roll < 0.8:
+                sync(store, dst)
+            else:
+                report = microblob.evict(store, max_size=rng.choice([0, 20_000, 60_000]))
+                evicted_any = evicted_any or report.evicted_files > 0
+            assert evicted_of(store) == evicted_by_walk(store), step
+        assert evicted_any
+    with microblob.connect(tmp_path / "src.db", create=False) as store:
+        assert evicted_of(store) == evicted_by_walk(store)
+
+
+def test_cli_sync_status_shows_pending_and_evicted(tmp_path: Path) -> None:
+    from _inprocess_cli import run_cli
+
+    with microblob.connect(tmp_path / "src.db") as store:
+        store.save_or_update_object(b"z" * 3000)
+        sync(store, tmp_path / "dst.db")
+        microblob.evict(store, max_size=0)
+        store.save_or_update_object(b"y" * 1500)
+    done = run_cli(["sync", "status", str(tmp_path / "src.db")], cwd=tmp_path, env=dict(os.environ))
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr
+    assert "1 object pending (1.5 KiB)" in out, out
+    assert "evicted here: 1 version (1 file, 2.9 KiB freed)" in out, out

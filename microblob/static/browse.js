@@ -562,6 +562,11 @@
       parts.push("; last round ", d.last_round_at ? when(d.last_round_at) : "never");
       if (d.last_error) parts.push(el("span", { class: "sync-error" }, `; last error: ${d.last_error}`));
       if (d.problems.length) parts.push(`; ${d.problems.length} left alone (changed at both ends)`);
+      if (d.evicted_versions) {
+        parts.push(el("span", { class: "sync-evicted" },
+          `; evicted here: ${d.evicted_versions} version${d.evicted_versions === 1 ? "" : "s"} ` +
+          `(${d.evicted_files} file${d.evicted_files === 1 ? "" : "s"}, ${humanSize(d.evicted_bytes)} freed)`));
+      }
       return el("span", { class: "sync-destination" }, ...parts);
     }));
     line.hidden = false;

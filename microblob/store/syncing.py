@@ -41,6 +41,7 @@ from .._exceptions import InvalidArgument, MicroblobError
 from ..engine import codec as _codec
 from .base import StoreBase
 from .copier import CopyReport, _Copier
+from .evicted_counts import evicted_totals
 from .records import SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of, destination_name
 from .sync_pending import COUNTED, note_confirmed, pending_totals, start, walk_pending
 from .sync_records import _changed_since, _confirmation_id, _confirmations, _confirmed, _dest_tag, _is_confirmed
@@ -95,6 +96,10 @@ class SyncStatus:
     pending_bytes: int
     oldest_pending: _dt.datetime | None  # when the longest-waiting pending object was saved
     problems: list[tuple[str, str]]
+    # what retention evicted here, confirmed there, and is still evicted: files, versions, bytes freed
+    evicted_files: int = 0
+    evicted_versions: int = 0
+    evicted_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -340,8 +345,10 @@ def sync_status(src: Store, dst: Store | str | os.PathLike[str] | None = None) -
             walked = walk_pending(src, name)
             pending, pending_bytes = len(walked), sum(int(d.get("size") or 0) for d in walked)
             oldest = min((d["updated_at"] for d in walked), default=None)
+        files, versions, freed = evicted_totals(src.internals.backend, name)
         out.append(SyncStatus(name, since, record.get("last_round_at"), record.get("last_error"), pending,
-                              pending_bytes, oldest, [tuple(p) for p in record.get("problems") or []]))
+                              pending_bytes, oldest, [tuple(p) for p in record.get("problems") or []],
+                              files, versions, freed))
     return out
 
 
