@@ -6,6 +6,7 @@ that fills with unsynced data refuses saves with `StoreFull` and loses nothing."
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -41,6 +42,20 @@ def evicted_versions(store: microblob.Store) -> set[tuple[str, int]]:
             if o.evicted_to:
                 found.add((obj.object_id, version))
     return found
+
+
+def fill(save: Any, saved: dict[str, bytes], then: Any = None) -> BaseException:
+    """Saves of 1 MiB of random bytes (`save(data)` returns the object id, kept in `saved`), each
+    followed by `then()`, until one fails: returns that error (the 24 MiB filesystems fill within 60)."""
+    for _ in range(60):
+        data = os.urandom(MiB)
+        try:
+            saved[save(data)] = data
+        except Exception as exc:  # noqa: BLE001 - the caller looks at it
+            return exc
+        if then is not None:
+            then()
+    raise AssertionError("60 MiB fitted on a 24 MiB filesystem")
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -362,15 +377,8 @@ def test_a_filling_disk_with_retention_then_unsynced_data(make_tmpfs: Any, tmp_p
     src, dst = fs.path / "src.db", tmp_path / "dst.db"
     saved: dict[str, bytes] = {}
     with microblob.connect(src) as store:
-        for _ in range(60):  # synced but kept here, until the disk is full
-            data = os.urandom(MiB)
-            try:
-                saved[store.save_or_update_object(data)] = data
-            except StoreFull:
-                break
-            sync(store, dst)
-        else:
-            raise AssertionError("a 24 MiB filesystem took 60 MiB")
+        # synced but kept here, until the disk is full
+        assert isinstance(fill(store.save_or_update_object, saved, lambda: sync(store, dst)), StoreFull)
         assert evict(store, keep_free=6 * MiB).met  # a full disk of confirmed bytes: room again at once
         for i in range(60):
             data = os.urandom(MiB)
@@ -380,14 +388,7 @@ def test_a_filling_disk_with_retention_then_unsynced_data(make_tmpfs: Any, tmp_p
         assert len(evicted_versions(store)) > 30  # most of it lives at the destination now
         unsynced: dict[str, bytes] = {}
         while True:  # fill with unsynced data; evict what is still evictable; until nothing is
-            error: BaseException | None = None
-            for _ in range(60):
-                data = os.urandom(MiB)
-                try:
-                    unsynced[store.save_or_update_object(data)] = data
-                except Exception as exc:  # noqa: BLE001 - the test looks at it
-                    error = exc
-                    break
+            error = fill(store.save_or_update_object, unsynced)
             assert isinstance(error, StoreFull) and isinstance(error, StorageError), repr(error)
             assert "full" in str(error)
             report = evict(store, keep_free=6 * MiB)
@@ -413,13 +414,7 @@ def test_with_a_sync_worker_a_save_that_finds_the_disk_full_evicts_first(make_tm
     src, dst = fs.path / "src.db", tmp_path / "dst.db"
     with microblob.connect(src) as store:
         synced: dict[str, bytes] = {}
-        for _ in range(60):
-            data = os.urandom(MiB)
-            try:
-                synced[store.save_or_update_object(data)] = data
-            except StoreFull:
-                break
-            sync(store, dst)
+        assert isinstance(fill(store.save_or_update_object, synced, lambda: sync(store, dst)), StoreFull)
         worker = SyncWorker(store, dst, interval=3600, keep_free=1).start()  # one round now, then none
         try:
             deadline = time.monotonic() + 60
@@ -427,14 +422,7 @@ def test_with_a_sync_worker_a_save_that_finds_the_disk_full_evicts_first(make_tm
                 assert time.monotonic() < deadline, "the worker's first round never ended"
                 time.sleep(0.05)
             unsynced: dict[str, bytes] = {}
-            error: BaseException | None = None
-            for _ in range(60):
-                data = os.urandom(MiB)
-                try:
-                    unsynced[store.save_or_update_object(data)] = data
-                except StoreFull as exc:
-                    error = exc
-                    break
+            error = fill(store.save_or_update_object, unsynced)
         finally:
             worker.stop()
         assert store.on_full is None  # the worker's hook goes with it
@@ -445,6 +433,63 @@ def test_with_a_sync_worker_a_save_that_finds_the_disk_full_evicts_first(make_tm
         for oid, data in {**synced, **unsynced}.items():
             assert store.get_blob_object(oid).data == data
         assert store.verify().ok
+
+
+class _OneWayStream:
+    """A file object that reads forward only (a pipe, a socket): it cannot be read twice."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._inner.read(n)
+
+    def seekable(self) -> bool:
+        return False
+
+
+def test_a_stream_save_that_finds_the_disk_full_is_retried_only_if_it_can_be_rewound(make_tmpfs: Any,
+                                                                                    tmp_path: Path) -> None:
+    """A disk full of synced bytes, retention on: a seekable file object (read from its middle) is
+    rewound to where the save began and saved after the eviction; a forward-only stream fails with a
+    StoreFull that says why, leaving nothing, and saves fine from its start once room was made."""
+    fs = make_tmpfs("24m")
+    src, dst = fs.path / "src.db", tmp_path / "dst.db"
+    with microblob.connect(src) as store:
+        synced: dict[str, bytes] = {}
+        assert isinstance(fill(store.save_or_update_object, synced, lambda: sync(store, dst)), StoreFull)
+        payload = os.urandom(5 * MiB)
+        with pytest.raises(StoreFull):  # no retention yet: it does not fit
+            store.save_or_update_object(io.BytesIO(payload))
+        worker = SyncWorker(store, dst, interval=3600, keep_free=1).start()
+        try:
+            deadline = time.monotonic() + 60
+            while worker.rounds < 1:
+                assert time.monotonic() < deadline, "the worker's first round never ended"
+                time.sleep(0.05)
+            hook, asked = store.on_full, []
+            assert hook is not None
+            store.on_full = lambda wanted: (asked.append(wanted), hook(wanted))[1]
+            stream = io.BytesIO(b"skip me" + payload)
+            stream.seek(7)  # the save starts here, and the retry must too
+            oid = store.save_or_update_object(stream)
+            assert asked == [5 * MiB]  # it found the disk full, made room, and was tried again
+            assert store.get_blob_object(oid).data == payload
+            before = store.count_objects()
+            store.on_full = None  # full again, of synced bytes
+            assert isinstance(fill(store.save_or_update_object, synced, lambda: sync(store, dst)), StoreFull)
+            store.on_full = hook
+            count = store.count_objects()
+            with pytest.raises(StoreFull, match="cannot be rewound.*save it again from its start"):
+                store.save_or_update_object(_OneWayStream(payload))
+            assert store.count_objects() == count > before  # nothing of it was kept
+            again = store.save_or_update_object(_OneWayStream(payload))  # room was made: from its start, it fits
+            assert store.get_blob_object(again).data == payload
+        finally:
+            worker.stop()
+        assert store.gc().freed_orphan_chunks == 0 and store.verify().ok
+        for object_id, data in synced.items():
+            assert store.get_blob_object(object_id).data == data
 
 
 # --- the property: no unconfirmed byte is ever evicted --------------------------------------------------

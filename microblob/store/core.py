@@ -284,15 +284,26 @@ class Store(StoreBase):
         metadata; bytes are read on demand). With other writers about, reading the latest back after
         a save may find someone else's newer version: this says which version *you* made.
 
-        With retention on (`on_full`, set by a `SyncWorker` with `keep_free`/`max_size`), a save of bytes
-        or a file that finds the disk full makes room by evicting confirmed bytes and is tried once more."""
+        With retention on (`on_full`, set by a `SyncWorker` with `keep_free`/`max_size`), a save that
+        finds the disk full makes room by evicting confirmed bytes and is tried once more, if its data
+        can be read again from the start: bytes, a path, a Blob, or a seekable file object (rewound to
+        where this save began). A stream that cannot be rewound fails with `StoreFull` (room is made
+        all the same, so saving it again from its start can succeed); nothing of it is kept."""
+        rewind = _rewinder(object)
         try:
             return self._save_object(object, object_id, workflow_id, task_id, type, custom_metadata,
                                      save_data_in_collection, control_version, content_type, tags, object_type)
         except StoreFull as exc:
             on_full = self.on_full
-            rereadable = isinstance(object, (bytes, bytearray, memoryview, os.PathLike))
-            if on_full is None or not rereadable or not on_full(_payload_size(object)):
+            if on_full is None:
+                raise
+            rewound = rewind is not None and rewind()  # back where this save began: its size is from here
+            freed = on_full(_payload_size(object) if rewound else 0)
+            if rewind is None:
+                raise StoreFull(f"{exc}; the data came from a stream that cannot be rewound, so it was not "
+                                f"tried again{' (retention freed room: save it again from its start)' if freed else ''}"
+                                ) from exc
+            if not freed or not rewound:
                 raise
             try:
                 return self._save_object(object, object_id, workflow_id, task_id, type, custom_metadata,
@@ -798,6 +809,30 @@ class Store(StoreBase):
         return load_torch_model(model, object_id, version, store=self, **kwargs)
 
 
+def _rewinder(obj: Any) -> Callable[[], bool] | None:
+    """How to read `obj` again from where a save starts reading it (returns whether it could), or None:
+    bytes, paths and Blobs are read afresh; a file object only if it can seek back to here."""
+    blob_type = _blob_type()
+    if isinstance(obj, (bytes, bytearray, memoryview, os.PathLike)) or (blob_type is not None
+                                                                       and isinstance(obj, blob_type)):
+        return lambda: True
+    try:
+        if not callable(getattr(obj, "seek", None)) or not obj.seekable():
+            return None
+        start = obj.tell()
+    except (OSError, ValueError, AttributeError, TypeError):  # closed, or a seekable() that lies
+        return None
+
+    def rewind() -> bool:
+        try:
+            obj.seek(start)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    return rewind
+
+
 def _payload_size(obj: Any) -> int:
     """The bytes a save of `obj` writes, for making room (a file's size; 0 if it cannot be told)."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -805,7 +840,17 @@ def _payload_size(obj: Any) -> int:
     try:
         return os.path.getsize(obj)
     except (OSError, TypeError, ValueError):
-        return 0
+        pass
+    try:  # a seekable file object: what is left of it
+        if callable(getattr(obj, "seek", None)) and obj.seekable():
+            here = obj.tell()
+            end = obj.seek(0, os.SEEK_END)
+            obj.seek(here)
+            return max(0, end - here)
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    size = getattr(obj, "size", None)  # a Blob that knows its length
+    return size if isinstance(size, int) and not isinstance(size, bool) else 0
 
 
 def _defaults(fields: dict[str, Any]) -> dict[str, Any]:
