@@ -14,7 +14,10 @@ Each repeat pushes it into a fresh database three ways, one after the other:
 
 Then the latency from a save returning to its confirmation at the destination, with a `SyncWorker`
 polling every `--interval` seconds (median and p90 of 20 saves of 1 KiB, one at a time).
-Prints medians and ratios; writes bench/results/sync.json.
+Then `sync status` at each `--status-backlogs` size (objects saved since the last round, pending at a
+local destination): its median time beside the walk over the backlog it replaced (`walk_pending`),
+sides interleaved. `--status-only` runs just that part (no MongoDB needed).
+Prints medians and ratios; writes bench/results/sync.json (or sync_status.json with --status-only).
 """
 
 from __future__ import annotations
@@ -103,6 +106,42 @@ def latency(src: microblob.Store, uri: str, interval: float, saves: int = 20) ->
     return out
 
 
+def status_timing(work: Path, backlogs: list[int], repeat: int) -> dict[str, dict[str, float]]:
+    """Median seconds of `sync_status` and of the backlog walk, per backlog size (one store grown in
+    steps, saves with sync off: what is measured is reading the status, not writing the backlog)."""
+    from microblob.store.sync_pending import walk_pending
+
+    src = microblob.connect(work / "status-src.db", sync=False, map_size=1 << 30)
+    dst = microblob.connect(work / "status-dst.db", sync=False)
+    for _ in range(100):
+        src.save_or_update_object(os.urandom(64))
+    microblob.sync(src, dst)
+    out: dict[str, dict[str, float]] = {}
+    saved = 0
+    for backlog in sorted(backlogs):
+        for _ in range(backlog - saved):
+            src.save_or_update_object(os.urandom(64))
+        saved = backlog
+        (status,) = microblob.sync_status(src, dst)
+        assert status.pending_objects == backlog, status
+        times: dict[str, list[float]] = {"status": [], "walk": []}
+        for _ in range(repeat):
+            for side in times:  # interleaved
+                start = time.perf_counter()
+                if side == "status":
+                    microblob.sync_status(src, dst)
+                else:
+                    assert len(walk_pending(src, dst.uri)) == backlog
+                times[side].append(time.perf_counter() - start)
+        out[str(backlog)] = {k: statistics.median(v) for k, v in times.items()}
+        print(f"  sync status, {backlog:>7} pending: {out[str(backlog)]['status'] * 1000:8.3f} ms; "
+              f"the walk it replaced {out[str(backlog)]['walk'] * 1000:9.1f} ms "
+              f"({out[str(backlog)]['walk'] / out[str(backlog)]['status']:.0f}x)", flush=True)
+    src.close()
+    dst.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mongo", help="a MongoDB server's base URI (default: start SecantusDB)")
@@ -110,8 +149,20 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=40)
     ap.add_argument("--size", default="1MiB", choices=list(SIZES))
     ap.add_argument("--interval", type=float, default=0.05, help="SyncWorker polling interval for the latency")
+    ap.add_argument("--status-backlogs", default="10000,100000", help="comma list of backlog sizes ('' skips)")
+    ap.add_argument("--status-only", action="store_true", help="only the sync status timing")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    backlogs = [int(n) for n in args.status_backlogs.split(",") if n.strip()]
+    if args.status_only:
+        try:
+            status = status_timing(work, backlogs, args.repeat)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "sync_status.json").write_text(json.dumps({"status_seconds": status}, indent=2) + "\n")
+        return
     proc = None
     try:
         base = args.mongo.rstrip("/") if args.mongo else None
@@ -143,6 +194,7 @@ def main() -> None:
         lat = latency(src, lat_uri, args.interval)
         drop(lat_uri)
         src.close()
+        status = status_timing(work, backlogs, args.repeat) if backlogs else {}
     finally:
         if proc is not None:
             proc.terminate()
@@ -161,7 +213,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "sync.json").write_text(json.dumps({"seconds": med, "bytes": total, "latency_p50_s": p50,
-                                               "latency_p90_s": p90}, indent=2) + "\n")
+                                               "latency_p90_s": p90, "status_seconds": status}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
