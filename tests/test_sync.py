@@ -401,3 +401,26 @@ def test_a_store_made_without_connect_syncs_to_stores_not_uris(tmp_path: Path) -
         sync(bare, tmp_path / "dst.db")
     with microblob.connect(tmp_path / "dst.db") as dst:
         assert sync(bare, dst).confirmed == 1
+
+
+def test_failed_rounds_are_logged_with_a_backoff_that_doubles_up_to_its_bound(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A destination that cannot be opened: each failed round is one warning naming it and the delay
+    before the next, which doubles from `interval` and stops at `max_backoff`; saves go on meanwhile."""
+    (tmp_path / "a-file").write_bytes(b"not a directory")
+    dst = tmp_path / "a-file" / "dst.db"
+    caplog.set_level("WARNING", logger="microblob.sync")
+    with microblob.connect(tmp_path / "src.db") as src:
+        worker = SyncWorker(src, dst, interval=0.05, max_backoff=0.2).start()
+        try:
+            for _ in range(5):
+                src.save_or_update_object(b"saved while the destination is away")
+            wait_for(lambda: worker.failures >= 5, "five failed rounds")
+        finally:
+            worker.stop()
+        assert src.count_objects() == 5
+        assert sync_status(src, dst)[0].last_error
+    failures = [r for r in caplog.records if r.name == "microblob.sync" and "retrying in" in r.getMessage()]
+    assert len(failures) >= 5
+    assert all(str(dst) in r.getMessage() for r in failures)
+    assert [r.args[2] for r in failures[:5]] == [0.05, 0.1, 0.2, 0.2, 0.2]  # type: ignore[index]
