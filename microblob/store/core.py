@@ -419,7 +419,7 @@ class Store(StoreBase):
                     self._objects.insert_one(doc)
                 except DuplicateKey:  # another writer created it first (non-transactional backends)
                     continue
-                note_change(self._backend, object_id, doc)
+                note_change(self._backend, object_id, doc, new_version=True)
                 return doc, None
             base = _version_of(current)
             # created_at names this life of the id: it is kept by every version, and a history entry
@@ -442,7 +442,7 @@ class Store(StoreBase):
             # The compare-and-swap: the same version of the same life, or another writer won.
             swap = {"_id": object_id, "version": current.get("version"), "created_at": current.get("created_at")}
             if self._objects.replace_one(swap, doc):
-                note_change(self._backend, object_id, doc)
+                note_change(self._backend, object_id, doc, new_version=True)
                 if doc.get(EVICTED_TO):  # a metadata-only version of evicted bytes: one more evicted version
                     note_evicted(self._backend, doc[EVICTED_TO], 0, 1, 0)
                 if not control_version and current.get(EVICTED_TO):  # an evicted version overwritten
