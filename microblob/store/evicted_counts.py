@@ -1,5 +1,5 @@
 """How much retention has evicted, per destination, kept as counters (`evicted:<tag>` in
-`microblob.sync_pending`: files, versions, bytes) so `sync status` and the browse page show it next
+`microblob.sync_counts`: files, versions, bytes) so `sync status` and the browse page show it next
 to what is pending without walking the store.
 
 Written in the same transaction as each change of what is evicted: an eviction batch adds
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .records import EVICTED_TO
-from .sync_pending import SYNC_PENDING
+from .sync_pending import SYNC_COUNTS
 from .sync_records import _dest_tag
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +28,7 @@ def _counter_id(name: str) -> str:
 def note_evicted(backend: Backend, name: str, files: int, versions: int, size: int) -> None:
     """An eviction batch to `name` freed `files` files (`size` bytes) of `versions` versions."""
     if files or versions:
-        backend.collection(SYNC_PENDING).update_one(
+        backend.collection(SYNC_COUNTS).update_one(
             {"_id": _counter_id(name)}, {"$inc": {"files": files, "versions": versions, "bytes": size},
                                          "$set": {"destination": name}}, upsert=True)
 
@@ -46,12 +46,12 @@ def note_dropped(backend: Backend, gone: Iterable[dict[str, Any]],
         sizes = {d.get("file_id"): int(d.get("size") or 0) for d in docs if d.get("file_id") is not None}
         left = still_referenced(set(sizes))
         freed = [f for f in sizes if f not in left]
-        backend.collection(SYNC_PENDING).update_one(
+        backend.collection(SYNC_COUNTS).update_one(
             {"_id": _counter_id(name)}, {"$inc": {"files": -len(freed), "versions": -len(docs),
                                                   "bytes": -sum(sizes[f] for f in freed)}}, upsert=True)
 
 
 def evicted_totals(backend: Backend, name: str) -> tuple[int, int, int]:
     """(files, versions, bytes) evicted to `name` and still evicted: one lookup."""
-    doc = backend.collection(SYNC_PENDING).find_one({"_id": _counter_id(name)}) or {}
+    doc = backend.collection(SYNC_COUNTS).find_one({"_id": _counter_id(name)}) or {}
     return int(doc.get("files") or 0), int(doc.get("versions") or 0), int(doc.get("bytes") or 0)
