@@ -424,3 +424,23 @@ def test_failed_rounds_are_logged_with_a_backoff_that_doubles_up_to_its_bound(
     assert len(failures) >= 5
     assert all(str(dst) in r.getMessage() for r in failures)
     assert [r.args[2] for r in failures[:5]] == [0.05, 0.1, 0.2, 0.2, 0.2]  # type: ignore[index]
+
+
+def test_cli_propagate_deletes_travels_a_tombstone_only_when_asked(tmp_path: Path) -> None:
+    from _inprocess_cli import run_cli
+
+    src_path, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    with microblob.connect(src_path) as src:
+        gone, kept = src.save_or_update_object(b"to delete"), src.save_or_update_object(b"to keep")
+        sync(src, dst)
+        src.delete_object(gone)
+
+    def cli(*args: str) -> int:
+        return run_cli(list(args), cwd=tmp_path, env=dict(os.environ)).returncode
+
+    assert cli("sync", str(src_path), str(dst)) == 0
+    with microblob.connect(dst, create=False) as there:
+        assert set(latest(there)) == {gone, kept}  # not asked: the destination keeps it
+    assert cli("sync", str(src_path), str(dst), "--propagate-deletes") == 0
+    with microblob.connect(dst, create=False) as there:
+        assert set(latest(there)) == {kept}
