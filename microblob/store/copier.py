@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import DuplicateKey, MicroblobError, ObjectEvicted
 from .base import StoreBase
+from .evicted_counts import note_dropped
 from .records import EVICTED_AT, EVICTED_TO, _same_life
 from .sync_pending import note_change
 
@@ -317,6 +318,8 @@ class _Copier:
                 raise _Skip("the object changed at the destination while copying; run copy again")
         if getattr(dst.internals, "backend", None) is not None:
             note_change(dst.internals.backend, object_id, latest)
+            if there is not None and there.get(EVICTED_TO):  # an evicted latest version replaced
+                note_dropped(dst.internals.backend, [dict(there)])
 
     def _check_fast_forward(self, object_id: str, there: Mapping[str, Any], entries: list[dict]) -> None:
         """The destination's latest must be a version of the source's history (or one the source

@@ -446,7 +446,7 @@ class Store(StoreBase):
                 if doc.get(EVICTED_TO):  # a metadata-only version of evicted bytes: one more evicted version
                     note_evicted(self._backend, doc[EVICTED_TO], 0, 1, 0)
                 if not control_version and current.get(EVICTED_TO):  # an evicted version overwritten
-                    note_dropped(self._backend, [current], self._still_referenced)
+                    note_dropped(self._backend, [current])
                 if not control_version and not self._backend.transactional:
                     # Without transactions a versioned save killed between its archive and its swap
                     # leaves an entry for `base`; this non-versioned update overwrote `base`, so that
@@ -691,7 +691,7 @@ class Store(StoreBase):
             self._history.delete_many({"object_id": object_id})
             note_change(self._backend, object_id, None)
             if evicted:
-                note_dropped(self._backend, evicted, self._still_referenced)
+                note_dropped(self._backend, evicted)
             if destinations.find_one({}, projection={"_id": 1}) is not None:
                 # This store syncs somewhere: write the deletion down, so `sync(..., propagate_deletes=True)`
                 # can repeat it there. After the documents: an interruption in between (without

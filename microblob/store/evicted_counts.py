@@ -10,7 +10,7 @@ any more (store/core.py). Exact on the transactional backends, the only ones tha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .records import EVICTED_TO
@@ -33,10 +33,10 @@ def note_evicted(backend: Backend, name: str, files: int, versions: int, size: i
                                          "$set": {"destination": name}}, upsert=True)
 
 
-def note_dropped(backend: Backend, gone: Iterable[dict[str, Any]],
-                 still_referenced: Callable[[set[Any]], set[Any]]) -> None:
+def note_dropped(backend: Backend, gone: Iterable[dict[str, Any]]) -> None:
     """Versions `gone` (documents with `file_id`, `size`, `evicted_to`) no longer exist: each evicted
-    one is a version less, and each of their files no remaining version references a file less."""
+    one is a version less, and each of their files that no remaining evicted version references is a
+    file (and its bytes) less. Called after the versions were removed, in the same transaction."""
     per_dest: dict[str, list[dict[str, Any]]] = {}
     for doc in gone:
         name = doc.get(EVICTED_TO)
@@ -44,11 +44,22 @@ def note_dropped(backend: Backend, gone: Iterable[dict[str, Any]],
             per_dest.setdefault(name, []).append(doc)
     for name, docs in per_dest.items():
         sizes = {d.get("file_id"): int(d.get("size") or 0) for d in docs if d.get("file_id") is not None}
-        left = still_referenced(set(sizes))
+        left = _still_evicted(backend, set(sizes))
         freed = [f for f in sizes if f not in left]
         backend.collection(SYNC_COUNTS).update_one(
             {"_id": _counter_id(name)}, {"$inc": {"files": -len(freed), "versions": -len(docs),
                                                   "bytes": -sum(sizes[f] for f in freed)}}, upsert=True)
+
+
+def _still_evicted(backend: Backend, files: set[Any]) -> set[Any]:
+    """Which of `files` some version still marked evicted references (latest or history)."""
+    if not files:
+        return set()
+    found: set[Any] = set()
+    for name in ("objects", "object_history"):
+        found.update(d.get("file_id") for d in backend.collection(name).find(
+            {"file_id": {"$in": list(files)}, EVICTED_TO: {"$exists": True}}, projection={"file_id": 1}))
+    return found
 
 
 def evicted_totals(backend: Backend, name: str) -> tuple[int, int, int]:
