@@ -186,6 +186,9 @@ class KVCollection:
         predicate = compile_filter(filter)  # validate before touching the engine
         with self._backend._reading() as txn:
             chosen = self._plan(txn, filter, spec, min(skip + limit, sys.maxsize) if limit else None)
+            if chosen.exact and chosen.index is not None and not chosen.multi and not chosen.tiebreak \
+                    and (not spec or chosen.in_sort_order):
+                return self._answered(txn, chosen, predicate, skip, limit, project if projection is not None else None)
             matches = (doc for _, doc in self._matching(txn, filter, predicate, chosen))
             if spec and not chosen.in_sort_order:
                 if chosen.index is not None:  # ties keep the scan's order (by id key), as without the index
@@ -199,6 +202,26 @@ class KVCollection:
                 found = window(matches, skip, limit)
                 return [keep(doc) for doc in found] if keep is not None else list(found)
         return [project(doc) for doc in docs] if projection is not None else docs
+
+    def _answered(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool], skip: int,
+                  limit: int, project: Callable[[dict], dict] | None) -> list[dict]:
+        """A find the index answers, in its order: walk, read and decode in one loop (the index's own
+        entries need no matcher, only those filed under ALWAYS) and stop after skip + limit. Each
+        document is projected as it comes, so a page never holds whole documents."""
+        stop = min(skip + limit, sys.maxsize) if limit else sys.maxsize
+        out: list[dict] = []
+        prefix, view, decode = self._prefix, txn.view, _codec.decode
+        for value, idk in chosen.keyed_candidates(txn):
+            raw = view("docs", prefix + idk)
+            if raw is None:
+                continue
+            doc = decode(raw)
+            if value == ALWAYS and not predicate(doc):
+                continue
+            out.append(project(doc) if project is not None else doc)
+            if len(out) >= stop:
+                break
+        return out[skip:] if skip else out
 
     def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
                       spec: list[tuple[str, int]], skip: int, limit: int,

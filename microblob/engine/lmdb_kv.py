@@ -328,6 +328,19 @@ class _Txn:
                     return
                 yield key, bytes(value)
 
+    def index_walk(self, table: str, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """(key[:-n], key[-n:]) of every key in [lo, hi) whose value's first byte is n, forwards: an index
+        walk's (indexed values, id key) pairs in one loop, without a generator per layer."""
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            if not cursor.set_range(lo):
+                return
+            for key, value in cursor.iternext(keys=True, values=True):
+                key = bytes(key)
+                if hi is not None and key >= hi:
+                    return
+                cut = len(key) - value[0]
+                yield key[:cut], key[cut:]
+
     def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
         if self._readonly:
             # Read transactions hand out memoryviews, which do not order: counting in a bytes-handing

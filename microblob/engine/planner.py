@@ -286,6 +286,12 @@ class Plan:
     def keyed_candidates(self, txn: Any) -> Iterator[tuple[bytes, bytes]]:
         """(indexed values as key bytes, id key) of every candidate, in plan order, each once."""
         assert self.index is not None
+        if len(self.ranges) == 1 and not (self.multi or self.always or self.reverse):
+            return _walk_forward(txn, *self.ranges[0])  # the common walk: no generator around it
+        return self._keyed_candidates(txn)
+
+    def _keyed_candidates(self, txn: Any) -> Iterator[tuple[bytes, bytes]]:
+        assert self.index is not None
         seen: set[bytes] | None = set() if self.multi else None
         for lo, hi in self.ranges:
             walk = _walk_reverse(txn, lo, hi) if self.reverse else _walk_forward(txn, lo, hi)
@@ -353,6 +359,13 @@ def stored_count(txn: Any, index: Index, value_prefix: bytes) -> int:
 
 
 def _walk_forward(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    walk = getattr(txn, "index_walk", None)  # the LMDB engine does the split in its own cursor loop
+    if walk is not None:
+        return walk("index", lo, hi)
+    return _split_entries(txn, lo, hi)
+
+
+def _split_entries(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
     for key, n in txn.range("index", lo, hi):
         cut = len(key) - n[0]
         yield key[:cut], key[cut:]
