@@ -9,6 +9,9 @@ Layout inside the engine's tables:
 - chunks: pack(file_id) + 4-byte big-endian chunk number    -> raw bytes (no framing, no copy)
 - meta:   b"indexes"                                        -> {collection: [index spec, ...]}
           b"count" + pack(collection)                        -> how many documents it holds
+          b"plan"                                            -> 8 random bytes, new whenever an index is
+          created or dropped or gains or loses its first ALWAYS/MULTI entry: what a planner learnt about
+          the indexes under one token holds for every snapshot with that token, in every process
 
 Index specs live in the file, so every process on it maintains the same indexes. An index only narrows
 the candidates; every candidate is re-checked by the full matcher, so an index can never change a
@@ -21,6 +24,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +62,7 @@ _HASHED = b"\xc1\x01"  # 0xc1 never starts a msgpack value, so these cannot coll
 _NAN = msgpack.ExtType(1, b"nan")
 _INDEXES_KEY = b"indexes"
 _COUNT_KEY = b"count"
+_PLAN_KEY = b"plan"
 _FORMAT = 3  # index entry format (3: with value-prefix counters); older ones are rebuilt by the next create_index
 
 
@@ -115,7 +120,8 @@ class KVCollection:
     def _plan(self, txn: KVTxn, filter: Filter | None, sort: list[tuple[str, int]], window: int | None) -> Plan:
         if filter and equality_values(filter, "_id") is not None:
             return Plan(in_sort_order=not sort, reason="the filter names the _id: one lookup per id")
-        return plan(txn, self._backend._indexes(txn, self.name), filter, sort, window)
+        return plan(txn, self._backend._indexes(txn, self.name), filter, sort, window,
+                    markers=self._backend._markers(txn))
 
     def _candidates(self, txn: KVTxn, filter: Filter, chosen: Plan) -> Iterator[tuple[bytes, bytes]]:
         """(key, raw document) pairs that may match: by _id, by the plan's index walk, or every document."""
@@ -430,21 +436,27 @@ class KVCollection:
         transaction."""
         idk = key[len(self._prefix) :]
         none: tuple[set[bytes], set[bytes]] = (set(), set())
+        marked = False  # an ALWAYS or MULTI entry came or went: planners must look again
         for index in self._backend._indexes(txn, self.name):
             before, was_counted = index.filing(old, idk) if old is not None else none
             after, counted = index.filing(new, idk) if new is not None else none
             if before == after:
                 continue
+            cut = len(index.prefix)
             for entry in before - after:
                 txn.delete("index", entry)
+                marked = marked or entry[cut] < 3  # ALWAYS (1) or MULTI (2); a value component is >= 0x10
             for entry in after - before:
                 if index.unique:
                     self._check_unique(txn, index, entry, idk)
                 txn.put("index", entry, _id_length(idk))
+                marked = marked or entry[cut] < 3
             for value_prefix in was_counted - counted:
                 _uncount(txn, index, value_prefix)
             for value_prefix in counted - was_counted:
                 _count(txn, index, value_prefix)
+        if marked:
+            new_plan_token(txn)
         if new is None:
             txn.delete("docs", key)
         else:
@@ -483,7 +495,8 @@ class KVCollection:
     def _current(self, txn: KVTxn) -> bool:
         """Whether this collection's indexes are all of the current format and its count is kept."""
         specs = self._backend._index_specs(txn).get(self.name, [])
-        return all(spec.get("v") == _FORMAT for spec in specs) and txn.get("meta", self._count_key) is not None
+        return all(spec.get("v") == _FORMAT for spec in specs) and txn.get("meta", self._count_key) is not None \
+            and txn.get("meta", _PLAN_KEY) is not None
 
     def _upgrade(self, txn: KVTxn, specs: dict[str, list[dict]]) -> None:
         """Rebuild indexes written in an older entry format, and start the document count."""
@@ -531,7 +544,7 @@ class KVCollection:
             if not check(mine):
                 mine.append(spec)
                 self._build(txn, Index(self._prefix, spec))
-            txn.put("meta", _INDEXES_KEY, _pack(specs))
+            put_specs(txn, specs)
             return name
 
         return self._backend._writing(create)
@@ -550,7 +563,7 @@ class KVCollection:
                 raise InvalidArgument(f"{self.name}: no index named {name!r} (indexes: {known})")
             specs[self.name] = [spec for spec in mine if spec["name"] != name]
             self._drop_entries(txn, Index(self._prefix, found[0]).prefix)
-            txn.put("meta", _INDEXES_KEY, _pack(specs))
+            put_specs(txn, specs)
 
         self._backend._writing(drop)
 
@@ -562,6 +575,18 @@ class KVCollection:
 
     def index_information(self) -> dict[str, dict]:
         return {spec["name"]: {"key": spec["key"], "unique": spec["unique"]} for spec in self.list_indexes()}
+
+
+def put_specs(txn: KVTxn, specs: Mapping[str, list[dict]]) -> None:
+    """Store the index specs; every planner of the file (any process) sees them change."""
+    txn.put("meta", _INDEXES_KEY, _pack(specs))
+    new_plan_token(txn)
+
+
+def new_plan_token(txn: KVTxn) -> None:
+    """A fresh `plan` token, in the transaction that changed the indexes or their markers: random, so a
+    token of a transaction that rolled back is never seen again."""
+    txn.put("meta", _PLAN_KEY, os.urandom(8))
 
 
 def _count(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
@@ -752,6 +777,8 @@ class KVBackend:
         self._chunks = KVChunkStore(self)
         # (raw specs as last read from the file, parsed); replaced whole so threads never see a mix
         self._specs: tuple[bytes | None, dict[str, list[Index]]] = (None, {})
+        # (plan token, {index prefix: (has ALWAYS, has MULTI)} learnt under it); replaced whole, as above
+        self._marker_cache: tuple[bytes | None, dict[bytes, tuple[bool, bool]]] = (None, {})
 
     @property
     def engine(self) -> KVEngine:
@@ -825,6 +852,27 @@ class KVBackend:
     def _index_specs(self, txn: KVTxn) -> dict[str, list[dict]]:
         raw = txn.get("meta", _INDEXES_KEY)
         return _codec.decode(raw) if raw is not None else {}
+
+    def _markers(self, txn: KVTxn) -> Callable[[Index], tuple[bool, bool]]:
+        """(has ALWAYS entries, has MULTI entries) of an index as of this snapshot: two cursor probes the
+        first time under a plan token, then a dict lookup, until an index or a marker changes (in this
+        process or another: the token is read in the same snapshot). A file with no token yet is
+        probed every time."""
+        token = txn.get("meta", _PLAN_KEY)
+        if token is None:
+            return lambda index: index.markers(txn)
+        cached_token, cache = self._marker_cache
+        if cached_token != token:
+            cache = {}
+            self._marker_cache = (token, cache)
+
+        def markers(index: Index) -> tuple[bool, bool]:
+            found = cache.get(index.prefix)
+            if found is None:
+                found = cache[index.prefix] = index.markers(txn)
+            return found
+
+        return markers
 
     def _indexes(self, txn: KVTxn, collection: str) -> list[Index]:
         """The collection's indexes of the current entry format (an older one is ignored until rebuilt)."""

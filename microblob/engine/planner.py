@@ -18,7 +18,7 @@ with de-duplication and one bound per field (`{a: {$gt: 1, $lt: 5}}` matches `a:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -468,14 +468,16 @@ def _sort_direction(index: Index, fixed: int, sort: Sequence[tuple[str, int]],
 
 
 def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
-         sort: Sequence[tuple[str, int]], window: int | None) -> Plan:
-    """The cheapest way this planner knows to answer (filter, sort, skip+limit = window)."""
+         sort: Sequence[tuple[str, int]], window: int | None,
+         markers: Callable[[Index], tuple[bool, bool]] | None = None) -> Plan:
+    """The cheapest way this planner knows to answer (filter, sort, skip+limit = window). `markers` gives
+    an index's (has ALWAYS, has MULTI) as of `txn` (default: probe it)."""
     conds, whole = _conditions(filter)
     found: list[Plan] = []
     for index in indexes:
         if index.fields[0] not in conds and not (sort and any(f == index.fields[0] for f, _ in sort)):
             continue
-        always, multi = index.markers(txn)
+        always, multi = markers(index) if markers is not None else index.markers(txn)
         ranges, used, fixed, exact, exact_multi = _bounds(index, conds, multi)
         answers = whole and set(used) == set(conds)
         exact = exact and answers
