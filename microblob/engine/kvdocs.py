@@ -10,7 +10,7 @@ Layout inside the engine's tables:
 - meta:   b"indexes"                                        -> {collection: [index spec, ...]}
           b"count" + pack(collection)                        -> how many documents it holds
           b"plan"                                            -> 8 random bytes, new whenever an index is
-          created or dropped or gains or loses its first ALWAYS/MULTI entry: what a planner learnt about
+          created or dropped or an ALWAYS/MULTI entry is filed or removed: what a planner learnt about
           the indexes under one token holds for every snapshot with that token, in every process
 
 Index specs live in the file, so every process on it maintains the same indexes. An index only narrows
