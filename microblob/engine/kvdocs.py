@@ -241,7 +241,10 @@ class KVCollection:
         run_value: bytes | None = None
 
         def flush(run: list[dict]) -> None:
-            ordered = sort_documents(run, spec) if len(run) > 1 else run
+            if len(run) == 1:  # most runs: a timestamp seldom ties
+                out.append(project(run[0]) if project is not None else run[0])
+                return
+            ordered = sort_documents(run, spec) if run else run
             out.extend(map(project, ordered) if project is not None else ordered)
 
         for value, idk in chosen.keyed_candidates(txn):

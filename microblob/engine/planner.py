@@ -286,8 +286,8 @@ class Plan:
     def keyed_candidates(self, txn: Any) -> Iterator[tuple[bytes, bytes]]:
         """(indexed values as key bytes, id key) of every candidate, in plan order, each once."""
         assert self.index is not None
-        if len(self.ranges) == 1 and not (self.multi or self.always or self.reverse):
-            return _walk_forward(txn, *self.ranges[0])  # the common walk: no generator around it
+        if len(self.ranges) == 1 and not (self.multi or self.always):  # the common walk: no generator around it
+            return (_walk_reverse if self.reverse else _walk_forward)(txn, *self.ranges[0])
         return self._keyed_candidates(txn)
 
     def _keyed_candidates(self, txn: Any) -> Iterator[tuple[bytes, bytes]]:
@@ -359,14 +359,19 @@ def stored_count(txn: Any, index: Index, value_prefix: bytes) -> int:
 
 
 def _walk_forward(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-    walk = getattr(txn, "index_walk", None)  # the LMDB engine does the split in its own cursor loop
+    return _pairs(txn, lo, hi, False)
+
+
+def _pairs(txn: Any, lo: bytes, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    """(indexed values, id key) of every entry in [lo, hi), in key order or reversed."""
+    walk = getattr(txn, "index_walk", None)  # the LMDB engine splits them in its own cursor loop
     if walk is not None:
-        return walk("index", lo, hi)
-    return _split_entries(txn, lo, hi)
+        return walk("index", lo, hi, reverse=reverse)
+    return _split_entries(txn, lo, hi, reverse)
 
 
-def _split_entries(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-    for key, n in txn.range("index", lo, hi):
+def _split_entries(txn: Any, lo: bytes, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    for key, n in txn.range("index", lo, hi, reverse=reverse):
         cut = len(key) - n[0]
         yield key[:cut], key[cut:]
 
@@ -378,9 +383,7 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes
         run: list[bytes] = []
         run_value = b""
         restart: bytes | None = None
-        for key, n in txn.range("index", lo, hi, reverse=True):
-            cut = len(key) - n[0]
-            value, idk = key[:cut], key[cut:]
+        for value, idk in _pairs(txn, lo, hi, True):
             if run and value != run_value:
                 for idk_ in reversed(run):
                     yield run_value, idk_
@@ -395,8 +398,8 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes
             for idk_ in reversed(run):
                 yield run_value, idk_
             return
-        for key, n in txn.range("index", restart, keys.successor(restart)):
-            yield restart, key[-n[0]:]
+        for _, idk in _pairs(txn, restart, keys.successor(restart), False):
+            yield restart, idk
         hi = restart
 
 
