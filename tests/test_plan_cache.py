@@ -112,3 +112,32 @@ def test_markers_are_probed_once_per_plan_token(kind: str, tmp_path: Path,
         assert probes == [FIELD + "_1"]
         probes.clear()
         assert len(store.query(eq)) == 3 and probes == []
+
+
+def test_a_file_without_a_plan_token_is_probed_every_time_until_a_change_writes_one(
+        lmdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older version's file has no token and may be opened read-only: it is planned right, without a
+    cache, and the first marker change writes a token."""
+    with microblob.connect(lmdb_path) as store:
+        _seed(store)
+        store.create_index(FIELD)
+        store.backend.engine.write(lambda txn: txn.delete("meta", b"plan"))  # as an older version left it
+    probes: list[str] = []
+    real = Index.markers
+
+    def counting(self: Index, txn: Any) -> tuple[bool, bool]:
+        if self.name == FIELD + "_1":
+            probes.append(self.name)
+        return real(self, txn)
+
+    monkeypatch.setattr(Index, "markers", counting)
+    with microblob.connect(lmdb_path) as store:
+        with store.backend.engine.read() as txn:
+            assert txn.get("meta", b"plan") is None  # opening wrote nothing
+        eq = {FIELD: 14}
+        assert len(store.query(eq)) == 1 and len(store.query(eq)) == 1
+        assert probes == [FIELD + "_1"] * 2
+        _save(store, "array", [14, 15])
+        probes.clear()
+        assert len(store.query(eq)) == 2 and len(store.query(eq)) == 2
+        assert probes == [FIELD + "_1"]

@@ -498,8 +498,7 @@ class KVCollection:
     def _current(self, txn: KVTxn) -> bool:
         """Whether this collection's indexes are all of the current format and its count is kept."""
         specs = self._backend._index_specs(txn).get(self.name, [])
-        return all(spec.get("v") == _FORMAT for spec in specs) and txn.get("meta", self._count_key) is not None \
-            and txn.get("meta", _PLAN_KEY) is not None
+        return all(spec.get("v") == _FORMAT for spec in specs) and txn.get("meta", self._count_key) is not None
 
     def _upgrade(self, txn: KVTxn, specs: dict[str, list[dict]]) -> None:
         """Rebuild indexes written in an older entry format, and start the document count."""
@@ -859,8 +858,9 @@ class KVBackend:
     def _markers(self, txn: KVTxn) -> Callable[[Index], tuple[bool, bool]]:
         """(has ALWAYS entries, has MULTI entries) of an index as of this snapshot: two cursor probes the
         first time under a plan token, then a dict lookup, until an index or a marker changes (in this
-        process or another: the token is read in the same snapshot). A file with no token yet is
-        probed every time."""
+        process or another: the token is read in the same snapshot). A file with no token yet (written
+        by an older version, and opened without a write: it may be read-only) is probed every time, until
+        its next index or marker change writes one."""
         token = txn.get("meta", _PLAN_KEY)
         if token is None:
             return lambda index: index.markers(txn)
