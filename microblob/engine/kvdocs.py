@@ -34,6 +34,7 @@ from . import codec as _codec
 from .backend import Filter, Projection, Sort, check_window, checked_chunk
 from .ids import new_id
 from .index_keys import ALWAYS, successor
+from .index_keys import encode as encode_component
 from .kv import KVEngine, KVTxn
 from .planner import Index, Plan, check_index_spec, documents_under, plan
 from .query import (
@@ -238,8 +239,28 @@ class KVCollection:
                 with self._backend._reading() as txn:
                     raw = txn.view("docs", self._prefix + exact)
                     return _codec.decode(raw) if raw is not None else None
+        if sort is None and self._indexed_miss(filter):
+            return None
         found = self.find(filter, projection, sort=sort, limit=1)
         return found[0] if found else None
+
+    def _indexed_miss(self, filter: Filter | None) -> bool:
+        """True when a one-field index shows that nothing matches `{field: "text"}`: no entry under the
+        value and none under ALWAYS. Two key probes instead of compiling, planning and walking (a save of
+        a new id asks this of `object_id` for every object); any candidate leaves the answer to `find`."""
+        if not isinstance(filter, dict) or len(filter) != 1:
+            return False
+        ((path, value),) = filter.items()
+        if type(value) is not str or type(path) is not str or not _plain_field(path):
+            return False
+        component = encode_component(value)
+        if component is None:
+            return False
+        with self._backend._reading() as txn:
+            for index in self._backend._indexes(txn, self.name):
+                if index.fields == [path]:
+                    return not _any_key(txn, index.prefix + component) and not _any_key(txn, index.prefix + ALWAYS)
+        return False
 
     def count_documents(self, filter: Filter | None = None) -> int:
         predicate = compile_filter(filter)
@@ -573,6 +594,17 @@ def _uncount(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
         txn.put("index", counter, n.to_bytes(8, "big"))
     else:
         txn.delete("index", counter)
+
+
+def _plain_field(path: str) -> bool:
+    """A top-level field name an index files exactly (no dotted path, no operator)."""
+    return bool(path) and "." not in path and not path.startswith("$") and "\x00" not in path
+
+
+def _any_key(txn: KVTxn, prefix: bytes) -> bool:
+    for _ in txn.range("index", prefix, successor(prefix)):
+        return True
+    return False
 
 
 def _id_length(idk: bytes) -> bytes:
