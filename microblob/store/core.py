@@ -521,6 +521,8 @@ class Store:
                 if entry is None or not _same_life(entry, current.get("created_at")):
                     raise VersionNotFound(object_id, version)
                 found = BlobObject(self, entry)
+            if self._backend.transactional:  # in the snapshot: a small object's bytes cost no other read
+                found.prefetch()
         return found
 
     def _current(self, object_id: str, projection: Projection = None) -> dict[str, Any] | None:
