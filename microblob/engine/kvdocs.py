@@ -86,6 +86,8 @@ def _scalar(value: Any) -> tuple[bool, Any]:
 
 
 def id_key(_id: Any) -> bytes:
+    if type(_id) is str and len(_id) <= 100 and _id.isascii():  # the common id: packs as itself, fits
+        return _pack(_id)
     ok, norm = _scalar(_id)
     if not ok or _id is None:
         raise InvalidArgument(f"_id must be a str, int, float, bytes or datetime, not {type(_id).__name__}")
@@ -566,12 +568,13 @@ def _count(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
     """One more document under a value prefix (its entries already written). A counter is kept only from
     two documents on: most values of a timestamp or id index have one, and a key for each would cost
     as much room as the entries."""
-    if _documents_under(txn, index, value_prefix) < 2:  # most values of most indexes: one probe
-        return
     counter = index.counter_key(value_prefix)
     raw = txn.get("index", counter)
-    n = int.from_bytes(raw, "big") + 1 if raw is not None else 2
-    txn.put("index", counter, n.to_bytes(8, "big"))
+    if raw is not None:  # a value already shared (a missing field, a type): no need to count its entries
+        txn.put("index", counter, (int.from_bytes(raw, "big") + 1).to_bytes(8, "big"))
+        return
+    if _documents_under(txn, index, value_prefix) >= 2:  # most values of most indexes: one probe, then no counter
+        txn.put("index", counter, (2).to_bytes(8, "big"))
 
 
 def _documents_under(txn: KVTxn, index: Index, value_prefix: bytes) -> int:
