@@ -5,15 +5,19 @@ equivalent indexes) at N objects, measured in the same run, the two sides interl
 
 For each N, both sides are bulk-loaded without syncing (one transaction per 5,000 objects): N objects of
 1 KiB stored inline with realistic metadata (5 types, a workflow per 100 objects, a task, four custom
-fields, two tags, created/updated stamps). microblob gets the store's own default indexes plus
+fields, two tags, created/updated stamps), under the ids the store makes when the caller names none
+(`microblob.engine.ids.new_id`), the same on both sides. microblob gets the store's own default indexes plus
 `create_index("custom_metadata.exposure_ms")`; sqlite3 gets indexes on updated_at, created_at, type,
 workflow_id, task_id and an expression index on json_extract(meta, '$.exposure_ms').
 
 Operations (server-side, no HTTP): the browse page's list (newest first, limit 51, ties by object_id),
 the newest object, count of everything, count of one type, a custom-field equality and range with
 limit 50, a type query with limit 50; and the file size per object (as loaded, and after a compacting
-copy). Prints medians and the ratio
-microblob / sqlite3, and each operation's growth from the smallest N; writes bench/results/scale.json.
+copy). Every query with a limit has more matches than its limit at every N (exposure_ms takes 100
+values, so even at 10k an equality matches ~100 objects): each returns the same number of documents at
+every N, so the growth column compares equal work. The bench checks that and prints the counts.
+Prints medians and the ratio microblob / sqlite3, and each operation's growth from the smallest N;
+writes bench/results/scale.json.
 """
 
 from __future__ import annotations
@@ -36,21 +40,27 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import microblob  # noqa: E402
+from microblob.engine.ids import new_id  # noqa: E402
 
 TYPES = ["image", "spectrum", "scan", "ml_model", "dataset"]
 BATCH = 5000
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)  # noqa: UP017 - runs on 3.10
 
 
-def make_doc(i: int, rng: random.Random) -> dict[str, Any]:
+def make_ids(n: int) -> list[str]:
+    """The objects' ids, in save order, as the store makes them."""
+    return [new_id() for _ in range(n)]
+
+
+def make_doc(i: int, rng: random.Random, ids: list[str]) -> dict[str, Any]:
     """One object document as the store writes it for a 1 KiB inline save."""
     data = rng.randbytes(1024)
     stamp = T0 + dt.timedelta(seconds=60 * i, milliseconds=rng.randrange(1000))  # one capture a minute
-    oid = hashlib.md5(str(i).encode()).hexdigest()
+    oid = ids[i]
     return {
         "_id": oid, "object_id": oid, "workflow_id": f"wf-{i // 100:06d}", "task_id": f"task-{i:08d}",
         "type": TYPES[i % len(TYPES)],
-        "custom_metadata": {"exposure_ms": rng.randrange(1000), "temperature_k": round(rng.uniform(4, 300), 3),
+        "custom_metadata": {"exposure_ms": rng.randrange(100), "temperature_k": round(rng.uniform(4, 300), 3),
                             "sample": f"S-{rng.randrange(5000):05d}", "operator": rng.choice(["ana", "bo", "cy"])},
         "tags": ["beamline-7", rng.choice(["calibration", "run", "test"])],
         "content_type": "application/octet-stream", "storage": "inline", "data": data, "size": len(data),
@@ -59,11 +69,11 @@ def make_doc(i: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def bulk_load(store: microblob.Store, n: int, rng: random.Random) -> None:
+def bulk_load(store: microblob.Store, n: int, rng: random.Random, ids: list[str]) -> None:
     """`n` documents of `make_doc` straight into the objects collection, one transaction per BATCH."""
     coll = store.backend.collection("objects")
     for start in range(0, n, BATCH):
-        docs = [make_doc(i, rng) for i in range(start, min(n, start + BATCH))]
+        docs = [make_doc(i, rng, ids) for i in range(start, min(n, start + BATCH))]
 
         def load(docs: list[dict] = docs) -> None:
             for doc in docs:
@@ -75,10 +85,10 @@ def bulk_load(store: microblob.Store, n: int, rng: random.Random) -> None:
 class MicroblobSide:
     name = "microblob"
 
-    def __init__(self, directory: Path, n: int) -> None:
+    def __init__(self, directory: Path, n: int, ids: list[str]) -> None:
         self.path = directory / "scale.db"
         self.store = microblob.connect(self.path, sync=False)  # bulk loading: unsynced on both sides
-        bulk_load(self.store, n, random.Random(1))
+        bulk_load(self.store, n, random.Random(1), ids)
         self.store.create_index("custom_metadata.exposure_ms")
         self.store.close()
         self.store = microblob.connect(self.path)  # measured as a user opens it: synced
@@ -91,9 +101,9 @@ class MicroblobSide:
             "newest object": lambda: s.query(None, sort=[("updated_at", -1)], limit=1, projection={"data": 0}),
             "count all": lambda: s.count_objects(),
             "count type=image": lambda: s.count_objects({"type": "image"}),
-            "custom eq, limit 50": lambda: s.query({"custom_metadata.exposure_ms": 421}, limit=50,
+            "custom eq, limit 50": lambda: s.query({"custom_metadata.exposure_ms": 42}, limit=50,
                                                    projection={"data": 0}),
-            "custom range, limit 50": lambda: s.query({"custom_metadata.exposure_ms": {"$gte": 100, "$lt": 110}},
+            "custom range, limit 50": lambda: s.query({"custom_metadata.exposure_ms": {"$gte": 10, "$lt": 12}},
                                                       limit=50, projection={"data": 0}),
             "type query, limit 50": lambda: s.query({"type": "scan"}, limit=50, projection={"data": 0}),
         }
@@ -118,7 +128,7 @@ class MicroblobSide:
 class SqliteSide:
     name = "sqlite3"
 
-    def __init__(self, directory: Path, n: int) -> None:
+    def __init__(self, directory: Path, n: int, ids: list[str]) -> None:
         self.path = directory / "scale.sqlite"
         db = sqlite3.connect(self.path)
         db.execute("PRAGMA journal_mode=WAL")
@@ -133,7 +143,7 @@ class SqliteSide:
         for start in range(0, n, BATCH):
             rows = []
             for i in range(start, min(n, start + BATCH)):
-                d = make_doc(i, rng)
+                d = make_doc(i, rng, ids)
                 rows.append((d["_id"], d["object_id"], d["workflow_id"], d["task_id"], d["type"],
                              json.dumps(d["custom_metadata"]), json.dumps(d["tags"]), d["content_type"],
                              d["storage"], d["data"], d["size"], d["sha256"], d["version"], d["prev_version"],
@@ -157,10 +167,10 @@ class SqliteSide:
             "count all": lambda: q("SELECT count(*) FROM objects").fetchone(),
             "count type=image": lambda: q("SELECT count(*) FROM objects WHERE type = 'image'").fetchone(),
             "custom eq, limit 50": lambda: q(f"SELECT {meta} FROM objects WHERE json_extract(meta, '$.exposure_ms')"
-                                             " = 421 LIMIT 50").fetchall(),
+                                             " = 42 LIMIT 50").fetchall(),
             "custom range, limit 50": lambda: q(f"SELECT {meta} FROM objects WHERE json_extract(meta, "
-                                                "'$.exposure_ms') >= 100 AND json_extract(meta, '$.exposure_ms') "
-                                                "< 110 LIMIT 50").fetchall(),
+                                                "'$.exposure_ms') >= 10 AND json_extract(meta, '$.exposure_ms') "
+                                                "< 12 LIMIT 50").fetchall(),
             "type query, limit 50": lambda: q(f"SELECT {meta} FROM objects WHERE type = 'scan' LIMIT 50").fetchall(),
         }
 
@@ -177,23 +187,35 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def returned(result: Any) -> int:
+    """How many documents (or, for a count, which count) an operation gave."""
+    if isinstance(result, list):
+        return len(result)
+    if isinstance(result, tuple):
+        return int(result[0])
+    return int(result)
+
+
 def run(n: int, repeat: int, base: Path) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=base))
     try:
         started = time.perf_counter()
-        sides = [MicroblobSide(directory, n), SqliteSide(directory, n)]
+        ids = make_ids(n)
+        sides = [MicroblobSide(directory, n, ids), SqliteSide(directory, n, ids)]
         print(f"N={n}: built both sides in {time.perf_counter() - started:.1f} s", flush=True)
         ops = [side.ops() for side in sides]
         results: dict[str, Any] = {}
         for name in ops[0]:
-            for side_ops in ops:
-                side_ops[name]()  # warm: the first call maps pages and parses index specs
+            counts = [returned(side_ops[name]()) for side_ops in ops]  # warm: maps pages, parses index specs
+            if counts[0] != counts[1]:
+                raise SystemExit(f"{name} at N={n}: microblob gave {counts[0]}, sqlite3 {counts[1]}")
             samples: list[list[float]] = [[], []]
             for _ in range(repeat):
                 for k, side_ops in enumerate(ops):  # interleaved
                     samples[k].append(timed(side_ops[name]))
             mb, sq = (statistics.median(s) for s in samples)
-            results[name] = {"microblob_ms": mb * 1e3, "sqlite3_ms": sq * 1e3, "ratio": mb / sq if sq else None}
+            results[name] = {"microblob_ms": mb * 1e3, "sqlite3_ms": sq * 1e3, "ratio": mb / sq if sq else None,
+                             "returned": counts[0]}
         results["bytes per object"] = {"microblob": sides[0].size() / n, "sqlite3": sides[1].size() / n,
                                        "microblob compacted": sides[0].compacted_size() / n}
         for side in sides:
@@ -221,12 +243,15 @@ def main() -> None:
                       f"(microblob after a compacting copy: {r['microblob compacted']:.0f})")
             else:
                 print(f"  {name:26} microblob {r['microblob_ms']:8.3f} ms   sqlite3 {r['sqlite3_ms']:8.3f} ms   "
-                      f"ratio {r['ratio']:6.2f}")
+                      f"ratio {r['ratio']:6.2f}   returned {r['returned']}")
     if len(counts) > 1:
         first = all_results[str(counts[0])]
         for n in counts[1:]:
             print(f"\ngrowth {counts[0]:,} -> {n:,} (microblob cost ratio; target <= 1.5 at 100k)")
             for name, r in all_results[str(n)].items():
+                if "limit" in name and r["returned"] != first[name]["returned"]:
+                    raise SystemExit(f"{name}: {first[name]['returned']} results at N={counts[0]}, "
+                                     f"{r['returned']} at N={n}: the growth would compare unequal work")
                 if name != "bytes per object":
                     print(f"  {name:26} {r['microblob_ms'] / first[name]['microblob_ms']:6.2f}x")
     out = Path(__file__).resolve().parent / "results" / "scale.json"

@@ -234,3 +234,17 @@ def test_history_lookups_use_object_id_version(embedded_store: microblob.Store, 
     got = store.query({"object_id": oid}, sort=[("version", -1)], collection="object_history")
     assert [d["version"] for d in got] == [4, 3, 2, 1, 0]
     assert counts["scanned"] == 0 and counts["docs_get"] == 5, counts
+
+
+def test_a_backward_walk_over_long_runs_of_ties_gives_a_full_sorts_order(embedded_store: microblob.Store) -> None:
+    """Runs longer than the walk buffers (256 entries) are read forwards from their first entry: the
+    page is still the one a stable descending sort of a scan gives (ties in id order)."""
+    coll = embedded_store.backend.collection("objects")
+    ids = [f"t{(i * 37) % 700:04d}" for i in range(700)]  # inserted out of id order
+    embedded_store.backend.atomic(lambda: [coll.insert_one({"_id": oid, "k": int(oid[1:]) % 2}) for oid in ids])
+    scanned = coll.find({})
+    embedded_store.create_index("k")
+    assert coll.explain(sort=[("k", -1)], limit=10)["direction"] == "backward"
+    for skip, limit in [(0, 10), (0, 0), (340, 20), (349, 3), (600, 0)]:
+        got = coll.find({}, sort=[("k", -1)], skip=skip, limit=limit)
+        assert got == sort_documents(scanned, [("k", -1)], skip=skip, limit=limit), (skip, limit)

@@ -9,6 +9,9 @@ Layout inside the engine's tables:
 - chunks: pack(file_id) + 4-byte big-endian chunk number    -> raw bytes (no framing, no copy)
 - meta:   b"indexes"                                        -> {collection: [index spec, ...]}
           b"count" + pack(collection)                        -> how many documents it holds
+          b"plan"                                            -> 8 random bytes, new whenever an index is
+          created or dropped or an ALWAYS/MULTI entry is filed or removed: what a planner learnt about
+          the indexes under one token holds for every snapshot with that token, in every process
 
 Index specs live in the file, so every process on it maintains the same indexes. An index only narrows
 the candidates; every candidate is re-checked by the full matcher, so an index can never change a
@@ -21,6 +24,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,6 +63,7 @@ _HASHED = b"\xc1\x01"  # 0xc1 never starts a msgpack value, so these cannot coll
 _NAN = msgpack.ExtType(1, b"nan")
 _INDEXES_KEY = b"indexes"
 _COUNT_KEY = b"count"
+_PLAN_KEY = b"plan"
 _FORMAT = 3  # index entry format (3: with value-prefix counters); older ones are rebuilt by the next create_index
 
 
@@ -118,7 +123,8 @@ class KVCollection:
     def _plan(self, txn: KVTxn, filter: Filter | None, sort: list[tuple[str, int]], window: int | None) -> Plan:
         if filter and equality_values(filter, "_id") is not None:
             return Plan(in_sort_order=not sort, reason="the filter names the _id: one lookup per id")
-        return plan(txn, self._backend._indexes(txn, self.name), filter, sort, window)
+        return plan(txn, self._backend._indexes(txn, self.name), filter, sort, window,
+                    markers=self._backend._markers(txn))
 
     def _candidates(self, txn: KVTxn, filter: Filter, chosen: Plan) -> Iterator[tuple[bytes, bytes]]:
         """(key, raw document) pairs that may match: by _id, by the plan's index walk, or every document."""
@@ -189,6 +195,9 @@ class KVCollection:
         predicate = compile_filter(filter)  # validate before touching the engine
         with self._backend._reading() as txn:
             chosen = self._plan(txn, filter, spec, min(skip + limit, sys.maxsize) if limit else None)
+            if chosen.exact and chosen.index is not None and not chosen.multi and not chosen.tiebreak \
+                    and (not spec or chosen.in_sort_order):
+                return self._answered(txn, chosen, predicate, skip, limit, project if projection is not None else None)
             matches = (doc for _, doc in self._matching(txn, filter, predicate, chosen))
             if spec and not chosen.in_sort_order:
                 if chosen.index is not None:  # ties keep the scan's order (by id key), as without the index
@@ -203,6 +212,26 @@ class KVCollection:
                 return [keep(doc) for doc in found] if keep is not None else list(found)
         return [project(doc) for doc in docs] if projection is not None else docs
 
+    def _answered(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool], skip: int,
+                  limit: int, project: Callable[[dict], dict] | None) -> list[dict]:
+        """A find the index answers, in its order: walk, read and decode in one loop (the index's own
+        entries need no matcher, only those filed under ALWAYS) and stop after skip + limit. Each
+        document is projected as it comes, so a page never holds whole documents."""
+        stop = min(skip + limit, sys.maxsize) if limit else sys.maxsize
+        out: list[dict] = []
+        prefix, view, decode = self._prefix, txn.view, _codec.decode
+        for value, idk in chosen.keyed_candidates(txn):
+            raw = view("docs", prefix + idk)
+            if raw is None:
+                continue
+            doc = decode(raw)
+            if value == ALWAYS and not predicate(doc):
+                continue
+            out.append(project(doc) if project is not None else doc)
+            if len(out) >= stop:
+                break
+        return out[skip:] if skip else out
+
     def _ordered_runs(self, txn: KVTxn, chosen: Plan, predicate: Callable[[Mapping[str, Any]], bool],
                       spec: list[tuple[str, int]], skip: int, limit: int,
                       project: Callable[[dict], dict] | None = None) -> list[dict]:
@@ -215,7 +244,10 @@ class KVCollection:
         run_value: bytes | None = None
 
         def flush(run: list[dict]) -> None:
-            ordered = sort_documents(run, spec) if len(run) > 1 else run
+            if len(run) == 1:  # most runs: a timestamp seldom ties
+                out.append(project(run[0]) if project is not None else run[0])
+                return
+            ordered = sort_documents(run, spec) if run else run
             out.extend(map(project, ordered) if project is not None else ordered)
 
         for value, idk in chosen.keyed_candidates(txn):
@@ -430,21 +462,27 @@ class KVCollection:
         transaction."""
         idk = key[len(self._prefix) :]
         none: tuple[set[bytes], set[bytes]] = (set(), set())
+        marked = False  # an ALWAYS or MULTI entry came or went: planners must look again
         for index in self._backend._indexes(txn, self.name):
             before, was_counted = index.filing(old, idk) if old is not None else none
             after, counted = index.filing(new, idk) if new is not None else none
             if before == after:
                 continue
+            cut = len(index.prefix)
             for entry in before - after:
                 txn.delete("index", entry)
+                marked = marked or entry[cut] < 3  # ALWAYS (1) or MULTI (2); a value component is >= 0x10
             for entry in after - before:
                 if index.unique:
                     self._check_unique(txn, index, entry, idk)
                 txn.put("index", entry, _id_length(idk))
+                marked = marked or entry[cut] < 3
             for value_prefix in was_counted - counted:
                 _uncount(txn, index, value_prefix)
             for value_prefix in counted - was_counted:
                 _count(txn, index, value_prefix)
+        if marked:
+            new_plan_token(txn)
         if new is None:
             txn.delete("docs", key)
         else:
@@ -531,7 +569,7 @@ class KVCollection:
             if not check(mine):
                 mine.append(spec)
                 self._build(txn, Index(self._prefix, spec))
-            txn.put("meta", _INDEXES_KEY, _pack(specs))
+            put_specs(txn, specs)
             return name
 
         return self._backend._writing(create)
@@ -550,7 +588,7 @@ class KVCollection:
                 raise InvalidArgument(f"{self.name}: no index named {name!r} (indexes: {known})")
             specs[self.name] = [spec for spec in mine if spec["name"] != name]
             self._drop_entries(txn, Index(self._prefix, found[0]).prefix)
-            txn.put("meta", _INDEXES_KEY, _pack(specs))
+            put_specs(txn, specs)
 
         self._backend._writing(drop)
 
@@ -562,6 +600,18 @@ class KVCollection:
 
     def index_information(self) -> dict[str, dict]:
         return {spec["name"]: {"key": spec["key"], "unique": spec["unique"]} for spec in self.list_indexes()}
+
+
+def put_specs(txn: KVTxn, specs: Mapping[str, list[dict]]) -> None:
+    """Store the index specs; every planner of the file (any process) sees them change."""
+    txn.put("meta", _INDEXES_KEY, _pack(specs))
+    new_plan_token(txn)
+
+
+def new_plan_token(txn: KVTxn) -> None:
+    """A fresh `plan` token, in the transaction that changed the indexes or their markers: random, so a
+    token of a transaction that rolled back is never seen again."""
+    txn.put("meta", _PLAN_KEY, os.urandom(8))
 
 
 def _count(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
@@ -764,6 +814,8 @@ class KVBackend:
         self._chunks = KVChunkStore(self)
         # (raw specs as last read from the file, parsed); replaced whole so threads never see a mix
         self._specs: tuple[bytes | None, dict[str, list[Index]]] = (None, {})
+        # (plan token, {index prefix: (has ALWAYS, has MULTI)} learnt under it); replaced whole, as above
+        self._marker_cache: tuple[bytes | None, dict[bytes, tuple[bool, bool]]] = (None, {})
 
     @property
     def engine(self) -> KVEngine:
@@ -837,6 +889,28 @@ class KVBackend:
     def _index_specs(self, txn: KVTxn) -> dict[str, list[dict]]:
         raw = txn.get("meta", _INDEXES_KEY)
         return _codec.decode(raw) if raw is not None else {}
+
+    def _markers(self, txn: KVTxn) -> Callable[[Index], tuple[bool, bool]]:
+        """(has ALWAYS entries, has MULTI entries) of an index as of this snapshot: two cursor probes the
+        first time under a plan token, then a dict lookup, until an index or a marker changes (in this
+        process or another: the token is read in the same snapshot). A file with no token yet (written
+        by an older version, and opened without a write: it may be read-only) is probed every time, until
+        its next index or marker change writes one."""
+        token = txn.get("meta", _PLAN_KEY)
+        if token is None:
+            return lambda index: index.markers(txn)
+        cached_token, cache = self._marker_cache
+        if cached_token != token:
+            cache = {}
+            self._marker_cache = (token, cache)
+
+        def markers(index: Index) -> tuple[bool, bool]:
+            found = cache.get(index.prefix)
+            if found is None:
+                found = cache[index.prefix] = index.markers(txn)
+            return found
+
+        return markers
 
     def _indexes(self, txn: KVTxn, collection: str) -> list[Index]:
         """The collection's indexes of the current entry format (an older one is ignored until rebuilt)."""

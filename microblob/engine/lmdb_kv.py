@@ -328,6 +328,33 @@ class _Txn:
                     return
                 yield key, bytes(value)
 
+    def index_walk(self, table: str, lo: bytes, hi: bytes | None, *, reverse: bool = False
+                   ) -> Iterator[tuple[bytes, bytes]]:
+        """(key[:-n], key[-n:]) of every key in [lo, hi) whose value's first byte is n, in key order or
+        reversed: an index walk's (indexed values, id key) pairs in one loop, not a generator per layer."""
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            if not reverse:
+                if not cursor.set_range(lo):
+                    return
+                for key, value in cursor.iternext(keys=True, values=True):
+                    key = bytes(key)
+                    if hi is not None and key >= hi:
+                        return
+                    cut = len(key) - value[0]
+                    yield key[:cut], key[cut:]
+                return
+            if hi is None or not cursor.set_range(hi):
+                if not cursor.last():
+                    return
+            elif not cursor.prev():  # set_range found the first key >= hi: step below it
+                return
+            for key, value in cursor.iterprev(keys=True, values=True):
+                key = bytes(key)
+                if key < lo:
+                    return
+                cut = len(key) - value[0]
+                yield key[:cut], key[cut:]
+
     def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
         if self._readonly:
             # Read transactions hand out memoryviews, which do not order: counting in a bytes-handing

@@ -46,7 +46,7 @@ import msgpack
 from .._exceptions import InvalidArgument, InvalidDocument, StorageError, StoreClosed
 from . import codec as _codec
 from .kv import KVTxn, MemoryEngine
-from .kvdocs import _INDEXES_KEY, KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key
+from .kvdocs import KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key, put_specs
 from .lmdb_kv import LmdbEngine, Space
 
 __all__ = ["MongitaBackend", "collection_name", "mongita_name"]
@@ -259,7 +259,7 @@ class MongitaBackend(KVBackend):
             raise StorageError(f"Mongita could not read the index specs: {exc}") from exc
         self._saved_specs: dict[str, Any] = stored
         if stored:
-            self._engine.write(lambda txn: txn.put("meta", _INDEXES_KEY, _pack(stored)))
+            self._engine.write(lambda txn: put_specs(txn, stored))
 
     def _save_index_specs(self, collection: str) -> None:
         with self._engine.read() as txn:

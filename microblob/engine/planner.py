@@ -18,7 +18,7 @@ with de-duplication and one bound per field (`{a: {$gt: 1, $lt: 5}}` matches `a:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,6 +297,12 @@ class Plan:
     def keyed_candidates(self, txn: Any) -> Iterator[tuple[bytes, bytes]]:
         """(indexed values as key bytes, id key) of every candidate, in plan order, each once."""
         assert self.index is not None
+        if len(self.ranges) == 1 and not (self.multi or self.always):  # the common walk: no generator around it
+            return (_walk_reverse if self.reverse else _walk_forward)(txn, *self.ranges[0])
+        return self._keyed_candidates(txn)
+
+    def _keyed_candidates(self, txn: Any) -> Iterator[tuple[bytes, bytes]]:
+        assert self.index is not None
         seen: set[bytes] | None = set() if self.multi else None
         for lo, hi in self.ranges:
             walk = _walk_reverse(txn, lo, hi) if self.reverse else _walk_forward(txn, lo, hi)
@@ -364,7 +370,19 @@ def stored_count(txn: Any, index: Index, value_prefix: bytes) -> int:
 
 
 def _walk_forward(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-    for key, n in txn.range("index", lo, hi):
+    return _pairs(txn, lo, hi, False)
+
+
+def _pairs(txn: Any, lo: bytes, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    """(indexed values, id key) of every entry in [lo, hi), in key order or reversed."""
+    walk = getattr(txn, "index_walk", None)  # the LMDB engine splits them in its own cursor loop
+    if walk is not None:
+        return walk("index", lo, hi, reverse=reverse)
+    return _split_entries(txn, lo, hi, reverse)
+
+
+def _split_entries(txn: Any, lo: bytes, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    for key, n in txn.range("index", lo, hi, reverse=reverse):
         cut = len(key) - n[0]
         yield key[:cut], key[cut:]
 
@@ -376,9 +394,7 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes
         run: list[bytes] = []
         run_value = b""
         restart: bytes | None = None
-        for key, n in txn.range("index", lo, hi, reverse=True):
-            cut = len(key) - n[0]
-            value, idk = key[:cut], key[cut:]
+        for value, idk in _pairs(txn, lo, hi, True):
             if run and value != run_value:
                 for idk_ in reversed(run):
                     yield run_value, idk_
@@ -393,8 +409,8 @@ def _walk_reverse(txn: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes
             for idk_ in reversed(run):
                 yield run_value, idk_
             return
-        for key, n in txn.range("index", restart, keys.successor(restart)):
-            yield restart, key[-n[0]:]
+        for _, idk in _pairs(txn, restart, keys.successor(restart), False):
+            yield restart, idk
         hi = restart
 
 
@@ -466,14 +482,16 @@ def _sort_direction(index: Index, fixed: int, sort: Sequence[tuple[str, int]],
 
 
 def plan(txn: Any, indexes: Sequence[Index], filter: Mapping[str, Any] | None,
-         sort: Sequence[tuple[str, int]], window: int | None) -> Plan:
-    """The cheapest way this planner knows to answer (filter, sort, skip+limit = window)."""
+         sort: Sequence[tuple[str, int]], window: int | None,
+         markers: Callable[[Index], tuple[bool, bool]] | None = None) -> Plan:
+    """The cheapest way this planner knows to answer (filter, sort, skip+limit = window). `markers` gives
+    an index's (has ALWAYS, has MULTI) as of `txn` (default: probe it)."""
     conds, whole = _conditions(filter)
     found: list[Plan] = []
     for index in indexes:
         if index.fields[0] not in conds and not (sort and any(f == index.fields[0] for f, _ in sort)):
             continue
-        always, multi = index.markers(txn)
+        always, multi = markers(index) if markers is not None else index.markers(txn)
         ranges, used, fixed, exact, exact_multi = _bounds(index, conds, multi)
         answers = whole and set(used) == set(conds)
         exact = exact and answers
