@@ -352,6 +352,24 @@ def test_microblob_does_not_write_over_a_flowcept_document(store: microblob.Stor
     assert store.get_blob_object("fc-owned").data == b"x"
 
 
+@pytest.mark.parametrize("object_id", [
+    "fc-plain",
+    ["fc-listed"],  # filed under each element of the array
+    ["fc-long", "x" * 600],  # an element too long for a key: the document is filed under ALWAYS only
+])
+def test_a_flowcept_document_is_found_however_its_object_id_is_filed(store: microblob.Store, object_id: Any) -> None:
+    """A save of a new id probes the `object_id` index for a Flowcept document (no planner, no scan): the
+    probe must see the document whether its value is filed exactly, per array element, or under ALWAYS."""
+    wanted = object_id if isinstance(object_id, str) else object_id[0]
+    store._objects.insert_one({**_flowcept_doc(wanted, 0, **_inline_payload(b"x")), "object_id": object_id})
+    assert store._objects.find_one({"object_id": wanted}, projection={"_id": 1}) is not None
+    with pytest.raises(InvalidArgument, match="Flowcept"):
+        store.save_or_update_object(b"y", object_id=wanted)
+    assert store.get_blob_object(wanted).data == b"x"
+    assert store._objects.find_one({"object_id": wanted + "-other"}) is None
+    assert store.save_or_update_object(b"z", object_id=wanted + "-other") == wanted + "-other"
+
+
 def test_documents_written_by_pymongo_and_gridfs_as_flowcept_does(mongo_server: Any) -> None:
     """On a real MongoDB: ObjectId `_id`s and a GridFS file put by pymongo's own `gridfs`, as Flowcept does."""
     import hashlib

@@ -217,3 +217,58 @@ def test_a_full_store_fails_only_the_writer_that_needs_the_room(lmdb_path: Path,
             assert txn.get("chunks", b"huge") is None and txn.get("meta", b"huge-runs") is None
     finally:
         engine.close()
+
+
+class _SlowFirstSync:
+    """The environment, with its first sync held until released: a group whose meta page is still being
+    synced. Everything else goes to the real environment."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+        self.syncing = threading.Event()
+        self.release = threading.Event()
+        self.synced = threading.Event()
+
+    def sync(self, force: bool = False) -> None:
+        if not self.syncing.is_set():
+            self.syncing.set()
+            assert self.release.wait(WAIT)
+            self._env.sync(force)
+            self.synced.set()
+            return
+        self._env.sync(force)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+
+def test_the_next_group_commits_while_the_previous_one_syncs(engine: LmdbEngine) -> None:
+    """A writer that arrives during a group's sync runs at once in the next group, and no writer returns
+    before the sync of its own commit is over."""
+    shared = engine._env()
+    slow = _SlowFirstSync(shared.env)
+    shared.env = slow
+    try:
+        returned: dict[str, bool] = {}
+
+        def put(key: bytes) -> Callable[[], None]:
+            def run() -> None:
+                engine.write(lambda txn: txn.put("meta", key, b"1"))
+                returned[key.decode()] = slow.synced.is_set()  # whether the first group's sync was over
+            return run
+
+        first = threading.Thread(target=put(b"first"))
+        first.start()
+        assert slow.syncing.wait(WAIT)
+        second = threading.Thread(target=put(b"second"))
+        second.start()
+        second.join(WAIT)
+        assert not second.is_alive(), "the second writer waited for the first group's sync"
+        assert returned == {"second": False} and first.is_alive()  # committed and synced on its own
+        assert read(engine, b"first") == b"1" and read(engine, b"second") == b"1"
+        slow.release.set()
+        first.join(WAIT)
+        assert returned == {"second": False, "first": True}  # not before its own sync was over
+    finally:
+        slow.release.set()
+        shared.env = slow._env

@@ -23,7 +23,7 @@ __all__ = ["GroupCommit", "WriteRequest"]
 
 T = TypeVar("T")
 
-_PENDING, _DONE = 0, 1
+_PENDING, _SYNCING, _DONE = 0, 1, 2
 
 
 class WriteRequest(Generic[T]):
@@ -43,6 +43,10 @@ class WriteRequest(Generic[T]):
     def run(self, txn: Any) -> T:
         """Run the writer's function on `txn` in the writer's own context (on whichever thread leads)."""
         return self._context.run(self.fn, txn)
+
+    def committed(self) -> None:
+        """In a commit whose sync is still running: no leader may run it again, and it is not done yet."""
+        self._state = _SYNCING
 
     def succeed(self, result: Any) -> None:
         self._result, self._error, self._state = result, None, _DONE
@@ -74,17 +78,22 @@ class GroupCommit:
         with self._cond:
             return len(self._pending)
 
-    def submit(self, request: WriteRequest[T], commit: Callable[[list[WriteRequest[Any]]], None]) -> T:
+    def submit(
+        self, request: WriteRequest[T],
+        commit: Callable[[list[WriteRequest[Any]]], Callable[[], None] | None],
+    ) -> T:
         """Queue `request` and wait until a group holding it committed; lead a group if none is in flight.
 
-        `commit(batch)` runs the batch and settles every request of it with `succeed` or `fail`. When it
-        raises, the requests it left unsettled go back to the queue for the next leader (each then meets
-        the failure itself, or not); the leader gets its own request's outcome if that was settled, else
-        the exception."""
+        `commit(batch)` runs the batch and settles every request of it with `succeed` or `fail`, or marks
+        the committed ones `committed()` and returns a function that syncs and settles them: that runs
+        after the next leader is let in, so the next group's transaction overlaps this group's sync (each
+        request still returns only once its own commit is on disk). When `commit` raises, the requests it
+        left unsettled go back to the queue for the next leader (each then meets the failure itself, or
+        not); the leader gets its own request's outcome if that was settled, else the exception."""
         with self._cond:
             self._pending.append(request)
             try:
-                while not request.done and self._leading:
+                while not request.done and (self._leading or request._state == _SYNCING):
                     self._cond.wait()
             except BaseException:  # interrupted while queued: withdraw it (in a group in flight, it is written)
                 if request in self._pending:
@@ -95,16 +104,26 @@ class GroupCommit:
             self._leading = True
             batch, self._pending = self._pending, []
         error: Exception | None = None
+        finish: Callable[[], None] | None = None
         try:
-            commit(batch)
+            finish = commit(batch)
         except Exception as exc:  # ours may be settled all the same: the others run again and meet it
             error = exc
         finally:
             with self._cond:
                 self._leading = False
-                unsettled = [r for r in batch if not r.done and r is not request]
+                unsettled = [r for r in batch if r._state == _PENDING and r is not request]
                 self._pending[:0] = unsettled
                 self._cond.notify_all()
+        if finish is not None:
+            try:
+                finish()
+            finally:
+                with self._cond:
+                    for r in batch:  # never left waiting on a sync that raised before settling it
+                        if r._state == _SYNCING:
+                            r.fail(RuntimeError("the commit's sync ended without settling this write"))
+                    self._cond.notify_all()
         if request.done:
             return request.outcome()
         if error is not None:

@@ -38,6 +38,7 @@ from . import codec as _codec
 from .backend import Filter, Projection, Sort, check_window, checked_chunk
 from .ids import new_id
 from .index_keys import ALWAYS, successor
+from .index_keys import encode as encode_component
 from .kv import KVEngine, KVTxn
 from .planner import Index, Plan, check_index_spec, documents_under, plan
 from .query import (
@@ -90,6 +91,8 @@ def _scalar(value: Any) -> tuple[bool, Any]:
 
 
 def id_key(_id: Any) -> bytes:
+    if type(_id) is str and len(_id) <= 100 and _id.isascii():  # the common id: packs as itself, fits
+        return _pack(_id)
     ok, norm = _scalar(_id)
     if not ok or _id is None:
         raise InvalidArgument(f"_id must be a str, int, float, bytes or datetime, not {type(_id).__name__}")
@@ -270,8 +273,28 @@ class KVCollection:
                 with self._backend._reading() as txn:
                     raw = txn.view("docs", self._prefix + exact)
                     return _codec.decode(raw) if raw is not None else None
+        if sort is None and self._indexed_miss(filter):
+            return None
         found = self.find(filter, projection, sort=sort, limit=1)
         return found[0] if found else None
+
+    def _indexed_miss(self, filter: Filter | None) -> bool:
+        """True when a one-field index shows that nothing matches `{field: "text"}`: no entry under the
+        value and none under ALWAYS. Two key probes instead of compiling, planning and walking (a save of
+        a new id asks this of `object_id` for every object); any candidate leaves the answer to `find`."""
+        if not isinstance(filter, dict) or len(filter) != 1:
+            return False
+        ((path, value),) = filter.items()
+        if type(value) is not str or type(path) is not str or not _plain_field(path):
+            return False
+        component = encode_component(value)
+        if component is None:
+            return False
+        with self._backend._reading() as txn:
+            for index in self._backend._indexes(txn, self.name):
+                if index.fields == [path]:
+                    return not _any_key(txn, index.prefix + component) and not _any_key(txn, index.prefix + ALWAYS)
+        return False
 
     def count_documents(self, filter: Filter | None = None) -> int:
         predicate = compile_filter(filter)
@@ -595,12 +618,13 @@ def _count(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
     """One more document under a value prefix (its entries already written). A counter is kept only from
     two documents on: most values of a timestamp or id index have one, and a key for each would cost
     as much room as the entries."""
-    if _documents_under(txn, index, value_prefix) < 2:  # most values of most indexes: one probe
-        return
     counter = index.counter_key(value_prefix)
     raw = txn.get("index", counter)
-    n = int.from_bytes(raw, "big") + 1 if raw is not None else 2
-    txn.put("index", counter, n.to_bytes(8, "big"))
+    if raw is not None:  # a value already shared (a missing field, a type): no need to count its entries
+        txn.put("index", counter, (int.from_bytes(raw, "big") + 1).to_bytes(8, "big"))
+        return
+    if _documents_under(txn, index, value_prefix) >= 2:  # most values of most indexes: one probe, then no counter
+        txn.put("index", counter, (2).to_bytes(8, "big"))
 
 
 def _documents_under(txn: KVTxn, index: Index, value_prefix: bytes) -> int:
@@ -623,6 +647,17 @@ def _uncount(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
         txn.put("index", counter, n.to_bytes(8, "big"))
     else:
         txn.delete("index", counter)
+
+
+def _plain_field(path: str) -> bool:
+    """A top-level field name an index files exactly (no dotted path, no operator)."""
+    return bool(path) and "." not in path and not path.startswith("$") and "\x00" not in path
+
+
+def _any_key(txn: KVTxn, prefix: bytes) -> bool:
+    for _ in txn.range("index", prefix, successor(prefix)):
+        return True
+    return False
 
 
 def _id_length(idk: bytes) -> bytes:

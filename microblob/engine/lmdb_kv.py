@@ -842,12 +842,18 @@ class LmdbEngine:
         request = WriteRequest(fn, size_hint, durable and self._sync_after_commit)
         return shared.group.submit(request, lambda batch: self._commit_group(shared, batch))
 
-    def _commit_group(self, shared: _Env, batch: list[WriteRequest[Any]]) -> None:
+    def _commit_group(self, shared: _Env, batch: list[WriteRequest[Any]]) -> Callable[[], None] | None:
         """Run `batch` in as few transactions as the map allows, sync once if any wants it, and only
         then settle each request: none learns it succeeded before its commit is on disk. What was
         committed is settled even if a later transaction of the group fails (say the store is full), so
-        nothing committed is ever run twice."""
+        nothing committed is ever run twice.
+
+        The sync is returned (`GroupCommit.submit` runs it once the next leader may start): LMDB's
+        data pages of these commits are already flushed (sync without metasync), so the next group's
+        transaction may run while their meta page is synced. It reuses no page the previous snapshot
+        holds, so whichever meta page a crash leaves names a whole tree."""
         committed: list[tuple[WriteRequest[Any], Any]] = []
+        handed_over = False
         with shared.write_lock:
             shared.writer = threading.get_ident()
             try:
@@ -864,17 +870,21 @@ class LmdbEngine:
                         except StoreFull as exc:  # the map may grow no more: the writer that needed it
                             remaining[0].fail(exc)  # fails, the others of the group run on
                             remaining = remaining[1:]
+                for request, _ in committed:
+                    request.committed()
+                handed_over = True
             finally:
-                try:
+                shared.writer = None
+                if not handed_over:  # an error on the way: settle what committed before it propagates
                     self._settle(shared, committed)
-                finally:
-                    shared.writer = None
+        return lambda: self._settle(shared, committed)
 
     def _settle(self, shared: _Env, committed: list[tuple[WriteRequest[Any], Any]]) -> None:
         failed: MicroblobError | None = None
         if any(r.durable for r, _ in committed):
             try:
-                shared.env.sync(True)
+                with shared.rw.shared():  # a resize or a close waits for the sync
+                    shared.env.sync(True)
             except lmdb.Error as exc:
                 failed = engine_error(self.path, exc)
         for request, result in committed:

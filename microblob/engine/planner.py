@@ -103,15 +103,20 @@ def check_index_spec(keys_: Any, name: Any = None, unique: Any = False) -> tuple
 def _field_components(doc: Mapping[str, Any], path: str) -> tuple[list[bytes] | None, bool]:
     """(components of the document's value on `path`, whether it is an array); None = no components."""
     value: Any = doc
-    for part in path.split("."):
-        if isinstance(value, dict):
-            value = value.get(part, _MISSING)
-        elif isinstance(value, (list, tuple)):
-            return None, False  # array fan-out inside the path: left to the matcher
-        else:
-            value = _MISSING
+    if "." not in path:  # a top-level field: one lookup
+        value = doc.get(path, _MISSING) if isinstance(doc, dict) else _MISSING
         if value is _MISSING:
             return [keys.NULL], False
+    else:
+        for part in path.split("."):
+            if isinstance(value, dict):
+                value = value.get(part, _MISSING)
+            elif isinstance(value, (list, tuple)):
+                return None, False  # array fan-out inside the path: left to the matcher
+            else:
+                value = _MISSING
+            if value is _MISSING:
+                return [keys.NULL], False
     if isinstance(value, (list, tuple)):
         found = set()
         for item in value:
@@ -149,6 +154,12 @@ class Index:
         A value prefix is the components of the first 1..k indexed fields of one of its entries (without
         the index prefix); a document is counted once under each, however many array combinations share
         it. A document filed under ALWAYS is counted under none (counts re-check those with the matcher)."""
+        if len(self.fields) == 1:  # the common case, one field holding one value: no sets of combinations
+            comps, is_array = _field_components(doc, self.fields[0])
+            if comps is not None and not is_array and len(comps) == 1:
+                entry = self.prefix + comps[0] + idk
+                if len(entry) <= _MAX_KEY:
+                    return {entry}, {comps[0]}
         per_field = []
         multi = False
         always = {self.prefix + keys.ALWAYS + idk}, set()

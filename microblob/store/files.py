@@ -161,6 +161,13 @@ def check_lookup_id(file_id: Any) -> Any:
     return file_id
 
 
+def check_sha256(file_id: Any, data: bytes, sha: Any) -> None:
+    """IntegrityError unless `data` hashes to the files document's `sha256` (a file without one, as
+    other GridFS tools write, is taken as it is)."""
+    if isinstance(sha, str) and data and hashlib.sha256(data).hexdigest() != sha:
+        raise IntegrityError(f"file {file_id!r} does not match its own sha256")
+
+
 class UploadStream(io.RawIOBase):
     """A writable file object that stores what is written as chunks of one file.
 
@@ -564,6 +571,16 @@ class FilesBucket:
         presence and lengths, then the sha256), from one read where the backend has snapshots; None if
         it is larger. For the many small objects an instrument saves, a stream's set-up cost more than
         their bytes."""
+        found = self.read_small_unhashed(file_id, limit)
+        if found is None:
+            return None
+        data, sha = found
+        check_sha256(file_id, data, sha)
+        return data
+
+    def read_small_unhashed(self, file_id: Any, limit: int) -> tuple[bytes, Any] | None:
+        """`read_small` without the sha256 check: (the bytes, the files document's sha256), for a caller
+        that hashes them only if they are used (`check_sha256`). Chunk presence and lengths are checked."""
         with self._backend.snapshot():
             doc = self.get_file(file_id)
             length, chunk_size = int(doc["length"]), int(doc["chunkSize"])
@@ -581,10 +598,7 @@ class FilesBucket:
                 if not self.exists(file_id):  # freed under us by an update or a delete: gone, not damaged
                     raise FileNotFound(file_id, "was deleted while it was being read") from None
                 raise
-        sha = doc.get("sha256")
-        if isinstance(sha, str) and length and hashlib.sha256(data).hexdigest() != sha:
-            raise IntegrityError(f"file {file_id!r} does not match its own sha256")
-        return data
+        return data, doc.get("sha256")
 
     def download_to_stream(self, file_id: Any, destination: BinaryIO) -> int:
         if not callable(getattr(destination, "write", None)) or isinstance(destination, io.TextIOBase):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._exceptions import FileNotFound, IntegrityError, InvalidArgument
 from .._outfile import output_file
+from .files import check_sha256
 from .flowcept_layout import as_microblob
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,6 +25,10 @@ __all__ = ["FIELDS", "BlobObject", "save_stream_atomically"]
 # `data` of a file up to this size is read in one go (FilesBucket.read_small); larger ones through a
 # stream, which hashes big pieces on a worker thread.
 _SMALL = 1024 * 1024
+# A chunked version up to this size has its bytes read with its document, in the same snapshot
+# (`Store.get_blob_object`), and hashed only when `data` is asked for: one read transaction per get of
+# a small object. Small enough that a get for the metadata alone pays a copy of a few pages.
+PREFETCH = 16 * 1024
 
 FIELDS = (
     "object_id",
@@ -63,7 +68,7 @@ class BlobObject(Mapping[str, Any]):
     """One version of an object: `obj.version`, `obj["workflow_id"]`, `dict(obj)` (metadata only),
     and the bytes through `data`, `open()`, `save(path)`."""
 
-    __slots__ = ("_store", "_meta", "_inline", "_data")
+    __slots__ = ("_store", "_meta", "_inline", "_data", "_fetched")
 
     def __init__(self, store: Store, doc: Mapping[str, Any]) -> None:
         self._store = store
@@ -74,6 +79,20 @@ class BlobObject(Mapping[str, Any]):
         inline = doc.get("data")
         self._inline: bytes | None = bytes(inline) if isinstance(inline, (bytes, bytearray, memoryview)) else None
         self._data: bytes | None = None
+        self._fetched: tuple[bytes, Any] | None = None  # (bytes, their file's sha256), not yet hashed
+
+    def prefetch(self) -> None:
+        """Read a small chunked version's bytes now, in the caller's snapshot, without hashing them. Any
+        problem (a missing or damaged file) is left for `data` to raise, as if nothing was read here."""
+        m = self._meta
+        size = m["size"]
+        if m["storage"] != "chunked" or self._inline is not None or m["evicted_to"] or m["file_id"] is None \
+                or type(size) is not int or size > PREFETCH:
+            return
+        try:
+            self._fetched = self._store.files.read_small_unhashed(m["file_id"], PREFETCH)
+        except (FileNotFound, IntegrityError):
+            self._fetched = None
 
     def __getattr__(self, name: str) -> Any:
         if name == "object_type":  # Flowcept's name for `type`
@@ -107,7 +126,11 @@ class BlobObject(Mapping[str, Any]):
     def data(self) -> bytes:
         """The bytes, read once and kept. Use `open()` or `save()` for large objects."""
         if self._data is None:
-            if self._meta["storage"] == "inline" or self._inline is not None:
+            if self._fetched is not None:
+                data, sha = self._fetched
+                check_sha256(self._meta["file_id"], data, sha)
+                self._data, self._fetched = data, None
+            elif self._meta["storage"] == "inline" or self._inline is not None:
                 self._data = self._load_inline()
             elif not self._meta["evicted_to"] and (small := self._read_small()) is not None:
                 self._data = small

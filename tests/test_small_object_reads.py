@@ -1,0 +1,80 @@
+"""A get of a small object on the embedded backends: its document and its bytes from one read
+transaction, the bytes hashed only when asked for, and every problem with them still raised by `data`
+(never by the get, so the metadata of a damaged object stays readable)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+import microblob
+from microblob import FileNotFound, IntegrityError
+from microblob.store.objects import PREFETCH
+
+
+def _count_read_transactions(store: microblob.Store) -> dict[str, int]:
+    engine = store.backend.engine
+    original = engine.read
+    counts = {"read": 0}
+
+    @contextmanager
+    def read() -> Iterator[Any]:
+        counts["read"] += 1
+        with original() as txn:
+            yield txn
+
+    engine.read = read
+    return counts
+
+
+def _flip_chunk(store: microblob.Store, file_id: Any) -> None:
+    chunks = store.files._chunks
+    data = bytes(chunks.get(file_id, 0))
+    chunks.put(file_id, 0, bytes([data[0] ^ 1]) + data[1:])
+
+
+@pytest.mark.parametrize("size", [1, 1024, PREFETCH])
+def test_a_small_get_with_its_bytes_is_one_read_transaction(embedded_store: microblob.Store, size: int) -> None:
+    payload = os.urandom(size)
+    oid = embedded_store.save_or_update_object(payload, control_version=True)
+    embedded_store.save_or_update_object(payload[::-1], object_id=oid, control_version=True)
+    reads = _count_read_transactions(embedded_store)
+    assert embedded_store.get_blob_object(oid).data == payload[::-1]
+    assert reads["read"] == 1
+    assert embedded_store.get_blob_object(oid, 0).data == payload  # a history version too
+    assert reads["read"] == 2
+
+
+def test_a_larger_get_reads_no_bytes_until_asked(embedded_store: microblob.Store) -> None:
+    payload = os.urandom(PREFETCH + 1)
+    oid = embedded_store.save_or_update_object(payload)
+    reads = _count_read_transactions(embedded_store)
+    obj = embedded_store.get_blob_object(oid)
+    assert reads["read"] == 1 and obj._fetched is None
+    assert obj.data == payload
+
+
+def test_damaged_small_bytes_raise_from_data_not_from_the_get(embedded_store: microblob.Store) -> None:
+    oid = embedded_store.save_or_update_object(os.urandom(1024), custom_metadata={"k": 1})
+    obj = embedded_store.get_blob_object(oid)
+    _flip_chunk(embedded_store, obj.file_id)
+    damaged = embedded_store.get_blob_object(oid)  # the metadata is still there to read
+    assert damaged.custom_metadata == {"k": 1} and damaged.size == 1024
+    with pytest.raises(IntegrityError, match="sha256"):
+        _ = damaged.data
+    with pytest.raises(IntegrityError, match="sha256"):  # asked again: checked again, never cached
+        _ = damaged.data
+
+
+def test_a_small_object_whose_file_is_gone_raises_from_data(embedded_store: microblob.Store) -> None:
+    oid = embedded_store.save_or_update_object(b"x" * 100)
+    file_id = embedded_store.get_blob_object(oid).file_id
+    embedded_store.files._files.delete_one({"_id": file_id})
+    obj = embedded_store.get_blob_object(oid)
+    assert obj.size == 100
+    with pytest.raises(FileNotFound):
+        _ = obj.data
