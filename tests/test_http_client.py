@@ -140,6 +140,8 @@ def test_cancelled_invocation_raises(served: Any) -> None:
 
         inv = wait_until(lambda: [i for i in http.get(base + "invocations/").json() if i["status"] == "running"])
         assert http.delete(inv[0]["href"]).status_code == 202
+        # Released only once the cancel took: released first, the action may return before it sees it.
+        wait_until(lambda: http.get(inv[0]["href"]).json()["status"] == "cancelled")
     camera.release.set()
     t.join(30)
     assert isinstance(result.get("error"), InvocationCancelled)
