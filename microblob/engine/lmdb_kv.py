@@ -249,6 +249,16 @@ class _ReadScope:
             self._shared.rw.release_shared()
 
 
+def _first_of_range(cursor: lmdb.Cursor, lo: bytes, hi: bytes | None, reverse: bool) -> bool:
+    """Put `cursor` on the first key of a walk over [lo, hi), from the low end or (`reverse`) the high
+    end; False when the range is empty at that end. The walks' loops stay inline (no generator layer)."""
+    if not reverse:
+        return bool(cursor.set_range(lo))
+    if hi is None or not cursor.set_range(hi):
+        return bool(cursor.last())
+    return bool(cursor.prev())  # set_range found the first key >= hi: step below it
+
+
 class _Txn:
     """KVTxn over an lmdb.Transaction and the table handles."""
 
@@ -307,53 +317,31 @@ class _Txn:
     def range(
         self, table: str, lo: bytes, hi: bytes | None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        with self._txn.cursor(db=self._dbs[table]) as cursor:
-            if not reverse:
-                if not cursor.set_range(lo):
-                    return
-                for key, value in cursor.iternext(keys=True, values=True):
-                    key = bytes(key)
-                    if hi is not None and key >= hi:
-                        return
-                    yield key, bytes(value)
-                return
-            if hi is None or not cursor.set_range(hi):
-                if not cursor.last():
-                    return
-            elif not cursor.prev():  # set_range found the first key >= hi: step below it
-                return
-            for key, value in cursor.iterprev(keys=True, values=True):
-                key = bytes(key)
-                if key < lo:
-                    return
-                yield key, bytes(value)
+        return self._walk(table, lo, hi, reverse, split=False)
 
     def index_walk(self, table: str, lo: bytes, hi: bytes | None, *, reverse: bool = False
                    ) -> Iterator[tuple[bytes, bytes]]:
         """(key[:-n], key[-n:]) of every key in [lo, hi) whose value's first byte is n, in key order or
         reversed: an index walk's (indexed values, id key) pairs in one loop, not a generator per layer."""
+        return self._walk(table, lo, hi, reverse, split=True)
+
+    def _walk(self, table: str, lo: bytes, hi: bytes | None, reverse: bool, split: bool
+              ) -> Iterator[tuple[bytes, bytes]]:
+        """The keys of [lo, hi) in order (or reversed) with their values copied, or (`split`) each key cut
+        where its value's first byte says: one loop for both, returned as is by its callers."""
         with self._txn.cursor(db=self._dbs[table]) as cursor:
-            if not reverse:
-                if not cursor.set_range(lo):
+            if not _first_of_range(cursor, lo, hi, reverse):
+                return
+            steps = cursor.iterprev(keys=True, values=True) if reverse else cursor.iternext(keys=True, values=True)
+            for key, value in steps:
+                key = bytes(key)
+                if (key < lo) if reverse else (hi is not None and key >= hi):
                     return
-                for key, value in cursor.iternext(keys=True, values=True):
-                    key = bytes(key)
-                    if hi is not None and key >= hi:
-                        return
+                if split:
                     cut = len(key) - value[0]
                     yield key[:cut], key[cut:]
-                return
-            if hi is None or not cursor.set_range(hi):
-                if not cursor.last():
-                    return
-            elif not cursor.prev():  # set_range found the first key >= hi: step below it
-                return
-            for key, value in cursor.iterprev(keys=True, values=True):
-                key = bytes(key)
-                if key < lo:
-                    return
-                cut = len(key) - value[0]
-                yield key[:cut], key[cut:]
+                else:
+                    yield key, bytes(value)
 
     def count_range(self, table: str, lo: bytes, hi: bytes | None, limit: int | None = None) -> int:
         if self._readonly:
