@@ -25,6 +25,7 @@ Choices where this module is stricter than MongoDB (each one is pinned by a test
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import functools
 import heapq
@@ -638,9 +639,69 @@ def compile_filter(filter: Mapping[str, Any] | None) -> Callable[[Mapping[str, A
         return _match_all
     if not isinstance(filter, Mapping):
         raise InvalidQuery(f"a filter must be a dict, not {type(filter).__name__}")
+    key = _filter_key(filter)
+    if key is not None:
+        cached = _compiled.get(key)
+        if cached is not None:
+            return cached
     check_depth(filter, "a filter")
     with _regex.filter_budget():  # every $regex of this filter draws on one matching budget
-        return _compile_document(filter)
+        # A cached predicate is built from a copy: one made from the caller's own lists would change
+        # if the caller later changed them, and still answer for the filter they used to hold.
+        predicate = _compile_document(copy.deepcopy(filter) if key is not None else filter)
+    if key is not None:
+        if len(_compiled) >= _COMPILED_MAX:
+            _compiled.clear()
+        _compiled[key] = predicate
+    return predicate
+
+
+# Compiled filters by their exact content: a page, a count or a browse query asks the same small filter
+# again and again, and compiling it costs about a tenth of a limit-50 query. Only filters of plain
+# values are kept (exact str/int/float/bool/None/datetime, dicts with str keys, lists), and none with an
+# operator whose predicate carries per-query state ($regex's time budget) or that this module compiles
+# specially; anything else compiles on every call.
+_COMPILED_MAX = 256
+_FILTER_KEY_NODES = 64
+_compiled: dict[Any, Predicate] = {}
+_UNCACHED_OPERATORS = frozenset(("$regex", "$options", "$where", "$expr", "$text", "$jsonSchema"))
+_KEYED_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _filter_key(filter: Mapping[str, Any]) -> Any:
+    """A hashable key saying exactly what `filter` holds (types included: 1, 1.0 and True differ), or
+    None when the filter is not one the cache keeps. Bounded: past `_FILTER_KEY_NODES` values or
+    MAX_DEPTH levels (a cyclic filter too) it gives up, and compile_filter's own checks answer."""
+    nodes = [_FILTER_KEY_NODES]
+
+    def key(value: Any, depth: int) -> Any:
+        nodes[0] -= 1
+        if nodes[0] < 0 or depth > MAX_DEPTH:
+            raise _Uncacheable
+        kind = type(value)
+        if kind in _KEYED_SCALARS:
+            return kind, value
+        if kind is _dt.datetime:
+            return kind, value, value.tzinfo
+        if kind is dict:
+            items = []
+            for name, sub in value.items():
+                if type(name) is not str or name in _UNCACHED_OPERATORS:
+                    raise _Uncacheable
+                items.append((name, key(sub, depth + 1)))
+            return kind, tuple(items)
+        if kind is list or kind is tuple:
+            return kind, tuple(key(sub, depth + 1) for sub in value)
+        raise _Uncacheable
+
+    try:
+        return key(filter, 1)
+    except _Uncacheable:
+        return None
 
 
 def match(doc: Mapping[str, Any], filter: Mapping[str, Any] | None) -> bool:
