@@ -398,8 +398,10 @@ class KVCollection:
         new = dict(doc)
         _codec.check_document(new)
 
+        exact = _exact_id(filter)
+
         def replace(txn: KVTxn) -> int:
-            for key, old in self._matching(txn, filter):
+            for key, old in self._by_id(txn, exact) if exact is not None else self._matching(txn, filter):
                 if "_id" in new and not _same_id(new["_id"], old["_id"]):
                     raise InvalidQuery("replace_one cannot change a document's _id")
                 new["_id"] = old["_id"]
@@ -427,6 +429,13 @@ class KVCollection:
 
         return self._backend._writing(do_update)
 
+    def _by_id(self, txn: KVTxn, idk: bytes) -> list[tuple[bytes, dict]]:
+        """The (key, document) a filter of exactly one `_id` matches: one get, not a plan and a walk
+        (a counter bumped on every save is replaced, and an entry deleted, by `_id`)."""
+        key = self._prefix + idk
+        raw = txn.get("docs", key)
+        return [(key, _codec.decode(raw))] if raw is not None else []
+
     def _upsert(self, txn: KVTxn, filter: Filter, doc: dict) -> None:
         if "_id" not in doc:
             ids = equality_values(filter, "_id")
@@ -445,8 +454,11 @@ class KVCollection:
     def _delete(self, filter: Filter, limit: int) -> int:
         compile_filter(filter)
 
+        exact = _exact_id(filter)
+
         def delete(txn: KVTxn) -> int:
-            found = list(itertools.islice(self._matching(txn, filter), limit or None))
+            matches = self._by_id(txn, exact) if exact is not None else self._matching(txn, filter)
+            found = list(itertools.islice(matches, limit or None))
             for key, old in found:
                 self._write(txn, key, old, None, None)
             return len(found)
