@@ -27,6 +27,7 @@ S3. A positional path past the end of an array, `{"a.0": null}` on `{a: []}`, ma
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -266,6 +267,27 @@ plain_sorts = st.sampled_from([[("a", 1)], [("a", -1)], [("b", 1)], [("c", -1)],
                                [("a", 1), ("b", 1)]]).map(lambda s: [*s, ("_id", 1)])
 
 
+@contextlib.contextmanager
+def indexed_collection(store: Any, name: str, indexes: list, docs: list) -> Iterator[Any]:
+    """`name` with `indexes` created and `docs` inserted in one write, emptied and its indexes dropped
+    after (the store is shared by every example of a test)."""
+    coll = store.backend.collection(name)
+
+    def setup() -> None:
+        for keys in indexes:
+            coll.create_index(keys)
+        for doc in docs:
+            coll.insert_one(doc)
+
+    store.backend.atomic(setup)
+    try:
+        yield coll
+    finally:
+        coll.delete_many({})
+        for spec in coll.list_indexes():
+            coll.drop_index(spec["name"])
+
+
 @kinds
 @DIFFERENTIAL
 @given(docs=documents, flt=filters, sort=st.none() | plain_sorts, skip=st.integers(0, 2),
@@ -278,17 +300,7 @@ def test_random_indexes_never_change_a_result(backends: dict, kind: str, docs: l
         assume(not secantus_differs(flt))
         if sort:
             docs = [d for d in docs if not any(_sort_hazard(d, field) for field, _ in sort)]
-    store = backends["get"](kind)
-    coll = store.backend.collection("differential_indexes")
-
-    def setup() -> None:
-        for keys in indexes:
-            coll.create_index(keys)
-        for doc in docs:
-            coll.insert_one(doc)
-
-    store.backend.atomic(setup)
-    try:
+    with indexed_collection(backends["get"](kind), "differential_indexes", indexes, docs) as coll:
         expected = python_find(docs, flt, sort, skip, limit, None)
         got = coll.find(flt, sort=sort, skip=skip, limit=limit)
         if sort:
@@ -298,10 +310,6 @@ def test_random_indexes_never_change_a_result(backends: dict, kind: str, docs: l
             ids = [d["_id"] for d in got]
             assert len(ids) == len(set(ids)) == len(expected) and set(ids) <= everything, (flt, indexes)
         assert coll.count_documents(flt) == len(python_find(docs, flt, None, 0, 0, None)), (flt, indexes)
-    finally:
-        coll.delete_many({})
-        for spec in coll.list_indexes():
-            coll.drop_index(spec["name"])
 
 
 eq_operands = scalars | st.lists(scalars, min_size=1, max_size=3).map(lambda vs: {"$in": vs})
@@ -320,18 +328,8 @@ def test_counts_follow_every_write(backends: dict, kind: str, docs: list, change
     replacements that change indexed values, and deletes: those of the matcher over the documents left."""
     if kind == "mongodb":
         assume(not any(secantus_differs(f) for f in flts))
-    store = backends["get"](kind)
-    coll = store.backend.collection("differential_counts")
-
-    def setup() -> None:
-        for keys in indexes:
-            coll.create_index(keys)
-        for doc in docs:
-            coll.insert_one(doc)
-
-    store.backend.atomic(setup)
     current = {d["_id"]: d for d in docs}
-    try:
+    with indexed_collection(backends["get"](kind), "differential_counts", indexes, docs) as coll:
         for op, n, body in changes:
             if op == "delete":
                 coll.delete_one({"_id": n})
@@ -345,7 +343,3 @@ def test_counts_follow_every_write(backends: dict, kind: str, docs: list, change
         left = list(current.values())
         for flt in flts:
             assert coll.count_documents(flt) == len(python_find(left, flt, None, 0, 0, None)), (flt, indexes)
-    finally:
-        coll.delete_many({})
-        for spec in coll.list_indexes():
-            coll.drop_index(spec["name"])
