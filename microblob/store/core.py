@@ -291,9 +291,13 @@ class Store(StoreBase):
         where this save began). A stream that cannot be rewound fails with `StoreFull` (room is made
         all the same, so saving it again from its start can succeed); nothing of it is kept."""
         rewind = _rewinder(object)
-        try:
+
+        def attempt() -> BlobObject:
             return self._save_object(object, object_id, workflow_id, task_id, type, custom_metadata,
                                      save_data_in_collection, control_version, content_type, tags, object_type)
+
+        try:
+            return attempt()
         except StoreFull as exc:
             on_full = self.on_full
             if on_full is None:
@@ -307,9 +311,7 @@ class Store(StoreBase):
             if not freed or not rewound:
                 raise
             try:
-                return self._save_object(object, object_id, workflow_id, task_id, type, custom_metadata,
-                                         save_data_in_collection, control_version, content_type, tags,
-                                         object_type)
+                return attempt()
             except StoreFull:
                 raise exc from None
 
