@@ -16,12 +16,13 @@ A destination starts being counted when it is first recorded (`start`, in one tr
 walk that counts what is pending then); one recorded before counting existed is counted by its next
 round or status. Every destination of a store is counted independently: each has its own entries and
 counter. Whether an object is pending is `_is_confirmed` of its confirmation record, the same test
-the brute-force walk (`walk_pending`) applies.
+the brute-force walk (`unconfirmed_pages`) applies.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .records import SYNC_CONFIRMED, SYNC_DESTINATIONS
@@ -115,14 +116,23 @@ def _entry(tag: str, doc: dict[str, Any]) -> dict[str, Any]:
             "since": doc.get("updated_at")}
 
 
-def walk_pending(src: Store, name: str) -> list[dict[str, Any]]:
-    """The pending objects found the slow way: every object, against its confirmation record."""
-    out = []
+def unconfirmed_pages(src: Store, name: str, *, unless_history: bool = False) -> Iterator[list[dict[str, Any]]]:
+    """Pages of every object not confirmed at `name` at its current version, found the slow way: a walk
+    of the whole store against the confirmation records, without the destination. `unless_history`:
+    also those whose record does not yet name their life and history (written before retention read
+    them: a round writes it again, and their versions become evictable)."""
     confirmed = _confirmed(src)
     for page in _changed_since(src, None):
         known = _confirmations(confirmed, name, [d["_id"] for d in page])
-        out.extend(d for d in page if not _is_confirmed(known.get(d["_id"]), d))
-    return out
+        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d)
+                or (unless_history and "history" not in known[d["_id"]])]
+        if left:
+            yield left
+
+
+def walk_pending(src: Store, name: str) -> list[dict[str, Any]]:
+    """The pending objects found the slow way (`unconfirmed_pages`), as one list."""
+    return [doc for page in unconfirmed_pages(src, name) for doc in page]
 
 
 def start(src: Store, name: str) -> None:
@@ -136,10 +146,11 @@ def start(src: Store, name: str) -> None:
     def count() -> None:
         pending.delete_many({"dest": tag})
         objects = size = 0
-        for doc in walk_pending(src, name):
-            entry = _entry(tag, doc)
-            pending.insert_one(entry)
-            objects, size = objects + 1, size + entry["size"]
+        for page in unconfirmed_pages(src, name):
+            for doc in page:
+                entry = _entry(tag, doc)
+                pending.insert_one(entry)
+                objects, size = objects + 1, size + entry["size"]
         _counts(backend).replace_one({"_id": "count:" + tag}, {"_id": "count:" + tag, "objects": objects,
                                                                "bytes": size}, upsert=True)
         backend.collection(SYNC_DESTINATIONS).update_one(

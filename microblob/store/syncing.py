@@ -34,7 +34,7 @@ import dataclasses
 import datetime as _dt
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidArgument, MicroblobError
@@ -43,7 +43,7 @@ from .base import StoreBase
 from .copier import CopyReport, _Copier
 from .evicted_counts import evicted_totals
 from .records import SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of, destination_name
-from .sync_pending import COUNTED, note_confirmed, pending_totals, start, walk_pending
+from .sync_pending import COUNTED, note_confirmed, pending_totals, start, unconfirmed_pages, walk_pending
 from .sync_records import _changed_since, _confirmation_id, _confirmations, _confirmed, _dest_tag, _is_confirmed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,7 +161,7 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
             deleted, refused = _propagate_deletes(src, target, name) if propagate_deletes else (0, [])
             if full:
                 report, confirmed = CopyReport(), 0
-                for page in _unconfirmed(src, name):
+                for page in unconfirmed_pages(src, name, unless_history=True):
                     _add(report, _copy_listed(src, target, [d["_id"] for d in page]))
                     confirmed += _confirm(src, target, name, [page])
             else:
@@ -225,18 +225,6 @@ def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[
                         raise
         confirmed.replace_one({"_id": done_id}, {"_id": done_id, "deleted_at": tomb.get("deleted_at")}, upsert=True)
     return deleted, problems
-
-
-def _unconfirmed(src: Store, name: str) -> Iterator[list[dict[str, Any]]]:
-    """Pages of every object not confirmed at `name` at its current version, or confirmed by a record
-    that does not yet name its life and history (written before retention read them: the round writes
-    it again, and its versions become evictable): a walk of the whole store, without the destination."""
-    confirmed = _confirmed(src)
-    for page in _changed_since(src, None):
-        known = _confirmations(confirmed, name, [d["_id"] for d in page])
-        left = [d for d in page if not _is_confirmed(known.get(d["_id"]), d) or "history" not in known[d["_id"]]]
-        if left:
-            yield left
 
 
 class _ListedCopier(_Copier):
