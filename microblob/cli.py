@@ -569,8 +569,6 @@ def _print_json_lines(items: Any) -> None:
     out.flush()
 
 
-
-
 def _short_time(value: Any) -> str:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is not None:
