@@ -74,7 +74,48 @@ def test_a_small_object_whose_file_is_gone_raises_from_data(embedded_store: micr
     oid = embedded_store.save_or_update_object(b"x" * 100)
     file_id = embedded_store.get_blob_object(oid).file_id
     embedded_store.files._files.delete_one({"_id": file_id})
+    embedded_store.files._chunks.delete(file_id)
     obj = embedded_store.get_blob_object(oid)
     assert obj.size == 100
     with pytest.raises(FileNotFound):
         _ = obj.data
+
+
+def test_a_one_chunk_get_trusts_the_objects_sha256_and_verify_still_sees_a_lost_files_document(
+        embedded_store: microblob.Store) -> None:
+    """The get reads the chunk alone (the object's sha256 proves the bytes); a files document lost beside
+    its chunks is still damage, and `verify` says so."""
+    payload = os.urandom(500)
+    oid = embedded_store.save_or_update_object(payload)
+    file_id = embedded_store.get_blob_object(oid).file_id
+    embedded_store.files._files.delete_one({"_id": file_id})
+    assert embedded_store.get_blob_object(oid).data == payload
+    report = embedded_store.verify()
+    assert [(o, v) for o, v, _ in report.damaged] == [(oid, 0)]
+
+
+@pytest.mark.parametrize("cut", [1, -1])
+def test_a_chunk_of_another_length_is_read_the_long_way(embedded_store: microblob.Store, cut: int) -> None:
+    """A first chunk shorter or longer than the object (damage) is not taken for its bytes: the long way
+    checks the files document's lengths and raises."""
+    payload = os.urandom(300)
+    oid = embedded_store.save_or_update_object(payload)
+    file_id = embedded_store.get_blob_object(oid).file_id
+    embedded_store.files._chunks.put(file_id, 0, payload[:cut] if cut < 0 else payload + b"!")
+    with pytest.raises(IntegrityError):
+        _ = embedded_store.get_blob_object(oid).data
+
+
+def test_a_small_object_of_several_chunks_reads_whole(embedded_kind: str, tmp_path: Any) -> None:
+    """Chunks smaller than the object (a store with small chunks, or a file copied from GridFS): the
+    first chunk is not the whole, so the get joins them all, in the same single read."""
+    store = microblob.connect(tmp_path / "store.db" if embedded_kind == "lmdb" else "memory://", chunk_size=256)
+    try:
+        payload = os.urandom(1000)
+        oid = store.save_or_update_object(payload)
+        assert store.files._chunks.count(store.get_blob_object(oid).file_id) == 4
+        reads = _count_read_transactions(store)
+        assert store.get_blob_object(oid).data == payload
+        assert reads["read"] == 1
+    finally:
+        store.close()

@@ -64,6 +64,7 @@ _NAN = msgpack.ExtType(1, b"nan")
 _INDEXES_KEY = b"indexes"
 _COUNT_KEY = b"count"
 _PLAN_KEY = b"plan"
+_ID_ONLY = {"_id": 1}
 _FORMAT = 3  # index entry format (3: with value-prefix counters); older ones are rebuilt by the next create_index
 
 
@@ -267,12 +268,18 @@ class KVCollection:
         return out[skip:stop]
 
     def find_one(self, filter: Filter | None = None, projection: Projection = None, sort: Sort = None) -> dict | None:
-        if projection is None and sort is None:
+        if sort is None and (projection is None or projection == _ID_ONLY):
             exact = _exact_id(filter)
             if exact is not None:  # a get by id, the most common call there is: one key, nothing else
                 with self._backend._reading() as txn:
                     raw = txn.view("docs", self._prefix + exact)
-                    return _codec.decode(raw) if raw is not None else None
+                    if raw is None:
+                        return None
+                    if projection is None:
+                        return _codec.decode(raw)
+                    _id = filter["_id"]  # type: ignore[index]
+                    # Whether it exists: a str id is stored as itself (an int may be stored as 1.0).
+                    return {"_id": _id} if type(_id) is str else {"_id": _codec.decode(raw)["_id"]}
         if sort is None and self._indexed_miss(filter):
             return None
         found = self.find(filter, projection, sort=sort, limit=1)

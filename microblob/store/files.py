@@ -578,6 +578,15 @@ class FilesBucket:
         check_sha256(file_id, data, sha)
         return data
 
+    def read_single_chunk(self, file_id: Any, size: int) -> bytes | None:
+        """The bytes of a file of `size` (> 0) bytes that its first chunk holds whole, unhashed, from the
+        caller's snapshot; None if that chunk is missing or of another length (read it the long way then).
+        One key read instead of decoding the files document and joining its chunks: a small object's get.
+        The caller checks the bytes against the sha256 it already holds, so nothing else is needed to
+        trust them (a files document lost beside its chunks is damage `verify` reports)."""
+        chunk = self._chunks.get(file_id, 0)
+        return chunk if chunk is not None and len(chunk) == size else None
+
     def read_small_unhashed(self, file_id: Any, limit: int) -> tuple[bytes, Any] | None:
         """`read_small` without the sha256 check: (the bytes, the files document's sha256), for a caller
         that hashes them only if they are used (`check_sha256`). Chunk presence and lengths are checked."""
