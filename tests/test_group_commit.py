@@ -8,6 +8,7 @@ are queued; the number of commits is read from the file's transaction id.
 from __future__ import annotations
 
 import contextvars
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import microblob
+from microblob.engine.group_commit import GroupCommit, WriteRequest
 from microblob.engine.lmdb_kv import LmdbEngine
 
 WAIT = 30.0
@@ -272,3 +274,185 @@ def test_the_next_group_commits_while_the_previous_one_syncs(engine: LmdbEngine)
     finally:
         slow.release.set()
         shared.env = slow._env
+
+
+# --- the queue itself (GroupCommit), over real threads ----------------------------------------------
+
+def _settle_all(batch: list[WriteRequest[Any]]) -> None:
+    for r in batch:
+        try:
+            r.succeed(r.run(None))
+        except Exception as exc:
+            r.fail(exc)
+
+
+def _queued(group: GroupCommit, n: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while group.queued < n:
+        assert time.monotonic() < deadline, "the writers never queued"
+        time.sleep(0.002)
+
+
+def test_many_writers_each_get_their_own_result_and_none_is_left_waiting() -> None:
+    """16 threads x 200 requests through one queue: every request runs exactly once, each writer gets its
+    own result back, and groups form (fewer commits than requests)."""
+    group = GroupCommit()
+    ran: list[int] = []
+    commits = [0]
+
+    def commit(batch: list[WriteRequest[Any]]) -> Callable[[], None]:
+        commits[0] += 1
+        time.sleep(0.001)  # a transaction, while which the other writers queue for the next group
+        for r in batch:
+            r.committed()
+
+        def finish() -> None:
+            time.sleep(0.0005)  # a sync, during which the next group may start
+            _settle_all(batch)
+        return finish
+
+    results: dict[int, list[int]] = {}
+
+    def writer(t: int) -> None:
+        got = results.setdefault(t, [])
+        for i in range(200):
+            n = t * 1000 + i
+            got.append(group.submit(WriteRequest(lambda _txn, n=n: ran.append(n) or n, 0, True), commit))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(16)]  # 3,200 requests
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(WAIT)
+        assert not th.is_alive(), "a writer was left waiting"
+    assert all(results[t] == [t * 1000 + i for i in range(200)] for t in range(16))
+    assert sorted(ran) == sorted(t * 1000 + i for t in range(16) for i in range(200))
+    assert commits[0] < 16 * 200 // 2
+
+
+def test_when_a_commit_raises_the_others_of_its_group_run_in_the_next_one() -> None:
+    """The leader's commit fails before settling anyone: the leader gets the error, and the writers queued
+    with it are woken to lead (and succeed in) the next group rather than waiting forever."""
+    group = GroupCommit()
+    gate, entered = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def commit(batch: list[WriteRequest[Any]]) -> None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            entered.set()
+            assert gate.wait(WAIT)
+        if len(calls) == 2:
+            raise OSError("the disk went away")
+        _settle_all(batch)
+        return None
+
+    first = threading.Thread(target=group.submit, args=(WriteRequest(lambda _t: 0, 0, True), commit))
+    first.start()
+    assert entered.wait(WAIT)
+    outcomes: dict[int, Any] = {}
+
+    def writer(n: int) -> None:
+        try:
+            outcomes[n] = group.submit(WriteRequest(lambda _t, n=n: n, 0, True), commit)
+        except OSError as exc:
+            outcomes[n] = exc
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in (1, 2, 3)]
+    for w in writers:
+        w.start()
+    _queued(group, 3)
+    gate.set()
+    for t in [first, *writers]:
+        t.join(WAIT)
+        assert not t.is_alive(), "a writer was left waiting after a failed commit"
+    failed = [n for n, o in outcomes.items() if isinstance(o, OSError)]
+    assert len(failed) == 1  # the leader of the failed group
+    assert {n: o for n, o in outcomes.items() if n not in failed} == {n: n for n in (1, 2, 3) if n not in failed}
+    assert calls[:2] == [1, 3] and sum(calls[2:]) == 2
+
+
+def test_a_sync_that_raises_before_settling_fails_its_writers_instead_of_hanging() -> None:
+    group = GroupCommit()
+    gate, entered = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def commit(batch: list[WriteRequest[Any]]) -> Callable[[], None] | None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            entered.set()
+            assert gate.wait(WAIT)
+            _settle_all(batch)
+            return None
+        for r in batch:
+            r.committed()
+
+        def finish() -> None:
+            raise OSError("fdatasync failed")
+        return finish
+
+    first = threading.Thread(target=group.submit, args=(WriteRequest(lambda _t: 0, 0, True), commit))
+    first.start()
+    assert entered.wait(WAIT)
+    outcomes: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            group.submit(WriteRequest(lambda _t: 1, 0, True), commit)
+        except (OSError, RuntimeError) as exc:
+            outcomes.append(exc)
+
+    writers = [threading.Thread(target=writer) for _ in range(3)]
+    for w in writers:
+        w.start()
+    _queued(group, 3)
+    gate.set()
+    for t in [first, *writers]:
+        t.join(WAIT)
+        assert not t.is_alive(), "a writer was left waiting after a failed sync"
+    assert calls == [1, 3]
+    assert sorted(type(e).__name__ for e in outcomes) == ["OSError", "RuntimeError", "RuntimeError"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer (POSIX)")
+def test_a_writer_interrupted_while_queued_is_withdrawn_and_the_queue_goes_on() -> None:
+    """The main thread, queued behind a commit in flight, is interrupted by a signal: its request is taken
+    out of the queue (never run), and the writers behind it still get a leader."""
+    group = GroupCommit()
+    gate, entered = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def commit(batch: list[WriteRequest[Any]]) -> None:
+        if not entered.is_set():
+            entered.set()
+            assert gate.wait(WAIT)
+        _settle_all(batch)
+        return None
+
+    first = threading.Thread(target=group.submit, args=(WriteRequest(lambda _t: ran.append("first"), 0, True), commit))
+    first.start()
+    assert entered.wait(WAIT)
+
+    class Interrupted(Exception):
+        pass
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    behind = threading.Thread(target=lambda: group.submit(WriteRequest(lambda _t: ran.append("behind"), 0, True),
+                                                          commit))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            group.submit(WriteRequest(lambda _t: ran.append("interrupted"), 0, True), commit)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    behind.start()
+    _queued(group, 1)
+    gate.set()
+    for t in (first, behind):
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert sorted(ran) == ["behind", "first"]
