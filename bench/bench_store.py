@@ -5,7 +5,9 @@ ratios mean anything).
 
 For each size: microblob's embedded default (save = committed and fsync'd, default chunked storage;
 get = `get_blob_object(id).data`, or a streamed read above 1 MiB), raw py-lmdb (one put per write
-transaction with LMDB's default durability, sync and metasync; get = one read transaction), a raw file
+transaction with LMDB's default durability, sync and metasync; get = one read transaction), up to 1 MiB
+"lmdb layout" (raw py-lmdb writing the 14 keys one microblob save writes, at the same durability: the
+floor of microblob's layout without its Python, to tell the two costs apart), a raw file
 (one write + fsync; read), the raw file written in 1 MiB pieces (+ fsync), and a stdlib sqlite3 blob
 table in WAL mode with synchronous=FULL (INSERT + COMMIT; SELECT). Same durability on every side: each
 save is committed and synced before the next starts.
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,6 +144,49 @@ class RawLmdb(Side):
     def load(self, i: int) -> int:
         with self.env.begin() as txn:
             return len(txn.get(b"obj-%d" % i))
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class RawLmdbLayout(Side):
+    """Not a contestant but the floor of microblob's layout: raw py-lmdb writing, in one transaction with
+    the same durability as `RawLmdb`, the keys one microblob save of a new object writes (the chunk, the
+    files and object documents, seven index entries of which five land at random places and two at the
+    end, three per-value counters and the collection count: 14 puts in 4 tables), without microblob's
+    Python. What it loses against raw lmdb is the layout's pages; what microblob loses against it is code."""
+
+    name = "lmdb layout"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.env = lmdb.open(str(directory / "layout.lmdb"), subdir=False, map_size=1 << 36, max_dbs=4)
+        self.dbs = {name: self.env.open_db(name) for name in (b"chunks", b"docs", b"index", b"meta")}
+        self.files: dict[int, bytes] = {}
+
+    def save(self, i: int, data: bytes) -> None:
+        file_id, oid = uuid.uuid4().hex.encode(), b"obj-%d" % i
+        stamp = time.time_ns().to_bytes(8, "big")
+        index = self.dbs[b"index"]
+        with self.env.begin(write=True) as txn:
+            txn.put(file_id + b"\0\0\0\0", data, db=self.dbs[b"chunks"])
+            txn.put(b"fs.files" + file_id, os.urandom(265), db=self.dbs[b"docs"])
+            txn.put(b"objects" + oid, os.urandom(383), db=self.dbs[b"docs"])
+            for name, value in ((b"workflow_id", b"\x10"), (b"task_id", b"\x10"), (b"type", b"0image"),
+                                (b"file_id", b"0" + file_id), (b"object_id", b"0" + oid),
+                                (b"created_at", stamp), (b"updated_at", stamp)):
+                txn.put(b"objects" + name + value + oid, b"\x01", db=index)
+            for name, value in ((b"workflow_id", b"\x10"), (b"task_id", b"\x10"), (b"type", b"0image")):
+                counter = b"objects" + name + b"\x03" + value
+                old = txn.get(counter, db=index)
+                txn.put(counter, (int.from_bytes(old, "big") + 1 if old else 1).to_bytes(8, "big"), db=index)
+            txn.put(b"count objects", str(i).encode(), db=self.dbs[b"meta"])
+        self.files[i] = file_id
+
+    def load(self, i: int) -> int:
+        with self.env.begin() as txn:
+            txn.get(b"objects" + b"obj-%d" % i, db=self.dbs[b"docs"])
+            return len(txn.get(self.files[i] + b"\0\0\0\0", db=self.dbs[b"chunks"]))
 
     def close(self) -> None:
         self.env.close()
@@ -284,7 +330,10 @@ def main() -> None:
     try:
         for label in args.sizes.split(","):
             size = SIZES[label]
-            summary = run_size(label, size, args.repeat, base, [Microblob, RawLmdb, RawFile, RawFileStreamed, Sqlite])
+            sides = [Microblob, RawLmdb, RawFile, RawFileStreamed, Sqlite]
+            if size <= MiB:  # the layout's pages matter for small objects only
+                sides.insert(2, RawLmdbLayout)
+            summary = run_size(label, size, args.repeat, base, sides)
             report[label] = summary
             mb = summary["microblob"]
             print(f"\n{label} x {mb['ops']} ops, median of {args.repeat} runs")
@@ -292,7 +341,9 @@ def main() -> None:
             for name, row in summary.items():
                 print(f"  {name:11} {row['save_ops_per_s']:10.1f} {row['load_ops_per_s']:10.1f} "
                       f"{row['pair_ops_per_s']:11.1f} {row['save_MBps']:10.1f} {row['load_MBps']:10.1f}")
-            for name in ("raw lmdb", "raw file", "raw 1MiB", "sqlite3 WAL"):
+            for name in ("raw lmdb", "lmdb layout", "raw file", "raw 1MiB", "sqlite3 WAL"):
+                if name not in summary:
+                    continue
                 other = summary[name]
                 print(f"  microblob / {name:11}: save {mb['save_ops_per_s'] / other['save_ops_per_s']:.2f}x, "
                       f"get {mb['load_ops_per_s'] / other['load_ops_per_s']:.2f}x, "
