@@ -327,3 +327,17 @@ def test_a_bad_content_type_is_refused_before_the_object_is_looked_up(store: mic
         with pytest.raises(InvalidArgument, match="content_type"):
             store.update_object_metadata(target, content_type="text/plain; charset=\ud800")
     assert store.get_blob_object(object_id).content_type == "text/plain; charset=utf-8"
+
+
+def test_new_object_and_file_ids_are_distinct_version_4_uuids(store: microblob.Store) -> None:
+    """Ids made by the store read as uuid4 hex (as they always have), whatever builds them."""
+    import uuid
+
+    ids = set()
+    for _ in range(200):
+        obj = store.save_object(b"x")
+        for made in (obj.object_id, obj.file_id):
+            parsed = uuid.UUID(hex=made)
+            assert parsed.hex == made and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+            ids.add(made)
+    assert len(ids) == 400
