@@ -220,11 +220,11 @@ def test_a_save_refused_at_the_object_write_leaves_no_file(store: microblob.Stor
     assert store.gc().freed_files == 0
 
 
-def test_file_ids_that_no_file_can_have(store: microblob.Store) -> None:
+def test_file_ids_that_no_file_can_have(store: microblob.Store, tmp_path: Path) -> None:
     """Found by tests/test_store_fuzz.py: an operator document as a file id matched some other file, so
     files.delete({"$gt": ""}) deleted an object's bytes (verify() then reported the object damaged); ids
     beyond 64 bits or with lone surrogates raised a bare OverflowError/UnicodeEncodeError; a text or
-    missing destination raised TypeError/AttributeError."""
+    missing destination raised TypeError/AttributeError, one opened for reading io.UnsupportedOperation."""
     object_id = store.save_or_update_object(b"object bytes")
     user_file = store.files.upload_from_stream("user.bin", b"user bytes")
     for bad in ({"$gt": ""}, {"$ne": None}, {"$exists": True}, ["a"], ("a",), None, {"a", "b"}):
@@ -235,9 +235,14 @@ def test_file_ids_that_no_file_can_have(store: microblob.Store) -> None:
     for bad in (2**64, -(2**70), "\ud800", "a\x00b", "", "f" * 129, b"", True, 1.5):
         with pytest.raises(InvalidArgument):
             store.files.upload_from_stream("f", b"x", file_id=bad)
-    for destination in (io.StringIO(), None, b"bytes", 5):
-        with pytest.raises(InvalidArgument, match="destination"):
-            store.files.download_to_stream(user_file, destination)
+    readable = tmp_path / "readable.bin"
+    readable.write_bytes(b"")
+    closed = io.BytesIO()
+    closed.close()
+    with open(readable, "rb") as opened_for_reading:
+        for destination in (io.StringIO(), None, b"bytes", 5, opened_for_reading, closed):
+            with pytest.raises(InvalidArgument, match="destination"):
+                store.files.download_to_stream(user_file, destination)
     assert store.verify().ok
     assert store.get_blob_object(object_id).data == b"object bytes"
     assert store.files.open_download_stream(user_file).read() == b"user bytes"

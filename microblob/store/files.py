@@ -168,6 +168,18 @@ def check_sha256(file_id: Any, data: bytes, sha: Any) -> None:
         raise IntegrityError(f"file {file_id!r} does not match its own sha256")
 
 
+def _says_writable(destination: Any) -> bool:
+    """False for a file object that says it cannot be written (opened for reading) or is closed; True
+    for one without `writable()` (any object with a `write` method will do)."""
+    writable = getattr(destination, "writable", None)
+    if not callable(writable):
+        return True
+    try:
+        return bool(writable())
+    except ValueError:  # "I/O operation on closed file"
+        return False
+
+
 class UploadStream(io.RawIOBase):
     """A writable file object that stores what is written as chunks of one file.
 
@@ -610,9 +622,11 @@ class FilesBucket:
         return data, doc.get("sha256")
 
     def download_to_stream(self, file_id: Any, destination: BinaryIO) -> int:
-        if not callable(getattr(destination, "write", None)) or isinstance(destination, io.TextIOBase):
+        if not callable(getattr(destination, "write", None)) or isinstance(destination, io.TextIOBase) \
+                or not _says_writable(destination):
             raise InvalidArgument(
-                f"destination must be a binary writable file object, not {type(destination).__name__}")
+                f"destination must be a binary writable file object, not {type(destination).__name__}"
+                f"{' (it is closed or opened for reading)' if callable(getattr(destination, 'write', None)) else ''}")
         with self.open_download_stream(file_id) as stream:
             written = 0
             for chunk in stream.chunks():
