@@ -293,6 +293,19 @@ def _queued(group: GroupCommit, n: int) -> None:
         time.sleep(0.002)
 
 
+def _release_behind(group: GroupCommit, gate: threading.Event, first: threading.Thread,
+                    writers: list[threading.Thread]) -> None:
+    """Queue `writers` behind the commit `first` holds open until `gate`, let it go, and see every one
+    of them return."""
+    for w in writers:
+        w.start()
+    _queued(group, len(writers))
+    gate.set()
+    for t in [first, *writers]:
+        t.join(WAIT)
+        assert not t.is_alive(), "a writer was left waiting"
+
+
 def test_many_writers_each_get_their_own_result_and_none_is_left_waiting() -> None:
     """16 threads x 200 requests through one queue: every request runs exactly once, each writer gets its
     own result back, and groups form (fewer commits than requests)."""
@@ -358,14 +371,7 @@ def test_when_a_commit_raises_the_others_of_its_group_run_in_the_next_one() -> N
         except OSError as exc:
             outcomes[n] = exc
 
-    writers = [threading.Thread(target=writer, args=(n,)) for n in (1, 2, 3)]
-    for w in writers:
-        w.start()
-    _queued(group, 3)
-    gate.set()
-    for t in [first, *writers]:
-        t.join(WAIT)
-        assert not t.is_alive(), "a writer was left waiting after a failed commit"
+    _release_behind(group, gate, first, [threading.Thread(target=writer, args=(n,)) for n in (1, 2, 3)])
     failed = [n for n, o in outcomes.items() if isinstance(o, OSError)]
     assert len(failed) == 1  # the leader of the failed group
     assert {n: o for n, o in outcomes.items() if n not in failed} == {n: n for n in (1, 2, 3) if n not in failed}
@@ -402,14 +408,7 @@ def test_a_sync_that_raises_before_settling_fails_its_writers_instead_of_hanging
         except (OSError, RuntimeError) as exc:
             outcomes.append(exc)
 
-    writers = [threading.Thread(target=writer) for _ in range(3)]
-    for w in writers:
-        w.start()
-    _queued(group, 3)
-    gate.set()
-    for t in [first, *writers]:
-        t.join(WAIT)
-        assert not t.is_alive(), "a writer was left waiting after a failed sync"
+    _release_behind(group, gate, first, [threading.Thread(target=writer) for _ in range(3)])
     assert calls == [1, 3]
     assert sorted(type(e).__name__ for e in outcomes) == ["OSError", "RuntimeError", "RuntimeError"]
 
