@@ -119,3 +119,16 @@ def test_a_small_object_of_several_chunks_reads_whole(embedded_kind: str, tmp_pa
         assert reads["read"] == 1
     finally:
         store.close()
+
+
+def test_a_document_with_an_impossible_file_id_still_gets_and_raises_from_data(
+        embedded_store: microblob.Store) -> None:
+    """A damaged object document naming a file id no key can hold: the get still returns its metadata,
+    and `data` raises a typed error."""
+    oid = embedded_store.save_or_update_object(b"x" * 10)
+    doc = embedded_store._objects.find_one({"_id": oid})
+    embedded_store._objects.replace_one({"_id": oid}, {**doc, "file_id": "f" * 200})  # over 160 bytes
+    obj = embedded_store.get_blob_object(oid)
+    assert obj.size == 10
+    with pytest.raises(microblob.MicroblobError):
+        _ = obj.data
