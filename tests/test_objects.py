@@ -341,3 +341,16 @@ def test_new_object_and_file_ids_are_distinct_version_4_uuids(store: microblob.S
             assert parsed.hex == made and parsed.version == 4 and parsed.variant == uuid.RFC_4122
             ids.add(made)
     assert len(ids) == 400
+
+
+def test_a_save_whose_made_id_is_taken_looks_again_instead_of_failing(
+        store: microblob.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save without an id skips looking the id up (it was just made); should it ever be taken, the
+    insert refuses the duplicate and the save goes the way of a given id: a new version, nothing lost."""
+    from microblob.store import core
+
+    taken = store.save_or_update_object(b"first", control_version=True)
+    monkeypatch.setattr(core, "new_id", lambda: taken)
+    assert store.save_object(b"second", control_version=True).version == 1
+    assert store.get_blob_object(taken).data == b"second"
+    assert store.get_blob_object(taken, 0).data == b"first"

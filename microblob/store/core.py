@@ -320,6 +320,7 @@ class Store(StoreBase):
                      control_version: bool, content_type: str | None, tags: list[str] | None,
                      object_type: str | None) -> BlobObject:
         self._check_open()
+        fresh = object_id is None  # an id made here names no document yet (128 random bits)
         object_id = new_id() if object_id is None else check_id(object_id)
         fields = self._metadata_fields(workflow_id, task_id, _type_alias(type, object_type), custom_metadata, tags)
         fields["content_type"] = check_content_type(content_type)
@@ -334,10 +335,10 @@ class Store(StoreBase):
                 payload = {"storage": "inline", "data": data, "size": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()}
                 doc, release = self._backend.atomic(
-                    lambda: self._commit(object_id, fields, payload, control_version), size_hint=len(data)
+                    lambda: self._commit(object_id, fields, payload, control_version, fresh), size_hint=len(data)
                 )
             else:
-                doc, release = self._save_chunked(object_id, fields, source, control_version)
+                doc, release = self._save_chunked(object_id, fields, source, control_version, fresh)
         finally:
             source.close()
         if release is not None:
@@ -345,7 +346,7 @@ class Store(StoreBase):
         return BlobObject(self, doc)
 
     def _save_chunked(
-        self, object_id: str, fields: dict[str, Any], source: _Source, control_version: bool
+        self, object_id: str, fields: dict[str, Any], source: _Source, control_version: bool, fresh: bool = False
     ) -> tuple[dict, Any]:
         upload = self.files.open_upload_stream(
             object_id, metadata={"microblob_object_id": object_id}, chunk_size=self.chunk_size
@@ -363,7 +364,7 @@ class Store(StoreBase):
         def commit(file_doc: dict[str, Any]) -> tuple[dict, Any]:
             payload = {"storage": "chunked", "file_id": file_doc["_id"], "size": file_doc["length"],
                        "sha256": file_doc["sha256"]}
-            return self._commit(object_id, fields, payload, control_version)
+            return self._commit(object_id, fields, payload, control_version, fresh)
 
         return upload.finish(then=commit)
 
@@ -402,15 +403,18 @@ class Store(StoreBase):
         }
 
     def _commit(
-        self, object_id: str, fields: dict[str, Any], payload: dict[str, Any] | None, control_version: bool
+        self, object_id: str, fields: dict[str, Any], payload: dict[str, Any] | None, control_version: bool,
+        fresh: bool = False,
     ) -> tuple[dict, Any]:
         """Write the next version: a compare-and-swap on `version`, retried if another writer won.
-        Returns the new document and the file id the replaced version no longer needs (or None)."""
+        Returns the new document and the file id the replaced version no longer needs (or None).
+        `fresh`: the id was just made here, so no document can have it: the first attempt skips the two
+        lookups (the insert still refuses a duplicate, and the next attempt then looks)."""
         for attempt in range(_CAS_ATTEMPTS):
             now = _codec.utcnow()
-            current = self._objects.find_one({"_id": object_id})
+            current = None if fresh else self._objects.find_one({"_id": object_id})
             if current is None:
-                if self._objects.find_one({"object_id": object_id}, projection={"_id": 1}) is not None:
+                if not fresh and self._objects.find_one({"object_id": object_id}, projection={"_id": 1}) is not None:
                     raise InvalidArgument(
                         f"object {object_id!r} is a document Flowcept's own DAO wrote: microblob reads it but "
                         "writes no versions over it (save under a new object_id)")
@@ -421,6 +425,7 @@ class Store(StoreBase):
                 try:
                     self._objects.insert_one(doc)
                 except DuplicateKey:  # another writer created it first (non-transactional backends)
+                    fresh = False
                     continue
                 note_change(self._backend, object_id, doc, new_version=True)
                 return doc, None
