@@ -40,7 +40,7 @@ from .ids import new_id
 from .index_keys import ALWAYS, successor
 from .index_keys import encode as encode_component
 from .kv import KVEngine, KVTxn
-from .planner import Index, Plan, check_index_spec, documents_under, plan
+from .planner import Index, Plan, any_entry, check_index_spec, documents_under, plan
 from .query import (
     compile_filter,
     compile_projection_owned,
@@ -300,7 +300,7 @@ class KVCollection:
         with self._backend._reading() as txn:
             for index in self._backend._indexes(txn, self.name):
                 if index.fields == [path]:
-                    return not _any_key(txn, index.prefix + component) and not _any_key(txn, index.prefix + ALWAYS)
+                    return not any_entry(txn, index.prefix + component) and not any_entry(txn, index.prefix + ALWAYS)
         return False
 
     def count_documents(self, filter: Filter | None = None) -> int:
@@ -671,12 +671,6 @@ def _uncount(txn: KVTxn, index: Index, value_prefix: bytes) -> None:
 def _plain_field(path: str) -> bool:
     """A top-level field name an index files exactly (no dotted path, no operator)."""
     return bool(path) and "." not in path and not path.startswith("$") and "\x00" not in path
-
-
-def _any_key(txn: KVTxn, prefix: bytes) -> bool:
-    for _ in txn.range("index", prefix, successor(prefix)):
-        return True
-    return False
 
 
 def _id_length(idk: bytes) -> bytes:

@@ -27,7 +27,7 @@ import msgpack
 from .._exceptions import InvalidArgument
 from . import index_keys as keys
 
-__all__ = ["Index", "Plan", "check_index_spec", "documents_under", "plan", "stored_count"]
+__all__ = ["Index", "Plan", "any_entry", "check_index_spec", "documents_under", "plan", "stored_count"]
 
 _MAX_ENTRIES = 1000  # entries of one document (array fan-out) or key prefixes of one lookup ($in fan-out)
 _MAX_KEY = 500  # LMDB refuses keys over 511 bytes
@@ -196,14 +196,15 @@ class Index:
 
     def markers(self, txn: Any) -> tuple[bool, bool]:
         """(has ALWAYS entries, has MULTI entries): two cursor probes."""
-        return _any(txn, self.prefix + keys.ALWAYS), _any(txn, self.prefix + keys.MULTI)
+        return any_entry(txn, self.prefix + keys.ALWAYS), any_entry(txn, self.prefix + keys.MULTI)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "key": [(f, d) for f, d in zip(self.fields, self.directions, strict=True)],
                 "unique": self.unique}
 
 
-def _any(txn: Any, prefix: bytes) -> bool:
+def any_entry(txn: Any, prefix: bytes) -> bool:
+    """Whether any index entry starts with `prefix`: one cursor probe."""
     for _ in txn.range("index", prefix, keys.successor(prefix)):
         return True
     return False
