@@ -622,11 +622,11 @@ class FilesBucket:
         return data, doc.get("sha256")
 
     def download_to_stream(self, file_id: Any, destination: BinaryIO) -> int:
-        if not callable(getattr(destination, "write", None)) or isinstance(destination, io.TextIOBase) \
-                or not _says_writable(destination):
+        has_write = callable(getattr(destination, "write", None))
+        if not has_write or isinstance(destination, io.TextIOBase) or not _says_writable(destination):
             raise InvalidArgument(
                 f"destination must be a binary writable file object, not {type(destination).__name__}"
-                f"{' (it is closed or opened for reading)' if callable(getattr(destination, 'write', None)) else ''}")
+                f"{' (it is closed or opened for reading)' if has_write else ''}")
         with self.open_download_stream(file_id) as stream:
             written = 0
             for chunk in stream.chunks():

@@ -59,11 +59,16 @@ def _counts(backend: Backend) -> Any:
     return backend.collection(SYNC_COUNTS)
 
 
+def _count_id(tag: str) -> str:
+    """The `_id` of a destination's counter in SYNC_COUNTS."""
+    return "count:" + tag
+
+
 def _bump(counts: Any, tag: str, objects: int, size: int) -> None:
     """Add to a destination's counter (read and replaced by `_id`: about half the CPU of an `$inc`
     update, which compiles its operators on every call; the caller's transaction makes it atomic)."""
     if objects or size:
-        cid = "count:" + tag
+        cid = _count_id(tag)
         counter = counts.find_one({"_id": cid}) or {"_id": cid, "objects": 0, "bytes": 0}
         counter["objects"] = int(counter.get("objects") or 0) + objects
         counter["bytes"] = int(counter.get("bytes") or 0) + size
@@ -151,8 +156,8 @@ def start(src: Store, name: str) -> None:
                 entry = _entry(tag, doc)
                 pending.insert_one(entry)
                 objects, size = objects + 1, size + entry["size"]
-        _counts(backend).replace_one({"_id": "count:" + tag}, {"_id": "count:" + tag, "objects": objects,
-                                                               "bytes": size}, upsert=True)
+        cid = _count_id(tag)
+        _counts(backend).replace_one({"_id": cid}, {"_id": cid, "objects": objects, "bytes": size}, upsert=True)
         backend.collection(SYNC_DESTINATIONS).update_one(
             {"_id": "dest:" + name}, {"$set": {"destination": name, COUNTED: True}}, upsert=True)
 
@@ -163,6 +168,6 @@ def pending_totals(src: Store, name: str) -> tuple[int, int, _dt.datetime | None
     """(objects, bytes, oldest `updated_at`) pending at a counted destination: two lookups."""
     pending = _pending(src.internals.backend)
     tag = _dest_tag(name)
-    counter = _counts(src.internals.backend).find_one({"_id": "count:" + tag}) or {}
+    counter = _counts(src.internals.backend).find_one({"_id": _count_id(tag)}) or {}
     first = pending.find({"dest": tag}, projection={"since": 1}, sort=[("since", 1)], limit=1)
     return int(counter.get("objects") or 0), int(counter.get("bytes") or 0), first[0]["since"] if first else None
