@@ -192,6 +192,9 @@ class RawLmdbLayout(Side):
         self.env.close()
 
 
+SQLITE_MAX_LENGTH = 1_000_000_000  # sqlite3's default limit on one blob: a 1 GiB value is refused
+
+
 class Sqlite(Side):
     """sqlite3 at its fastest durable setting: WAL journal, synchronous=FULL (the WAL is synced at every
     commit), statements cached by the module."""
@@ -330,9 +333,13 @@ def main() -> None:
     try:
         for label in args.sizes.split(","):
             size = SIZES[label]
-            sides = [Microblob, RawLmdb, RawFile, RawFileStreamed, Sqlite]
+            sides = [Microblob, RawLmdb, RawFile, RawFileStreamed]
             if size <= MiB:  # the layout's pages matter for small objects only
                 sides.insert(2, RawLmdbLayout)
+            if size < SQLITE_MAX_LENGTH:
+                sides.append(Sqlite)
+            else:
+                print(f"\n{label}: no sqlite3 side (its blobs stop below {SQLITE_MAX_LENGTH:,} bytes)")
             summary = run_size(label, size, args.repeat, base, sides)
             report[label] = summary
             mb = summary["microblob"]
