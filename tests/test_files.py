@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import microblob
-from microblob import FileNotFound, IntegrityError, InvalidArgument
+from microblob import DuplicateKey, FileNotFound, IntegrityError, InvalidArgument
 
 
 def test_upload_download_round_trip_with_gridfs_fields(store: microblob.Store) -> None:
@@ -150,6 +150,32 @@ def test_bad_arguments(store: microblob.Store) -> None:
     with pytest.raises(InvalidArgument):
         store.files.upload_from_stream("f", "text is not bytes")  # type: ignore[arg-type]
 
+
+
+@pytest.mark.parametrize("size", [100, 3 * 1024 * 1024], ids=["one transaction", "several batches"])
+def test_an_upload_under_a_taken_file_id_leaves_that_file_whole(store: microblob.Store, size: int) -> None:
+    """The id is refused before any chunk is written under it: writing and then discarding chunks of a
+    taken id would overwrite and then delete the bytes of the file (or object) that has it."""
+    store.files.batch_bytes = 1024 * 1024
+    store.files.upload_from_stream("original", b"ORIGINAL", file_id="taken")
+    object_id = store.save_or_update_object(b"precious")
+    object_file = store.query({"_id": object_id})[0]["file_id"]
+    for file_id in ("taken", object_file):
+        with pytest.raises(DuplicateKey):
+            store.files.upload_from_stream("copy", os.urandom(size), file_id=file_id)
+        upload = store.files.open_upload_stream("aborted", file_id=file_id)
+        try:
+            upload.write(os.urandom(size))
+        except DuplicateKey:
+            pass  # refused at the first batch; a small write is refused when it is published
+        upload.abort()
+    assert store.files.open_download_stream("taken").read() == b"ORIGINAL"
+    assert store.get_blob_object(object_id).data == b"precious"
+    assert store.verify().ok
+    # The refused uploads left no lease behind: the id is free for the next upload once its file goes.
+    store.files.delete("taken")
+    store.files.upload_from_stream("again", os.urandom(size), file_id="taken")
+    assert store.files.get_file("taken")["length"] == size
 
 def test_large_upload_commits_in_bounded_batches(store: microblob.Store) -> None:
     """A big upload is many transactions of at most `batch_bytes`, never one huge one."""

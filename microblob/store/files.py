@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .._exceptions import FileNotFound, IntegrityError, InvalidArgument, StoreClosed
+from .._exceptions import DuplicateKey, FileNotFound, IntegrityError, InvalidArgument, StoreClosed
 from ..engine import codec as _codec
 from ..engine.backend import DEFAULT_BATCH_BYTES, Backend, Filter, Sort, checked_chunk
 from ..engine.ids import new_id
@@ -252,15 +252,28 @@ class UploadStream(io.RawIOBase):
     def _flush_batch(self) -> None:
         """Commit the full chunks gathered so far in one transaction, under a lease, while the
         previous batch is hashed."""
-        if not self._leased:
-            self._bucket._take_lease(self.file_id)
-            self._leased = True
+        self._claim()
         batch = self._batch
         self._hash.update(batch, background=True)
         self._bucket._put_chunks(self.file_id, self._next_chunk, batch)
         self._next_chunk += len(batch)
         self._batch = []
         self._batch_bytes = 0
+
+    def _claim(self) -> None:
+        """Before the first chunk is written outside the transaction that publishes the file: the lease,
+        then a check that no file has this id yet. Chunks under a taken id would overwrite that file's,
+        and discarding them would delete its bytes. In this order a concurrent upload of the same id is
+        seen either way: by its lease while it runs, by its files document (written before its lease
+        goes) once it is done."""
+        if self._leased:
+            return
+        self._bucket._take_lease(self.file_id)  # DuplicateKey while another upload of the id runs
+        self._leased = True
+        if self._bucket._files.find_one({"_id": self.file_id}, projection={"_id": 1}) is not None:
+            self._leased = False
+            self._bucket._pending.delete_one({"_id": self.file_id})
+            raise DuplicateKey(f"fs.files: a file with _id {self.file_id!r} already exists")
 
     @property
     def length(self) -> int:
@@ -300,6 +313,8 @@ class UploadStream(io.RawIOBase):
             return result
 
         try:
+            if tail and not bucket._backend.transactional:
+                self._claim()  # its chunks are written before the files document can refuse the id
             result = bucket._backend.atomic(publish, size_hint=sum(len(c) for c in tail))
         except BaseException:
             if published and not bucket._backend.transactional:
