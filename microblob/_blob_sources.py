@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from ._exceptions import BlobError, InvalidArgument
+from ._paths import check_path
 
 __all__ = ["CHUNK_SIZE", "Progress", "object_source"]
 
@@ -94,9 +95,10 @@ class _BytesSource(_Source):
 
 class _FileSource(_Source):
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = check_path(path)
         if not os.path.isfile(self.path):
-            raise BlobError(f"no such file: {self.path!r}")
+            what = "a directory, not a file" if os.path.isdir(self.path) else "no such file"
+            raise BlobError(f"{what}: {self.path!r}")
         self._stamp: tuple[int, int] | None = None
         self._sha: str | None = None
 

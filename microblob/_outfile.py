@@ -18,6 +18,8 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from ._paths import check_path
+
 __all__ = ["output_file"]
 
 _TEMP_PREFIX = ".microblob-"
@@ -29,7 +31,7 @@ def output_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
     On failure a replaced file is left as it was and the temp file removed; a device or FIFO has had
     whatever was written before the failure."""
-    name = os.fspath(path)
+    name = check_path(path)
     try:
         existing: os.stat_result | None = os.stat(name)
     except FileNotFoundError:

@@ -28,6 +28,7 @@ from ._blob_sources import (
 )
 from ._exceptions import InvalidArgument, InvalidInput
 from ._outfile import output_file
+from ._paths import check_path
 
 if TYPE_CHECKING:
     import httpx
@@ -288,7 +289,7 @@ class Blob:
     def save(self, path: str | os.PathLike[str], progress: Progress | None = None) -> None:
         """Write the bytes to `path`, streaming: atomically (temp file, then rename) over a regular file or a
         new path, keeping an existing file's mode; straight into a device or FIFO (see `_outfile`)."""
-        path = os.fspath(path)
+        path = check_path(path)
         save = getattr(self._source, "save", None)
         if save is not None and self._data is None:
             save(path, progress)  # remote: streams and verifies

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from .._exceptions import InvalidArgument, InvalidDocument, StorageError, StoreClosed
+from .._paths import check_path
 from . import codec as _codec
 from .kv import KVTxn, MemoryEngine
 from .kvdocs import KVBackend, KVChunkStore, KVCollection, _pack, _scalar, id_key, put_specs
@@ -172,7 +173,7 @@ class MongitaBackend(KVBackend):
             from mongita import MongitaClientDisk
         except ImportError as exc:  # pragma: no cover - mongita is a dependency
             raise StorageError("mongita:// needs the mongita package") from exc
-        directory = os.path.realpath(os.fspath(directory))
+        directory = os.path.realpath(check_path(directory, "the mongita:// directory"))
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise StorageError(f"{directory} is not a directory")
         os.makedirs(directory, exist_ok=True)

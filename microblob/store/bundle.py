@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 import msgpack
 
 from .._exceptions import DuplicateKey, IntegrityError, InvalidArgument, InvalidDocument, StorageError
+from .._paths import check_path
 from .._version import __version__
 from ..engine import codec
 from .copier import CopyReport, Progress, _Copier, _Skip
@@ -157,12 +158,6 @@ class _BundleSink:
         self.backend = _SinkBackend()
 
 
-def _check_path(path: Any) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidArgument(f"path must be a str or a path, not {type(path).__name__}")
-    return os.fspath(path)
-
-
 def export_store(store: Any, path: str | os.PathLike[str], *, progress: Progress | None = None) -> CopyReport:
     """Write every object (with its whole history), workflow and file of `store` to the bundle `path`.
 
@@ -171,7 +166,7 @@ def export_store(store: Any, path: str | os.PathLike[str], *, progress: Progress
     bundle. Returns the `CopyReport` of what went in (`problems`: objects damaged at the source or that
     cannot be carried, left out).
     """
-    path = _check_path(path)
+    path = check_path(path)
     if progress is not None and not callable(progress):
         raise InvalidArgument("progress must be callable(bytes_done, bytes_total)")
     source, close = _open(store, "store", create=False)
@@ -378,7 +373,7 @@ def import_store(path: str | os.PathLike[str], store: Any, *, progress: Progress
     Its documents are unpacked into a scratch store in the temporary directory ($TMPDIR) meanwhile
     (unsynced: it is thrown away at the end).
     """
-    path = _check_path(path)
+    path = check_path(path)
     if progress is not None and not callable(progress):
         raise InvalidArgument("progress must be callable(bytes_done, bytes_total)")
     from .connect import connect

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._exceptions import FileNotFound, IntegrityError, InvalidArgument
 from .._outfile import output_file
+from .._paths import check_path
 from .files import check_sha256
 from .flowcept_layout import as_microblob
 
@@ -209,8 +210,7 @@ class BlobObject(Mapping[str, Any]):
 def save_stream_atomically(stream: Any, path: str | os.PathLike[str], chunk_size: int = 1024 * 1024) -> int:
     """Copy a readable stream to `path` through `output_file`: a regular file is replaced atomically
     (readers see the old file or the whole new one) keeping its mode; a device or FIFO is written into."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidArgument(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    path = check_path(path)
     written = 0
     with output_file(path) as out:
         pieces = stream.chunks() if hasattr(stream, "chunks") else iter(lambda: stream.read(chunk_size), b"")

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .._paths import check_path
+
 # What a store keeps about its sync destinations (store/syncing.py): one document per destination, one
 # per object confirmed there, and a tombstone per object deleted while it has any destination (a
 # deletion can travel only if it was written down). Three collections, so each is read without the
@@ -25,7 +27,7 @@ EVICTED_TO = "evicted_to"
 def destination_name(dst: Any) -> str:
     """How a destination is named in the source's records: its URI without credentials (a Store's
     `uri`, a URI, or a path made absolute)."""
-    uri = dst.uri if hasattr(dst, "uri") and not isinstance(dst, (str, os.PathLike)) else os.fspath(dst)
+    uri = dst.uri if hasattr(dst, "uri") and not isinstance(dst, (str, os.PathLike)) else check_path(dst, "destination")
     if "://" not in uri:
         uri = os.path.realpath(uri)
     scheme, sep, rest = uri.partition("://")

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidArgument, StorageError, UnsupportedOperation
+from .._paths import check_path
 from ..engine import codec as _codec
 from .base import StoreBase
 from .evicted_counts import note_evicted
@@ -112,6 +113,8 @@ def evict(store: Store, *, keep_free: int | str | None = None, max_size: int | s
         raise InvalidArgument("evict needs keep_free or max_size (or both)")
     if destination is not None and not isinstance(destination, (StoreBase, str, os.PathLike)):
         raise InvalidArgument(f"destination must be a Store, a URI or a path, not {type(destination).__name__}")
+    if destination is not None and not isinstance(destination, StoreBase):
+        check_path(destination, "destination")
     store.internals.check_open()
     if not store.backend.transactional:
         raise UnsupportedOperation(f"{store.uri}: eviction needs a backend with transactions (the embedded "
