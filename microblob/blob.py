@@ -157,6 +157,8 @@ class Blob:
         Blob uses it (for temporary files an action creates), then calls `on_delete()` (a server gives
         the upload's room back). `sha256`, when the caller hashed the bytes as it wrote them (a server
         receiving an upload), saves reading the file again."""
+        if not isinstance(delete, bool):  # delete="False" is truthy: it would remove the caller's file
+            raise InvalidArgument(f"delete must be True or False, not {delete!r:.100}")
         if on_delete is not None and not (delete and callable(on_delete)):
             raise InvalidArgument("on_delete= is a callable, and only with delete=True")
         content_type = _one_type(content_type, media_type)

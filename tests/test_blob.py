@@ -133,6 +133,11 @@ def test_from_file_refused_leaves_the_file_to_the_caller(tmp_path: Path) -> None
         Blob.from_file(path, on_delete=lambda: None)  # without delete=True nothing is removed to report
     with pytest.raises(InvalidArgument, match="on_delete"):
         Blob.from_file(path, delete=True, on_delete="not callable")  # type: ignore[arg-type]
+    for truthy in ("False", 1, [0]):  # truthy, but not a yes: the file is not handed over
+        with pytest.raises(InvalidArgument, match="delete must be True or False"):
+            Blob.from_file(path, delete=truthy)  # type: ignore[arg-type]
+    gc.collect()
+    assert path.read_bytes() == b"abc"
 
 
 def test_save_is_atomic_and_streams(tmp_path: Path) -> None:

@@ -117,6 +117,37 @@ def test_bad_documents_and_filters(coll) -> None:  # type: ignore[no-untyped-def
     assert coll.count_documents({}) == 0  # nothing partial was written
 
 
+
+def test_writes_refuse_what_is_no_filter_no_document_or_no_bool(store: microblob.Store, coll) -> None:  # type: ignore[no-untyped-def]
+    """A write of None (every document, to pymongo's refusal), of a non-mapping document or with a truthy
+    non-bool `upsert` is refused on every backend, and nothing is written or deleted."""
+    for i in range(3):
+        coll.insert_one({"_id": i, "kind": "a"})
+    refused = [
+        (InvalidQuery, lambda: coll.delete_many(None)),
+        (InvalidQuery, lambda: coll.delete_one(None)),
+        (InvalidQuery, lambda: coll.update_one(None, {"$set": {"kind": "b"}})),
+        (InvalidQuery, lambda: coll.replace_one(None, {"kind": "b"})),
+        (InvalidQuery, lambda: coll.delete_many("kind")),
+        (microblob.InvalidArgument, lambda: coll.update_one({"_id": 77}, {"$set": {"a": 1}}, upsert="no")),
+        (microblob.InvalidArgument, lambda: coll.replace_one({"_id": 77}, {"a": 1}, upsert=1)),
+        (InvalidDocument, lambda: coll.insert_one(5)),
+        (InvalidDocument, lambda: coll.insert_one(None)),
+        (InvalidDocument, lambda: coll.insert_one("ab")),
+        (InvalidDocument, lambda: coll.insert_one([("_id", 9), ("kind", "list")])),
+        (InvalidDocument, lambda: coll.replace_one({"_id": 0}, None)),
+        (InvalidDocument, lambda: coll.replace_one({"_id": 0}, 5)),
+        (microblob.InvalidArgument, lambda: store.backend.collection("\ud800")),
+        (microblob.InvalidArgument, lambda: coll.create_index([("rank", 1)], name="\ud800")),
+        (microblob.InvalidArgument, lambda: store.create_index("rank", name="\ud800")),
+    ]
+    for error, call in refused:
+        with pytest.raises(error):
+            call()
+    assert sorted((d["_id"], d["kind"]) for d in coll.find({})) == [(0, "a"), (1, "a"), (2, "a")]
+    assert coll.find_one({"_id": 77}) is None
+    assert coll.delete_many({}) == 3  # {} still means every document
+
 def test_compound_index_sees_documents_whose_other_field_is_a_subdocument_or_empty_array(coll) -> None:  # type: ignore[no-untyped-def]
     # Found by tests/test_backend_differential.py: such documents had no index entry at all, so an
     # equality lookup on the index's first field missed them.

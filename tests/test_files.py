@@ -149,6 +149,12 @@ def test_bad_arguments(store: microblob.Store) -> None:
         store.files.open_upload_stream("f", metadata=["not", "a", "dict"])  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument):
         store.files.upload_from_stream("f", "text is not bytes")  # type: ignore[arg-type]
+    kept = [store.files.upload_from_stream(name, b"kept", file_id=name) for name in ("a", "b")]
+    for not_a_list in ("abc", {"b": 1}, None, 5):  # a str would delete the files named by its letters
+        with pytest.raises(InvalidArgument):
+            store.files.delete_many(not_a_list)  # type: ignore[arg-type]
+    assert all(store.files.exists(file_id) for file_id in kept)
+    assert store.files.delete_many(("a", "missing")) == (1, 4)
 
 
 

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, Union
 
-from .._exceptions import IntegrityError, InvalidArgument
+from .._exceptions import IntegrityError, InvalidArgument, InvalidQuery
 
 __all__ = [
     "DEFAULT_BATCH_BYTES", "Backend", "ChunkStore", "Collection", "Filter", "Projection", "Sort", "check_window",
-    "checked_chunk",
+    "check_write", "checked_chunk",
 ]
 
 T = TypeVar("T")
@@ -118,6 +118,16 @@ def checked_chunk(file_id: Any, n: int, data: Any, expected: int) -> Any:
     if len(data) != expected:
         raise IntegrityError(f"file {file_id!r}: chunk {n} has {len(data)} bytes, expected {expected}")
     return data
+
+
+def check_write(filter: Any, upsert: Any = False) -> None:
+    """A write's filter and `upsert`, checked once for every backend: the filter is a mapping (None would
+    match every document: `{}` says so on purpose, as pymongo demands), and `upsert` a bool ("no" is truthy:
+    it would insert)."""
+    if not isinstance(filter, Mapping):
+        raise InvalidQuery(f"a write's filter must be a mapping ({{}} for every document), not {type(filter).__name__}")
+    if not isinstance(upsert, bool):
+        raise InvalidArgument(f"upsert must be True or False, not {upsert!r:.100}")
 
 
 def check_window(skip: Any, limit: Any) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import msgpack
 
 from .._exceptions import IntegrityError, InvalidDocument
 
-__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_SIZE", "check_document", "decode", "encode", "utcnow"]
+__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_SIZE", "check_document", "decode", "encode", "is_utf8", "utcnow"]
 
 MAX_DOCUMENT_SIZE = 16 * 1024 * 1024  # MongoDB's BSON limit
 MAX_DEPTH = 100  # MongoDB's nesting limit
@@ -36,6 +36,18 @@ def check_document(doc: Any) -> None:
     size = _check(doc, 0, None)
     if size > MAX_DOCUMENT_SIZE:
         raise InvalidDocument(f"document is {size} bytes as BSON, over the {MAX_DOCUMENT_SIZE} byte limit")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (no lone surrogates): what a name must be before msgpack, BSON or a
+    key is asked to carry it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _where(trail: Any) -> str:

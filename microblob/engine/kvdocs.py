@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
-from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery, UnsupportedOperation
+from .._exceptions import DuplicateKey, InvalidArgument, InvalidDocument, InvalidQuery, UnsupportedOperation
 from . import codec as _codec
-from .backend import Filter, Projection, Sort, check_window, checked_chunk
+from .backend import Filter, Projection, Sort, check_window, check_write, checked_chunk
 from .ids import new_id
 from .index_keys import ALWAYS, successor
 from .index_keys import encode as encode_component
@@ -110,7 +110,8 @@ class KVCollection:
     """One named collection: the pymongo subset of `_backend.Collection`."""
 
     def __init__(self, backend: KVBackend, name: str) -> None:
-        if not isinstance(name, str) or not name or len(name.encode()) > 64 or "\x00" in name:
+        if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > 64 or "\x00" in name \
+                or not _codec.is_utf8(name):
             raise InvalidArgument(f"collection names are non-empty str of at most 64 bytes, not {name!r}")
         self._backend = backend
         self.name = name
@@ -386,6 +387,8 @@ class KVCollection:
     # --- writing -----------------------------------------------------------------------------------
 
     def insert_one(self, doc: Mapping[str, Any]) -> Any:
+        if not isinstance(doc, Mapping):
+            raise InvalidDocument(f"a document must be a mapping, not {type(doc).__name__}")
         doc = dict(doc)
         if "_id" not in doc:
             doc["_id"] = new_id()
@@ -401,6 +404,9 @@ class KVCollection:
         return self._backend._writing(insert)
 
     def replace_one(self, filter: Filter, doc: Mapping[str, Any], upsert: bool = False) -> int:
+        check_write(filter, upsert)
+        if not isinstance(doc, Mapping):
+            raise InvalidDocument(f"a document must be a mapping, not {type(doc).__name__}")
         compile_filter(filter)
         new = dict(doc)
         _codec.check_document(new)
@@ -421,6 +427,7 @@ class KVCollection:
         return self._backend._writing(replace)
 
     def update_one(self, filter: Filter, update: Mapping[str, Any], upsert: bool = False) -> int:
+        check_write(filter, upsert=upsert)
         compile_filter(filter)
         apply = compile_update(update)
 
@@ -459,6 +466,7 @@ class KVCollection:
         return self._delete(filter, 0)
 
     def _delete(self, filter: Filter, limit: int) -> int:
+        check_write(filter)
         compile_filter(filter)
 
         exact = _exact_id(filter)

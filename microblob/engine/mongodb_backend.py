@@ -35,7 +35,7 @@ from .._exceptions import (
     UnsupportedOperation,
 )
 from . import codec as _codec
-from .backend import Filter, Projection, Sort, check_window, checked_chunk
+from .backend import Filter, Projection, Sort, check_window, check_write, checked_chunk
 from .planner import check_index_spec
 from .query import compile_filter, compile_projection, compile_update, normalize_sort
 
@@ -152,7 +152,8 @@ class MongoCollection:
     """One MongoDB collection behind the `_backend.Collection` protocol."""
 
     def __init__(self, backend: MongoBackend, name: str) -> None:
-        if not isinstance(name, str) or not name or "\x00" in name or name.startswith("system."):
+        if not isinstance(name, str) or not name or "\x00" in name or name.startswith("system.") \
+                or not _codec.is_utf8(name):
             raise InvalidArgument(f"bad collection name {name!r}")
         self._backend = backend
         self.name = name
@@ -224,6 +225,7 @@ class MongoCollection:
 
     @_mapped
     def replace_one(self, filter: Filter, doc: Mapping[str, Any], upsert: bool = False) -> int:
+        check_write(filter, upsert)
         flt = _check_filter(filter)
         doc = _check_doc(doc)
         if any(k.startswith("$") for k in doc):
@@ -233,16 +235,19 @@ class MongoCollection:
 
     @_mapped
     def update_one(self, filter: Filter, update: Mapping[str, Any], upsert: bool = False) -> int:
+        check_write(filter, upsert=upsert)
         flt = _check_filter(filter)
         compile_update(_checkable(update))
         return self._coll.update_one(flt, dict(update), upsert=upsert).matched_count
 
     @_mapped
     def delete_one(self, filter: Filter) -> int:
+        check_write(filter)
         return self._coll.delete_one(_check_filter(filter)).deleted_count
 
     @_mapped
     def delete_many(self, filter: Filter) -> int:
+        check_write(filter)
         return self._coll.delete_many(_check_filter(filter)).deleted_count
 
     @_mapped

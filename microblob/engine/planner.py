@@ -26,6 +26,7 @@ import msgpack
 
 from .._exceptions import InvalidArgument
 from . import index_keys as keys
+from .codec import is_utf8
 
 __all__ = ["Index", "Plan", "any_entry", "check_index_spec", "documents_under", "plan", "stored_count"]
 
@@ -48,11 +49,7 @@ def _pack(value: Any) -> bytes:
 
 
 def _valid_field(path: Any) -> bool:
-    if not isinstance(path, str) or not path or "\x00" in path:
-        return False
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
+    if not isinstance(path, str) or not path or "\x00" in path or not is_utf8(path):
         return False
     return all(part and not part.startswith("$") for part in path.split("."))
 
@@ -91,7 +88,8 @@ def check_index_spec(keys_: Any, name: Any = None, unique: Any = False) -> tuple
         raise InvalidArgument("an index has at most 8 fields")
     if name is None:
         name = "_".join(f"{path}_{direction}" for path, direction in out)
-    if not isinstance(name, str) or not name or "\x00" in name or len(name.encode("utf-8", "replace")) > _MAX_NAME:
+    if not isinstance(name, str) or not name or "\x00" in name or len(name.encode("utf-8", "replace")) > _MAX_NAME \
+            or not is_utf8(name):
         raise InvalidArgument(f"an index name is a non-empty str of at most {_MAX_NAME} bytes, not {name!r:.100}")
     if name == "_id_":
         raise InvalidArgument("the index name '_id_' is reserved for the _id index")

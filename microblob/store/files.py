@@ -665,6 +665,8 @@ class FilesBucket:
 
     def delete_many(self, file_ids: list[Any]) -> tuple[int, int]:
         """Delete files that exist; return (files deleted, bytes freed). Missing ids are skipped."""
+        if not isinstance(file_ids, (list, tuple, set, frozenset)):  # a str would be its characters
+            raise InvalidArgument(f"file_ids must be a list, tuple or set of ids, not {type(file_ids).__name__}")
         freed_files = freed_bytes = 0
         for file_id in file_ids:
             doc = self._files.find_one({"_id": check_lookup_id(file_id)}, projection={"length": 1})
