@@ -70,6 +70,10 @@ def test_unsatisfiable_range_is_416_and_multi_range_is_200(client: Any) -> None:
     assert r.json()["error"] == "RangeNotSatisfiable"
     r = client.get(out["url"], headers={"Range": "bytes=0-1,5-6"})
     assert r.status_code == 200 and len(r.content) == 100
+    empty = capture(client, 0)  # no last bytes of nothing: a 206 would say "bytes 0--1/0"
+    for method in ("GET", "HEAD"):
+        r = client.request(method, empty["url"], headers={"Range": "bytes=-5"})
+        assert r.status_code == 416 and r.headers["content-range"] == "bytes */0", (method, r.headers)
 
 
 def test_etag_revalidation_and_if_range(client: Any) -> None:

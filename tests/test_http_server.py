@@ -59,7 +59,7 @@ def test_things_given_as_class_and_module_string(make_server: Any, asgi: Any) ->
     assert set(asgi(app).get("/things/").json()) == {"a", "b"}
 
 
-@pytest.mark.parametrize("name", ["things", "blobs", "objects", "invocations", "a/b", ""])
+@pytest.mark.parametrize("name", ["things", "blobs", "objects", "invocations", "sync", "a/b", ""])
 def test_reserved_or_bad_thing_names_are_refused(make_server: Any, name: str) -> None:
     from thing_fixtures import Camera
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from .._exceptions import InvalidArgument
 from ..engine.query import normalize_sort
+from ..store.validate import loads_json
 
 __all__ = ["FETCH_BATCH", "check_page_size", "page_body", "query_digest", "read_cursor", "tiebroken", "write_cursor"]
 
@@ -53,7 +54,7 @@ def read_cursor(token: str, digest: str) -> int:
     """The offset a cursor stands for; BadCursor if it is not one of ours for this filter and sort."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        value = json.loads(raw)
+        value = loads_json(raw)  # a ValueError, not a RecursionError, for "[" * 1100
     except (binascii.Error, ValueError):
         raise BadCursor(f"cursor {token[:60]!r} is not a cursor of this server") from None
     offset = value.get("o") if isinstance(value, dict) else None

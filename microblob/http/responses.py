@@ -43,7 +43,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     first, last = (s if len(s) <= 18 else "9" * 18 for s in (first, last))
     if first == "":  # suffix: the last N bytes
         n = int(last)
-        if n == 0:
+        if n == 0 or size == 0:  # no last bytes of nothing (RFC 9110 14.1.1): not a 206 of bytes 0--1
             return "unsatisfiable"
         return (max(0, size - n), size)
     start = int(first)

@@ -66,7 +66,7 @@ from .upload_limits import UploadGate, UploadLimits, UploadRefused, out_of_descr
 __all__ = ["ApiError", "ThingServer"]
 
 log = logging.getLogger("microblob.server")
-RESERVED = frozenset({"things", "invocations", "blobs", "objects", "static", "favicon.ico"})
+RESERVED = frozenset({"things", "invocations", "blobs", "objects", "sync", "static", "favicon.ico"})
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_JSON = 16 * 1024 * 1024
 
