@@ -95,6 +95,19 @@ def test_unannotated_and_any_kwargs_take_any_json_value(client: Any, counter: Co
     assert counter.ran == [values, values]
 
 
+
+@pytest.mark.parametrize("key", ["f0"])  # the name the first parameter's pydantic field had
+def test_keys_shaped_like_field_names_are_values_like_any_other(client: Any, counter: Counter, key: str) -> None:
+    """pydantic drops an input key equal to one of its model's own field names: neither a value nor an
+    extra one. Those names are now random, so {"f0": 7} is a further argument, checked and passed on."""
+    done = invoke(client, "tally", {"label": "x", key: 7}).json()
+    assert done["status"] == "completed" and done["output"] == {"x": 7, key: 7}
+    r = invoke(client, "tally", {"label": "x", key: "not a count"})
+    assert r.status_code == 422 and r.json()["field"] == key
+    r = invoke(client, "frame", {"size": 1, key: 40})  # no **kwargs: an unexpected field, not ignored
+    assert r.status_code == 422 and r.json()["field"] == key
+    assert counter.ran == [{key: 7}]
+
 def test_self_is_never_a_further_argument(client: Any, counter: Counter) -> None:
     r = invoke(client, "anything", {"self": 1})
     assert r.status_code == 422 and r.json()["field"] == "self" and counter.ran == []

@@ -16,6 +16,7 @@ import enum
 import json
 import math
 import pathlib
+import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, get_args, get_origin
@@ -168,6 +169,10 @@ class Checker:
         """`extra_allowed`: further named values are taken (an action's ``**kwargs``), each checked against
         `extra_hint` (the annotation of ``**kwargs: int``; `Any` takes any JSON value)."""
         self.names = [f[0] for f in fields]
+        # The model's own field names: pydantic drops an input key equal to one of them (neither a value nor
+        # an extra one), so a client sending {"f1": 40} had it ignored even with extra="forbid", and lost a
+        # **kwargs value. A random suffix makes them names no client can know.
+        self._fields = [f"f{i}_{secrets.token_hex(8)}" for i in range(len(fields))]
         spec: dict[str, Any] = {}
         for i, (key, hint, required, default) in enumerate(fields):
             _refuse(hint)
@@ -175,9 +180,9 @@ class Checker:
                 hint, default = Annotated[hint, default], default.default
                 required = required or default is PydanticUndefined
             if required:
-                spec[f"f{i}"] = (hint, pydantic.Field(alias=key))
+                spec[self._fields[i]] = (hint, pydantic.Field(alias=key))
             else:
-                spec[f"f{i}"] = (hint, pydantic.Field(default=default, alias=key))
+                spec[self._fields[i]] = (hint, pydantic.Field(default=default, alias=key))
         # allow_inf_nan=False: JSON has no NaN or Infinity, and a 400-digit integer must not become inf.
         config = pydantic.ConfigDict(extra="allow" if extra_allowed else "forbid", allow_inf_nan=False)
         try:
@@ -233,14 +238,14 @@ class Checker:
         if not isinstance(body, Mapping):
             raise InvalidInput("input", "expected a JSON object of named arguments")
         model = self.validate_json_value(body, resolve_blob=resolve_blob)
-        out = {key: getattr(model, f"f{i}") for i, key in enumerate(self.names)}
+        out = {key: getattr(model, field) for key, field in zip(self.names, self._fields, strict=True)}
         out.update(model.model_extra or {})
         return out
 
     def value(self, value: Any, path: str, resolve_blob: BlobResolver | None = None) -> Any:
         """Validate one JSON value (this checker has one field)."""
         model = self.validate_json_value({self.names[0]: value}, path, 1, resolve_blob)
-        return model.f0  # type: ignore[attr-defined]
+        return getattr(model, self._fields[0])
 
     def output(self, value: Any, path: str = "output") -> Any:
         """Check a Python value an action returned (lax: 3 for a float is fine, 4.2 for an int is not)."""
@@ -248,7 +253,7 @@ class Checker:
             model = self.model.model_validate({self.names[0]: value})
         except pydantic.ValidationError as e:
             raise invalid_input(e, path, 1) from None
-        return model.f0  # type: ignore[attr-defined]
+        return getattr(model, self._fields[0])
 
 
 _single: dict[Any, Checker] = {}
