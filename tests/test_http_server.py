@@ -294,3 +294,32 @@ def test_bad_type_hints_fail_at_construction(make_server: Any) -> None:
 
     with pytest.raises(InvalidArgument, match="takes_bytes"):
         make_server({"bad": Bad})
+
+
+def test_strings_with_lone_surrogates_are_escaped_not_a_500(make_server: Any, asgi: Any) -> None:
+    """A file name read with surrogateescape, logged by an action, returned by it and by a property: the
+    JSON carries it \\u-escaped (it was a 500 on the action, its invocation and every invocation listing)."""
+    import logging
+
+    from microblob import Thing, thing_action, thing_property
+
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+
+    class Files(Thing):
+        @thing_action
+        def scan(self) -> str:
+            logging.getLogger("files").warning("skipping %s", name)
+            return name
+
+        @thing_property
+        def last(self) -> str:
+            return name
+
+    client = asgi(make_server({"files": Files()}))
+    done = client.post("/files/scan", params={"wait": "30"}, json={})
+    assert done.status_code == 200 and done.json()["output"] == name
+    assert "\\udce9" in done.text  # escaped: the body is plain ASCII JSON
+    listing = client.get("/invocations/")
+    assert listing.status_code == 200 and listing.json()[0]["log"][0]["message"] == f"skipping {name}"
+    assert client.get(done.json()["href"]).json()["output"] == name
+    assert client.get("/files/last").json() == name

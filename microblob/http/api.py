@@ -1,19 +1,33 @@
-"""The HTTP error answered as JSON and the request-JSON rule, shared by the server and its store
-routes (below both, so neither imports the other back)."""
+"""The HTTP error answered as JSON, the JSON response, and the request-JSON rule, shared by the server and
+its store routes (below both, so neither imports the other back)."""
 
 from __future__ import annotations
 
+import json
 import math
 from http import HTTPStatus
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette import responses
 
 from .._exceptions import InvalidQuery
 from ..engine.query import check_depth
 from ..store.validate import loads_json
 
-__all__ = ["ApiError", "error_response", "parse_json"]
+__all__ = ["ApiError", "JSONResponse", "error_response", "parse_json"]
+
+
+class JSONResponse(responses.JSONResponse):
+    """Starlette's, except that a string holding a lone surrogate is sent \\u-escaped instead of failing the
+    whole response with a 500: a file name read with surrogateescape can reach an action's log lines, output
+    or error, a property's value, and every listing of the invocations that hold it."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, indent=None,
+                              separators=(",", ":")).encode("ascii")
 
 
 def _check_depth(value: Any, what: str) -> None:

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -53,7 +53,7 @@ from ..store.validate import check_content_type
 from ..things.schema import map_blobs, to_jsonable
 from ..things.slots import connect_slots
 from ..things.thing import Thing
-from .api import ApiError, error_response, parse_json
+from .api import ApiError, JSONResponse, error_response, parse_json
 from .browser_guard import check_allowed_hosts, check_cors_origins, guard_middleware
 from .invocations import Invocation, InvocationManager, OutputBlob, TooManyInvocations
 from .links import BlobLinks, Link

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .._exceptions import InvalidArgument, InvalidInput, MicroblobError, NotFound
@@ -28,6 +28,7 @@ from ..blob import Blob
 from ..engine.regex import regex_budget
 from ..store.objects import BlobObject
 from ..store.syncing import sync_status
+from .api import JSONResponse
 from .listing import page_body, query_digest, read_cursor, tiebroken, write_cursor
 from .responses import BlobResponse
 
