@@ -59,6 +59,14 @@ class Frames(Thing):
     def latest(self) -> Blob:
         return self.still
 
+    @thing_action
+    def note(self, text: str, hold: float = 0.0) -> int:
+        if hold:
+            self.release.wait(hold)
+        return len(text)
+
+    release = threading.Event()
+
 
 _EARLIER: dict[int, weakref.ref[Any]] = {}  # by id, since Invocation is unhashable; the ref tells a reused id
 
@@ -126,7 +134,7 @@ def test_thousands_of_calls_past_the_cap_leave_the_tables_at_their_caps(served: 
     assert alive(Invocation) == CAP  # those dropped by the cap are gone, not held by their timers
     assert alive(Blob) <= CAP + 1  # the table's outputs (and the Thing's own still frame)
     assert len(app.links) <= CAP + 200
-    assert app.invocations.sizes() == {"invocations": CAP, "finished": CAP}
+    assert app.invocations.sizes() == {"invocations": CAP, "finished": CAP, "input_bytes": 2 * CAP}  # '{}' each
     sizes = app.links.sizes()
     assert sizes["live"] <= CAP  # the links of collected Blobs were buried at once
     assert sizes["tombstones"] == 200  # bounded by count
@@ -158,7 +166,7 @@ def test_expiry_runs_on_the_clock_and_leaves_nothing(served: Any) -> None:
     clock.advance(10)
     app.scheduler.run_due()
     assert all(http.get(inv["href"]).status_code == 404 for inv in invs)
-    assert app.invocations.sizes() == {"invocations": 0, "finished": 0} and alive(Invocation) == 0
+    assert app.invocations.sizes() == {"invocations": 0, "finished": 0, "input_bytes": 0} and alive(Invocation) == 0
     assert len(app.scheduler) == 1  # the tombstones' one sweep
     clock.advance(app.links.tombstone_time)
     app.scheduler.run_due()
@@ -236,3 +244,29 @@ def test_a_cancelled_timer_lets_go_of_its_callback_and_the_heap_is_compacted() -
         assert len(scheduler) == 0
     finally:
         scheduler.close()
+
+
+def test_kept_inputs_are_bounded_in_bytes_not_only_in_count(served: Any) -> None:
+    """Big request bodies are kept as invocation inputs for `retention` seconds: the table forgets its
+    oldest finished invocations to keep their bytes under `max_input_bytes`, and refuses (503) a new one
+    only while the running invocations' inputs alone would pass it."""
+    app, _, http = served(max_invocations=1000)
+    app.invocations.max_input_bytes = 3_050_000  # three bodies of a million characters
+    text = "x" * 1_000_000
+    done = [http.post("/cam/note", params={"wait": "30"}, json={"text": text}).json() for _ in range(10)]
+    assert all(inv["output"] == len(text) for inv in done)
+    sizes = app.invocations.sizes()
+    assert sizes["invocations"] == 3 and 3_000_000 < sizes["input_bytes"] <= 3_050_000  # the newest three
+    assert [inv["id"] for inv in http.get("/invocations/").json()] == [inv["id"] for inv in done[-3:]]
+    assert http.get(done[0]["href"]).status_code == 404
+    try:  # three running invocations hold the budget: a fourth is refused until one ends
+        running = [http.post("/cam/note", params={"wait": "0"}, json={"text": text, "hold": 30}) for _ in range(3)]
+        assert [r.status_code for r in running] == [201, 201, 201], [r.text for r in running]
+        refused = http.post("/cam/note", params={"wait": "0"}, json={"text": text})
+        assert refused.status_code == 503 and refused.json()["error"] == "TooManyInvocations"
+        assert http.post("/cam/note", params={"wait": "30"}, json={"text": "small"}).json()["output"] == 5
+    finally:
+        Frames.release.set()
+    for r in running:
+        assert http.get(r.json()["href"], params={"wait": "30"}).json()["status"] == "completed"
+    Frames.release.clear()

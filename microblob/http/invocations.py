@@ -60,6 +60,7 @@ class Invocation:
     action: str
     input: Any
     blob_ttl: float
+    input_bytes: int = 0  # of the request body it was parsed from: what keeping it costs, roughly
     status: str = "pending"
     output: Any = None
     error: dict[str, str] | None = None
@@ -124,6 +125,12 @@ def _capture_action_logs() -> None:
         _capturing = True
 
 
+# Bytes of request bodies the table may keep as inputs (its count cap alone let 1,000 invocations of 16 MiB
+# bodies hold 16 GiB for `retention` seconds): beyond it the oldest finished are forgotten first, and a new
+# invocation is refused while the running ones' inputs alone fill it.
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+
+
 class InvocationManager:
     """Submits actions to the pool and keeps the table of invocations."""
 
@@ -142,6 +149,8 @@ class InvocationManager:
         self.blob_ttl = blob_ttl
         self.retention = retention
         self.max_invocations = max_invocations
+        self.max_input_bytes = MAX_INPUT_BYTES
+        self._input_bytes = 0  # of the inputs the table holds
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="microblob-action")
         self._lock = threading.Lock()
         self._invocations: dict[str, Invocation] = {}
@@ -149,23 +158,32 @@ class InvocationManager:
         _capture_action_logs()
 
     def submit(
-        self, thing_name: str, thing: Any, info: ActionInfo, kwargs: dict[str, Any], raw_input: Any
+        self, thing_name: str, thing: Any, info: ActionInfo, kwargs: dict[str, Any], raw_input: Any,
+        input_bytes: int = 0,
     ) -> Invocation:
         ttl = self.blob_ttl if info.blob_ttl is None else info.blob_ttl
-        inv = Invocation(new_id(), thing_name, info.name, raw_input, ttl, time_requested=_now())
+        inv = Invocation(new_id(), thing_name, info.name, raw_input, ttl, input_bytes, time_requested=_now())
         with self._lock:
-            self._make_room()
+            self._make_room(input_bytes)
             self._invocations[inv.id] = inv
+            self._input_bytes += input_bytes
         method = getattr(thing, info.func.__name__)
         inv.future = self._pool.submit(self._run, inv, method, kwargs, info)
         return inv
 
-    def _make_room(self) -> None:
-        while len(self._invocations) >= self.max_invocations and self._finished:
+    def _make_room(self, input_bytes: int) -> None:
+        def full() -> bool:
+            return len(self._invocations) >= self.max_invocations or \
+                self._input_bytes + input_bytes > self.max_input_bytes
+
+        while full() and self._finished:
             oldest = next(iter(self._finished))
             self._forget_locked(self._invocations[oldest])
         if len(self._invocations) >= self.max_invocations:
             raise TooManyInvocations(f"{len(self._invocations)} invocations are still running (the cap)")
+        if self._input_bytes + input_bytes > self.max_input_bytes:
+            raise TooManyInvocations(f"the inputs of the running invocations hold {self._input_bytes} bytes: "
+                                     f"{input_bytes} more would pass the {self.max_input_bytes} kept at once")
 
     def _run(self, inv: Invocation, method: Callable[..., Any], kwargs: dict[str, Any], info: ActionInfo) -> None:
         if inv.cancel_event.is_set():
@@ -247,7 +265,8 @@ class InvocationManager:
             return True
 
     def _forget_locked(self, inv: Invocation) -> None:
-        self._invocations.pop(inv.id, None)
+        if self._invocations.pop(inv.id, None) is not None:
+            self._input_bytes -= inv.input_bytes
         for timer in self._finished.pop(inv.id, ()):
             timer.cancel()
         inv.release()
@@ -255,7 +274,8 @@ class InvocationManager:
     def sizes(self) -> dict[str, int]:
         """How many invocations the table holds, and how many of them are finished."""
         with self._lock:
-            return {"invocations": len(self._invocations), "finished": len(self._finished)}
+            return {"invocations": len(self._invocations), "finished": len(self._finished),
+                    "input_bytes": self._input_bytes}
 
     async def wait(self, inv: Invocation, timeout: float) -> bool:
         """Wait (without blocking the loop) up to `timeout` s for the invocation to end."""

@@ -415,6 +415,10 @@ class ThingServer(Starlette):
 
     async def read_json(self, request: Request, *, empty: Any = ...) -> Any:
         """The request body as JSON (size-limited); `empty` is returned for an empty body."""
+        return (await self._read_json_sized(request, empty))[0]
+
+    async def _read_json_sized(self, request: Request, empty: Any) -> tuple[Any, int]:
+        """`read_json`, and the body's size in bytes."""
         chunks, n = [], 0
         async with contextlib.aclosing(self.uploads.chunks(request, slot_if_partial=True)) as body:
             async for chunk in body:
@@ -426,8 +430,8 @@ class ThingServer(Starlette):
         if not body.strip():
             if empty is ...:
                 raise ApiError(400, "expected a JSON body")
-            return empty
-        return parse_json(body, "the body")
+            return empty, len(body)
+        return parse_json(body, "the body"), len(body)
 
     def resolve_blob(self, request: Request, url: str, cls: type[Blob], field: str) -> Blob:
         """A Blob input given as a URL: only this server's own blob links and objects are accepted,
@@ -598,14 +602,14 @@ class ThingServer(Starlette):
     async def _invoke(self, request: Request, thing_name: str, thing: Thing, name: str) -> Response:
         info = type(thing).thing_actions()[name]
         wait = _parse_wait(request, self.max_wait)
-        body = await self.read_json(request, empty={})
+        body, size = await self._read_json_sized(request, {})
 
         def validate() -> dict[str, Any]:
             return info.coerce_input(body, lambda url, cls, field: self.resolve_blob(request, url, cls, field))
 
         kwargs = await run_in_threadpool(validate)
         try:
-            inv = self.invocations.submit(thing_name, thing, info, kwargs, body)
+            inv = self.invocations.submit(thing_name, thing, info, kwargs, body, size)
         except TooManyInvocations as e:
             raise ApiError(503, str(e), "TooManyInvocations", {"Retry-After": "1"}) from None
         done = await self.invocations.wait(inv, wait)
