@@ -183,6 +183,34 @@ def test_an_upload_under_a_taken_file_id_leaves_that_file_whole(store: microblob
     store.files.upload_from_stream("again", os.urandom(size), file_id="taken")
     assert store.files.get_file("taken")["length"] == size
 
+
+def test_stream_method_arguments_are_checked(store: microblob.Store) -> None:
+    """Wrong types reach neither memoryview nor slicing (bare TypeErrors before); a closed stream is an
+    InvalidArgument, which is a ValueError as io's own streams raise."""
+    file_id = store.files.upload_from_stream("f", b"0123456789")
+    down = store.files.open_download_stream(file_id)
+    for bad in (lambda: down.read("5"), lambda: down.read(2.5), lambda: down.read(True), lambda: down.seek("1"),
+                lambda: down.seek(1.5), lambda: down.seek(-1), lambda: down.seek(0, 7), lambda: down.readinto(b"abc"),
+                lambda: down.readinto(5)):
+        with pytest.raises(InvalidArgument):
+            bad()
+    assert down.tell() == 0 and down.read(3) == b"012" and down.seek(-2, io.SEEK_END) == 8
+    buffer = bytearray(4)
+    assert down.readinto(buffer) == 2 and buffer[:2] == b"89"
+    down.close()
+    with pytest.raises(InvalidArgument, match="closed"):
+        down.read()
+    up = store.files.open_upload_stream("g")
+    for bad_data in ("text", 5, None):
+        with pytest.raises(InvalidArgument, match="bytes-like"):
+            up.write(bad_data)  # type: ignore[arg-type]
+    up.write(b"kept")
+    up.close()
+    for after_close in (lambda: up.write(b"x"), up.finish):
+        with pytest.raises(InvalidArgument):
+            after_close()
+    assert store.files.open_download_stream(up.file_id).read() == b"kept"
+
 def test_large_upload_commits_in_bounded_batches(store: microblob.Store) -> None:
     """A big upload is many transactions of at most `batch_bytes`, never one huge one."""
     store.files.batch_bytes = 1024 * 1024

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import operator
 import os
 import re
 import threading
@@ -216,9 +217,12 @@ class UploadStream(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        if self._done:
-            raise ValueError("write to a closed upload stream")
-        view = memoryview(data)
+        if self._done:  # a ValueError, as io's own streams raise
+            raise InvalidArgument("write to a closed upload stream")
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise InvalidArgument(f"an upload stream writes bytes-like data, not {type(data).__name__}") from None
         if not view.c_contiguous:  # e.g. memoryview(b)[::2]: cast() refuses it, so copy it once
             view = memoryview(view.tobytes())
         view = view.cast("B")
@@ -283,7 +287,7 @@ class UploadStream(io.RawIOBase):
         """Publish the file: last chunks and files document in one atomic unit, with `then(doc)` (the
         store's object write) inside the same unit, so a small save is a single transaction."""
         if self._done:
-            raise ValueError("upload stream already closed")
+            raise InvalidArgument("upload stream already closed")
         if self._buffer:
             self._batch.append(bytes(self._buffer))
             self._buffer.clear()
@@ -365,6 +369,26 @@ class UploadStream(io.RawIOBase):
             pass
 
 
+def _position(value: Any, name: str) -> int:
+    """An int argument of a stream method (a size, an offset): what `operator.index` takes, bools refused."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be an int, not {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}") from None
+
+
+def _writable_view(buffer: Any) -> memoryview:
+    try:
+        view = memoryview(buffer)
+    except TypeError:
+        raise InvalidArgument(f"readinto needs a writable buffer, not {type(buffer).__name__}") from None
+    if view.readonly:
+        raise InvalidArgument(f"readinto needs a writable buffer; a {type(buffer).__name__} is read-only")
+    return view.cast("B")
+
+
 class DownloadStream(io.RawIOBase):
     """A readable, seekable file object over one file's chunks; `read(n)` fetches only the chunks it
     needs, and at most one chunk is cached.
@@ -407,6 +431,7 @@ class DownloadStream(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self._check()
+        offset, whence = _position(offset, "offset"), _position(whence, "whence")
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
@@ -414,15 +439,15 @@ class DownloadStream(io.RawIOBase):
         elif whence == io.SEEK_END:
             pos = self.length + offset
         else:
-            raise ValueError(f"invalid whence {whence!r}")
+            raise InvalidArgument(f"whence must be 0, 1 or 2 (io.SEEK_SET, SEEK_CUR, SEEK_END), not {whence!r}")
         if pos < 0:
-            raise ValueError("negative seek position")
+            raise InvalidArgument(f"negative seek position {pos}")
         self._pos = pos
         return pos
 
     def _check(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
+        if self.closed:  # a ValueError, as io's own streams raise
+            raise InvalidArgument("I/O operation on closed file")
 
     def _chunk(self, n: int) -> bytes:
         if n == self._cached_n:
@@ -445,6 +470,8 @@ class DownloadStream(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         self._check()
+        if size is not None:
+            size = _position(size, "size")
         if size is None or size < 0:
             size = self.length - self._pos
         size = max(0, min(size, self.length - self._pos))
@@ -496,7 +523,7 @@ class DownloadStream(io.RawIOBase):
             raise IntegrityError(f"file {self.file_id!r} does not match its own sha256")
 
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
+        view = _writable_view(buffer)
         data = self.read(len(view))
         view[: len(data)] = data
         return len(data)
