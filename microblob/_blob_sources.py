@@ -109,10 +109,23 @@ class _FileSource(_Source):
 
     @property
     def size(self) -> int:  # type: ignore[override]
-        return os.stat(self.path).st_size
+        return self.stat().st_size
+
+    def stat(self) -> os.stat_result:
+        try:
+            return os.stat(self.path)
+        except FileNotFoundError:
+            raise self._gone() from None
 
     def open(self) -> BinaryIO:
-        return open(self.path, "rb")
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            raise self._gone() from None
+
+    def _gone(self) -> BlobError:
+        """The file was removed (or renamed) after the Blob was made: the Blob cannot be read."""
+        return BlobError(f"the file {self.path!r} of this Blob is gone")
 
 
 def _unlink_quietly(path: str, then: Callable[[], Any] | None = None) -> None:
@@ -155,9 +168,9 @@ class _ProgressReader(io.RawIOBase):
         super().close()
 
 
-def _hash_file(path: str) -> str:
+def _hash_file(source: _FileSource) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with source.open() as f:
         while chunk := f.read(CHUNK_SIZE):
             h.update(chunk)
     return h.hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -16,11 +17,20 @@ from typing import Any, BinaryIO
 import httpx
 
 from ._blob_sources import Progress, _Source
-from ._exceptions import BlobError, BlobExpired, IntegrityError, RemoteError, RemoteInvalidInput, Unauthorized
+from ._exceptions import (
+    BlobError,
+    BlobExpired,
+    IntegrityError,
+    InvalidArgument,
+    RemoteError,
+    RemoteInvalidInput,
+    Unauthorized,
+)
 from ._outfile import output_file
 
 __all__ = ["default_client", "raise_for_response", "url_source"]
 
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _default_client: httpx.Client | None = None
 _default_lock = threading.Lock()
 
@@ -97,7 +107,14 @@ class _RemoteSource(_Source):
         return self.client or default_client()
 
     def _chunks(self, progress: Progress | None) -> Iterator[bytes]:
-        """Stream the body, verifying length and sha256 at the end."""
+        """Stream the body, verifying length and sha256 at the end. A transfer that fails (no server there, a
+        refused connection, a dropped one) is a BlobError."""
+        try:
+            yield from self._download(progress)
+        except httpx.TransportError as exc:
+            raise BlobError(f"{self.url}: cannot download ({type(exc).__name__}: {exc})") from None
+
+    def _download(self, progress: Progress | None) -> Iterator[bytes]:
         with self._client().stream("GET", self.url) as r:
             raise_for_response(r, self.url, blob=True)
             self.downloads += 1
@@ -168,5 +185,20 @@ class _StreamReader(io.RawIOBase):
 
 
 def url_source(url: str, client: httpx.Client | None, size: int | None, sha256: str | None) -> _Source:
-    """The lazy, verified source of the bytes at `url` (`client` may carry auth headers)."""
-    return _RemoteSource(url, client, size, sha256)
+    """The lazy, verified source of the bytes at `url` (`client` may carry auth headers). Checked here, so
+    that a wrong argument is an InvalidArgument now, not an httpx error at the first read."""
+    if not isinstance(url, (str, httpx.URL)):
+        raise InvalidArgument(f"url must be a str, not {type(url).__name__}")
+    try:
+        scheme = httpx.URL(url).scheme
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise InvalidArgument(f"url {url!r:.200} is not a URL ({exc})") from None
+    if client is not None and not isinstance(client, httpx.Client):
+        raise InvalidArgument(f"client must be an httpx.Client, not {type(client).__name__}")
+    if scheme not in ("http", "https") and not (scheme == "" and client is not None):  # relative: the client's base
+        raise InvalidArgument(f"url {url!r:.200} is not an http:// or https:// URL")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise InvalidArgument(f"size must be an int >= 0 or None, not {size!r:.100}")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        raise InvalidArgument(f"sha256 must be 64 hex digits or None, not {sha256!r:.100}")
+    return _RemoteSource(str(url), client, size, sha256.lower() if sha256 else None)

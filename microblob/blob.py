@@ -27,6 +27,7 @@ from ._blob_sources import (
     object_source,
 )
 from ._exceptions import InvalidArgument, InvalidInput
+from ._media_types import check_content_type
 from ._outfile import output_file
 from ._paths import check_path
 
@@ -126,6 +127,8 @@ class Blob:
 
     def _set_type(self, content_type: str | None) -> None:
         cls_type = type(self).content_type
+        if not (content_type is None or (isinstance(content_type, str) and "*" in content_type)):
+            check_content_type(content_type)  # a wildcard ("image/*") becomes the generic type below
         if content_type is None:
             content_type = cls_type
         elif not (cls_type == GENERIC_CONTENT_TYPE or _matches(content_type, cls_type)):
@@ -189,12 +192,16 @@ class Blob:
     @classmethod
     def from_object(cls, store: Any, object_id: str, version: int | None = None) -> Self:
         """Wrap a stored object (the version current now, unless one is given); bytes load lazily."""
+        if not callable(getattr(store, "get_blob_object", None)):
+            raise InvalidArgument(f"store must be a Store, not {type(store).__name__}")
         source, content_type = object_source(store, object_id, version)
         kind: type[B] = blob_class_for(content_type) if cls is Blob else cls  # type: ignore[assignment]
         return kind._with_source(source, content_type)
 
     def as_type(self, cls: type[B]) -> B:
         """This Blob's bytes viewed as another Blob subclass (shared, not copied)."""
+        if not (isinstance(cls, type) and issubclass(cls, Blob)):
+            raise InvalidArgument(f"as_type takes a Blob class, not {cls!r:.100}")
         if isinstance(self, cls):
             return self
         other = cls._with_source(self._source, None if self.content_type == GENERIC_CONTENT_TYPE else self.content_type)
@@ -232,10 +239,10 @@ class Blob:
         if isinstance(src, _BytesSource):
             return hashlib.sha256(src.data).hexdigest()
         if isinstance(src, _FileSource):
-            st = os.stat(src.path)
+            st = src.stat()
             stamp = (st.st_size, st.st_mtime_ns)
             if src._stamp != stamp or src._sha is None:
-                src._sha, src._stamp = _hash_file(src.path), stamp
+                src._sha, src._stamp = _hash_file(src), stamp
             return src._sha
         h = hashlib.sha256()
         with src.open() as f:
@@ -280,6 +287,8 @@ class Blob:
 
     def open(self, progress: Progress | None = None) -> BinaryIO:
         """A binary file object over the bytes; reads stream (files and remote data are never loaded whole)."""
+        if progress is not None and not callable(progress):
+            raise InvalidArgument("progress must be callable(bytes_done, bytes_total)")
         if self._data is not None and not isinstance(self._source, _BytesSource):
             f: BinaryIO = _BytesSource(self._data).open()
         else:

@@ -176,6 +176,54 @@ def test_missing_file_is_a_blob_error(tmp_path: Path) -> None:
 
     with pytest.raises(BlobError):
         Blob.from_file(tmp_path / "nope")
+    path = tmp_path / "gone.bin"
+    path.write_bytes(b"abc")
+    blob = Blob.from_file(path)
+    path.unlink()  # removed after the Blob was made: every way of reading it says so
+    for read in (lambda: blob.data, lambda: blob.size, lambda: blob.sha256, blob.open):
+        with pytest.raises(BlobError, match="gone"):
+            read()
+
+
+def test_blob_arguments_are_checked() -> None:
+    """Each wrong argument is an InvalidArgument when the Blob is made or asked, not an AttributeError,
+    TypeError or an httpx error at the first read."""
+    bad = [
+        lambda: Blob(b"x", 5),  # type: ignore[arg-type]
+        lambda: Blob(b"x", "not a type"),
+        lambda: Blob(b"x", "text/plain\r\nX-Injected: 1"),
+        lambda: Blob(b"x", "a/\ud800"),
+        lambda: Blob.from_bytes(b"x", ["a"]),  # type: ignore[arg-type]
+        lambda: Blob.from_url(5),  # type: ignore[arg-type]
+        lambda: Blob.from_url(None),  # type: ignore[arg-type]
+        lambda: Blob.from_url("ftp://host/file"),
+        lambda: Blob.from_url("/relative/without/a/client"),
+        lambda: Blob.from_url("http://127.0.0.1:1/x", size="5"),  # type: ignore[arg-type]
+        lambda: Blob.from_url("http://127.0.0.1:1/x", size=-1),
+        lambda: Blob.from_url("http://127.0.0.1:1/x", sha256="abc"),
+        lambda: Blob.from_url("http://127.0.0.1:1/x", client="client"),  # type: ignore[arg-type]
+        lambda: Blob.from_object("store", "id"),
+        lambda: Blob(b"x").as_type(int),  # type: ignore[type-var]
+        lambda: Blob(b"x").as_type("x"),  # type: ignore[arg-type]
+        lambda: Blob(b"x").open(progress=5),  # type: ignore[arg-type]
+    ]
+    for make in bad:
+        with pytest.raises(InvalidArgument):
+            make()
+    assert Blob(b"x", "image/*").content_type == "application/octet-stream"  # a wildcard: the generic type
+    assert Blob(b"x", "text/plain; charset=utf-8").content_type == "text/plain; charset=utf-8"
+
+
+def test_a_url_with_no_server_is_a_blob_error() -> None:
+    import socket
+
+    from microblob import BlobError
+
+    with socket.socket() as sock:  # a port bound and not listening: the connection is refused
+        sock.bind(("127.0.0.1", 0))
+        blob = Blob.from_url(f"http://127.0.0.1:{sock.getsockname()[1]}/nothing")
+        with pytest.raises(BlobError, match="cannot download"):
+            assert blob.data is None  # never reached: the read raises
 
 
 def test_read_only_accessors_cost_no_read(tmp_path: Path, microblob_store: microblob.Store) -> None:

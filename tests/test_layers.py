@@ -21,7 +21,7 @@ PACKAGE = Path(microblob.__file__).parent
 # Bottom to top. A module belongs to the first entry that is its name or a package above it; it may import
 # modules of its own layer and of the layers before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("microblob._exceptions", "microblob._version", "microblob._paths")),
+    ("base", ("microblob._exceptions", "microblob._version", "microblob._paths", "microblob._media_types")),
     ("value", ("microblob.blob", "microblob._blob_sources", "microblob._blob_url", "microblob._outfile")),
     ("engine", ("microblob.engine",)),
     ("store", ("microblob.store",)),

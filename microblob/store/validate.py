@@ -4,11 +4,11 @@ before anything is written, so bad input never leaves a partial state behind."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import InvalidArgument, InvalidDocument
+from .._media_types import check_content_type
 from ..engine import codec as _codec
 
 __all__ = [
@@ -25,14 +25,6 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 512
-# RFC 6838 type/subtype, optional parameters; printable ASCII only, matched whole. A content type becomes an
-# HTTP Content-Type header: `\w` (Unicode-aware), `\s` and `[^;]` let through letters no header can carry,
-# CR/LF (header injection), control characters and lone surrogates, and `$` a trailing newline.
-_MEDIA_TYPE = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-    r"(?:[ \t]*;[ \t]*[\x20-\x3a\x3c-\x7e]+)*"
-)
-MAX_CONTENT_TYPE_LENGTH = 1024
 
 
 def check_id(value: Any, name: str = "object_id") -> str:
@@ -113,14 +105,6 @@ def check_tags(value: Any) -> list[str] | None:
 def check_chunk_size(value: Any, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
         raise InvalidArgument(f"chunk_size must be an int in 1..{limit}, not {value!r}")
-    return value
-
-
-def check_content_type(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_CONTENT_TYPE_LENGTH or not _MEDIA_TYPE.fullmatch(value):
-        raise InvalidArgument(f"content_type must be a MIME type like 'image/png', not {value!r}")
     return value
 
 
