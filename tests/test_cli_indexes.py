@@ -40,4 +40,6 @@ def test_index_bad_input_names_the_problem(cli: Cli) -> None:
     assert "no index named 'nope'" in cli.fails(1, "index", "rm", "nope")
     assert "has these keys already" in cli.fails(1, "index", "add", "type", "--name", "again")
     assert "collection must be one of" in cli.fails(1, "index", "ls", "--collection", "nope")
+    # argv's undecodable byte arrives as a lone surrogate: one line, not msgpack's UnicodeEncodeError
+    assert "UTF-8" in cli.fails(1, "index", "add", "type", "--name", "\udcff")
     assert cli.ok("index", "ls") == before

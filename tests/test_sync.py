@@ -379,6 +379,9 @@ def test_store_sync_to_runs_a_worker_with_the_same_options(tmp_path: Path) -> No
     with microblob.connect(tmp_path / "src.db") as src:
         with pytest.raises(InvalidArgument, match="interval"):
             src.sync_to(tmp_path / "dst.db", interval=0)
+        with pytest.raises(InvalidArgument, match="no option 'bogus'"):
+            src.sync_to(tmp_path / "dst.db", bogus=1)
+        assert not (tmp_path / "dst.db").exists()  # refused before anything was opened
         rounds: list[Any] = []
         with src.sync_to(tmp_path / "dst.db", interval=0.05, propagate_deletes=True,
                          on_round=rounds.append) as worker:

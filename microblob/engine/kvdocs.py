@@ -112,7 +112,8 @@ class KVCollection:
     def __init__(self, backend: KVBackend, name: str) -> None:
         if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > 64 or "\x00" in name \
                 or not _codec.is_utf8(name):
-            raise InvalidArgument(f"collection names are non-empty str of at most 64 bytes, not {name!r}")
+            raise InvalidArgument(f"collection names are non-empty UTF-8 str of at most 64 bytes, no NUL, "
+                                  f"not {name!r:.100}")
         self._backend = backend
         self.name = name
         self._prefix = _pack(name)

@@ -90,7 +90,8 @@ def check_index_spec(keys_: Any, name: Any = None, unique: Any = False) -> tuple
         name = "_".join(f"{path}_{direction}" for path, direction in out)
     if not isinstance(name, str) or not name or "\x00" in name or len(name.encode("utf-8", "replace")) > _MAX_NAME \
             or not is_utf8(name):
-        raise InvalidArgument(f"an index name is a non-empty str of at most {_MAX_NAME} bytes, not {name!r:.100}")
+        raise InvalidArgument(f"an index name is a non-empty UTF-8 str of at most {_MAX_NAME} bytes, no NUL, "
+                              f"not {name!r:.100}")
     if name == "_id_":
         raise InvalidArgument("the index name '_id_' is reserved for the _id index")
     if not isinstance(unique, bool):

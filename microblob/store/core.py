@@ -749,8 +749,14 @@ class Store(StoreBase):
         **options)` (interval, max_backoff, propagate_deletes, reconcile_every, on_round, keep_free,
         max_size); `stop()` it, or use it as a context manager. One round now, in this thread, is
         `microblob.sync(store, dst)`."""
+        import inspect
+
         from .syncing import SyncWorker
 
+        unknown = sorted(set(options) - set(inspect.signature(SyncWorker).parameters) - {"src", "dst"})
+        if unknown:  # named here: SyncWorker's own TypeError would name a class the caller never called
+            raise InvalidArgument(f"sync_to has no option {', '.join(map(repr, unknown))} (it takes interval, "
+                                  "max_backoff, propagate_deletes, reconcile_every, on_round, keep_free, max_size)")
         return SyncWorker(self, dst, **options).start()
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
