@@ -128,7 +128,7 @@ def _capture_action_logs() -> None:
 # Bytes of request bodies the table may keep as inputs (its count cap alone let 1,000 invocations of 16 MiB
 # bodies hold 16 GiB for `retention` seconds): beyond it the oldest finished are forgotten first, and a new
 # invocation is refused while the running ones' inputs alone fill it.
-MAX_INPUT_BYTES = 256 * 1024 * 1024
+MAX_INPUT_BYTES = 64 * 1024 * 1024  # four bodies of the 16 MiB most: a Raspberry Pi has 1-8 GiB
 
 
 class InvocationManager:
