@@ -304,11 +304,16 @@ def test_strings_with_lone_surrogates_are_escaped_not_a_500(make_server: Any, as
     from microblob import Thing, thing_action, thing_property
 
     name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+    # The invocation's log takes the record from the record factory; pytest must not capture it too (xdist
+    # cannot send a report holding a lone surrogate to its controller).
+    logger = logging.getLogger("microblob-test.surrogate-files")
+    logger.propagate = False
+    logger.addHandler(logging.NullHandler())
 
     class Files(Thing):
         @thing_action
         def scan(self) -> str:
-            logging.getLogger("files").warning("skipping %s", name)
+            logger.warning("skipping %s", name)
             return name
 
         @thing_property
