@@ -280,6 +280,53 @@ def test_an_id_deleted_then_saved_again_arrives_as_its_new_life(tmp_path: Path) 
             assert latest(there) == latest(src)
 
 
+@pytest.mark.parametrize("saved_again", [True, False], ids=["saved again", "left deleted"])
+def test_an_id_deleted_twice_between_rounds_still_deletes_the_life_the_destination_holds(
+    tmp_path: Path, saved_again: bool
+) -> None:
+    """One tombstone per id names the last life deleted: deleted, saved and deleted again between two
+    rounds, it names a life the destination never had. The life this store confirmed there is gone too,
+    so it is deleted there, and the current life (if any) arrives, in that same round."""
+    dst = tmp_path / "dst.db"
+    with microblob.connect(tmp_path / "src.db") as src:
+        src.save_or_update_object(b"life A", object_id="X")
+        src.save_or_update_object(b"life A, v1", object_id="X", control_version=True)
+        sync(src, dst, propagate_deletes=True)
+        src.delete_object("X")
+        src.save_or_update_object(b"life B, never synced", object_id="X")
+        src.delete_object("X")
+        if saved_again:
+            src.save_or_update_object(b"life C", object_id="X")
+        result = sync(src, dst, propagate_deletes=True)
+        assert result.ok and result.deleted == 1, result.copy.problems
+        with microblob.connect(dst) as there:
+            if saved_again:
+                assert there.get_blob_object("X").data == b"life C"
+                assert [v["version"] for v in there.get_object_history("X")] == [0]
+                assert latest(there) == latest(src)
+            else:
+                assert there.count_objects() == 0 and there.count_versions() == 0
+        assert sync(src, dst, propagate_deletes=True).deleted == 0  # done: not deleted again
+
+
+def test_a_destination_object_this_store_never_confirmed_is_left_alone(tmp_path: Path) -> None:
+    """The other side of the rule above: an object under the same id that this store did not put there
+    (another device's) is not deleted by this store's tombstone."""
+    dst = tmp_path / "dst.db"
+    with microblob.connect(dst) as there:
+        there.save_or_update_object(b"another device's", object_id="X")
+    with microblob.connect(tmp_path / "src.db") as src:
+        src.save_or_update_object(b"unrelated", object_id="other")
+        sync(src, dst)
+        src.save_or_update_object(b"mine", object_id="X")
+        src.delete_object("X")
+        src.save_or_update_object(b"mine again", object_id="X")
+        src.delete_object("X")
+        assert sync(src, dst, propagate_deletes=True).deleted == 0
+    with microblob.connect(dst) as there:
+        assert there.get_blob_object("X").data == b"another device's"
+
+
 def test_no_tombstones_before_a_store_has_a_destination(tmp_path: Path) -> None:
     with microblob.connect(tmp_path / "src.db") as src:
         src.delete_object(src.save_or_update_object(b"x"))

@@ -194,8 +194,10 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
 
 def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[tuple[str, str]]]:
     """Delete at `target` each object this store has a tombstone for and has not yet deleted there:
-    only the life and versions the tombstone names (an object changed at the destination since, or
-    another object under the same id, is left alone and reported). Returns (deleted, problems)."""
+    only the life and versions the tombstone names, or the life this store last confirmed there when that
+    life is gone here (an id deleted, saved and deleted again between rounds keeps one tombstone, of its
+    last life). An object changed at the destination since, or another object under the same id, is left
+    alone and reported. Returns (deleted, problems)."""
     confirmed = _confirmed(src)
     tag = _dest_tag(name)
     deleted, problems = 0, []
@@ -205,15 +207,16 @@ def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[
         done = confirmed.find_one({"_id": done_id})
         if done is not None and done.get("deleted_at") == tomb.get("deleted_at"):
             continue
-        if src.internals.objects.find_one({"_id": object_id}, projection={"created_at": 1}) is not None \
-                and tomb.get("created_at") is None:
+        here = src.internals.objects.find_one({"_id": object_id}, projection={"created_at": 1})
+        if here is not None and tomb.get("created_at") is None:
             continue  # saved again under this id and the tombstone cannot tell lives apart: keep it
         there = target.internals.objects.find_one({"_id": object_id}, projection={"created_at": 1, "version": 1})
         if there is not None:
-            if not _same_life(there, tomb.get("created_at")) or there.get("created_at") is None:
-                pass  # another object under this id at the destination: not the one deleted here
-            elif _version_of(there) > _version_of(tomb):
-                problems.append((object_id, f"deleted here at version {_version_of(tomb)} but changed at the "
+            deleted_life = _deleted_life(confirmed, name, tomb, here, there)
+            if deleted_life is None:
+                pass  # another object under this id at the destination: not one deleted here
+            elif _version_of(there) > deleted_life:
+                problems.append((object_id, f"deleted here at version {deleted_life} but changed at the "
                                             f"destination since (version {_version_of(there)}): left alone"))
                 continue
             else:
@@ -225,6 +228,24 @@ def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[
                         raise
         confirmed.replace_one({"_id": done_id}, {"_id": done_id, "deleted_at": tomb.get("deleted_at")}, upsert=True)
     return deleted, problems
+
+
+def _deleted_life(confirmed: Any, name: str, tomb: dict[str, Any], here: dict[str, Any] | None,
+                  there: dict[str, Any]) -> int | None:
+    """The last version this store held of the life the destination's object `there` is, if that life was
+    deleted here; None if `there` is no life of this store's. The tombstone names the last life deleted;
+    an earlier one (deleted, saved again and deleted again between two rounds) is known by this store's
+    confirmation of it at the destination, when this store no longer holds that life."""
+    if there.get("created_at") is None:
+        return None
+    if _same_life(there, tomb.get("created_at")):
+        return _version_of(tomb)
+    mine = confirmed.find_one({"_id": _confirmation_id(name, tomb["_id"])})
+    if mine is None or mine.get("created_at") is None or not _same_life(there, mine["created_at"]):
+        return None
+    if here is not None and _same_life(here, mine["created_at"]):
+        return None  # that life is still this store's current one: nothing of it was deleted
+    return _version_of(mine)
 
 
 class _ListedCopier(_Copier):
