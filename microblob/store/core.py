@@ -43,7 +43,17 @@ from .flowcept_layout import alias_type, as_microblob, is_flowcept_doc
 from .internals import StoreInternals
 from .maintenance import GcReport, VerifyReport
 from .objects import BlobObject
-from .records import EVICTED_AT, EVICTED_TO, SYNC_DESTINATIONS, TOMBSTONES, _history_id, _same_life, _version_of
+from .records import (
+    EVICTED_AT,
+    EVICTED_TO,
+    SYNC_DESTINATIONS,
+    TOMBSTONE_LIVES,
+    TOMBSTONES,
+    _history_id,
+    _same_life,
+    _version_of,
+    tombstone_lives,
+)
 from .sync_pending import note_change
 from .validate import (
     check_bool,
@@ -706,9 +716,14 @@ class Store(StoreBase):
                 # This store syncs somewhere: write the deletion down, so `sync(..., propagate_deletes=True)`
                 # can repeat it there. After the documents: an interruption in between (without
                 # transactions) loses the tombstone, never the object while a tombstone says it is gone.
+                # One tombstone per id names its last life; `lives` keeps the earlier ones too (deleted, saved
+                # and deleted again between two rounds, a destination may still hold any of them).
+                earlier = tombstones.find_one({"_id": object_id},
+                                              projection={"lives": 1, "created_at": 1, "version": 1})
+                lives = tombstone_lives(earlier) + [[current.get("created_at"), current.get("version")]]
                 tombstones.replace_one({"_id": object_id}, {
                     "_id": object_id, "version": current.get("version"), "created_at": current.get("created_at"),
-                    "deleted_at": _codec.utcnow()}, upsert=True)
+                    "deleted_at": _codec.utcnow(), "lives": lives[-TOMBSTONE_LIVES:]}, upsert=True)
             files.discard(None)
             if transactional:
                 doomed = list(files - self._still_referenced(files))

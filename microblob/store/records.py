@@ -16,6 +16,7 @@ from .._paths import check_path
 SYNC_DESTINATIONS = "microblob.sync"
 SYNC_CONFIRMED = "microblob.sync_confirmed"
 TOMBSTONES = "microblob.tombstones"
+TOMBSTONE_LIVES = 64  # deleted lives of one id its tombstone remembers (a sync round runs every few seconds)
 
 # A version whose bytes retention evicted (store/retention.py) keeps `file_id`, `size` and `sha256` and
 # gains these two: when, and to which destination (its name: the URI without credentials). Its files
@@ -51,3 +52,15 @@ def _same_life(entry: Mapping[str, Any], created_at: Any) -> bool:
     lives were told apart may lack the field: they count as the current life's)."""
     mine = entry.get("created_at")
     return mine is None or created_at is None or mine == created_at
+
+
+def tombstone_lives(tomb: Mapping[str, Any] | None) -> list[list[Any]]:
+    """The [created_at, last version] of each life of an id its tombstone names, oldest first: the last
+    one deleted, and (`lives`) the earlier ones deleted since, which a destination may still hold. A
+    tombstone written before `lives` existed names its one life."""
+    if tomb is None:
+        return []
+    lives = tomb.get("lives")
+    if isinstance(lives, list):
+        return [list(life) for life in lives if isinstance(life, (list, tuple)) and len(life) == 2]
+    return [[tomb.get("created_at"), tomb.get("version")]]

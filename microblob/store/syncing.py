@@ -42,7 +42,7 @@ from ..engine import codec as _codec
 from .base import StoreBase
 from .copier import CopyReport, _Copier
 from .evicted_counts import evicted_totals
-from .records import SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of, destination_name
+from .records import SYNC_DESTINATIONS, TOMBSTONES, _same_life, _version_of, destination_name, tombstone_lives
 from .sync_pending import COUNTED, note_confirmed, pending_totals, start, unconfirmed_pages, walk_pending
 from .sync_records import _changed_since, _confirmation_id, _confirmations, _confirmed, _dest_tag, _is_confirmed
 
@@ -233,13 +233,15 @@ def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[
 def _deleted_life(confirmed: Any, name: str, tomb: dict[str, Any], here: dict[str, Any] | None,
                   there: dict[str, Any]) -> int | None:
     """The last version this store held of the life the destination's object `there` is, if that life was
-    deleted here; None if `there` is no life of this store's. The tombstone names the last life deleted;
-    an earlier one (deleted, saved again and deleted again between two rounds) is known by this store's
-    confirmation of it at the destination, when this store no longer holds that life."""
+    deleted here; None if `there` is no life of this store's. The tombstone names the last life deleted and
+    the earlier ones deleted since (an id deleted, saved and deleted again between two rounds); for one
+    written before it kept them, this store's confirmation at the destination names the life it put there,
+    when this store no longer holds that life."""
     if there.get("created_at") is None:
         return None
-    if _same_life(there, tomb.get("created_at")):
-        return _version_of(tomb)
+    for created_at, version in reversed(tombstone_lives(tomb)):
+        if created_at is not None and _same_life(there, created_at):
+            return _version_of({"version": version})
     mine = confirmed.find_one({"_id": _confirmation_id(name, tomb["_id"])})
     if mine is None or mine.get("created_at") is None or not _same_life(there, mine["created_at"]):
         return None
