@@ -18,9 +18,10 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from ._exceptions import InvalidArgument
 from ._paths import check_path
 
-__all__ = ["output_file"]
+__all__ = ["output_file", "refuse_store"]
 
 _TEMP_PREFIX = ".microblob-"
 
@@ -46,7 +47,27 @@ def output_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             yield out
         return
     target = os.path.realpath(name) if os.path.islink(name) else os.path.abspath(name)
+    refuse_store(target)
     yield from _replace(target, existing)
+
+
+_LMDB_MAGIC = b"\xde\xc0\xef\xbe"  # LMDB's meta page magic (0xBEEFC0DE), 16 bytes into its data file
+
+
+def refuse_store(path: str) -> None:
+    """Refuse to write over an embedded store (an LMDB data file) or its lock file: `get -o s.db` or
+    `export s.db s.db` replaced the store with the bytes asked for, and every object in it was gone."""
+    for candidate in (path, path[: -len("-lock")] if path.endswith("-lock") else None):
+        if candidate is None:
+            continue
+        try:
+            with open(candidate, "rb") as fh:
+                head = fh.read(20)
+        except OSError:  # none there, or not readable: nothing this could destroy that we can tell
+            continue
+        if head[16:20] == _LMDB_MAGIC:
+            raise InvalidArgument(f"{path} is {'the lock file of ' if candidate != path else ''}an embedded "
+                                  "store: writing over it would destroy every object in it")
 
 
 def _replace(target: str, existing: os.stat_result | None) -> Iterator[BinaryIO]:

@@ -26,7 +26,9 @@ import argparse
 import base64
 import contextlib
 import datetime as _dt
+import errno
 import json
+import math
 import os
 import signal
 import stat
@@ -60,6 +62,12 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: `sys.argv[1:]`); return the exit code."""
+    # Started with a closed stdout or stdin (`ls >&-`), Python sets them to None: every use would be an
+    # AttributeError traceback. A stand-in fails each use as an OSError, said in one line like the others.
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream("stdout")  # type: ignore[assignment]
+    if sys.stdin is None:
+        sys.stdin = _ClosedStream("stdin")  # type: ignore[assignment]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -91,6 +99,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         except _Terminated:
             _say(f"{PROG}: terminated")
             return 128 + signal.SIGTERM
+
+
+class _ClosedStream:
+    """What a closed standard stream reads and writes as: an OSError (EBADF) at each use."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.buffer = self
+
+    def _closed(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EBADF, f"{self.name} is closed")
+
+    write = read = readline = fileno = readinto = _closed
+
+    def flush(self) -> None:  # nothing is ever held: the interpreter flushes it at exit
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 class _Terminated(BaseException):
@@ -148,10 +175,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def loads_json(text: str) -> Any:
-    """The store's JSON reading (every argument that takes JSON), loaded with the store only when needed."""
+    """The store's JSON reading (every argument that takes JSON), loaded with the store only when needed.
+    NaN and Infinity are not JSON (RFC 8259): stored, they would print as what no strict parser reads."""
     from .store.validate import loads_json as load
 
-    return load(text)
+    return load(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 reads as inf
+        raise ValueError(f"{text} is out of range for a float")
+    return value
 
 
 def _json_value(text: str) -> Any:
@@ -270,7 +309,8 @@ def _thing_pair(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    db_help = f"store URI (default: $MICROBLOB_URI, else ./microblob.db; now {default_uri()!r})"
+    # argparse %-formats help strings: a '%' of the URI would be read as a format ('100%d.db')
+    db_help = f"store URI (default: $MICROBLOB_URI, else ./microblob.db; now {default_uri()!r})".replace("%", "%%")
     parser = _Parser(
         prog=PROG,
         description="Binary objects with provenance and versions in one embedded file.",
@@ -607,10 +647,16 @@ def cmd_put(args: argparse.Namespace) -> int:
                 content_type=args.content_type,
                 tags=args.tag,
             )
-        if args.json:
-            _print_json_lines([saved.to_dict()])
-        else:
-            print(saved.object_id, flush=True)
+        try:
+            if args.json:
+                _print_json_lines([saved.to_dict()])
+            else:
+                print(saved.object_id, flush=True)
+        except OSError as exc:  # saved all the same: a retry on the exit code alone would save it twice
+            if isinstance(exc, BrokenPipeError):
+                _silence_stdout()
+            raise MicroblobError(f"saved {saved.object_id} (version {saved.version}), but could not write it to "
+                                 f"stdout: {_describe_os_error(exc)}") from None
     return 0
 
 
@@ -995,15 +1041,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         space_line = _space_line(store.uri, space, options["max_upload"], args.max_upload is not None)
         try:  # the port first: a busy port fails before any Thing touches its hardware
             sock = _listen(args.host, args.port)
-        except OSError as exc:
-            raise MicroblobError(f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}") from None
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA refuses ('a..b', 64 letters)
+            raise MicroblobError(f"cannot listen on {args.host} port {args.port}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
         with sock:
             try:
                 # token="" (not None): the CLI has read $MICROBLOB_TOKEN already, the server must not again
                 app = ThingServer(things=things, store=store, token=token or "", allowed_hosts=args.allowed_host,
                                   cors_origins=args.cors_origin, **options)
                 app.allow_host(args.host)
-            except (ImportError, AttributeError) as exc:
+            except (ImportError, AttributeError, ValueError, TypeError) as exc:  # 'a=:x', 'a=.:x' too
                 raise MicroblobError(f"cannot load a Thing: {exc}") from None
             host, port = sock.getsockname()[:2]
             url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"

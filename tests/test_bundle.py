@@ -174,7 +174,8 @@ def test_export_replaces_the_file_atomically(store_factory: Callable, tmp_path: 
     src = store_factory("lmdb")
     populate(src)
     path = tmp_path / "kept.mbb"
-    path.write_bytes(b"the previous bundle")
+    microblob.export_store(src, path)  # the previous bundle (export replaces only a bundle)
+    previous = path.read_bytes()
 
     def boom(done: int, total: int) -> None:
         if done:
@@ -182,7 +183,7 @@ def test_export_replaces_the_file_atomically(store_factory: Callable, tmp_path: 
 
     with pytest.raises(microblob.StorageError, match="No space left on device"):
         microblob.export_store(src, path, progress=boom)
-    assert path.read_bytes() == b"the previous bundle"
+    assert path.read_bytes() == previous
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".microblob-export-")]
     with pytest.raises(microblob.StoreNotFound):
         microblob.export_store(tmp_path / "nothing.db", tmp_path / "x.mbb")

@@ -1071,3 +1071,56 @@ def test_ls_with_nothing_to_list_says_so_on_a_terminal(cli: Cli) -> None:
     cli.ok("rm", object_id)
     code, _, tty = run_with_tty(cli.cmd("ls"), cwd=cli.cwd, env=cli.env, tty="stdout")
     assert code == 0 and b"(the store has no objects)" in tty, tty
+
+
+def test_no_command_writes_over_a_store(cli: Cli, tmp_path: Path) -> None:
+    """`export s.db s.db` wrote the bundle over the store it read, and `get ID -o s.db` the object's bytes:
+    every object was gone, and both exited 0. A store, its lock file and any non-bundle file are refused."""
+    object_id = cli.put(b"precious")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"a file that is not a bundle")
+    assert "is an embedded store" in cli.fails(1, "export", str(cli.db), str(cli.db))
+    assert "is an embedded store" in cli.fails(1, "get", object_id, "-o", str(cli.db))
+    assert "lock file of an embedded store" in cli.fails(1, "get", object_id, "-o", f"{cli.db}-lock")
+    assert "not a microblob bundle" in cli.fails(1, "export", str(cli.db), str(notes))
+    assert notes.read_bytes() == b"a file that is not a bundle"
+    assert cli.ok("get", object_id) == "precious" and cli.ok("verify") == "checked 1 version: ok\n"
+    bundle = tmp_path / "b.bundle"
+    cli.ok("export", str(cli.db), str(bundle))
+    cli.ok("export", str(cli.db), str(bundle))  # a bundle may be replaced by a newer one
+
+
+def test_closed_standard_streams_and_odd_arguments_are_one_line_errors(cli: Cli) -> None:
+    """Python sets a closed stdout or stdin to None: each use was an AttributeError traceback."""
+    object_id = cli.put(b"x")
+
+    def with_closed(fd: int, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(cli.cmd(*args), stdin=None if fd == 0 else subprocess.DEVNULL,
+                              stdout=None if fd == 1 else subprocess.PIPE, stderr=subprocess.PIPE, cwd=cli.cwd,
+                              env=cli.env, timeout=300, preexec_fn=lambda: os.close(fd))
+
+    for args in (("ls",), ("show", object_id), ("get", object_id), ("info", "--json")):
+        proc = with_closed(1, *args)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and "stdout is closed" in err and "Traceback" not in err, (args, err)
+    proc = with_closed(0, "put", "-")
+    assert proc.returncode == 1 and "stdin is closed" in proc.stderr.decode(), proc.stderr.decode()
+    # An undecodable --host, an empty module name, NaN: one line each, not a traceback or a stored NaN.
+    assert "cannot listen on" in cli.fails(1, "serve", "--port", "0", "--insecure", "--host", "a..b")
+    assert "cannot load a Thing" in cli.fails(1, "serve", "--port", "0", "--thing", "a=:x")
+    assert "not valid JSON" in cli.fails(2, "query", '{"size": NaN}')
+    nan_id = cli.put(b"y", "--meta", "k=NaN", "--meta", "big=1e999")
+    assert json.loads(cli.ok("show", nan_id))["custom_metadata"] == {"k": "NaN", "big": "1e999"}  # kept as text
+    env = {**cli.env, "MICROBLOB_URI": str(cli.cwd / "100%d.db")}  # argparse %-formats help strings
+    assert "100%d.db" in cli.ok("ls", "--help", env=env)
+
+
+def test_put_says_what_it_saved_when_stdout_fails(cli: Cli) -> None:
+    """The save happened: an exit code alone would make a retrying script save it twice."""
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(cli.cmd("put", "-"), input=b"z", stdout=full, stderr=subprocess.PIPE, cwd=cli.cwd,
+                              env=cli.env, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.startswith("microblob: saved ") and "No space left" in err, err
+    saved = err.split()[2]
+    assert cli.ok("get", saved) == "z"

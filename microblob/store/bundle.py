@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 import msgpack
 
 from .._exceptions import DuplicateKey, IntegrityError, InvalidArgument, InvalidDocument, StorageError
+from .._outfile import refuse_store
 from .._paths import check_path
 from .._version import __version__
 from ..engine import codec
@@ -158,6 +159,22 @@ class _BundleSink:
         self.backend = _SinkBackend()
 
 
+def _check_replaceable(path: str) -> None:
+    """An export replaces only a bundle, an empty file or nothing: `export s.db s.db` wrote the bundle over
+    the store it read, and any other file named by mistake would be lost the same way."""
+    refuse_store(os.path.realpath(path))
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if head and head != MAGIC:
+        raise InvalidArgument(f"{path} exists and is not a microblob bundle: export replaces only a bundle "
+                              "(remove the file first to write there)")
+
+
 def export_store(store: Any, path: str | os.PathLike[str], *, progress: Progress | None = None) -> CopyReport:
     """Write every object (with its whole history), workflow and file of `store` to the bundle `path`.
 
@@ -169,6 +186,7 @@ def export_store(store: Any, path: str | os.PathLike[str], *, progress: Progress
     path = check_path(path)
     if progress is not None and not callable(progress):
         raise InvalidArgument("progress must be callable(bytes_done, bytes_total)")
+    _check_replaceable(path)
     source, close = _open(store, "store", create=False)
     try:
         directory = os.path.dirname(os.path.abspath(path))
