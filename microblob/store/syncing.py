@@ -193,11 +193,10 @@ def sync(src: Store, dst: Store | str | os.PathLike[str], *, propagate_deletes: 
 
 
 def _propagate_deletes(src: Store, target: Store, name: str) -> tuple[int, list[tuple[str, str]]]:
-    """Delete at `target` each object this store has a tombstone for and has not yet deleted there:
-    only the life and versions the tombstone names, or the life this store last confirmed there when that
-    life is gone here (an id deleted, saved and deleted again between rounds keeps one tombstone, of its
-    last life). An object changed at the destination since, or another object under the same id, is left
-    alone and reported. Returns (deleted, problems)."""
+    """Delete at `target` each object this store has a tombstone for and has not yet deleted there: only a
+    life the tombstone names (the last one deleted, or one deleted before it since: see `_deleted_life`),
+    up to the version it had here. An object changed at the destination since, or another object under
+    the same id, is left alone and reported. Returns (deleted, problems)."""
     confirmed = _confirmed(src)
     tag = _dest_tag(name)
     deleted, problems = 0, []
