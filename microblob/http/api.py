@@ -4,7 +4,6 @@ its store routes (below both, so neither imports the other back)."""
 from __future__ import annotations
 
 import json
-import math
 from http import HTTPStatus
 from typing import Any
 
@@ -12,7 +11,7 @@ from starlette import responses
 
 from .._exceptions import InvalidQuery
 from ..engine.query import check_depth
-from ..store.validate import loads_json
+from ..store.validate import loads_plain_json
 
 __all__ = ["ApiError", "JSONResponse", "error_response", "parse_json"]
 
@@ -40,24 +39,10 @@ def _check_depth(value: Any, what: str) -> None:
         raise ApiError(400, str(exc)) from None
 
 
-def _no_constant(name: str) -> Any:
-    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259): a property set to NaN, an
-    # invocation whose input holds one, or stored metadata with one could never be answered again
-    # (JSONResponse refuses them), so every later GET of it, or of a listing holding it, would fail.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999 parses as inf: the same trouble as a literal Infinity
-        raise ValueError(f"{text} is out of range for a float")
-    return value
-
-
 def parse_json(raw: bytes | str, what: str) -> Any:
     """Parse request JSON: 400 (not 500) for anything that is not plain, reasonably shallow JSON."""
     try:
-        value = loads_json(raw, parse_constant=_no_constant, parse_float=_finite)
+        value = loads_plain_json(raw)
     except ValueError as e:
         raise ApiError(400, f"{what} is not valid JSON: {e}") from None
     if isinstance(value, (dict, list)):

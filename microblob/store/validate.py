@@ -4,6 +4,7 @@ before anything is written, so bad input never leaves a partial state behind."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "check_tags",
     "check_version",
     "loads_json",
+    "loads_plain_json",
 ]
 
 MAX_ID_LENGTH = 512
@@ -116,3 +118,22 @@ def loads_json(raw: str | bytes, **hooks: Any) -> Any:
         return json.loads(raw, **hooks)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def loads_plain_json(raw: str | bytes) -> Any:
+    """`loads_json` refusing NaN and Infinity (and numbers like 1e999 that read as infinity), which are not
+    JSON (RFC 8259) though Python's json takes them: stored, in metadata or an invocation's input, they would
+    be answered as what no strict parser reads (and JSONResponse refuses them: every later GET would fail).
+    For what a person or a client sends: the server's request bodies, the CLI's JSON arguments."""
+    return loads_json(raw, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf: the same trouble as a literal Infinity
+        raise ValueError(f"{text} is out of range for a float")
+    return value
