@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, Union
 
-from .._exceptions import IntegrityError, InvalidArgument, InvalidQuery
+from .._exceptions import IntegrityError, InvalidArgument, InvalidDocument, InvalidQuery
 
 __all__ = [
     "DEFAULT_BATCH_BYTES", "Backend", "ChunkStore", "Collection", "Filter", "Projection", "Sort", "check_window",
-    "check_write", "checked_chunk",
+    "as_document", "check_write", "checked_chunk",
 ]
 
 T = TypeVar("T")
@@ -118,6 +118,14 @@ def checked_chunk(file_id: Any, n: int, data: Any, expected: int) -> Any:
     if len(data) != expected:
         raise IntegrityError(f"file {file_id!r}: chunk {n} has {len(data)} bytes, expected {expected}")
     return data
+
+
+def as_document(doc: Any) -> dict[str, Any]:
+    """A document to write, as a dict of its own, on every backend: InvalidDocument for what is not a mapping
+    (`dict(5)` is a bare TypeError, and `dict([("a", 1)])` a document nobody wrote)."""
+    if not isinstance(doc, Mapping):
+        raise InvalidDocument(f"a document must be a mapping, not {type(doc).__name__}")
+    return dict(doc)
 
 
 def check_write(filter: Any, upsert: Any = False) -> None:

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
-from .._exceptions import DuplicateKey, InvalidArgument, InvalidDocument, InvalidQuery, UnsupportedOperation
+from .._exceptions import DuplicateKey, InvalidArgument, InvalidQuery, UnsupportedOperation
 from . import codec as _codec
-from .backend import Filter, Projection, Sort, check_window, check_write, checked_chunk
+from .backend import Filter, Projection, Sort, as_document, check_window, check_write, checked_chunk
 from .ids import new_id
 from .index_keys import ALWAYS, successor
 from .index_keys import encode as encode_component
@@ -110,8 +110,8 @@ class KVCollection:
     """One named collection: the pymongo subset of `_backend.Collection`."""
 
     def __init__(self, backend: KVBackend, name: str) -> None:
-        if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > 64 or "\x00" in name \
-                or not _codec.is_utf8(name):
+        if not isinstance(name, str) or not name or "\x00" in name or not _codec.is_utf8(name) \
+                or len(name.encode()) > 64:
             raise InvalidArgument(f"collection names are non-empty UTF-8 str of at most 64 bytes, no NUL, "
                                   f"not {name!r:.100}")
         self._backend = backend
@@ -388,9 +388,7 @@ class KVCollection:
     # --- writing -----------------------------------------------------------------------------------
 
     def insert_one(self, doc: Mapping[str, Any]) -> Any:
-        if not isinstance(doc, Mapping):
-            raise InvalidDocument(f"a document must be a mapping, not {type(doc).__name__}")
-        doc = dict(doc)
+        doc = as_document(doc)
         if "_id" not in doc:
             doc["_id"] = new_id()
         raw = _codec.encode(doc)
@@ -406,10 +404,8 @@ class KVCollection:
 
     def replace_one(self, filter: Filter, doc: Mapping[str, Any], upsert: bool = False) -> int:
         check_write(filter, upsert)
-        if not isinstance(doc, Mapping):
-            raise InvalidDocument(f"a document must be a mapping, not {type(doc).__name__}")
+        new = as_document(doc)
         compile_filter(filter)
-        new = dict(doc)
         _codec.check_document(new)
 
         exact = _exact_id(filter)

@@ -35,7 +35,7 @@ from .._exceptions import (
     UnsupportedOperation,
 )
 from . import codec as _codec
-from .backend import Filter, Projection, Sort, check_window, check_write, checked_chunk
+from .backend import Filter, Projection, Sort, as_document, check_window, check_write, checked_chunk
 from .planner import check_index_spec
 from .query import compile_filter, compile_projection, compile_update, normalize_sort
 
@@ -141,9 +141,7 @@ def _check_filter(filter: Filter | None) -> dict[str, Any]:
 
 
 def _check_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(doc, Mapping):
-        raise InvalidDocument(f"a document must be a dict, not {type(doc).__name__}")
-    doc = dict(doc)
+    doc = as_document(doc)
     _codec.check_document(_checkable(doc))
     return doc
 

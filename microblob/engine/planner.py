@@ -88,8 +88,8 @@ def check_index_spec(keys_: Any, name: Any = None, unique: Any = False) -> tuple
         raise InvalidArgument("an index has at most 8 fields")
     if name is None:
         name = "_".join(f"{path}_{direction}" for path, direction in out)
-    if not isinstance(name, str) or not name or "\x00" in name or len(name.encode("utf-8", "replace")) > _MAX_NAME \
-            or not is_utf8(name):
+    if not isinstance(name, str) or not name or "\x00" in name or not is_utf8(name) \
+            or len(name.encode()) > _MAX_NAME:
         raise InvalidArgument(f"an index name is a non-empty UTF-8 str of at most {_MAX_NAME} bytes, no NUL, "
                               f"not {name!r:.100}")
     if name == "_id_":
