@@ -57,8 +57,8 @@ _LMDB_MAGIC = b"\xde\xc0\xef\xbe"  # LMDB's meta page magic (0xBEEFC0DE), 16 byt
 def refuse_store(path: str) -> None:
     """Refuse to write over an embedded store (an LMDB data file) or its lock file: `get -o s.db` or
     `export s.db s.db` replaced the store with the bytes asked for, and every object in it was gone."""
-    for candidate in (path, path[: -len("-lock")] if path.endswith("-lock") else None):
-        if candidate is None:
+    for candidate in [path] + ([path[: -len("-lock")]] if path.endswith("-lock") else []):
+        if not os.path.isfile(candidate):  # a FIFO or a device: opening it to read could block
             continue
         try:
             with open(candidate, "rb") as fh:

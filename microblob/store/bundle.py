@@ -163,11 +163,11 @@ def _check_replaceable(path: str) -> None:
     """An export replaces only a bundle, an empty file or nothing: `export s.db s.db` wrote the bundle over
     the store it read, and any other file named by mistake would be lost the same way."""
     refuse_store(os.path.realpath(path))
+    if not os.path.isfile(path):  # nothing there (or a FIFO or device, which opening to read would block on)
+        return
     try:
         with open(path, "rb") as fh:
             head = fh.read(len(MAGIC))
-    except FileNotFoundError:
-        return
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
     if head and head != MAGIC:
