@@ -768,10 +768,11 @@ class Store(StoreBase):
 
         from .syncing import SyncWorker
 
-        unknown = sorted(set(options) - set(inspect.signature(SyncWorker).parameters) - {"src", "dst"})
+        known = [name for name in inspect.signature(SyncWorker).parameters if name not in ("src", "dst")]
+        unknown = sorted(set(options) - set(known))
         if unknown:  # named here: SyncWorker's own TypeError would name a class the caller never called
-            raise InvalidArgument(f"sync_to has no option {', '.join(map(repr, unknown))} (it takes interval, "
-                                  "max_backoff, propagate_deletes, reconcile_every, on_round, keep_free, max_size)")
+            raise InvalidArgument(f"sync_to has no option {', '.join(map(repr, unknown))} "
+                                  f"(it takes {', '.join(known)})")
         return SyncWorker(self, dst, **options).start()
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
